@@ -1,0 +1,51 @@
+//! Per-log settings, with Kafka's topic configuration names and defaults.
+
+/// How the timestamps of stored batches are chosen (`message.timestamp.type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TimestampType {
+    /// Keep the producer's timestamps (`CreateTime`).
+    #[default]
+    CreateTime,
+    /// Stamp each batch with the broker's clock when appended (`LogAppendTime`).
+    LogAppendTime,
+}
+
+/// Settings of one partition's log. Field names follow Kafka's topic configs, units last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// `segment.bytes`: roll the active segment before it would exceed this size.
+    pub segment_bytes: u64,
+    /// `segment.ms`: roll a non-empty active segment this long after its first append.
+    pub segment_ms: i64,
+    /// `retention.ms`: delete sealed segments whose newest record is older; -1 keeps them.
+    pub retention_ms: i64,
+    /// `retention.bytes`: delete the oldest sealed segments while the log is larger; -1 keeps them.
+    pub retention_bytes: i64,
+    /// `flush.messages`: fsync after this many appended records (`i64::MAX` leaves it to the OS).
+    pub flush_messages: i64,
+    /// `flush.ms`: fsync when the last one is this old (`i64::MAX` leaves it to the OS).
+    pub flush_ms: i64,
+    /// `index.interval.bytes`: bytes of log between two offset index entries.
+    pub index_interval_bytes: u64,
+    /// `max.message.bytes`: the largest batch accepted.
+    pub max_message_bytes: usize,
+    /// `message.timestamp.type`.
+    pub timestamp_type: TimestampType,
+}
+
+impl Default for LogConfig {
+    /// Kafka's defaults.
+    fn default() -> Self {
+        Self {
+            segment_bytes: 1024 * 1024 * 1024,
+            segment_ms: 7 * 24 * 60 * 60 * 1000,
+            retention_ms: 7 * 24 * 60 * 60 * 1000,
+            retention_bytes: -1,
+            flush_messages: i64::MAX,
+            flush_ms: i64::MAX,
+            index_interval_bytes: 4096,
+            max_message_bytes: 1024 * 1024 + 12,
+            timestamp_type: TimestampType::CreateTime,
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! The one error type of `strata-log`.
+
+use std::path::PathBuf;
+
+use crate::batch::BatchError;
+
+/// Result alias for log operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can go wrong in the local log. The broker maps each variant to one Kafka error code.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file operation failed (KAFKA_STORAGE_ERROR).
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// A produced batch was refused.
+    #[error(transparent)]
+    InvalidBatch(#[from] BatchError),
+    /// A read outside `[log_start_offset, log_end_offset]` (OFFSET_OUT_OF_RANGE).
+    #[error("offset {offset} is outside the log [{log_start_offset}, {log_end_offset}]")]
+    OffsetOutOfRange {
+        /// Requested offset.
+        offset: i64,
+        /// First offset of the log.
+        log_start_offset: i64,
+        /// Offset the next record will get.
+        log_end_offset: i64,
+    },
+    /// An idempotent producer skipped sequences (OUT_OF_ORDER_SEQUENCE_NUMBER).
+    #[error("producer {producer_id}: expected sequence {expected}, got {received}")]
+    OutOfOrderSequence {
+        /// The producer.
+        producer_id: i64,
+        /// The sequence the log expected next.
+        expected: i32,
+        /// The sequence the batch starts with.
+        received: i32,
+    },
+    /// A batch from an older epoch of an idempotent producer (INVALID_PRODUCER_EPOCH).
+    #[error("producer {producer_id}: epoch {received} is older than the current {current}")]
+    InvalidProducerEpoch {
+        /// The producer.
+        producer_id: i64,
+        /// The epoch the log knows.
+        current: i16,
+        /// The epoch of the batch.
+        received: i16,
+    },
+    /// A transactional or control batch; transactions are not supported yet (INVALID_RECORD).
+    #[error("{0}")]
+    Unsupported(&'static str),
+    /// A log file whose content cannot be right and cannot be repaired.
+    #[error("corrupt log file {path}: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Attaches a path to an `io::Error`.
+pub(crate) trait IoContext<T> {
+    /// Wraps the error with the path it concerns.
+    fn at(self, path: &std::path::Path) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, path: &std::path::Path) -> Result<T> {
+        self.map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}

@@ -1,0 +1,475 @@
+//! The log of one partition: an ordered run of segments, the last one active.
+//!
+//! Files in the partition folder besides the segments:
+//! - `log-start-offset`: the first offset still readable, moved forward by retention;
+//! - `recovery-point`: every offset below it was fsynced, so recovery checks only what follows;
+//! - `producer-state.json`: a snapshot of the idempotent producer state at an offset;
+//! - `.clean-shutdown`: present only after a clean close, so a crash is noticed at the next open.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::batch::{self, BatchError, BatchHeader};
+use crate::config::{LogConfig, TimestampType};
+use crate::error::{Error, IoContext, Result};
+use crate::policy;
+use crate::producer::{ProducerStateTable, SequenceCheck};
+use crate::segment::{FileSlice, OpenMode, Segment};
+
+const LOG_START_OFFSET_FILE: &str = "log-start-offset";
+const RECOVERY_POINT_FILE: &str = "recovery-point";
+const PRODUCER_STATE_FILE: &str = "producer-state.json";
+const CLEAN_SHUTDOWN_FILE: &str = ".clean-shutdown";
+
+/// The outcome of an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    /// Offset of the first record.
+    pub base_offset: i64,
+    /// Offset of the last record.
+    pub last_offset: i64,
+    /// The broker timestamp given to the batch, or -1 when the producer's timestamps are kept.
+    pub log_append_time_ms: i64,
+    /// The batch was a retry of one already in the log and was not appended again.
+    pub duplicate: bool,
+}
+
+/// What an open found and repaired.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// The previous run did not close the log cleanly.
+    pub unclean: bool,
+    /// Bytes of torn or corrupt tail cut off.
+    pub truncated_bytes: u64,
+    /// Segments dropped because they followed a corrupt one.
+    pub dropped_segments: usize,
+}
+
+/// What a maintenance pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Maintenance {
+    /// The active segment was sealed because of `segment.ms`.
+    pub rolled: bool,
+    /// Segments removed by retention.
+    pub deleted_segments: usize,
+    /// The log was flushed because of `flush.messages` / `flush.ms`.
+    pub flushed: bool,
+}
+
+/// Sealed segments to fsync outside the log's lock; see [`Log::pending_flush`].
+#[derive(Debug)]
+pub struct FlushJob {
+    files: Vec<(PathBuf, Arc<File>)>,
+    recovery_point: i64,
+}
+
+impl FlushJob {
+    /// Forces the files to stable storage. Safe to run without holding the log.
+    pub fn run(&self) -> Result<()> {
+        for (path, file) in &self.files {
+            file.sync_data().at(path)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ProducerSnapshot {
+    offset: i64,
+    producers: ProducerStateTable,
+}
+
+/// The log of one partition.
+#[derive(Debug)]
+pub struct Log {
+    dir: PathBuf,
+    config: LogConfig,
+    /// Base offset → segment; never empty, the last one is active.
+    segments: BTreeMap<i64, Segment>,
+    log_start_offset: i64,
+    recovery_point: i64,
+    unflushed_messages: i64,
+    last_flush_ms: i64,
+    producers: ProducerStateTable,
+    recovery: RecoveryReport,
+}
+
+impl Log {
+    /// Opens (or creates) the log in `dir`, recovering after an unclean shutdown: every segment
+    /// past the recovery point is checked batch by batch and cut at the first torn or corrupt one.
+    pub fn open(dir: &Path, config: LogConfig, now_ms: i64) -> Result<Self> {
+        std::fs::create_dir_all(dir).at(dir)?;
+        let clean_marker = dir.join(CLEAN_SHUTDOWN_FILE);
+        let unclean = !clean_marker.exists();
+        if !unclean {
+            std::fs::remove_file(&clean_marker).at(&clean_marker)?;
+        }
+        let recovery_point = read_i64(&dir.join(RECOVERY_POINT_FILE))?.unwrap_or(0);
+        let stored_start = read_i64(&dir.join(LOG_START_OFFSET_FILE))?;
+        let mut recovery = RecoveryReport {
+            unclean,
+            ..RecoveryReport::default()
+        };
+        let segments = open_segments(dir, &config, unclean, recovery_point, now_ms, &mut recovery)?;
+        let mut log = Self {
+            dir: dir.to_path_buf(),
+            config,
+            segments,
+            log_start_offset: 0,
+            recovery_point,
+            unflushed_messages: 0,
+            last_flush_ms: now_ms,
+            producers: ProducerStateTable::default(),
+            recovery,
+        };
+        if log.segments.is_empty() {
+            let base = stored_start.unwrap_or(0).max(0);
+            let segment = Segment::create(dir, base, log.config.index_interval_bytes, now_ms)?;
+            log.segments.insert(base, segment);
+        }
+        let first_base = *log.segments.keys().next().expect("a log has a segment");
+        log.log_start_offset = stored_start.unwrap_or(first_base).clamp(first_base, log.log_end_offset());
+        log.recovery_point = log.recovery_point.min(log.log_end_offset());
+        log.load_producer_state()?;
+        Ok(log)
+    }
+
+    fn load_producer_state(&mut self) -> Result<()> {
+        let path = self.dir.join(PRODUCER_STATE_FILE);
+        let snapshot = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice::<ProducerSnapshot>(&bytes).ok(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).at(&path),
+        };
+        let first_base = *self.segments.keys().next().expect("a log has a segment");
+        let (mut table, from) = match snapshot {
+            Some(s) if s.offset >= first_base && s.offset <= self.log_end_offset() => (s.producers, s.offset),
+            _ => (ProducerStateTable::default(), first_base),
+        };
+        for segment in self.segments.values().filter(|s| s.next_offset > from) {
+            for header in segment.headers_from(from)? {
+                table.record(&header);
+            }
+        }
+        self.producers = table;
+        Ok(())
+    }
+
+    /// What the open found.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// The first readable offset.
+    pub fn log_start_offset(&self) -> i64 {
+        self.log_start_offset
+    }
+
+    /// The offset the next record will get.
+    pub fn log_end_offset(&self) -> i64 {
+        self.active().next_offset
+    }
+
+    /// Bytes in all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.values().map(|s| s.size_bytes).sum()
+    }
+
+    /// Number of segments, the active one included.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// The current settings.
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// Replaces the settings; they apply from the next append or maintenance pass.
+    pub fn set_config(&mut self, config: LogConfig) {
+        self.config = config;
+    }
+
+    fn active(&self) -> &Segment {
+        self.segments.values().next_back().expect("a log has a segment")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments.values_mut().next_back().expect("a log has a segment")
+    }
+
+    /// Validates and appends one produced record set (exactly one RecordBatch v2, as Kafka requires
+    /// of produce requests v3+), assigning its offsets and leader epoch. A retry of a batch of an
+    /// idempotent producer already in the log returns the original offsets without appending.
+    pub fn append(&mut self, records: &mut [u8], leader_epoch: i32, now_ms: i64) -> Result<AppendInfo> {
+        let headers = batch::validate_produce(records, self.config.max_message_bytes)?;
+        let [header] = headers[..] else {
+            return Err(BatchError::InvalidField("a produce request holds exactly one batch per partition").into());
+        };
+        if header.is_transactional() || header.is_control() {
+            return Err(Error::Unsupported("transactional and control batches are not supported yet"));
+        }
+        if let SequenceCheck::Duplicate { base_offset } = self.producers.check(&header)? {
+            return Ok(AppendInfo {
+                base_offset,
+                last_offset: base_offset + i64::from(header.last_offset_delta),
+                log_append_time_ms: -1,
+                duplicate: true,
+            });
+        }
+        let base_offset = self.log_end_offset();
+        let last_offset = base_offset + i64::from(header.last_offset_delta);
+        batch::set_base_offset(records, base_offset);
+        batch::set_partition_leader_epoch(records, leader_epoch);
+        let log_append_time_ms = match self.config.timestamp_type {
+            TimestampType::LogAppendTime => {
+                batch::set_log_append_time(records, now_ms);
+                now_ms
+            }
+            TimestampType::CreateTime => -1,
+        };
+        let stored = BatchHeader::parse(records)?;
+        if policy::should_roll(&self.active().stat(), records.len() as u64, last_offset, now_ms, &self.config) {
+            self.roll(now_ms)?;
+        }
+        self.active_mut().append(records, &stored)?;
+        self.producers.record(&stored);
+        self.unflushed_messages += i64::from(stored.record_count);
+        if policy::should_flush(self.unflushed_messages, self.last_flush_ms, now_ms, &self.config) {
+            self.flush(now_ms)?;
+        }
+        Ok(AppendInfo {
+            base_offset,
+            last_offset,
+            log_append_time_ms,
+            duplicate: false,
+        })
+    }
+
+    /// Seals the active segment and starts a new one at the log end offset.
+    pub fn roll(&mut self, now_ms: i64) -> Result<()> {
+        let base = self.log_end_offset();
+        if self.active().size_bytes == 0 {
+            return Ok(());
+        }
+        self.write_producer_snapshot()?;
+        let segment = Segment::create(&self.dir, base, self.config.index_interval_bytes, now_ms)?;
+        self.segments.insert(base, segment);
+        tracing::debug!(dir = %self.dir.display(), base_offset = base, "rolled segment");
+        Ok(())
+    }
+
+    /// Stored bytes from the batch holding `offset`: at most `max_bytes`, but always the whole first
+    /// batch. `None` at the log end. The slice is read outside any lock with [`FileSlice::read`].
+    pub fn read(&self, offset: i64, max_bytes: usize) -> Result<Option<FileSlice>> {
+        let log_end_offset = self.log_end_offset();
+        if offset < self.log_start_offset || offset > log_end_offset {
+            return Err(Error::OffsetOutOfRange {
+                offset,
+                log_start_offset: self.log_start_offset,
+                log_end_offset,
+            });
+        }
+        for segment in self.segments.range(..=offset).next_back().into_iter().map(|(_, s)| s).chain(
+            self.segments.range(offset + 1..).map(|(_, s)| s),
+        ) {
+            if let Some(slice) = segment.slice_from(offset, max_bytes)? {
+                return Ok(Some(slice));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The first record with a timestamp at or after `timestamp_ms`: `(offset, timestamp)`.
+    pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<(i64, i64)>> {
+        for segment in self.segments.values() {
+            if let Some((offset, timestamp)) = segment.find_timestamp(timestamp_ms)? {
+                if offset >= self.log_start_offset {
+                    return Ok(Some((offset, timestamp)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The batch with the largest timestamp: `(offset, timestamp)`, as ListOffsets `MAX_TIMESTAMP`.
+    pub fn max_timestamp(&self) -> Option<(i64, i64)> {
+        self.segments
+            .values()
+            .filter(|s| s.max_timestamp_ms >= 0)
+            .max_by_key(|s| s.max_timestamp_ms)
+            .map(|s| (s.offset_of_max_timestamp, s.max_timestamp_ms))
+    }
+
+    /// Periodic work: roll on `segment.ms`, delete segments under `retention.ms`/`retention.bytes`,
+    /// and flush on `flush.ms`.
+    pub fn maintain(&mut self, now_ms: i64) -> Result<Maintenance> {
+        let mut done = Maintenance::default();
+        if policy::is_due_for_time_roll(&self.active().stat(), now_ms, &self.config) {
+            self.roll(now_ms)?;
+            done.rolled = true;
+        }
+        let sealed: Vec<_> = self.segments.values().map(Segment::stat).collect();
+        let sealed = &sealed[..sealed.len() - 1];
+        let count = policy::segments_to_delete(sealed, self.size_bytes(), now_ms, &self.config);
+        if count > 0 {
+            self.delete_oldest_segments(count)?;
+            done.deleted_segments = count;
+        }
+        if policy::should_flush(self.unflushed_messages, self.last_flush_ms, now_ms, &self.config) {
+            self.flush(now_ms)?;
+            done.flushed = true;
+        }
+        Ok(done)
+    }
+
+    fn delete_oldest_segments(&mut self, count: usize) -> Result<()> {
+        assert!(count < self.segments.len(), "the active segment is never deleted");
+        for _ in 0..count {
+            let (_, segment) = self.segments.pop_first().expect("counted above");
+            tracing::info!(dir = %self.dir.display(), base_offset = segment.base_offset,
+                next_offset = segment.next_offset, "retention deleted segment");
+            segment.delete()?;
+        }
+        let first_base = *self.segments.keys().next().expect("a log has a segment");
+        self.log_start_offset = self.log_start_offset.max(first_base);
+        write_atomic(&self.dir.join(LOG_START_OFFSET_FILE), self.log_start_offset.to_string().as_bytes())
+    }
+
+    /// Sealed segments written since the last fsync, to be flushed without holding the log (a
+    /// sealed segment is never written again). Finish with [`Log::complete_flush`].
+    pub fn pending_flush(&self) -> Option<FlushJob> {
+        let active_base = self.active().base_offset;
+        if self.recovery_point >= active_base {
+            return None;
+        }
+        let files = self
+            .segments
+            .values()
+            .filter(|s| s.base_offset < active_base && s.next_offset > self.recovery_point)
+            .flat_map(Segment::files)
+            .collect();
+        Some(FlushJob {
+            files,
+            recovery_point: active_base,
+        })
+    }
+
+    /// Records that a [`FlushJob`] ran: recovery after a crash starts from its end.
+    pub fn complete_flush(&mut self, job: &FlushJob) -> Result<()> {
+        if job.recovery_point > self.recovery_point {
+            self.recovery_point = job.recovery_point;
+            write_atomic(&self.dir.join(RECOVERY_POINT_FILE), self.recovery_point.to_string().as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Forces every segment to stable storage and advances the recovery point to the log end.
+    pub fn flush(&mut self, now_ms: i64) -> Result<()> {
+        for segment in self.segments.values().filter(|s| s.next_offset > self.recovery_point) {
+            segment.flush()?;
+        }
+        self.recovery_point = self.log_end_offset();
+        self.unflushed_messages = 0;
+        self.last_flush_ms = now_ms;
+        write_atomic(&self.dir.join(RECOVERY_POINT_FILE), self.recovery_point.to_string().as_bytes())
+    }
+
+    fn write_producer_snapshot(&self) -> Result<()> {
+        let snapshot = ProducerSnapshot {
+            offset: self.log_end_offset(),
+            producers: self.producers.clone(),
+        };
+        let bytes = serde_json::to_vec(&snapshot).expect("producer state serializes");
+        write_atomic(&self.dir.join(PRODUCER_STATE_FILE), &bytes)
+    }
+
+    /// Flushes everything and marks the shutdown clean, so the next open skips recovery.
+    pub fn close(mut self, now_ms: i64) -> Result<()> {
+        self.flush(now_ms)?;
+        self.write_producer_snapshot()?;
+        write_atomic(&self.dir.join(LOG_START_OFFSET_FILE), self.log_start_offset.to_string().as_bytes())?;
+        write_atomic(&self.dir.join(CLEAN_SHUTDOWN_FILE), b"")
+    }
+
+    /// The partition folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+fn open_segments(
+    dir: &Path,
+    config: &LogConfig,
+    unclean: bool,
+    recovery_point: i64,
+    now_ms: i64,
+    report: &mut RecoveryReport,
+) -> Result<BTreeMap<i64, Segment>> {
+    let bases = list_segment_bases(dir)?;
+    let mut segments = BTreeMap::new();
+    for (i, &base) in bases.iter().enumerate() {
+        let segment_end = bases.get(i + 1).copied().unwrap_or(i64::MAX);
+        let mode = if unclean && segment_end > recovery_point {
+            OpenMode::Recover
+        } else {
+            OpenMode::Trusted
+        };
+        let (segment, cut) = Segment::open(dir, base, mode, config.index_interval_bytes, now_ms)?;
+        segments.insert(base, segment);
+        if cut > 0 {
+            tracing::warn!(dir = %dir.display(), base_offset = base, cut_bytes = cut, "cut torn or corrupt tail");
+            report.truncated_bytes += cut;
+            // What follows a corrupt batch cannot be trusted to be contiguous: drop it.
+            for &later in &bases[i + 1..] {
+                let (later_segment, _) = Segment::open(dir, later, OpenMode::Trusted, config.index_interval_bytes, now_ms)?;
+                later_segment.delete()?;
+                report.dropped_segments += 1;
+            }
+            break;
+        }
+    }
+    // An empty non-first segment left by a roll just before a crash is harmless; keep it active.
+    Ok(segments)
+}
+
+fn list_segment_bases(dir: &Path) -> Result<Vec<i64>> {
+    let mut bases = Vec::new();
+    for entry in std::fs::read_dir(dir).at(dir)? {
+        let path = entry.at(dir)?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if let Some(stem) = name.strip_suffix(".log") {
+            match stem.parse::<i64>() {
+                Ok(base) if base >= 0 => bases.push(base),
+                _ => tracing::warn!(path = %path.display(), "ignoring a file that is not a segment"),
+            }
+        } else if name.ends_with(".tmp") {
+            std::fs::remove_file(&path).at(&path)?;
+        }
+    }
+    bases.sort_unstable();
+    Ok(bases)
+}
+
+fn read_i64(path: &Path) -> Result<Option<i64>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(text.trim().parse().ok()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).at(path),
+    }
+}
+
+/// Replaces a small file atomically: write a temporary file, fsync it, rename it over the target.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut file = File::create(&tmp).at(&tmp)?;
+        std::io::Write::write_all(&mut file, bytes).at(&tmp)?;
+        file.sync_data().at(&tmp)?;
+    }
+    std::fs::rename(&tmp, path).at(path)
+}

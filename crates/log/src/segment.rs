@@ -1,0 +1,417 @@
+//! One segment: a file of whole RecordBatch v2 batches, its sparse offset and time indexes, and the
+//! scan that checks or rebuilds them.
+//!
+//! Files: `<base offset, 20 digits>.log`, `.index` and `.timeindex`, as Kafka names them.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kafka_protocol::records::RecordBatchDecoder;
+
+use crate::batch::{self, BatchHeader, HEADER_BYTES, LOG_OVERHEAD};
+use crate::error::{Error, IoContext, Result};
+use crate::index::{
+    self, OFFSET_ENTRY_BYTES, OffsetEntry, TIME_ENTRY_BYTES, TimeEntry, decode_offset_index, decode_time_index,
+};
+use crate::policy::SegmentStat;
+
+/// How a segment is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OpenMode {
+    /// Trust the batches; load the indexes, rebuilding them when missing or damaged.
+    Trusted,
+    /// Check every batch (CRC, offsets); truncate at the first bad one and rebuild the indexes.
+    Recover,
+}
+
+/// A segment file and its indexes.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    pub(crate) base_offset: i64,
+    log_path: PathBuf,
+    index_path: PathBuf,
+    time_index_path: PathBuf,
+    file: Arc<File>,
+    index_file: Arc<File>,
+    time_index_file: Arc<File>,
+    pub(crate) size_bytes: u64,
+    pub(crate) next_offset: i64,
+    offset_index: Vec<OffsetEntry>,
+    time_index: Vec<TimeEntry>,
+    bytes_since_index: u64,
+    pub(crate) max_timestamp_ms: i64,
+    /// Offset of the record batch holding `max_timestamp_ms`.
+    pub(crate) offset_of_max_timestamp: i64,
+    pub(crate) created_ms: i64,
+    index_interval_bytes: u64,
+}
+
+/// The path of a segment file with the given extension.
+pub(crate) fn segment_path(dir: &Path, base_offset: i64, extension: &str) -> PathBuf {
+    dir.join(format!("{base_offset:020}.{extension}"))
+}
+
+/// A byte range of a segment, to be read outside the log's lock.
+#[derive(Debug, Clone)]
+pub struct FileSlice {
+    file: Arc<File>,
+    path: PathBuf,
+    position: u64,
+    len: usize,
+}
+
+impl FileSlice {
+    /// Reads the range (from the page cache when it is warm).
+    pub fn read(&self) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; self.len];
+        self.file.read_exact_at(&mut buf, self.position).at(&self.path)?;
+        Ok(buf)
+    }
+
+    /// Bytes in the range.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the range is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Segment {
+    /// Creates an empty segment.
+    pub(crate) fn create(dir: &Path, base_offset: i64, index_interval_bytes: u64, now_ms: i64) -> Result<Self> {
+        let log_path = segment_path(dir, base_offset, "log");
+        let file = open_rw(&log_path, true)?;
+        let segment = Self::with_file(dir, base_offset, file, 0, index_interval_bytes, now_ms)?;
+        segment.index_file.set_len(0).at(&segment.index_path)?;
+        segment.time_index_file.set_len(0).at(&segment.time_index_path)?;
+        Ok(segment)
+    }
+
+    fn with_file(
+        dir: &Path,
+        base_offset: i64,
+        file: File,
+        size_bytes: u64,
+        index_interval_bytes: u64,
+        now_ms: i64,
+    ) -> Result<Self> {
+        let index_path = segment_path(dir, base_offset, "index");
+        let time_index_path = segment_path(dir, base_offset, "timeindex");
+        Ok(Self {
+            base_offset,
+            log_path: segment_path(dir, base_offset, "log"),
+            index_file: Arc::new(open_rw(&index_path, false)?),
+            time_index_file: Arc::new(open_rw(&time_index_path, false)?),
+            index_path,
+            time_index_path,
+            file: Arc::new(file),
+            size_bytes,
+            next_offset: base_offset,
+            offset_index: Vec::new(),
+            time_index: Vec::new(),
+            bytes_since_index: 0,
+            max_timestamp_ms: -1,
+            offset_of_max_timestamp: -1,
+            created_ms: now_ms,
+            index_interval_bytes,
+        })
+    }
+
+    /// Opens an existing segment. In [`OpenMode::Recover`] a torn or corrupt tail is cut off at the
+    /// last whole valid batch; the number of bytes cut is returned beside the segment.
+    pub(crate) fn open(
+        dir: &Path,
+        base_offset: i64,
+        mode: OpenMode,
+        index_interval_bytes: u64,
+        now_ms: i64,
+    ) -> Result<(Self, u64)> {
+        let log_path = segment_path(dir, base_offset, "log");
+        let file = open_rw(&log_path, false)?;
+        let file_bytes = file.metadata().at(&log_path)?.len();
+        let mut segment = Self::with_file(dir, base_offset, file, 0, index_interval_bytes, now_ms)?;
+        let loaded = mode == OpenMode::Trusted && segment.load_indexes(file_bytes)?;
+        let scan_from = segment.offset_index.last().map_or(0, |e| u64::from(e.position));
+        if !loaded {
+            segment.offset_index.clear();
+            segment.time_index.clear();
+        }
+        // Scan from the last indexed batch (or the start) to the end of the file.
+        let valid_end = segment.scan_tail(scan_from, file_bytes, mode == OpenMode::Recover, !loaded)?;
+        let cut = file_bytes - valid_end;
+        if cut > 0 {
+            segment.file.set_len(valid_end).at(&log_path)?;
+        }
+        if !loaded {
+            segment.rewrite_indexes()?;
+        }
+        Ok((segment, cut))
+    }
+
+    /// Loads the index files; `false` when either is missing or damaged.
+    fn load_indexes(&mut self, file_bytes: u64) -> Result<bool> {
+        let offsets = read_file(&self.index_path)?;
+        let times = read_file(&self.time_index_path)?;
+        let Some(offset_index) = decode_offset_index(&offsets, file_bytes) else {
+            return Ok(false);
+        };
+        let max_relative = offset_index.last().map_or(0, |e| e.relative_offset);
+        let Some(time_index) = decode_time_index(&times, max_relative) else {
+            return Ok(false);
+        };
+        if let Some(last) = time_index.last() {
+            self.max_timestamp_ms = last.timestamp_ms;
+            self.offset_of_max_timestamp = self.base_offset + i64::from(last.relative_offset);
+        }
+        self.offset_index = offset_index;
+        self.time_index = time_index;
+        Ok(true)
+    }
+
+    /// Walks the batches in `[from, end)`, updating the segment's state, and returns where the last
+    /// whole (and, when `validate`, valid) batch ends.
+    fn scan_tail(&mut self, from: u64, end: u64, validate: bool, index: bool) -> Result<u64> {
+        let mut position = from;
+        let mut expected_offset = None;
+        while let Some(header) = self.header_at(position, end, validate)? {
+            if header.base_offset < self.base_offset || expected_offset.is_some_and(|o| header.base_offset < o) {
+                tracing::warn!(path = %self.log_path.display(), position, "batch offsets go backwards; cutting here");
+                break;
+            }
+            expected_offset = Some(header.next_offset());
+            self.size_bytes = position;
+            self.note_batch(position, &header, index)?;
+            position += header.total_bytes() as u64;
+        }
+        self.size_bytes = position;
+        Ok(position)
+    }
+
+    /// The header of the whole batch at `position`, or `None` at the end, at a torn batch or, when
+    /// `validate`, at an invalid one.
+    fn header_at(&self, position: u64, end: u64, validate: bool) -> Result<Option<BatchHeader>> {
+        if end.saturating_sub(position) < HEADER_BYTES as u64 {
+            return Ok(None);
+        }
+        let mut head = [0u8; HEADER_BYTES];
+        self.file.read_exact_at(&mut head, position).at(&self.log_path)?;
+        let header = BatchHeader::parse(&head)?;
+        let total = header.total_bytes() as u64;
+        if header.magic != batch::MAGIC_V2 || total < HEADER_BYTES as u64 || position + total > end {
+            return Ok(None);
+        }
+        if validate {
+            let mut whole = vec![0u8; total as usize];
+            self.file.read_exact_at(&mut whole, position).at(&self.log_path)?;
+            if let Err(e) = batch::validate_batch(&whole) {
+                tracing::warn!(path = %self.log_path.display(), position, error = %e, "invalid batch; cutting here");
+                return Ok(None);
+            }
+        }
+        Ok(Some(header))
+    }
+
+    /// Updates offsets, timestamps and (when `index`) the in-memory indexes for a batch at `position`.
+    fn note_batch(&mut self, position: u64, header: &BatchHeader, index: bool) -> Result<()> {
+        self.next_offset = header.next_offset();
+        if header.max_timestamp > self.max_timestamp_ms {
+            self.max_timestamp_ms = header.max_timestamp;
+            self.offset_of_max_timestamp = header.base_offset;
+        }
+        self.bytes_since_index += header.total_bytes() as u64;
+        if index && self.bytes_since_index >= self.index_interval_bytes {
+            self.bytes_since_index = 0;
+            let relative_offset = (header.base_offset - self.base_offset) as u32;
+            self.offset_index.push(OffsetEntry {
+                relative_offset,
+                position: position as u32,
+            });
+            if self.time_index.last().is_none_or(|t| self.max_timestamp_ms > t.timestamp_ms) {
+                self.time_index.push(TimeEntry {
+                    timestamp_ms: self.max_timestamp_ms,
+                    relative_offset,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn rewrite_indexes(&mut self) -> Result<()> {
+        let offsets: Vec<u8> = self.offset_index.iter().copied().flat_map(index::encode_offset_entry).collect();
+        let times: Vec<u8> = self.time_index.iter().copied().flat_map(index::encode_time_entry).collect();
+        self.index_file.set_len(0).at(&self.index_path)?;
+        self.index_file.write_all_at(&offsets, 0).at(&self.index_path)?;
+        self.time_index_file.set_len(0).at(&self.time_index_path)?;
+        self.time_index_file.write_all_at(&times, 0).at(&self.time_index_path)?;
+        Ok(())
+    }
+
+    /// Appends one batch that already carries its offsets. The bytes reach the page cache before
+    /// this returns, so they survive a crash of the process.
+    pub(crate) fn append(&mut self, bytes: &[u8], header: &BatchHeader) -> Result<()> {
+        debug_assert_eq!(bytes.len(), header.total_bytes());
+        let position = self.size_bytes;
+        self.file.write_all_at(bytes, position).at(&self.log_path)?;
+        self.size_bytes += bytes.len() as u64;
+        let (offsets_before, times_before) = (self.offset_index.len(), self.time_index.len());
+        self.note_batch(position, header, true)?;
+        if self.offset_index.len() > offsets_before {
+            let entry = index::encode_offset_entry(self.offset_index[offsets_before]);
+            let at = (offsets_before * OFFSET_ENTRY_BYTES) as u64;
+            self.index_file.write_all_at(&entry, at).at(&self.index_path)?;
+        }
+        if self.time_index.len() > times_before {
+            let entry = index::encode_time_entry(self.time_index[times_before]);
+            let at = (times_before * TIME_ENTRY_BYTES) as u64;
+            self.time_index_file.write_all_at(&entry, at).at(&self.time_index_path)?;
+        }
+        Ok(())
+    }
+
+    /// Position of the batch holding `offset`, or `None` when the offset is past this segment.
+    pub(crate) fn position_of(&self, offset: i64) -> Result<Option<u64>> {
+        if offset >= self.next_offset {
+            return Ok(None);
+        }
+        let relative = (offset.max(self.base_offset) - self.base_offset).min(i64::from(u32::MAX)) as u32;
+        let mut position = index::floor_offset(&self.offset_index, relative).map_or(0, |e| u64::from(e.position));
+        while let Some(header) = self.header_at(position, self.size_bytes, false)? {
+            if header.last_offset() >= offset {
+                return Ok(Some(position));
+            }
+            position += header.total_bytes() as u64;
+        }
+        Ok(None)
+    }
+
+    /// A slice starting at the batch holding `offset`, of at most `max_bytes`, but always holding the
+    /// whole first batch (KIP-74). `None` when the offset is past this segment.
+    pub(crate) fn slice_from(&self, offset: i64, max_bytes: usize) -> Result<Option<FileSlice>> {
+        let Some(position) = self.position_of(offset)? else {
+            return Ok(None);
+        };
+        let mut prefix = [0u8; LOG_OVERHEAD];
+        self.file.read_exact_at(&mut prefix, position).at(&self.log_path)?;
+        let first_batch = LOG_OVERHEAD + batch::peek_offset_and_size(&prefix).1.max(0) as usize;
+        let available = (self.size_bytes - position) as usize;
+        let len = max_bytes.max(first_batch).min(available);
+        Ok(Some(FileSlice {
+            file: Arc::clone(&self.file),
+            path: self.log_path.clone(),
+            position,
+            len,
+        }))
+    }
+
+    /// The first record at or after `timestamp_ms` in this segment: `(offset, timestamp)`.
+    pub(crate) fn find_timestamp(&self, timestamp_ms: i64) -> Result<Option<(i64, i64)>> {
+        if self.max_timestamp_ms < timestamp_ms {
+            return Ok(None);
+        }
+        let start_relative = index::scan_start_for_timestamp(&self.time_index, timestamp_ms);
+        let Some(mut position) = self.position_of(self.base_offset + i64::from(start_relative))? else {
+            return Ok(None);
+        };
+        while let Some(header) = self.header_at(position, self.size_bytes, false)? {
+            if header.max_timestamp >= timestamp_ms {
+                let mut whole = vec![0u8; header.total_bytes()];
+                self.file.read_exact_at(&mut whole, position).at(&self.log_path)?;
+                return Ok(Some(self.first_record_at_or_after(&whole, &header, timestamp_ms)?));
+            }
+            position += header.total_bytes() as u64;
+        }
+        Ok(None)
+    }
+
+    fn first_record_at_or_after(&self, whole: &[u8], header: &BatchHeader, timestamp_ms: i64) -> Result<(i64, i64)> {
+        if header.attributes & batch::ATTR_LOG_APPEND_TIME != 0 {
+            return Ok((header.base_offset, header.max_timestamp));
+        }
+        let mut buf = Bytes::copy_from_slice(whole);
+        let set = RecordBatchDecoder::decode(&mut buf).map_err(|e| Error::Corrupt {
+            path: self.log_path.clone(),
+            reason: format!("batch at offset {} does not decode: {e}", header.base_offset),
+        })?;
+        Ok(set
+            .records
+            .iter()
+            .find(|r| r.timestamp >= timestamp_ms)
+            .map_or((header.base_offset, header.max_timestamp), |r| (r.offset, r.timestamp)))
+    }
+
+    /// Every batch header from `offset` on, in order (used to rebuild producer state).
+    pub(crate) fn headers_from(&self, offset: i64) -> Result<Vec<BatchHeader>> {
+        let Some(mut position) = self.position_of(offset)? else {
+            return Ok(Vec::new());
+        };
+        let mut headers = Vec::new();
+        while let Some(header) = self.header_at(position, self.size_bytes, false)? {
+            position += header.total_bytes() as u64;
+            headers.push(header);
+        }
+        Ok(headers)
+    }
+
+    /// Forces the segment and its indexes to stable storage.
+    pub(crate) fn flush(&self) -> Result<()> {
+        self.file.sync_data().at(&self.log_path)?;
+        self.index_file.sync_data().at(&self.index_path)?;
+        self.time_index_file.sync_data().at(&self.time_index_path)
+    }
+
+    /// The segment's files, for a [`crate::FlushJob`].
+    pub(crate) fn files(&self) -> Vec<(PathBuf, Arc<File>)> {
+        vec![
+            (self.log_path.clone(), Arc::clone(&self.file)),
+            (self.index_path.clone(), Arc::clone(&self.index_file)),
+            (self.time_index_path.clone(), Arc::clone(&self.time_index_file)),
+        ]
+    }
+
+    /// The figures roll and retention decisions need.
+    pub(crate) fn stat(&self) -> SegmentStat {
+        SegmentStat {
+            base_offset: self.base_offset,
+            next_offset: self.next_offset,
+            size_bytes: self.size_bytes,
+            max_timestamp_ms: self.max_timestamp_ms,
+            created_ms: self.created_ms,
+        }
+    }
+
+    /// Removes the segment's files. Readers holding a [`FileSlice`] keep reading the open file.
+    pub(crate) fn delete(self) -> Result<()> {
+        for path in [&self.log_path, &self.index_path, &self.time_index_path] {
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).at(path),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn open_rw(path: &Path, create_new: bool) -> Result<File> {
+    let mut options = OpenOptions::new();
+    options.read(true).write(true);
+    if create_new {
+        options.create_new(true);
+    } else {
+        options.create(true).truncate(false);
+    }
+    options.open(path).at(path)
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).at(path),
+    }
+}

@@ -1,0 +1,406 @@
+//! Log behaviour through the public API: append, read, roll, retention, index lookups, recovery.
+
+use std::path::{Path, PathBuf};
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::records::{Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+use proptest::prelude::*;
+use strata_log::batch::BatchHeader;
+use strata_log::{Error, Log, LogConfig};
+
+/// Encodes one client batch of `count` records with values `value-<first + i>` and timestamps
+/// `timestamp_ms + i`.
+fn client_batch(first: usize, count: usize, timestamp_ms: i64, value_bytes: usize) -> BytesMut {
+    client_batch_with(first, count, timestamp_ms, value_bytes, -1, -1, -1)
+}
+
+fn client_batch_with(
+    first: usize,
+    count: usize,
+    timestamp_ms: i64,
+    value_bytes: usize,
+    producer_id: i64,
+    producer_epoch: i16,
+    sequence: i32,
+) -> BytesMut {
+    let records: Vec<Record> = (0..count)
+        .map(|i| {
+            let mut value = format!("value-{}", first + i).into_bytes();
+            value.resize(value_bytes.max(value.len()), b'.');
+            Record {
+                transactional: false,
+                control: false,
+                partition_leader_epoch: 0,
+                producer_id,
+                producer_epoch,
+                timestamp_type: TimestampType::Creation,
+                offset: i as i64,
+                sequence: sequence + i as i32, // the encoder needs offset - sequence constant
+                timestamp: timestamp_ms + i as i64,
+                key: Some(Bytes::from(format!("key-{}", first + i))),
+                value: Some(Bytes::from(value)),
+                headers: Default::default(),
+                delete_horizon: false,
+            }
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(&mut buf, records.iter(), &RecordEncodeOptions { version: 2, compression: Compression::None })
+        .unwrap();
+    buf
+}
+
+/// Reads every record from `from` to the log end, decoding the stored batches.
+fn read_all(log: &Log, from: i64) -> Vec<(i64, String)> {
+    let mut out = Vec::new();
+    let mut offset = from;
+    while let Some(slice) = log.read(offset, 64 * 1024).unwrap() {
+        let mut bytes = Bytes::from(slice.read().unwrap());
+        while bytes.len() >= 61 {
+            let header = BatchHeader::parse(&bytes).unwrap();
+            if header.total_bytes() > bytes.len() {
+                break; // a trailing partial batch, as Kafka allows
+            }
+            let mut one = bytes.split_to(header.total_bytes());
+            let set = RecordBatchDecoder::decode(&mut one).unwrap();
+            for r in set.records {
+                if r.offset >= offset {
+                    out.push((r.offset, String::from_utf8(r.value.unwrap().to_vec()).unwrap()));
+                }
+            }
+            offset = header.next_offset();
+        }
+    }
+    out
+}
+
+fn small_segments() -> LogConfig {
+    LogConfig {
+        segment_bytes: 4096,
+        index_interval_bytes: 512,
+        ..LogConfig::default()
+    }
+}
+
+#[test]
+fn appends_assign_consecutive_offsets_and_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), LogConfig::default(), 0).unwrap();
+    let mut next = 0;
+    for i in 0..10 {
+        let mut batch = client_batch(next, 3, 1000 + i, 10);
+        let info = log.append(&mut batch, 5, 10).unwrap();
+        assert_eq!((info.base_offset, info.last_offset), (next as i64, next as i64 + 2));
+        assert!(!info.duplicate);
+        next += 3;
+    }
+    assert_eq!(log.log_end_offset(), 30);
+    let records = read_all(&log, 0);
+    assert_eq!(records.len(), 30);
+    for (i, (offset, value)) in records.iter().enumerate() {
+        assert_eq!(*offset, i as i64);
+        assert!(value.starts_with(&format!("value-{i}")), "{value}");
+    }
+    // Reading from the middle of a batch starts at the batch holding the offset.
+    assert_eq!(read_all(&log, 4)[0].0, 4);
+    assert!(log.read(30, 100).unwrap().is_none());
+    assert!(matches!(log.read(31, 100), Err(Error::OffsetOutOfRange { log_end_offset: 30, .. })));
+}
+
+#[test]
+fn stored_batches_carry_offsets_and_leader_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), LogConfig::default(), 0).unwrap();
+    log.append(&mut client_batch(0, 2, 0, 1), 9, 0).unwrap();
+    let stored = log.read(0, 1 << 20).unwrap().unwrap().read().unwrap();
+    let header = strata_log::batch::validate_batch(&stored).unwrap();
+    assert_eq!((header.base_offset, header.partition_leader_epoch), (0, 9));
+}
+
+#[test]
+fn rolls_segments_and_reads_across_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small_segments(), 0).unwrap();
+    for i in 0..100 {
+        log.append(&mut client_batch(i * 2, 2, i as i64, 200), 0, 0).unwrap();
+    }
+    assert!(log.segment_count() > 5, "segments: {}", log.segment_count());
+    let records = read_all(&log, 0);
+    assert_eq!(records.len(), 200);
+    assert!(records.iter().enumerate().all(|(i, (o, _))| *o == i as i64));
+    // Every offset can be found through the sparse index.
+    for offset in [0, 1, 57, 101, 150, 199] {
+        let slice = log.read(offset, 1).unwrap().unwrap();
+        let header = BatchHeader::parse(&slice.read().unwrap()).unwrap();
+        assert!(header.base_offset <= offset && offset <= header.last_offset());
+    }
+}
+
+#[test]
+fn a_batch_larger_than_max_bytes_is_returned_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), LogConfig::default(), 0).unwrap();
+    let mut big = client_batch(0, 1, 0, 10_000);
+    log.append(&mut big, 0, 0).unwrap();
+    let slice = log.read(0, 100).unwrap().unwrap();
+    assert_eq!(slice.len(), big.len());
+}
+
+#[test]
+fn time_roll_and_retention_by_time_and_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_ms: 1000,
+        retention_ms: 10_000,
+        ..LogConfig::default()
+    };
+    let mut log = Log::open(dir.path(), config.clone(), 0).unwrap();
+    log.append(&mut client_batch(0, 5, 100, 10), 0, 0).unwrap();
+    assert!(!log.maintain(999).unwrap().rolled);
+    assert!(log.maintain(1000).unwrap().rolled);
+    log.append(&mut client_batch(5, 5, 20_000, 10), 0, 1000).unwrap();
+    // The first segment's newest record (t=104) is older than 10 s at t=10_105.
+    let done = log.maintain(10_105).unwrap();
+    assert_eq!(done.deleted_segments, 1);
+    assert_eq!(log.log_start_offset(), 5);
+    assert!(matches!(log.read(0, 10), Err(Error::OffsetOutOfRange { log_start_offset: 5, .. })));
+    assert_eq!(read_all(&log, 5).len(), 5);
+    drop(log);
+    // The log start offset survives a restart.
+    let log = Log::open(dir.path(), config, 20_000).unwrap();
+    assert_eq!(log.log_start_offset(), 5);
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        retention_bytes: 8192,
+        ..small_segments()
+    };
+    let mut log = Log::open(dir.path(), config, 0).unwrap();
+    for i in 0..100 {
+        log.append(&mut client_batch(i, 1, 0, 300), 0, 0).unwrap();
+    }
+    log.maintain(1).unwrap();
+    assert!(log.size_bytes() <= 8192 + 4096, "size {}", log.size_bytes());
+    assert!(log.log_start_offset() > 0);
+    assert_eq!(read_all(&log, log.log_start_offset()).len() as i64, 100 - log.log_start_offset());
+}
+
+#[test]
+fn offsets_by_timestamp() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small_segments(), 0).unwrap();
+    for i in 0..50 {
+        // Batch i holds timestamps 1000*i .. 1000*i + 3.
+        log.append(&mut client_batch(i * 4, 4, 1000 * i as i64, 100), 0, 0).unwrap();
+    }
+    assert_eq!(log.offset_for_timestamp(0).unwrap(), Some((0, 0)));
+    assert_eq!(log.offset_for_timestamp(1002).unwrap(), Some((6, 1002)));
+    assert_eq!(log.offset_for_timestamp(1004).unwrap(), Some((8, 2000)));
+    assert_eq!(log.offset_for_timestamp(49_003).unwrap(), Some((199, 49_003)));
+    assert_eq!(log.offset_for_timestamp(49_004).unwrap(), None);
+    assert_eq!(log.max_timestamp(), Some((196, 49_003)));
+}
+
+#[test]
+fn idempotent_retries_are_not_appended_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small_segments(), 0).unwrap();
+    let first = log.append(&mut client_batch_with(0, 3, 0, 1, 42, 0, 0), 0, 0).unwrap();
+    let retry = log.append(&mut client_batch_with(0, 3, 0, 1, 42, 0, 0), 0, 0).unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(retry.base_offset, first.base_offset);
+    assert_eq!(log.log_end_offset(), 3);
+    let gap = log.append(&mut client_batch_with(3, 1, 0, 1, 42, 0, 7), 0, 0);
+    assert!(matches!(gap, Err(Error::OutOfOrderSequence { expected: 3, received: 7, .. })));
+    log.append(&mut client_batch_with(3, 1, 0, 1, 42, 0, 3), 0, 0).unwrap();
+    // The state is rebuilt after a crash (no clean close): the retry is still recognised.
+    drop(log);
+    let mut log = Log::open(dir.path(), small_segments(), 0).unwrap();
+    assert!(log.append(&mut client_batch_with(3, 1, 0, 1, 42, 0, 3), 0, 0).unwrap().duplicate);
+    log.append(&mut client_batch_with(4, 1, 0, 1, 42, 0, 4), 0, 0).unwrap();
+    log.close(0).unwrap();
+    let mut log = Log::open(dir.path(), small_segments(), 0).unwrap();
+    assert!(log.append(&mut client_batch_with(4, 1, 0, 1, 42, 0, 4), 0, 0).unwrap().duplicate);
+}
+
+#[test]
+fn a_set_of_two_batches_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), LogConfig::default(), 0).unwrap();
+    let mut two = client_batch(0, 1, 0, 1);
+    two.extend_from_slice(&client_batch(1, 1, 0, 1));
+    assert!(matches!(log.append(&mut two, 0, 0), Err(Error::InvalidBatch(_))));
+    assert_eq!(log.log_end_offset(), 0);
+}
+
+#[test]
+fn clean_close_and_reopen_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small_segments(), 0).unwrap();
+    for i in 0..40 {
+        log.append(&mut client_batch(i, 1, 0, 300), 0, 0).unwrap();
+    }
+    log.close(0).unwrap();
+    let log = Log::open(dir.path(), small_segments(), 0).unwrap();
+    assert!(!log.recovery_report().unclean);
+    assert_eq!(log.log_end_offset(), 40);
+    assert_eq!(read_all(&log, 0).len(), 40);
+}
+
+/// Copies a committed fixture folder into a temporary one.
+fn fixture(name: &str) -> tempfile::TempDir {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let dst = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dst.path().join(path.file_name().unwrap())).unwrap();
+    }
+    dst
+}
+
+fn segment_file(dir: &Path, base: i64) -> PathBuf {
+    dir.join(format!("{base:020}.log"))
+}
+
+/// Writes the committed fixtures (run with `--ignored` to regenerate them).
+#[test]
+#[ignore = "regenerates the committed fixtures"]
+fn write_fixtures() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let make = |name: &str, edit: &dyn Fn(&Path)| {
+        let dir = root.join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut log = Log::open(&dir, small_segments(), 0).unwrap();
+        for i in 0..30 {
+            log.append(&mut client_batch(i * 2, 2, 1000 + i as i64, 100), 0, 0).unwrap();
+        }
+        drop(log); // no clean close: the fixtures are crashed logs
+        edit(&dir);
+    };
+    // 30 batches of 2 records; the last batch lost its final 10 bytes.
+    make("torn-tail", &|dir| {
+        let path = last_segment(dir);
+        let len = std::fs::metadata(&path).unwrap().len();
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 10).unwrap();
+    });
+    // A byte of the last batch's value flipped: its CRC fails.
+    make("corrupt-crc", &|dir| {
+        let path = last_segment(dir);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes.len() - 5;
+        bytes[at] ^= 0x5a;
+        std::fs::write(&path, bytes).unwrap();
+    });
+    // Index files deleted or filled with garbage.
+    make("damaged-indexes", &|dir| {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            match path.extension().and_then(|e| e.to_str()) {
+                Some("index") => std::fs::write(&path, b"garbage!garbage").unwrap(),
+                Some("timeindex") => std::fs::remove_file(&path).unwrap(),
+                _ => {}
+            }
+        }
+    });
+}
+
+fn last_segment(dir: &Path) -> PathBuf {
+    let mut logs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    logs.sort();
+    logs.pop().unwrap()
+}
+
+#[test]
+fn recovery_cuts_a_torn_tail() {
+    let dir = fixture("torn-tail");
+    let mut log = Log::open(dir.path(), small_segments(), 0).unwrap();
+    assert!(log.recovery_report().unclean);
+    assert!(log.recovery_report().truncated_bytes > 0);
+    assert_eq!(log.log_end_offset(), 58, "the torn 30th batch is gone");
+    assert_eq!(read_all(&log, 0).len(), 58);
+    // New appends continue after the last whole batch.
+    assert_eq!(log.append(&mut client_batch(58, 1, 0, 1), 0, 0).unwrap().base_offset, 58);
+    assert_eq!(read_all(&log, 0).len(), 59);
+}
+
+#[test]
+fn recovery_cuts_a_corrupt_batch() {
+    let dir = fixture("corrupt-crc");
+    let log = Log::open(dir.path(), small_segments(), 0).unwrap();
+    assert_eq!(log.log_end_offset(), 58);
+    assert_eq!(read_all(&log, 0).len(), 58);
+}
+
+#[test]
+fn recovery_rebuilds_damaged_indexes() {
+    let dir = fixture("damaged-indexes");
+    let log = Log::open(dir.path(), small_segments(), 0).unwrap();
+    assert_eq!(log.log_end_offset(), 60);
+    for offset in 0..60 {
+        let slice = log.read(offset, 1).unwrap().unwrap();
+        let header = BatchHeader::parse(&slice.read().unwrap()).unwrap();
+        assert!(header.base_offset <= offset && offset <= header.last_offset());
+    }
+    // Batch i holds offsets 2i, 2i+1 at 1000+i, 1001+i: offset 19 is the first at 1010.
+    assert_eq!(log.offset_for_timestamp(1010).unwrap(), Some((19, 1010)));
+    // Reopening after a clean close trusts the rebuilt indexes.
+    log.close(0).unwrap();
+    let log = Log::open(dir.path(), small_segments(), 0).unwrap();
+    assert_eq!(read_all(&log, 0).len(), 60);
+}
+
+#[test]
+fn reopening_in_a_loop_after_crashes_never_loses_appended_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut expected = 0usize;
+    for round in 0..20 {
+        let mut log = Log::open(dir.path(), small_segments(), 0).unwrap();
+        assert_eq!(log.log_end_offset() as usize, expected, "round {round}");
+        for _ in 0..7 {
+            log.append(&mut client_batch(expected, 3, 0, 50), 0, 0).unwrap();
+            expected += 3;
+        }
+        if round % 3 == 0 {
+            log.close(0).unwrap();
+        } else if round % 3 == 1 {
+            // A torn write at the end, as a crash mid-write leaves.
+            drop(log);
+            let last = last_segment(dir.path());
+            let mut bytes = std::fs::read(&last).unwrap();
+            bytes.extend_from_slice(&client_batch(0, 1, 0, 10)[..30]);
+            std::fs::write(&last, bytes).unwrap();
+        }
+    }
+    let log = Log::open(dir.path(), small_segments(), 0).unwrap();
+    assert_eq!(read_all(&log, 0).len(), expected);
+    assert!(segment_file(dir.path(), 0).exists());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Whatever the batch sizes and segment size, every record reads back at its offset.
+    #[test]
+    fn any_append_sequence_reads_back(sizes in proptest::collection::vec((1usize..5, 0usize..600), 1..60),
+                                      segment_bytes in 500u64..5000) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig { segment_bytes, index_interval_bytes: 256, ..LogConfig::default() };
+        let mut log = Log::open(dir.path(), config, 0).unwrap();
+        let mut next = 0;
+        for (count, value_bytes) in &sizes {
+            log.append(&mut client_batch(next, *count, 0, *value_bytes), 0, 0).unwrap();
+            next += count;
+        }
+        let records = read_all(&log, 0);
+        prop_assert_eq!(records.len(), next);
+        for (i, (offset, value)) in records.iter().enumerate() {
+            prop_assert_eq!(*offset, i as i64);
+            let prefix = format!("value-{i}");
+            prop_assert!(value.starts_with(&prefix));
+        }
+    }
+}
