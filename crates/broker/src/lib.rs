@@ -1,1 +1,39 @@
-//! placeholder
+//! # strata-broker
+//!
+//! The Kafka-protocol broker of Strata: every unmodified Kafka client talks to it over TCP.
+//!
+//! ## Layout
+//! Data flows from the socket down to the log:
+//! - [`server`]: accept loop, per-connection reader and in-order writer, maintenance, shutdown.
+//! - [`frame`]: length-prefixed frames, bounded by `socket.request.max.bytes`.
+//! - `handler`: decodes a request with the `kafka-protocol` crate and routes it to one file per
+//!   Kafka API (`handler/produce.rs`, `handler/fetch.rs`, …).
+//! - [`manager`]: topics and their partitions, created, altered and deleted through the
+//!   [`metadata`] store.
+//! - [`partition`]: one partition's log, high watermark and leader epoch.
+//! - [`config`]: broker settings and topic configs with Kafka's names.
+//! - [`error`]: the error type and the one mapping to Kafka error codes.
+//!
+//! ## Example
+//! ```no_run
+//! # async fn run() -> strata_broker::Result<()> {
+//! use strata_broker::{BrokerConfig, server};
+//! let config = BrokerConfig::for_dir("./strata-data".into(), "127.0.0.1:9092".parse().unwrap());
+//! let broker = server::start(config).await?;
+//! println!("listening on {}", broker.local_addr());
+//! broker.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod config;
+pub mod error;
+pub mod frame;
+mod handler;
+pub mod manager;
+pub mod metadata;
+pub mod partition;
+pub mod server;
+
+pub use crate::config::BrokerConfig;
+pub use crate::error::{Error, Result};
+pub use crate::server::{BrokerHandle, start};

@@ -305,9 +305,9 @@ impl Log {
             .map(|s| (s.offset_of_max_timestamp, s.max_timestamp_ms))
     }
 
-    /// Periodic work: roll on `segment.ms`, delete segments under `retention.ms`/`retention.bytes`,
-    /// and flush on `flush.ms`.
-    pub fn maintain(&mut self, now_ms: i64) -> Result<Maintenance> {
+    /// Periodic work: roll on `segment.ms`, flush on `flush.ms` and, when `retention`, delete
+    /// segments under `retention.ms`/`retention.bytes`.
+    pub fn maintain(&mut self, now_ms: i64, retention: bool) -> Result<Maintenance> {
         let mut done = Maintenance::default();
         if policy::is_due_for_time_roll(&self.active().stat(), now_ms, &self.config) {
             self.roll(now_ms)?;
@@ -315,7 +315,11 @@ impl Log {
         }
         let sealed: Vec<_> = self.segments.values().map(Segment::stat).collect();
         let sealed = &sealed[..sealed.len() - 1];
-        let count = policy::segments_to_delete(sealed, self.size_bytes(), now_ms, &self.config);
+        let count = if retention {
+            policy::segments_to_delete(sealed, self.size_bytes(), now_ms, &self.config)
+        } else {
+            0
+        };
         if count > 0 {
             self.delete_oldest_segments(count)?;
             done.deleted_segments = count;

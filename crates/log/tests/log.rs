@@ -156,11 +156,11 @@ fn time_roll_and_retention_by_time_and_size() {
     };
     let mut log = Log::open(dir.path(), config.clone(), 0).unwrap();
     log.append(&mut client_batch(0, 5, 100, 10), 0, 0).unwrap();
-    assert!(!log.maintain(999).unwrap().rolled);
-    assert!(log.maintain(1000).unwrap().rolled);
+    assert!(!log.maintain(999, true).unwrap().rolled);
+    assert!(log.maintain(1000, true).unwrap().rolled);
     log.append(&mut client_batch(5, 5, 20_000, 10), 0, 1000).unwrap();
     // The first segment's newest record (t=104) is older than 10 s at t=10_105.
-    let done = log.maintain(10_105).unwrap();
+    let done = log.maintain(10_105, true).unwrap();
     assert_eq!(done.deleted_segments, 1);
     assert_eq!(log.log_start_offset(), 5);
     assert!(matches!(log.read(0, 10), Err(Error::OffsetOutOfRange { log_start_offset: 5, .. })));
@@ -179,7 +179,7 @@ fn time_roll_and_retention_by_time_and_size() {
     for i in 0..100 {
         log.append(&mut client_batch(i, 1, 0, 300), 0, 0).unwrap();
     }
-    log.maintain(1).unwrap();
+    log.maintain(1, true).unwrap();
     assert!(log.size_bytes() <= 8192 + 4096, "size {}", log.size_bytes());
     assert!(log.log_start_offset() > 0);
     assert_eq!(read_all(&log, log.log_start_offset()).len() as i64, 100 - log.log_start_offset());

@@ -1,0 +1,377 @@
+//! Broker settings and topic configuration, with Kafka's names, types, defaults and validation.
+//!
+//! Broker-wide settings use Kafka's broker names (`num.partitions`, `log.segment.bytes`, …); each
+//! topic config (`segment.bytes`, `retention.ms`, …) falls back to its broker-wide default. The
+//! table [`TOPIC_CONFIGS`] is the single list of topic configs the broker knows.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use strata_log::{LogConfig, TimestampType};
+
+use crate::error::{Error, Result};
+
+/// The value type of a config, for validation and DescribeConfigs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigType {
+    /// A 32-bit integer at or above a minimum.
+    Int(i64),
+    /// A 64-bit integer at or above a minimum.
+    Long(i64),
+    /// `true` or `false`.
+    Boolean,
+    /// One of a fixed set of strings.
+    Choice(&'static [&'static str]),
+}
+
+impl ConfigType {
+    /// Kafka's DescribeConfigs config type code (v3+).
+    pub fn kafka_code(self) -> i8 {
+        match self {
+            Self::Boolean => 1,
+            Self::Choice(_) => 2,
+            Self::Int(_) => 3,
+            Self::Long(_) => 5,
+        }
+    }
+
+    /// Checks a value, naming the config in the error.
+    pub fn validate(self, name: &str, value: &str) -> Result<()> {
+        let bad = |why: String| Err(Error::InvalidConfig(format!("{name}={value:?}: {why}")));
+        match self {
+            Self::Int(min) => match value.trim().parse::<i32>() {
+                Ok(v) if i64::from(v) >= min => Ok(()),
+                Ok(_) => bad(format!("must be at least {min}")),
+                Err(_) => bad("not a 32-bit integer".into()),
+            },
+            Self::Long(min) => match value.trim().parse::<i64>() {
+                Ok(v) if v >= min => Ok(()),
+                Ok(_) => bad(format!("must be at least {min}")),
+                Err(_) => bad("not a 64-bit integer".into()),
+            },
+            Self::Boolean => match value.trim() {
+                "true" | "false" => Ok(()),
+                _ => bad("must be true or false".into()),
+            },
+            Self::Choice(options) => {
+                if options.contains(&value.trim()) {
+                    Ok(())
+                } else {
+                    bad(format!("must be one of {options:?}"))
+                }
+            }
+        }
+    }
+}
+
+/// One topic config: its name, the broker setting that gives its default, and its type.
+#[derive(Debug, Clone, Copy)]
+pub struct TopicConfigDef {
+    /// Kafka's topic config name.
+    pub name: &'static str,
+    /// Kafka's broker setting holding the default.
+    pub broker_name: &'static str,
+    /// The default when the broker setting is not given either.
+    pub default: &'static str,
+    /// Type and bounds.
+    pub kind: ConfigType,
+}
+
+const WEEK_MS: &str = "604800000";
+
+/// Every topic config Strata knows, with Kafka's names and defaults.
+pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
+    def("cleanup.policy", "log.cleanup.policy", "delete", ConfigType::Choice(&["delete"])),
+    def("flush.messages", "log.flush.interval.messages", "9223372036854775807", ConfigType::Long(1)),
+    def("flush.ms", "log.flush.interval.ms", "9223372036854775807", ConfigType::Long(0)),
+    def("index.interval.bytes", "log.index.interval.bytes", "4096", ConfigType::Int(0)),
+    def("local.retention.bytes", "log.local.retention.bytes", "-2", ConfigType::Long(-2)),
+    def("local.retention.ms", "log.local.retention.ms", "-2", ConfigType::Long(-2)),
+    def("max.message.bytes", "message.max.bytes", "1048588", ConfigType::Int(0)),
+    def(
+        "message.timestamp.type",
+        "log.message.timestamp.type",
+        "CreateTime",
+        ConfigType::Choice(&["CreateTime", "LogAppendTime"]),
+    ),
+    def("min.insync.replicas", "min.insync.replicas", "1", ConfigType::Int(1)),
+    def("remote.storage.enable", "remote.storage.enable", "false", ConfigType::Boolean),
+    def("retention.bytes", "log.retention.bytes", "-1", ConfigType::Long(-1)),
+    def("retention.ms", "log.retention.ms", WEEK_MS, ConfigType::Long(-1)),
+    def("segment.bytes", "log.segment.bytes", "1073741824", ConfigType::Int(14)),
+    def("segment.ms", "log.roll.ms", WEEK_MS, ConfigType::Long(1)),
+];
+
+const fn def(name: &'static str, broker_name: &'static str, default: &'static str, kind: ConfigType) -> TopicConfigDef {
+    TopicConfigDef {
+        name,
+        broker_name,
+        default,
+        kind,
+    }
+}
+
+/// Broker settings that are not topic defaults.
+pub const BROKER_SETTINGS: &[(&str, &str, ConfigType)] = &[
+    ("auto.create.topics.enable", "true", ConfigType::Boolean),
+    ("default.replication.factor", "1", ConfigType::Int(1)),
+    ("log.retention.check.interval.ms", "300000", ConfigType::Long(1)),
+    ("node.id", "0", ConfigType::Int(0)),
+    ("num.partitions", "1", ConfigType::Int(1)),
+    ("socket.request.max.bytes", "104857600", ConfigType::Int(1)),
+];
+
+/// Looks up a topic config by name.
+pub fn topic_config_def(name: &str) -> Option<&'static TopicConfigDef> {
+    TOPIC_CONFIGS.iter().find(|d| d.name == name)
+}
+
+/// Everything the broker is started with.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Where partitions, metadata and (by default) the lake live.
+    pub data_dir: PathBuf,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// `host:port` given to clients in Metadata; `None` means the bound listen address.
+    pub advertised: Option<String>,
+    /// Object storage URL of the lake tier.
+    pub tier_url: String,
+    /// Kafka broker settings by name, validated; unset ones take their defaults.
+    settings: BTreeMap<String, String>,
+}
+
+impl BrokerConfig {
+    /// Builds a config, refusing unknown broker settings and invalid values.
+    pub fn new(
+        data_dir: PathBuf,
+        listen: SocketAddr,
+        advertised: Option<String>,
+        tier_url: Option<String>,
+        settings: BTreeMap<String, String>,
+    ) -> Result<Self> {
+        for (name, value) in &settings {
+            broker_setting_type(name)
+                .ok_or_else(|| Error::InvalidConfig(format!("unknown broker setting {name:?}")))?
+                .validate(name, value)?;
+        }
+        if let Some(topic_default) = TOPIC_CONFIGS.iter().find(|d| d.name == "remote.storage.enable") {
+            if settings.get(topic_default.broker_name).is_some_and(|v| v == "true") {
+                return Err(Error::InvalidConfig(TIERING_UNAVAILABLE.into()));
+            }
+        }
+        let tier_url = tier_url.unwrap_or_else(|| format!("file://{}", data_dir.join("lake").display()));
+        Ok(Self {
+            data_dir,
+            listen,
+            advertised,
+            tier_url,
+            settings,
+        })
+    }
+
+    /// A config for tests and embedding: defaults everywhere, listening on `listen`.
+    pub fn for_dir(data_dir: PathBuf, listen: SocketAddr) -> Self {
+        Self::new(data_dir, listen, None, None, BTreeMap::new()).expect("defaults are valid")
+    }
+
+    /// Sets one broker setting, validating it.
+    pub fn set(&mut self, name: &str, value: &str) -> Result<()> {
+        broker_setting_type(name)
+            .ok_or_else(|| Error::InvalidConfig(format!("unknown broker setting {name:?}")))?
+            .validate(name, value)?;
+        self.settings.insert(name.to_string(), value.to_string());
+        Ok(())
+    }
+
+    /// The value of a broker setting (given or default).
+    pub fn setting(&self, name: &str) -> String {
+        if let Some(v) = self.settings.get(name) {
+            return v.clone();
+        }
+        BROKER_SETTINGS
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .map(|(_, d, _)| *d)
+            .or_else(|| TOPIC_CONFIGS.iter().find(|d| d.broker_name == name).map(|d| d.default))
+            .unwrap_or_else(|| panic!("no broker setting named {name}"))
+            .to_string()
+    }
+
+    /// Whether a broker setting was given explicitly.
+    pub fn is_set(&self, name: &str) -> bool {
+        self.settings.contains_key(name)
+    }
+
+    fn long(&self, name: &str) -> i64 {
+        self.setting(name).trim().parse().expect("validated at start-up")
+    }
+
+    /// `num.partitions`.
+    pub fn num_partitions(&self) -> i32 {
+        self.long("num.partitions") as i32
+    }
+
+    /// `auto.create.topics.enable`.
+    pub fn auto_create_topics(&self) -> bool {
+        self.setting("auto.create.topics.enable") == "true"
+    }
+
+    /// `socket.request.max.bytes`.
+    pub fn socket_request_max_bytes(&self) -> usize {
+        self.long("socket.request.max.bytes") as usize
+    }
+
+    /// `log.retention.check.interval.ms`.
+    pub fn retention_check_interval_ms(&self) -> i64 {
+        self.long("log.retention.check.interval.ms")
+    }
+
+    /// `node.id`.
+    pub fn node_id(&self) -> i32 {
+        self.long("node.id") as i32
+    }
+
+    /// All broker settings with their values, for DescribeConfigs on the broker resource.
+    pub fn all_settings(&self) -> Vec<(String, String, bool)> {
+        let names = BROKER_SETTINGS
+            .iter()
+            .map(|(n, _, _)| *n)
+            .chain(TOPIC_CONFIGS.iter().map(|d| d.broker_name));
+        let mut all: Vec<_> = names.map(|n| (n.to_string(), self.setting(n), self.is_set(n))).collect();
+        all.sort();
+        all.dedup_by(|a, b| a.0 == b.0);
+        all
+    }
+
+    /// The effective topic config for a topic with these overrides.
+    pub fn topic_config(&self, overrides: &BTreeMap<String, String>) -> TopicConfig {
+        let values = TOPIC_CONFIGS
+            .iter()
+            .map(|d| {
+                let value = overrides.get(d.name).cloned().unwrap_or_else(|| self.setting(d.broker_name));
+                (d.name.to_string(), value)
+            })
+            .collect();
+        TopicConfig { values }
+    }
+}
+
+/// Why `remote.storage.enable=true` is refused until the lake tier lands.
+pub const TIERING_UNAVAILABLE: &str =
+    "remote.storage.enable=true: tiered storage is not available in this build of Strata yet";
+
+fn broker_setting_type(name: &str) -> Option<ConfigType> {
+    BROKER_SETTINGS
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, _, t)| *t)
+        .or_else(|| TOPIC_CONFIGS.iter().find(|d| d.broker_name == name).map(|d| d.kind))
+}
+
+/// Checks topic overrides: known names, valid values, supported features.
+pub fn validate_topic_overrides(overrides: &BTreeMap<String, String>) -> Result<()> {
+    for (name, value) in overrides {
+        let def = topic_config_def(name)
+            .ok_or_else(|| Error::InvalidConfig(format!("unknown topic config {name:?}")))?;
+        if name == "cleanup.policy" && value.split(',').any(|p| p.trim() == "compact") {
+            return Err(Error::InvalidConfig(
+                "cleanup.policy=compact: log compaction is not supported yet".into(),
+            ));
+        }
+        def.kind.validate(name, value)?;
+        if name == "remote.storage.enable" && value.trim() == "true" {
+            return Err(Error::InvalidConfig(TIERING_UNAVAILABLE.into()));
+        }
+    }
+    Ok(())
+}
+
+/// The effective config of one topic: every known topic config with its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicConfig {
+    values: BTreeMap<String, String>,
+}
+
+impl TopicConfig {
+    /// The value of a topic config.
+    pub fn get(&self, name: &str) -> &str {
+        self.values.get(name).map(String::as_str).unwrap_or_default()
+    }
+
+    fn long(&self, name: &str) -> i64 {
+        self.get(name).trim().parse().expect("validated")
+    }
+
+    /// The settings of the partition logs.
+    pub fn log_config(&self) -> LogConfig {
+        LogConfig {
+            segment_bytes: self.long("segment.bytes") as u64,
+            segment_ms: self.long("segment.ms"),
+            retention_ms: self.long("retention.ms"),
+            retention_bytes: self.long("retention.bytes"),
+            flush_messages: self.long("flush.messages"),
+            flush_ms: self.long("flush.ms"),
+            index_interval_bytes: self.long("index.interval.bytes").max(1) as u64,
+            max_message_bytes: self.long("max.message.bytes") as usize,
+            timestamp_type: match self.get("message.timestamp.type") {
+                "LogAppendTime" => TimestampType::LogAppendTime,
+                _ => TimestampType::CreateTime,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(settings: &[(&str, &str)]) -> Result<BrokerConfig> {
+        BrokerConfig::new(
+            PathBuf::from("/tmp/x"),
+            "127.0.0.1:9092".parse().unwrap(),
+            None,
+            None,
+            settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        )
+    }
+
+    #[test]
+    fn defaults_follow_kafka() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.num_partitions(), 1);
+        assert!(c.auto_create_topics());
+        assert_eq!(c.socket_request_max_bytes(), 100 * 1024 * 1024);
+        assert_eq!(c.tier_url, "file:///tmp/x/lake");
+        let t = c.topic_config(&BTreeMap::new());
+        assert_eq!(t.get("segment.bytes"), "1073741824");
+        assert_eq!(t.log_config(), LogConfig::default());
+    }
+
+    #[test]
+    fn broker_defaults_flow_into_topics_and_overrides_win() {
+        let c = config(&[("log.segment.bytes", "1000"), ("num.partitions", "3")]).unwrap();
+        assert_eq!(c.num_partitions(), 3);
+        let overrides = BTreeMap::from([("retention.ms".to_string(), "5".to_string())]);
+        let t = c.topic_config(&overrides);
+        assert_eq!(t.log_config().segment_bytes, 1000);
+        assert_eq!(t.log_config().retention_ms, 5);
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let err = config(&[("num.partitionz", "3")]).unwrap_err().to_string();
+        assert!(err.contains("num.partitionz"), "{err}");
+        let err = config(&[("num.partitions", "zero")]).unwrap_err().to_string();
+        assert!(err.contains("num.partitions"), "{err}");
+        let bad = |k: &str, v: &str| {
+            validate_topic_overrides(&BTreeMap::from([(k.to_string(), v.to_string())])).unwrap_err()
+        };
+        assert!(bad("segment.bytes", "-5").to_string().contains("at least 14"));
+        assert!(bad("retention.mss", "5").to_string().contains("unknown topic config"));
+        assert!(bad("cleanup.policy", "compact").to_string().contains("compaction"));
+        assert!(bad("message.timestamp.type", "Now").to_string().contains("one of"));
+        assert!(bad("remote.storage.enable", "true").to_string().contains("tiered storage"));
+    }
+}

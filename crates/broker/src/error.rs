@@ -1,0 +1,88 @@
+//! The one error type of `strata-broker`, and the single place where errors become Kafka codes.
+
+use kafka_protocol::ResponseError;
+
+/// Result alias for broker operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can go wrong in the broker.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The local log failed or refused a batch.
+    #[error(transparent)]
+    Log(#[from] strata_log::Error),
+    /// A broker setting or topic config is unknown or invalid (INVALID_CONFIG).
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// A topic name Kafka would refuse (INVALID_TOPIC_EXCEPTION).
+    #[error("invalid topic name {name:?}: {reason}")]
+    InvalidTopic {
+        /// The name.
+        name: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// The topic exists already (TOPIC_ALREADY_EXISTS).
+    #[error("topic {0:?} already exists")]
+    TopicExists(String),
+    /// No such topic or partition (UNKNOWN_TOPIC_OR_PARTITION).
+    #[error("unknown topic or partition {0}")]
+    UnknownTopic(String),
+    /// The partition is not (or no longer) served here (NOT_LEADER_OR_FOLLOWER, retriable).
+    #[error("not the leader: {0}")]
+    NotLeader(String),
+    /// A partition count or replication factor that cannot be served (INVALID_PARTITIONS,
+    /// INVALID_REPLICATION_FACTOR).
+    #[error("{message}")]
+    InvalidRequest {
+        /// The Kafka error to answer with.
+        code: ResponseError,
+        /// What is wrong.
+        message: String,
+    },
+    /// The metadata store failed.
+    #[error("metadata store: {0}")]
+    Metadata(String),
+    /// A socket or file failed.
+    #[error("I/O error on {what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// The Kafka error code a client gets for this error.
+    pub fn code(&self) -> ResponseError {
+        match self {
+            Self::Log(e) => log_error_code(e),
+            Self::InvalidConfig(_) => ResponseError::InvalidConfig,
+            Self::InvalidTopic { .. } => ResponseError::InvalidTopicException,
+            Self::TopicExists(_) => ResponseError::TopicAlreadyExists,
+            Self::UnknownTopic(_) => ResponseError::UnknownTopicOrPartition,
+            Self::NotLeader(_) => ResponseError::NotLeaderOrFollower,
+            Self::InvalidRequest { code, .. } => *code,
+            Self::Metadata(_) | Self::Io { .. } => ResponseError::KafkaStorageError,
+        }
+    }
+}
+
+/// The Kafka error code of a log error.
+pub fn log_error_code(error: &strata_log::Error) -> ResponseError {
+    use strata_log::batch::BatchError;
+    match error {
+        strata_log::Error::InvalidBatch(BatchError::TooLarge { .. }) => ResponseError::MessageTooLarge,
+        strata_log::Error::InvalidBatch(BatchError::UnsupportedMagic(_)) => ResponseError::UnsupportedForMessageFormat,
+        strata_log::Error::InvalidBatch(BatchError::Empty) => ResponseError::InvalidRecord,
+        strata_log::Error::InvalidBatch(BatchError::InvalidField(_)) => ResponseError::InvalidRecord,
+        strata_log::Error::InvalidBatch(_) => ResponseError::CorruptMessage,
+        strata_log::Error::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
+        strata_log::Error::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
+        strata_log::Error::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
+        strata_log::Error::Unsupported(_) => ResponseError::InvalidRecord,
+        _ => ResponseError::KafkaStorageError,
+    }
+}

@@ -1,0 +1,127 @@
+//! Framing: a 4-byte big-endian length, then the request. Pure functions over bytes, plus the one
+//! async read of a frame from a socket, bounded by `socket.request.max.bytes`.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Bytes of `api_key`, `api_version` and `correlation_id`, the part of every request header that
+/// can be read before knowing the header version.
+pub const REQUEST_PREFIX_BYTES: usize = 8;
+
+/// Why a connection is closed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The length prefix is negative or over the limit.
+    #[error("frame of {size} bytes is outside 0..={max} (socket.request.max.bytes)")]
+    Size {
+        /// The declared size.
+        size: i64,
+        /// The limit.
+        max: usize,
+    },
+    /// The peer closed the connection in the middle of a frame.
+    #[error("connection closed after {read} of {expected} bytes of a frame")]
+    Truncated {
+        /// Bytes received.
+        read: usize,
+        /// Bytes announced.
+        expected: usize,
+    },
+    /// The socket failed.
+    #[error("socket error: {0}")]
+    Io(String),
+}
+
+/// The fixed start of a request header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestPrefix {
+    /// API key, possibly unknown.
+    pub api_key: i16,
+    /// API version, possibly unsupported.
+    pub api_version: i16,
+    /// Correlation id to echo.
+    pub correlation_id: i32,
+}
+
+/// Reads the fixed start of a request header, or `None` when the frame is too short for one.
+pub fn parse_prefix(frame: &[u8]) -> Option<RequestPrefix> {
+    if frame.len() < REQUEST_PREFIX_BYTES {
+        return None;
+    }
+    Some(RequestPrefix {
+        api_key: i16::from_be_bytes([frame[0], frame[1]]),
+        api_version: i16::from_be_bytes([frame[2], frame[3]]),
+        correlation_id: i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]),
+    })
+}
+
+/// Reads one frame. `Ok(None)` when the peer closed the connection between frames.
+pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R, max_bytes: usize) -> Result<Option<Bytes>, FrameError> {
+    let mut length = [0u8; 4];
+    match reader.read_exact(&mut length).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(FrameError::Io(e.to_string())),
+    }
+    let size = i32::from_be_bytes(length);
+    if size < 0 || size as usize > max_bytes {
+        return Err(FrameError::Size {
+            size: i64::from(size),
+            max: max_bytes,
+        });
+    }
+    let expected = size as usize;
+    // Grow with what arrives rather than trusting the peer's length up front.
+    let mut frame = BytesMut::with_capacity(expected.min(64 * 1024));
+    while frame.len() < expected {
+        let want = (expected - frame.len()).min(1024 * 1024);
+        let read = (&mut *reader)
+            .take(want as u64)
+            .read_buf(&mut frame)
+            .await
+            .map_err(|e| FrameError::Io(e.to_string()))?;
+        if read == 0 {
+            return Err(FrameError::Truncated {
+                read: frame.len(),
+                expected,
+            });
+        }
+    }
+    Ok(Some(frame.freeze()))
+}
+
+/// Prefixes an encoded response with its length.
+pub fn length_prefixed(body: &[u8]) -> BytesMut {
+    let mut out = BytesMut::with_capacity(4 + body.len());
+    out.put_i32(body.len() as i32);
+    out.put_slice(body);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_are_bounded_and_truncation_is_noticed() {
+        let mut ok: &[u8] = &[0, 0, 0, 3, 1, 2, 3];
+        assert_eq!(read_frame(&mut ok, 10).await.unwrap().unwrap().as_ref(), &[1, 2, 3]);
+        assert_eq!(read_frame(&mut ok, 10).await.unwrap(), None);
+        let mut big: &[u8] = &[0, 0, 0, 11];
+        assert!(matches!(read_frame(&mut big, 10).await, Err(FrameError::Size { size: 11, .. })));
+        let mut negative: &[u8] = &[0xff, 0xff, 0xff, 0xff];
+        assert!(matches!(read_frame(&mut negative, 10).await, Err(FrameError::Size { size: -1, .. })));
+        let mut short: &[u8] = &[0, 0, 0, 5, 1];
+        assert_eq!(
+            read_frame(&mut short, 10).await,
+            Err(FrameError::Truncated { read: 1, expected: 5 })
+        );
+    }
+
+    #[test]
+    fn prefix_needs_eight_bytes() {
+        assert_eq!(parse_prefix(&[0; 7]), None);
+        let p = parse_prefix(&[0, 18, 0, 3, 0, 0, 0, 9]).unwrap();
+        assert_eq!((p.api_key, p.api_version, p.correlation_id), (18, 3, 9));
+    }
+}

@@ -1,0 +1,252 @@
+//! Request dispatch: from a frame to a response, one Kafka API per file under `handler/`.
+//!
+//! Requests of one connection are handled in arrival order, so a producer's pipelined batches are
+//! appended in order. Only a fetch that must wait (long poll) runs apart, as a task whose response
+//! is written in its turn; requests behind it are handled meanwhile.
+
+mod alter_configs;
+mod api_versions;
+mod create_partitions;
+mod create_topics;
+mod delete_topics;
+mod describe_cluster;
+mod describe_configs;
+pub(crate) mod fetch;
+mod incremental_alter_configs;
+mod init_producer_id;
+mod list_offsets;
+mod metadata;
+mod produce;
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::frame::{self, RequestPrefix};
+use crate::manager::PartitionManager;
+
+#[cfg(test)]
+pub(crate) use api_versions::SUPPORTED_APIS;
+
+/// What handlers share.
+#[derive(Debug)]
+pub(crate) struct Context {
+    pub(crate) manager: Arc<PartitionManager>,
+    /// Host given to clients in Metadata and DescribeCluster.
+    pub(crate) advertised_host: String,
+    /// Port given to clients.
+    pub(crate) advertised_port: i32,
+    /// Cancelled when the broker shuts down; waiting fetches answer at once.
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl Context {
+    pub(crate) fn node_id(&self) -> i32 {
+        self.manager.config().node_id()
+    }
+}
+
+/// A response to write, now or when a waiting fetch completes. `Ready(None)` is acks=0.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    Ready(Option<BytesMut>),
+    Waiting(JoinHandle<Result<BytesMut, String>>),
+}
+
+/// Why a connection must be closed instead of answered.
+pub(crate) type Refusal = String;
+
+/// The broker's clock.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Handles one frame.
+pub(crate) fn dispatch(ctx: &Arc<Context>, frame: Bytes) -> Result<Reply, Refusal> {
+    let Some(prefix) = frame::parse_prefix(&frame) else {
+        return Err(format!("request of {} bytes is shorter than a request header", frame.len()));
+    };
+    let Ok(api_key) = ApiKey::try_from(prefix.api_key) else {
+        return Err(format!("unknown API key {}", prefix.api_key));
+    };
+    let Some(range) = api_versions::supported_range(api_key) else {
+        return Err(format!("{api_key:?} (key {}) is not supported", prefix.api_key));
+    };
+    if prefix.api_version < range.min || prefix.api_version > range.max {
+        if api_key == ApiKey::ApiVersions {
+            // KIP-511: answer in the v0 layout so the client can retry at a version we support.
+            return Ok(Reply::Ready(Some(api_versions::unsupported_version_response(prefix.correlation_id))));
+        }
+        return Err(format!(
+            "{api_key:?} v{} is not supported (supported: v{}..=v{})",
+            prefix.api_version, range.min, range.max
+        ));
+    }
+    let mut body = frame;
+    let header = RequestHeader::decode(&mut body, api_key.request_header_version(prefix.api_version))
+        .map_err(|e| format!("malformed {api_key:?} request header: {e}"))?;
+    let request = RequestKind::decode(api_key, &mut body, prefix.api_version)
+        .map_err(|e| format!("malformed {api_key:?} v{} request: {e}", prefix.api_version))?;
+    route(ctx, prefix, &header, request)
+}
+
+fn route(ctx: &Arc<Context>, prefix: RequestPrefix, header: &RequestHeader, request: RequestKind) -> Result<Reply, Refusal> {
+    let version = prefix.api_version;
+    let response: ResponseKind = match request {
+        RequestKind::ApiVersions(_) => api_versions::handle(version).into(),
+        RequestKind::Metadata(r) => metadata::handle(ctx, version, r).into(),
+        RequestKind::Produce(r) => match produce::handle(ctx, version, r) {
+            Some(response) => response.into(),
+            None => return Ok(Reply::Ready(None)),
+        },
+        RequestKind::Fetch(r) => {
+            let ctx = Arc::clone(ctx);
+            let correlation_id = header.correlation_id;
+            let task = tokio::spawn(async move {
+                let response = fetch::handle(&ctx, version, r).await;
+                encode(ApiKey::Fetch, version, correlation_id, &ResponseKind::Fetch(response))
+            });
+            return Ok(Reply::Waiting(task));
+        }
+        RequestKind::ListOffsets(r) => list_offsets::handle(ctx, version, r).into(),
+        RequestKind::CreateTopics(r) => create_topics::handle(ctx, version, r).into(),
+        RequestKind::DeleteTopics(r) => delete_topics::handle(ctx, version, r).into(),
+        RequestKind::CreatePartitions(r) => create_partitions::handle(ctx, r).into(),
+        RequestKind::DescribeConfigs(r) => describe_configs::handle(ctx, version, r).into(),
+        RequestKind::AlterConfigs(r) => alter_configs::handle(ctx, r).into(),
+        RequestKind::IncrementalAlterConfigs(r) => incremental_alter_configs::handle(ctx, r).into(),
+        RequestKind::DescribeCluster(r) => describe_cluster::handle(ctx, version, r).into(),
+        RequestKind::InitProducerId(r) => init_producer_id::handle(ctx, r).into(),
+        other => return Err(format!("no handler for {other:?}")),
+    };
+    let api_key = ApiKey::try_from(prefix.api_key).expect("checked in dispatch");
+    encode(api_key, version, header.correlation_id, &response).map(|b| Reply::Ready(Some(b)))
+}
+
+/// Encodes a response with its header and length prefix.
+pub(crate) fn encode(api_key: ApiKey, version: i16, correlation_id: i32, response: &ResponseKind) -> Result<BytesMut, Refusal> {
+    let mut body = BytesMut::with_capacity(256);
+    body.extend_from_slice(&[0; 4]);
+    ResponseHeader::default()
+        .with_correlation_id(correlation_id)
+        .encode(&mut body, api_key.response_header_version(version))
+        .map_err(|e| format!("encoding the {api_key:?} response header: {e}"))?;
+    response
+        .encode(&mut body, version)
+        .map_err(|e| format!("encoding the {api_key:?} v{version} response: {e}"))?;
+    let length = (body.len() - 4) as i32;
+    body[..4].copy_from_slice(&length.to_be_bytes());
+    Ok(body)
+}
+
+/// A string for a response field.
+pub(crate) fn str_bytes(s: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(s.into())
+}
+
+/// An error message for a response, or `None` for success.
+pub(crate) fn message(error: &crate::error::Error) -> Option<StrBytes> {
+    Some(str_bytes(error.to_string()))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::config::BrokerConfig;
+    use crate::metadata::LocalMetadataStore;
+
+    pub(crate) fn context(dir: &std::path::Path) -> Arc<Context> {
+        let config = BrokerConfig::for_dir(dir.to_path_buf(), "127.0.0.1:0".parse().unwrap());
+        let manager = PartitionManager::open(config, Box::new(LocalMetadataStore::new(dir)), 0).unwrap();
+        Arc::new(Context {
+            manager: Arc::new(manager),
+            advertised_host: "127.0.0.1".into(),
+            advertised_port: 9092,
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    /// Every API at every advertised version answers a default request with a response that
+    /// encodes at that version (fields unknown to a version must stay at their defaults).
+    #[tokio::test]
+    async fn every_advertised_version_encodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(dir.path());
+        ctx.manager
+            .create_topic("t", 2, 1, Default::default(), false, 0)
+            .unwrap();
+        for &(key, min, max) in SUPPORTED_APIS {
+            for version in min..=max {
+                let mut frame = BytesMut::new();
+                let header = RequestHeader::default()
+                    .with_request_api_key(key as i16)
+                    .with_request_api_version(version)
+                    .with_correlation_id(7);
+                header.encode(&mut frame, key.request_header_version(version)).unwrap();
+                let request = default_request(key);
+                request.encode(&mut frame, version).unwrap();
+                let reply = dispatch(&ctx, frame.freeze()).unwrap_or_else(|e| panic!("{key:?} v{version}: {e}"));
+                let bytes = match reply {
+                    Reply::Ready(Some(b)) => b,
+                    Reply::Ready(None) => continue,
+                    Reply::Waiting(task) => task.await.unwrap().unwrap(),
+                };
+                let mut body = bytes.freeze().slice(4..);
+                let header = ResponseHeader::decode(&mut body, key.response_header_version(version)).unwrap();
+                assert_eq!(header.correlation_id, 7);
+                ResponseKind::decode(key, &mut body, version).unwrap_or_else(|e| panic!("{key:?} v{version}: {e}"));
+            }
+        }
+    }
+
+    fn default_request(key: ApiKey) -> RequestKind {
+        use kafka_protocol::messages::*;
+        match key {
+            ApiKey::ApiVersions => ApiVersionsRequest::default().into(),
+            ApiKey::Metadata => MetadataRequest::default().into(),
+            ApiKey::Produce => ProduceRequest::default().with_acks(1).into(),
+            ApiKey::Fetch => FetchRequest::default().with_max_wait_ms(0).into(),
+            ApiKey::ListOffsets => ListOffsetsRequest::default().into(),
+            ApiKey::CreateTopics => CreateTopicsRequest::default().into(),
+            ApiKey::DeleteTopics => DeleteTopicsRequest::default().into(),
+            ApiKey::CreatePartitions => CreatePartitionsRequest::default().into(),
+            ApiKey::DescribeConfigs => DescribeConfigsRequest::default()
+                .with_resources(vec![
+                    describe_configs_request::DescribeConfigsResource::default()
+                        .with_resource_type(2)
+                        .with_resource_name(str_bytes("t")),
+                ])
+                .into(),
+            ApiKey::AlterConfigs => AlterConfigsRequest::default().into(),
+            ApiKey::IncrementalAlterConfigs => IncrementalAlterConfigsRequest::default().into(),
+            ApiKey::DescribeCluster => DescribeClusterRequest::default().into(),
+            ApiKey::InitProducerId => InitProducerIdRequest::default().into(),
+            other => panic!("add a default request for {other:?}"),
+        }
+    }
+
+    #[test]
+    fn short_unknown_and_unsupported_requests_are_refused_with_a_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(dir.path());
+        let refuse = |bytes: &'static [u8]| match dispatch(&ctx, Bytes::from_static(bytes)) {
+            Err(reason) => reason,
+            Ok(_) => panic!("accepted {bytes:?}"),
+        };
+        assert!(refuse(&[0, 1, 0]).contains("shorter than a request header"));
+        assert!(refuse(&[0x7f, 0, 0, 0, 0, 0, 0, 1]).contains("unknown API key"));
+        assert!(refuse(&[0, 0, 0x7f, 0, 0, 0, 0, 1]).contains("not supported"));
+        assert!(refuse(&[0, 3, 0, 1, 0, 0, 0, 1, 0xff]).contains("malformed"));
+        // ApiVersions at an unknown version gets an answer, not a closed connection.
+        assert!(matches!(
+            dispatch(&ctx, Bytes::from_static(&[0, 18, 0x7f, 0, 0, 0, 0, 1])),
+            Ok(Reply::Ready(Some(_)))
+        ));
+    }
+}

@@ -1,0 +1,96 @@
+//! CreateTopics: new topics with partition counts and config overrides.
+
+use std::collections::{BTreeMap, HashSet};
+
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
+use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
+
+use super::{Context, message, now_ms, str_bytes};
+use crate::error::{Error, Result};
+
+pub(super) fn handle(ctx: &Context, version: i16, request: CreateTopicsRequest) -> CreateTopicsResponse {
+    let mut seen = HashSet::new();
+    let duplicates: HashSet<_> = request.topics.iter().filter(|t| !seen.insert(t.name.clone())).map(|t| t.name.clone()).collect();
+    let topics = request
+        .topics
+        .into_iter()
+        .map(|topic| {
+            let result = CreatableTopicResult::default().with_name(topic.name.clone());
+            let outcome = if duplicates.contains(&topic.name) {
+                Err(Error::InvalidRequest {
+                    code: ResponseError::InvalidRequest,
+                    message: format!("topic {} appears more than once in the request", topic.name.as_str()),
+                })
+            } else {
+                create(ctx, topic, request.validate_only)
+            };
+            match outcome {
+                Ok(created) => {
+                    let mut result = result;
+                    if version >= 5 {
+                        result.num_partitions = created.partitions;
+                        result.replication_factor = 1;
+                        result.configs = Some(created.configs);
+                    }
+                    if version >= 7 {
+                        result.topic_id = created.topic_id;
+                    }
+                    result
+                }
+                Err(e) => {
+                    let mut result = result.with_error_code(e.code().code());
+                    if version >= 1 {
+                        result.error_message = message(&e);
+                    }
+                    result
+                }
+            }
+        })
+        .collect();
+    CreateTopicsResponse::default().with_topics(topics)
+}
+
+struct Created {
+    partitions: i32,
+    topic_id: uuid::Uuid,
+    configs: Vec<CreatableTopicConfigs>,
+}
+
+fn create(ctx: &Context, topic: CreatableTopic, validate_only: bool) -> Result<Created> {
+    let mut partitions = topic.num_partitions;
+    let mut replication_factor = topic.replication_factor;
+    if !topic.assignments.is_empty() {
+        let node = ctx.node_id();
+        if topic.assignments.iter().any(|a| a.broker_ids.iter().any(|b| b.0 != node) || a.broker_ids.len() != 1) {
+            return Err(Error::InvalidRequest {
+                code: ResponseError::InvalidReplicaAssignment,
+                message: format!("replica assignments may only name broker {node}, once"),
+            });
+        }
+        partitions = topic.assignments.len() as i32;
+        replication_factor = -1;
+    }
+    let overrides: BTreeMap<String, String> = topic
+        .configs
+        .iter()
+        .filter_map(|c| c.value.as_ref().map(|v| (c.name.to_string(), v.to_string())))
+        .collect();
+    let created = ctx.manager.create_topic(&topic.name, partitions, replication_factor, overrides, validate_only, now_ms())?;
+    let configs = super::describe_configs::topic_entries(ctx, &created, None)
+        .into_iter()
+        .map(|e| {
+            CreatableTopicConfigs::default()
+                .with_name(str_bytes(e.name))
+                .with_value(Some(str_bytes(e.value)))
+                .with_config_source(e.source)
+        })
+        .collect();
+    let partitions = if partitions == -1 { ctx.manager.config().num_partitions() } else { partitions };
+    Ok(Created {
+        partitions,
+        topic_id: created.topic_id,
+        configs,
+    })
+}

@@ -1,0 +1,62 @@
+//! ListOffsets: earliest, latest, max timestamp, or the first offset at or after a timestamp.
+
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
+use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
+
+use super::Context;
+use crate::error::Result;
+use crate::partition::Partition;
+
+/// Kafka's special timestamps.
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
+const MAX_TIMESTAMP: i64 = -3;
+const EARLIEST_LOCAL: i64 = -4;
+const LATEST_TIERED: i64 = -5;
+
+pub(super) fn handle(ctx: &Context, version: i16, request: ListOffsetsRequest) -> ListOffsetsResponse {
+    let topics = request
+        .topics
+        .into_iter()
+        .map(|topic| {
+            let partitions = topic
+                .partitions
+                .iter()
+                .map(|wanted| {
+                    let answer = ListOffsetsPartitionResponse::default().with_partition_index(wanted.partition_index);
+                    let Some(partition) = ctx.manager.partition(&topic.name, wanted.partition_index) else {
+                        return answer.with_error_code(ResponseError::UnknownTopicOrPartition.code());
+                    };
+                    match lookup(&partition, wanted.timestamp) {
+                        Ok((offset, timestamp)) => {
+                            let mut answer = answer.with_offset(offset).with_timestamp(timestamp);
+                            if version >= 4 {
+                                answer.leader_epoch = partition.leader_epoch();
+                            }
+                            answer
+                        }
+                        Err(e) => answer.with_error_code(e.code().code()),
+                    }
+                })
+                .collect();
+            ListOffsetsTopicResponse::default()
+                .with_name(topic.name)
+                .with_partitions(partitions)
+        })
+        .collect();
+    ListOffsetsResponse::default().with_topics(topics)
+}
+
+/// `(offset, timestamp)` for a ListOffsets timestamp; `(-1, -1)` when no record qualifies.
+fn lookup(partition: &Partition, timestamp: i64) -> Result<(i64, i64)> {
+    Ok(match timestamp {
+        LATEST => (partition.high_watermark(), -1),
+        EARLIEST | EARLIEST_LOCAL => (partition.log_start_offset(), -1),
+        // Nothing is tiered yet.
+        LATEST_TIERED => (-1, -1),
+        MAX_TIMESTAMP => partition.max_timestamp()?.unwrap_or((-1, -1)),
+        t if t >= 0 => partition.offset_for_timestamp(t)?.unwrap_or((-1, -1)),
+        _ => (-1, -1),
+    })
+}

@@ -1,0 +1,96 @@
+//! Metadata: brokers, topics and partitions, auto-creating requested topics when allowed.
+
+use std::sync::Arc;
+
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
+use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
+
+use super::{Context, now_ms, str_bytes};
+use crate::manager::Topic;
+
+/// `topic_authorized_operations` when not requested (Kafka's INT32_MIN sentinel).
+const OPERATIONS_OMITTED: i32 = i32::MIN;
+
+pub(super) fn handle(ctx: &Context, version: i16, request: MetadataRequest) -> MetadataResponse {
+    let broker = MetadataResponseBroker::default()
+        .with_node_id(BrokerId(ctx.node_id()))
+        .with_host(str_bytes(ctx.advertised_host.clone()))
+        .with_port(ctx.advertised_port);
+    let mut response = MetadataResponse::default()
+        .with_brokers(vec![broker])
+        .with_controller_id(BrokerId(ctx.node_id()));
+    if version >= 2 {
+        response.cluster_id = Some(str_bytes(ctx.manager.cluster_id()));
+    }
+    // v0: an empty list means every topic; v1+: null means every topic, empty means none.
+    let requested = match request.topics {
+        Some(topics) if !(version == 0 && topics.is_empty()) => topics,
+        _ => {
+            response.topics = ctx.manager.topics().iter().map(|t| describe_topic(ctx, version, t)).collect();
+            return response;
+        }
+    };
+    let auto_create = version < 4 || request.allow_auto_topic_creation;
+    response.topics = requested
+        .into_iter()
+        .map(|wanted| {
+            let topic = match (&wanted.name, version >= 10) {
+                (Some(name), _) => lookup(ctx, name, auto_create),
+                (None, true) => ctx.manager.topic_by_id(wanted.topic_id).ok_or(ResponseError::UnknownTopicId),
+                (None, false) => Err(ResponseError::InvalidRequest),
+            };
+            match topic {
+                Ok(topic) => describe_topic(ctx, version, &topic),
+                Err(code) => MetadataResponseTopic::default()
+                    .with_error_code(code.code())
+                    .with_name(wanted.name)
+                    .with_topic_id(if version >= 10 { wanted.topic_id } else { Default::default() })
+                    .with_topic_authorized_operations(if version >= 8 { OPERATIONS_OMITTED } else { i32::MIN }),
+            }
+        })
+        .collect();
+    response
+}
+
+fn lookup(ctx: &Context, name: &TopicName, auto_create: bool) -> Result<Arc<Topic>, ResponseError> {
+    let found = if auto_create {
+        ctx.manager.topic_or_auto_create(name, now_ms())
+    } else {
+        Ok(ctx.manager.topic(name))
+    };
+    match found {
+        Ok(Some(topic)) => Ok(topic),
+        Ok(None) => Err(ResponseError::UnknownTopicOrPartition),
+        Err(e) => {
+            tracing::debug!(topic = %name.as_str(), error = %e, "metadata lookup failed");
+            Err(e.code())
+        }
+    }
+}
+
+fn describe_topic(ctx: &Context, version: i16, topic: &Topic) -> MetadataResponseTopic {
+    let node = BrokerId(ctx.node_id());
+    let partitions = topic
+        .partitions
+        .iter()
+        .map(|p| {
+            let mut partition = MetadataResponsePartition::default()
+                .with_partition_index(p.index())
+                .with_leader_id(node)
+                .with_replica_nodes(vec![node])
+                .with_isr_nodes(vec![node]);
+            if version >= 7 {
+                partition.leader_epoch = p.leader_epoch();
+            }
+            partition
+        })
+        .collect();
+    let mut described = MetadataResponseTopic::default()
+        .with_name(Some(TopicName(str_bytes(topic.name.clone()))))
+        .with_partitions(partitions);
+    if version >= 10 {
+        described.topic_id = topic.topic_id;
+    }
+    described
+}

@@ -1,0 +1,75 @@
+//! Produce: validate each partition's batch, append it, answer with its base offset.
+
+use bytes::BytesMut;
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+
+use super::{Context, message, now_ms, str_bytes};
+use crate::error::Error;
+use crate::manager::validate_topic_name;
+
+/// Handles a produce request; `None` for acks=0, which gets no response at all.
+pub(super) fn handle(ctx: &Context, version: i16, request: ProduceRequest) -> Option<ProduceResponse> {
+    let acks_valid = matches!(request.acks, -1..=1);
+    let responses = request
+        .topic_data
+        .into_iter()
+        .map(|topic| {
+            let name = topic.name.clone();
+            let partition_responses = topic
+                .partition_data
+                .into_iter()
+                .map(|data| {
+                    let answer = PartitionProduceResponse::default().with_index(data.index);
+                    if !acks_valid {
+                        return answer.with_error_code(ResponseError::InvalidRequiredAcks.code());
+                    }
+                    produce_partition(ctx, version, &name, data.index, data.records.as_deref(), answer)
+                })
+                .collect();
+            TopicProduceResponse::default()
+                .with_name(name)
+                .with_partition_responses(partition_responses)
+        })
+        .collect();
+    (request.acks != 0).then(|| ProduceResponse::default().with_responses(responses))
+}
+
+fn produce_partition(
+    ctx: &Context,
+    version: i16,
+    topic: &str,
+    index: i32,
+    records: Option<&[u8]>,
+    answer: PartitionProduceResponse,
+) -> PartitionProduceResponse {
+    let result = validate_topic_name(topic).and_then(|()| {
+        let partition = ctx
+            .manager
+            .partition(topic, index)
+            .ok_or_else(|| Error::UnknownTopic(format!("{topic}-{index}")))?;
+        let mut batch = BytesMut::from(records.unwrap_or_default());
+        let info = partition.append(&mut batch, now_ms())?;
+        Ok((info, partition.log_start_offset()))
+    });
+    match result {
+        Ok((info, log_start_offset)) => {
+            let mut answer = answer
+                .with_base_offset(info.base_offset)
+                .with_log_append_time_ms(info.log_append_time_ms);
+            if version >= 5 {
+                answer.log_start_offset = log_start_offset;
+            }
+            answer
+        }
+        Err(e) => {
+            tracing::debug!(topic, partition = index, error = %e, "produce refused");
+            let mut answer = answer.with_error_code(e.code().code()).with_base_offset(-1);
+            if version >= 8 {
+                answer.error_message = message(&e).or_else(|| Some(str_bytes("")));
+            }
+            answer
+        }
+    }
+}

@@ -1,0 +1,438 @@
+//! The partition manager: topics and their partitions, created, altered and deleted through the
+//! metadata store, plus producer id allocation and periodic log maintenance.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+
+use uuid::Uuid;
+
+use crate::config::{self, BrokerConfig, TopicConfig};
+use crate::error::{Error, Result};
+use crate::metadata::{ClusterMetadata, MetadataStore, TopicRecord};
+use crate::partition::Partition;
+
+/// Longest topic name Kafka accepts.
+pub const TOPIC_NAME_MAX_BYTES: usize = 249;
+/// Most partitions one topic may have: each is a folder with open files.
+pub const PARTITIONS_MAX: i32 = 10_000;
+/// Producer ids reserved in the metadata store at a time, so that not every InitProducerId writes.
+const PRODUCER_ID_BLOCK: i64 = 1000;
+
+/// A topic and its partitions. Replaced as a whole when partitions or configs change.
+#[derive(Debug)]
+pub struct Topic {
+    /// Topic name.
+    pub name: String,
+    /// Stable topic id.
+    pub topic_id: Uuid,
+    /// Partitions by index.
+    pub partitions: Vec<Arc<Partition>>,
+    /// Config overrides as set by clients.
+    pub overrides: BTreeMap<String, String>,
+    /// Effective config.
+    pub config: TopicConfig,
+}
+
+/// Checks a topic name as Kafka does.
+pub fn validate_topic_name(name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        "empty"
+    } else if name == "." || name == ".." {
+        "'.' and '..' are not allowed"
+    } else if name.len() > TOPIC_NAME_MAX_BYTES {
+        "longer than 249 characters"
+    } else if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-') {
+        "only ASCII letters, digits, '.', '_' and '-' are allowed"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidTopic {
+        name: name.chars().take(300).collect(),
+        reason,
+    })
+}
+
+#[derive(Debug)]
+struct ProducerIds {
+    next: i64,
+    block_end: i64,
+}
+
+/// Owns every partition of the broker.
+#[derive(Debug)]
+pub struct PartitionManager {
+    config: BrokerConfig,
+    store: Box<dyn MetadataStore>,
+    /// The stored metadata; its lock also serialises admin operations.
+    metadata: Mutex<ClusterMetadata>,
+    topics: RwLock<HashMap<String, Arc<Topic>>>,
+    producer_ids: Mutex<ProducerIds>,
+}
+
+impl PartitionManager {
+    /// Loads the metadata and opens every partition, recovering logs after a crash.
+    pub fn open(config: BrokerConfig, store: Box<dyn MetadataStore>, now_ms: i64) -> Result<Self> {
+        let metadata = store.load()?;
+        let mut topics = HashMap::new();
+        for (name, record) in &metadata.topics {
+            let topic = open_topic(&config, name, record, 0, now_ms)?;
+            topics.insert(name.clone(), Arc::new(topic));
+        }
+        let producer_ids = ProducerIds {
+            next: metadata.producer_id_block_end,
+            block_end: metadata.producer_id_block_end,
+        };
+        Ok(Self {
+            config,
+            store,
+            metadata: Mutex::new(metadata),
+            topics: RwLock::new(topics),
+            producer_ids: Mutex::new(producer_ids),
+        })
+    }
+
+    /// The broker's configuration.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    /// The cluster id.
+    pub fn cluster_id(&self) -> String {
+        self.metadata.lock().expect("metadata lock").cluster_id.clone()
+    }
+
+    /// A topic by name.
+    pub fn topic(&self, name: &str) -> Option<Arc<Topic>> {
+        self.topics.read().expect("topics lock").get(name).cloned()
+    }
+
+    /// A topic by id.
+    pub fn topic_by_id(&self, topic_id: Uuid) -> Option<Arc<Topic>> {
+        self.topics.read().expect("topics lock").values().find(|t| t.topic_id == topic_id).cloned()
+    }
+
+    /// Every topic, sorted by name.
+    pub fn topics(&self) -> Vec<Arc<Topic>> {
+        let mut all: Vec<_> = self.topics.read().expect("topics lock").values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// A partition by topic and index.
+    pub fn partition(&self, topic: &str, index: i32) -> Option<Arc<Partition>> {
+        let topic = self.topic(topic)?;
+        usize::try_from(index).ok().and_then(|i| topic.partitions.get(i).cloned())
+    }
+
+    /// The topic, created with the broker defaults if it does not exist and
+    /// `auto.create.topics.enable` is on.
+    pub fn topic_or_auto_create(&self, name: &str, now_ms: i64) -> Result<Option<Arc<Topic>>> {
+        if let Some(topic) = self.topic(name) {
+            return Ok(Some(topic));
+        }
+        if !self.config.auto_create_topics() {
+            return Ok(None);
+        }
+        validate_topic_name(name)?;
+        match self.create_topic(name, -1, -1, BTreeMap::new(), false, now_ms) {
+            Ok(topic) => {
+                tracing::info!(topic = name, partitions = topic.partitions.len(), "auto-created topic");
+                Ok(Some(topic))
+            }
+            Err(Error::TopicExists(_)) => Ok(self.topic(name)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates a topic. `partitions` -1 means `num.partitions`; `replication_factor` must be -1 or 1.
+    pub fn create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        replication_factor: i16,
+        overrides: BTreeMap<String, String>,
+        validate_only: bool,
+        now_ms: i64,
+    ) -> Result<Arc<Topic>> {
+        validate_topic_name(name)?;
+        let partitions = if partitions == -1 { self.config.num_partitions() } else { partitions };
+        check_partition_count(partitions)?;
+        if replication_factor != -1 && replication_factor != 1 {
+            return Err(Error::InvalidRequest {
+                code: kafka_protocol::ResponseError::InvalidReplicationFactor,
+                message: format!("replication factor {replication_factor} is larger than the 1 available broker"),
+            });
+        }
+        config::validate_topic_overrides(&overrides)?;
+        let mut metadata = self.metadata.lock().expect("metadata lock");
+        if metadata.topics.contains_key(name) {
+            return Err(Error::TopicExists(name.to_string()));
+        }
+        let record = TopicRecord {
+            topic_id: Uuid::new_v4(),
+            partitions,
+            configs: overrides,
+        };
+        if validate_only {
+            return Ok(Arc::new(topic_without_partitions(&self.config, name, &record)));
+        }
+        let topic = Arc::new(open_topic(&self.config, name, &record, 0, now_ms)?);
+        let mut updated = metadata.clone();
+        updated.topics.insert(name.to_string(), record);
+        self.store.store(&updated)?;
+        *metadata = updated;
+        self.topics.write().expect("topics lock").insert(name.to_string(), Arc::clone(&topic));
+        Ok(topic)
+    }
+
+    /// Deletes a topic: forgotten by the metadata store first, then its partitions closed and their
+    /// folders removed. Returns its id.
+    pub fn delete_topic(&self, name: &str, now_ms: i64) -> Result<Uuid> {
+        let mut metadata = self.metadata.lock().expect("metadata lock");
+        let Some(record) = metadata.topics.get(name).cloned() else {
+            return Err(Error::UnknownTopic(name.to_string()));
+        };
+        let mut updated = metadata.clone();
+        updated.topics.remove(name);
+        self.store.store(&updated)?;
+        *metadata = updated;
+        let topic = self.topics.write().expect("topics lock").remove(name);
+        for partition in topic.iter().flat_map(|t| t.partitions.iter()) {
+            if let Err(e) = partition.close(now_ms) {
+                tracing::warn!(topic = name, partition = partition.index(), error = %e, "closing a deleted partition");
+            }
+            let dir = partition_dir(&self.config, name, partition.index());
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "removing a deleted partition's folder");
+            }
+        }
+        tracing::info!(topic = name, "deleted topic");
+        Ok(record.topic_id)
+    }
+
+    /// Raises a topic's partition count to `count`.
+    pub fn create_partitions(&self, name: &str, count: i32, validate_only: bool, now_ms: i64) -> Result<()> {
+        let mut metadata = self.metadata.lock().expect("metadata lock");
+        let Some(record) = metadata.topics.get(name).cloned() else {
+            return Err(Error::UnknownTopic(name.to_string()));
+        };
+        if count <= record.partitions {
+            return Err(Error::InvalidRequest {
+                code: kafka_protocol::ResponseError::InvalidPartitions,
+                message: format!("topic {name} has {} partitions; the new count {count} must be larger", record.partitions),
+            });
+        }
+        check_partition_count(count)?;
+        if validate_only {
+            return Ok(());
+        }
+        let current = self.topic(name).ok_or_else(|| Error::UnknownTopic(name.to_string()))?;
+        let new_record = TopicRecord {
+            partitions: count,
+            ..record
+        };
+        let added = open_topic(&self.config, name, &new_record, record.partitions, now_ms)?;
+        let mut updated = metadata.clone();
+        updated.topics.insert(name.to_string(), new_record);
+        self.store.store(&updated)?;
+        *metadata = updated;
+        let partitions = current.partitions.iter().cloned().chain(added.partitions).collect();
+        self.replace_topic(&current, partitions, current.overrides.clone());
+        Ok(())
+    }
+
+    /// Replaces a topic's config overrides (AlterConfigs semantics; the incremental form computes
+    /// the full set first) and applies them to its partitions.
+    pub fn set_topic_overrides(&self, name: &str, overrides: BTreeMap<String, String>, validate_only: bool) -> Result<()> {
+        config::validate_topic_overrides(&overrides)?;
+        let mut metadata = self.metadata.lock().expect("metadata lock");
+        let Some(record) = metadata.topics.get(name).cloned() else {
+            return Err(Error::UnknownTopic(name.to_string()));
+        };
+        if validate_only {
+            return Ok(());
+        }
+        let current = self.topic(name).ok_or_else(|| Error::UnknownTopic(name.to_string()))?;
+        let mut updated = metadata.clone();
+        updated.topics.insert(
+            name.to_string(),
+            TopicRecord {
+                configs: overrides.clone(),
+                ..record
+            },
+        );
+        self.store.store(&updated)?;
+        *metadata = updated;
+        let topic = self.replace_topic(&current, current.partitions.clone(), overrides);
+        for partition in &topic.partitions {
+            partition.set_config(topic.config.log_config())?;
+        }
+        Ok(())
+    }
+
+    fn replace_topic(
+        &self,
+        current: &Topic,
+        partitions: Vec<Arc<Partition>>,
+        overrides: BTreeMap<String, String>,
+    ) -> Arc<Topic> {
+        let topic = Arc::new(Topic {
+            name: current.name.clone(),
+            topic_id: current.topic_id,
+            partitions,
+            config: self.config.topic_config(&overrides),
+            overrides,
+        });
+        self.topics.write().expect("topics lock").insert(current.name.clone(), Arc::clone(&topic));
+        topic
+    }
+
+    /// A new producer id, never handed out before (ids are reserved in blocks in the store).
+    pub fn next_producer_id(&self) -> Result<i64> {
+        let mut ids = self.producer_ids.lock().expect("producer id lock");
+        if ids.next >= ids.block_end {
+            let mut metadata = self.metadata.lock().expect("metadata lock");
+            let mut updated = metadata.clone();
+            updated.producer_id_block_end = ids.next + PRODUCER_ID_BLOCK;
+            self.store.store(&updated)?;
+            *metadata = updated;
+            ids.block_end = ids.next + PRODUCER_ID_BLOCK;
+        }
+        let id = ids.next;
+        ids.next += 1;
+        Ok(id)
+    }
+
+    /// Runs roll, flush and (when `retention`) retention on every partition.
+    pub fn maintain(&self, now_ms: i64, retention: bool) {
+        for topic in self.topics() {
+            for partition in &topic.partitions {
+                match partition.maintain(now_ms, retention) {
+                    Ok(done) if done.deleted_segments > 0 => tracing::info!(topic = %topic.name,
+                        partition = partition.index(), deleted = done.deleted_segments,
+                        log_start_offset = partition.log_start_offset(), "retention deleted segments"),
+                    Ok(_) | Err(Error::NotLeader(_)) => {}
+                    Err(e) => tracing::error!(topic = %topic.name, partition = partition.index(), error = %e,
+                        "log maintenance failed"),
+                }
+            }
+        }
+    }
+
+    /// Closes every partition cleanly.
+    pub fn close(&self, now_ms: i64) {
+        for topic in self.topics() {
+            for partition in &topic.partitions {
+                if let Err(e) = partition.close(now_ms) {
+                    tracing::error!(topic = %topic.name, partition = partition.index(), error = %e, "closing partition");
+                }
+            }
+        }
+    }
+}
+
+fn check_partition_count(count: i32) -> Result<()> {
+    if (1..=PARTITIONS_MAX).contains(&count) {
+        return Ok(());
+    }
+    Err(Error::InvalidRequest {
+        code: kafka_protocol::ResponseError::InvalidPartitions,
+        message: format!("partition count {count} is outside 1..={PARTITIONS_MAX}"),
+    })
+}
+
+/// The folder of one partition: `<data_dir>/topics/<topic>-<index>`, as Kafka names log folders.
+pub fn partition_dir(config: &BrokerConfig, topic: &str, index: i32) -> PathBuf {
+    config.data_dir.join("topics").join(format!("{topic}-{index}"))
+}
+
+fn topic_without_partitions(config: &BrokerConfig, name: &str, record: &TopicRecord) -> Topic {
+    Topic {
+        name: name.to_string(),
+        topic_id: record.topic_id,
+        partitions: Vec::new(),
+        config: config.topic_config(&record.configs),
+        overrides: record.configs.clone(),
+    }
+}
+
+/// Opens partitions `first..record.partitions` of a topic.
+fn open_topic(config: &BrokerConfig, name: &str, record: &TopicRecord, first: i32, now_ms: i64) -> Result<Topic> {
+    let mut topic = topic_without_partitions(config, name, record);
+    let log_config = topic.config.log_config();
+    for index in first..record.partitions {
+        let dir = partition_dir(config, name, index);
+        let partition = Partition::open(name, index, &dir, log_config.clone(), now_ms)?;
+        topic.partitions.push(Arc::new(partition));
+    }
+    Ok(topic)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::LocalMetadataStore;
+
+    fn manager(dir: &std::path::Path) -> PartitionManager {
+        let config = BrokerConfig::for_dir(dir.to_path_buf(), "127.0.0.1:0".parse().unwrap());
+        PartitionManager::open(config, Box::new(LocalMetadataStore::new(dir)), 0).unwrap()
+    }
+
+    #[test]
+    fn topics_survive_a_restart_with_their_ids_and_configs() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = manager(dir.path());
+        let overrides = BTreeMap::from([("retention.ms".to_string(), "1234".to_string())]);
+        let created = m.create_topic("orders", 3, 1, overrides, false, 0).unwrap();
+        m.create_partitions("orders", 5, false, 0).unwrap();
+        m.close(0);
+        drop(m);
+        let m = manager(dir.path());
+        let topic = m.topic("orders").unwrap();
+        assert_eq!(topic.topic_id, created.topic_id);
+        assert_eq!(topic.partitions.len(), 5);
+        assert_eq!(topic.config.log_config().retention_ms, 1234);
+    }
+
+    #[test]
+    fn admin_errors_carry_kafka_codes() {
+        use kafka_protocol::ResponseError as E;
+        let dir = tempfile::tempdir().unwrap();
+        let m = manager(dir.path());
+        m.create_topic("t", 1, -1, BTreeMap::new(), false, 0).unwrap();
+        fn code<T: std::fmt::Debug>(r: Result<T>) -> E {
+            r.unwrap_err().code()
+        }
+        assert_eq!(code(m.create_topic("t", 1, -1, BTreeMap::new(), false, 0)), E::TopicAlreadyExists);
+        assert_eq!(code(m.create_topic("bad/name", 1, -1, BTreeMap::new(), false, 0)), E::InvalidTopicException);
+        assert_eq!(code(m.create_topic("t2", 0, -1, BTreeMap::new(), false, 0)), E::InvalidPartitions);
+        assert_eq!(code(m.create_topic("t2", 1, 3, BTreeMap::new(), false, 0)), E::InvalidReplicationFactor);
+        assert_eq!(code(m.create_partitions("t", 1, false, 0)), E::InvalidPartitions);
+        assert_eq!(code(m.delete_topic("nope", 0)), E::UnknownTopicOrPartition);
+        assert!(m.create_topic("t2", 1, -1, BTreeMap::new(), true, 0).is_ok());
+        assert!(m.topic("t2").is_none(), "validate_only creates nothing");
+    }
+
+    #[test]
+    fn producer_ids_are_never_reused_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = manager(dir.path());
+        let first: Vec<i64> = (0..3).map(|_| m.next_producer_id().unwrap()).collect();
+        drop(m);
+        let m = manager(dir.path());
+        let next = m.next_producer_id().unwrap();
+        assert!(first.iter().all(|&id| id < next));
+    }
+
+    #[test]
+    fn deleting_a_topic_removes_its_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = manager(dir.path());
+        m.create_topic("gone", 2, -1, BTreeMap::new(), false, 0).unwrap();
+        assert!(partition_dir(m.config(), "gone", 1).exists());
+        m.delete_topic("gone", 0).unwrap();
+        assert!(!partition_dir(m.config(), "gone", 0).exists());
+        assert!(m.topic("gone").is_none());
+    }
+}

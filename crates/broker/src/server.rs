@@ -1,0 +1,228 @@
+//! The TCP server: accepts connections, reads frames, hands them to the dispatcher in order and
+//! writes responses in request order; runs log maintenance; shuts down cleanly.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::BrokerConfig;
+use crate::error::{Error, Result};
+use crate::frame;
+use crate::handler::{self, Context, Reply, now_ms};
+use crate::manager::PartitionManager;
+use crate::metadata::LocalMetadataStore;
+
+/// Connections served at once; more wait in the kernel's accept queue.
+pub const CONNECTIONS_MAX: usize = 4096;
+/// Responses queued per connection before the broker stops reading its requests (pipelining
+/// depth; clients use 5 by default).
+pub const IN_FLIGHT_PER_CONNECTION_MAX: usize = 64;
+/// How often roll and flush decisions run.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long shutdown waits for connections to finish their in-flight requests.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// A running broker.
+#[derive(Debug)]
+pub struct BrokerHandle {
+    local_addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl BrokerHandle {
+    /// The address the broker listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting, answers in-flight requests, closes every log cleanly.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+
+    /// A token that shuts the broker down when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until the broker has shut down.
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Opens the data folder (recovering logs after a crash), binds the listener and starts serving.
+pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
+    let data_dir = config.data_dir.clone();
+    let listen = config.listen;
+    let advertised = config.advertised.clone();
+    let manager = tokio::task::spawn_blocking(move || {
+        PartitionManager::open(config, Box::new(LocalMetadataStore::new(&data_dir)), now_ms())
+    })
+    .await
+    .map_err(|e| Error::Metadata(format!("opening the data folder panicked: {e}")))??;
+    let listener = TcpListener::bind(listen).await.map_err(|source| Error::Io {
+        what: format!("binding {listen}"),
+        source,
+    })?;
+    let local_addr = listener.local_addr().map_err(|source| Error::Io {
+        what: "reading the bound address".into(),
+        source,
+    })?;
+    let (advertised_host, advertised_port) = advertised_endpoint(advertised.as_deref(), local_addr)?;
+    let shutdown = CancellationToken::new();
+    let ctx = Arc::new(Context {
+        manager: Arc::new(manager),
+        advertised_host,
+        advertised_port,
+        shutdown: shutdown.clone(),
+    });
+    let task = tokio::spawn(run(ctx, listener));
+    Ok(BrokerHandle {
+        local_addr,
+        shutdown,
+        task,
+    })
+}
+
+fn advertised_endpoint(advertised: Option<&str>, bound: SocketAddr) -> Result<(String, i32)> {
+    let Some(advertised) = advertised else {
+        if bound.ip().is_unspecified() {
+            tracing::warn!(%bound, "listening on all interfaces without --advertised: clients are told 127.0.0.1");
+            return Ok(("127.0.0.1".into(), i32::from(bound.port())));
+        }
+        return Ok((bound.ip().to_string(), i32::from(bound.port())));
+    };
+    let (host, port) = advertised
+        .rsplit_once(':')
+        .ok_or_else(|| Error::InvalidConfig(format!("advertised address {advertised:?} is not HOST:PORT")))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| Error::InvalidConfig(format!("advertised address {advertised:?} has no valid port")))?;
+    Ok((host.trim_matches(['[', ']']).to_string(), i32::from(port)))
+}
+
+async fn run(ctx: Arc<Context>, listener: TcpListener) {
+    let tracker = TaskTracker::new();
+    let maintenance = tokio::spawn(maintain(Arc::clone(&ctx)));
+    let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(&permits).acquire_owned() => permit.expect("never closed"),
+            () = ctx.shutdown.cancelled() => break,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = ctx.shutdown.cancelled() => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let ctx = Arc::clone(&ctx);
+                tracker.spawn(async move {
+                    serve_connection(ctx, stream, peer).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    drop(listener);
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+        tracing::warn!("connections still open after the shutdown grace period; closing logs anyway");
+    }
+    maintenance.abort();
+    let manager = Arc::clone(&ctx.manager);
+    let _ = tokio::task::spawn_blocking(move || manager.close(now_ms())).await;
+    tracing::info!("broker stopped; logs closed cleanly");
+}
+
+async fn maintain(ctx: Arc<Context>) {
+    let retention_interval_ms = ctx.manager.config().retention_check_interval_ms();
+    let mut last_retention_ms = now_ms();
+    let mut ticks = tokio::time::interval(MAINTENANCE_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let now = now_ms();
+        let retention = now - last_retention_ms >= retention_interval_ms;
+        if retention {
+            last_retention_ms = now;
+        }
+        let manager = Arc::clone(&ctx.manager);
+        let _ = tokio::task::spawn_blocking(move || manager.maintain(now, retention)).await;
+    }
+}
+
+/// A queued response: ready bytes, or a waiting fetch.
+type Pending = Reply;
+
+async fn serve_connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = stream.into_split();
+    let (queue, mut replies) = mpsc::channel::<Pending>(IN_FLIGHT_PER_CONNECTION_MAX);
+    let write_task = tokio::spawn(async move {
+        while let Some(reply) = replies.recv().await {
+            let bytes = match reply {
+                Reply::Ready(bytes) => bytes,
+                Reply::Waiting(task) => match task.await {
+                    Ok(Ok(bytes)) => Some(bytes),
+                    Ok(Err(problem)) => {
+                        tracing::error!(%peer, problem, "closing connection");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::error!(%peer, error = %e, "a fetch task failed; closing connection");
+                        break;
+                    }
+                },
+            };
+            if let Some(bytes) = bytes {
+                if writer.write_all(&bytes).await.is_err() {
+                    break;
+                }
+            }
+        }
+        let _ = writer.shutdown().await;
+    });
+    let max_bytes = ctx.manager.config().socket_request_max_bytes();
+    loop {
+        let frame = tokio::select! {
+            frame = frame::read_frame(&mut reader, max_bytes) => frame,
+            () = ctx.shutdown.cancelled() => break,
+        };
+        let frame = match frame {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(%peer, problem = %e, "closing connection");
+                break;
+            }
+        };
+        let reply = match handler::dispatch(&ctx, frame) {
+            Ok(reply) => reply,
+            Err(problem) => {
+                tracing::warn!(%peer, problem, "closing connection");
+                break;
+            }
+        };
+        if queue.send(reply).await.is_err() {
+            break;
+        }
+    }
+    drop(queue);
+    let _ = write_task.await;
+}
