@@ -1,0 +1,243 @@
+//! Command line, configuration file and environment, layered as: file < `STRATA_*` < flags.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+use strata_broker::BrokerConfig;
+
+/// Default data folder.
+pub const DEFAULT_DATA_DIR: &str = "./strata-data";
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9092";
+/// Environment variables that name options of `strata serve` rather than broker settings.
+const RESERVED_ENV: &[&str] = &[
+    "STRATA_CONFIG",
+    "STRATA_DATA_DIR",
+    "STRATA_LISTEN",
+    "STRATA_ADVERTISED",
+    "STRATA_TIER_URL",
+    "STRATA_LOG",
+];
+
+/// Strata: a Kafka-compatible streaming data lake.
+#[derive(Debug, Parser)]
+#[command(name = "strata", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the broker.
+    Serve(ServeArgs),
+}
+
+/// Options of `strata serve`. Each also comes from the config file and a `STRATA_*` variable.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML config file (keys: data_dir, listen, advertised, tier_url, and a [broker] table of
+    /// Kafka broker settings such as "num.partitions").
+    #[arg(long, env = "STRATA_CONFIG")]
+    config: Option<PathBuf>,
+    /// Folder for partitions and metadata [default: ./strata-data].
+    #[arg(long, env = "STRATA_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:9092].
+    #[arg(long, env = "STRATA_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// HOST:PORT given to clients [default: the listen address].
+    #[arg(long, env = "STRATA_ADVERTISED")]
+    advertised: Option<String>,
+    /// Object storage URL of the lake tier [default: file://<data-dir>/lake].
+    #[arg(long, env = "STRATA_TIER_URL")]
+    tier_url: Option<String>,
+    /// A Kafka broker setting, NAME=VALUE (repeatable), e.g. --set num.partitions=3.
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    settings: Vec<String>,
+}
+
+/// The config file's shape.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    advertised: Option<String>,
+    tier_url: Option<String>,
+    #[serde(default)]
+    broker: BTreeMap<String, toml::Value>,
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("strata: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = std::env::var("STRATA_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// Layers the config file, the environment and the flags into a broker config.
+pub fn broker_config(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result<BrokerConfig> {
+    let file = match &args.config {
+        Some(path) => read_config_file(path)?,
+        None => FileConfig::default(),
+    };
+    let data_dir = args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    let listen = match args.listen.or(file.listen) {
+        Some(listen) => listen,
+        None => DEFAULT_LISTEN.parse().expect("valid default"),
+    };
+    let mut settings = BTreeMap::new();
+    for (name, value) in file.broker {
+        let value = match value {
+            toml::Value::String(s) => s,
+            other => other.to_string(),
+        };
+        settings.insert(name, value);
+    }
+    for (key, value) in env {
+        if let Some(rest) = key.strip_prefix("STRATA_") {
+            if !RESERVED_ENV.contains(&key.as_str()) && !key.starts_with("STRATA_TEST_") {
+                settings.insert(rest.to_ascii_lowercase().replace('_', "."), value.clone());
+            }
+        }
+    }
+    for pair in &args.settings {
+        let Some((name, value)) = pair.split_once('=') else {
+            bail!("--set {pair:?}: expected NAME=VALUE");
+        };
+        settings.insert(name.trim().to_string(), value.trim().to_string());
+    }
+    BrokerConfig::new(
+        data_dir,
+        listen,
+        args.advertised.clone().or(file.advertised),
+        args.tier_url.clone().or(file.tier_url),
+        settings,
+    )
+    .context("invalid configuration")
+}
+
+fn read_config_file(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let config = broker_config(&args, &env)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("strata")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let data_dir = config.data_dir.clone();
+        let tier_url = config.tier_url.clone();
+        let broker = strata_broker::start(config).await.context("starting the broker")?;
+        tracing::info!(
+            listen = %broker.local_addr(),
+            data_dir = %data_dir.display(),
+            tier_url,
+            "strata listening on {} with data in {}",
+            broker.local_addr(),
+            data_dir.display()
+        );
+        let token = broker.shutdown_token();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down");
+            token.cancel();
+        });
+        broker.wait().await;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(argv: &[&str]) -> ServeArgs {
+        let mut full = vec!["strata", "serve"];
+        full.extend_from_slice(argv);
+        match Cli::try_parse_from(full).unwrap().command {
+            Command::Serve(a) => a,
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let config = broker_config(&args(&[]), &BTreeMap::new()).unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("./strata-data"));
+        assert_eq!(config.listen.to_string(), "127.0.0.1:9092");
+        assert_eq!(config.tier_url, "file://./strata-data/lake");
+    }
+
+    #[test]
+    fn file_then_environment_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("strata.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"/from/file\"\nlisten = \"127.0.0.1:1000\"\n[broker]\n\"num.partitions\" = 2\n\"log.segment.bytes\" = 5000\n",
+        )
+        .unwrap();
+        let file_arg = file.to_str().unwrap();
+        let env = BTreeMap::from([("STRATA_NUM_PARTITIONS".to_string(), "4".to_string())]);
+        let config = broker_config(&args(&["--config", file_arg]), &env).unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("/from/file"));
+        assert_eq!(config.num_partitions(), 4, "environment beats file");
+        assert_eq!(config.setting("log.segment.bytes"), "5000");
+        let config = broker_config(
+            &args(&["--config", file_arg, "--listen", "127.0.0.1:2000", "--set", "num.partitions=6"]),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(config.listen.port(), 2000);
+        assert_eq!(config.num_partitions(), 6, "flags beat environment");
+    }
+
+    #[test]
+    fn unknown_settings_are_errors() {
+        let env = BTreeMap::from([("STRATA_NUM_PARTITONS".to_string(), "4".to_string())]);
+        let err = format!("{:#}", broker_config(&args(&[]), &env).unwrap_err());
+        assert!(err.contains("num.partitons"), "{err}");
+        assert!(broker_config(&args(&["--set", "nonsense"]), &BTreeMap::new()).is_err());
+    }
+}

@@ -1,0 +1,14 @@
+//! # strata
+//!
+//! The `strata` command: `strata serve` runs the broker; admin subcommands come with their issues.
+//!
+//! ## Layout
+//! - [`cli`]: argument parsing (clap), configuration layering (file < `STRATA_*` environment <
+//!   flags), logging set-up and signal handling.
+//!
+//! ## Example
+//! ```text
+//! strata serve --data-dir ./strata-data --listen 127.0.0.1:9092
+//! ```
+
+pub mod cli;
