@@ -1,1 +1,208 @@
-//! tests
+//! Support for Strata's end-to-end tests: brokers started in-process or as child processes on
+//! loopback port 0 with temporary data folders, real Kafka clients (the `rdkafka` crate, i.e.
+//! librdkafka), and waiting on conditions with deadlines instead of sleeping.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::FutureProducer;
+use rdkafka::{Offset, TopicPartitionList};
+use strata_broker::{BrokerConfig, BrokerHandle};
+
+/// How long any wait in a test may take before it fails: generous, for a loaded 2-core machine.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Polls `condition` until it returns `Some`, failing the test after [`DEADLINE`].
+pub fn wait_for<T>(what: &str, mut condition: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = condition() {
+            return value;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A broker running inside the test process.
+pub struct TestBroker {
+    dir: PathBuf,
+    settings: BTreeMap<String, String>,
+    handle: Option<BrokerHandle>,
+    /// `host:port` for clients.
+    pub bootstrap: String,
+}
+
+impl TestBroker {
+    /// Starts a broker on a fresh folder under `dir` with broker `settings` (Kafka names).
+    pub async fn start_in(dir: &Path, settings: &[(&str, &str)]) -> Self {
+        let settings: BTreeMap<String, String> =
+            settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut broker = Self {
+            dir: dir.to_path_buf(),
+            settings,
+            handle: None,
+            bootstrap: String::new(),
+        };
+        broker.boot().await;
+        broker
+    }
+
+    async fn boot(&mut self) {
+        let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let config = BrokerConfig::new(self.dir.clone(), listen, None, None, self.settings.clone()).unwrap();
+        let handle = strata_broker::start(config).await.expect("broker starts");
+        self.bootstrap = handle.local_addr().to_string();
+        self.handle = Some(handle);
+    }
+
+    /// Shuts the broker down cleanly and starts it again on the same folder (new port).
+    pub async fn restart(&mut self) {
+        self.handle.take().expect("running").shutdown().await;
+        self.boot().await;
+    }
+
+    /// Shuts the broker down cleanly.
+    pub async fn stop(mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.shutdown().await;
+        }
+    }
+}
+
+/// A `strata serve` child process.
+pub struct ChildBroker {
+    child: Child,
+    /// `host:port` for clients.
+    pub bootstrap: String,
+}
+
+impl ChildBroker {
+    /// Starts `strata serve` on `data_dir` at `listen` (use [`free_port`]) and waits until it
+    /// accepts connections.
+    pub fn start(binary: &Path, data_dir: &Path, listen: SocketAddr, extra: &[&str]) -> Self {
+        let log = std::fs::File::create(data_dir.with_extension("log")).unwrap();
+        let child = Command::new(binary)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--listen")
+            .arg(listen.to_string())
+            .args(extra)
+            .env("STRATA_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("strata starts");
+        wait_for("the broker to accept connections", || TcpStream::connect(listen).ok());
+        Self {
+            child,
+            bootstrap: listen.to_string(),
+        }
+    }
+
+    /// Kills the process with SIGKILL: no shutdown code runs.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        wait_for("the broker to exit", || self.child.try_wait().unwrap())
+    }
+}
+
+impl Drop for ChildBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback address with a port that was free a moment ago (for child processes, which must be
+/// told their port; in-process brokers bind port 0).
+pub fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// A producer with the given extra settings.
+pub fn producer(bootstrap: &str, extra: &[(&str, &str)]) -> FutureProducer {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("message.timeout.ms", "60000")
+        .set("linger.ms", "5");
+    for (k, v) in extra {
+        config.set(*k, *v);
+    }
+    config.create().expect("producer")
+}
+
+/// A consumer for assign-and-read (it commits nothing; the group id is only required by the
+/// client library).
+pub fn consumer(bootstrap: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "strata-tests-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .expect("consumer")
+}
+
+/// One consumed record, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consumed {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Key.
+    pub key: Option<Vec<u8>>,
+    /// Value.
+    pub value: Option<Vec<u8>>,
+    /// Headers in order.
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// Timestamp in milliseconds.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// Reads `count` records from the given partitions starting at `from`, failing after the deadline.
+pub fn read(bootstrap: &str, topic: &str, partitions: &[i32], from: Offset, count: usize) -> Vec<Consumed> {
+    let consumer = consumer(bootstrap);
+    let mut assignment = TopicPartitionList::new();
+    for &p in partitions {
+        assignment.add_partition_offset(topic, p, from).unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut out = Vec::with_capacity(count);
+    let start = Instant::now();
+    while out.len() < count {
+        assert!(start.elapsed() < DEADLINE, "read {} of {count} records from {topic}", out.len());
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => out.push(Consumed {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(<[u8]>::to_vec),
+                value: m.payload().map(<[u8]>::to_vec),
+                headers: m
+                    .headers()
+                    .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect())
+                    .unwrap_or_default(),
+                timestamp_ms: m.timestamp().to_millis(),
+            }),
+            Some(Err(e)) => panic!("consume error: {e}"),
+            None => {}
+        }
+    }
+    out
+}
