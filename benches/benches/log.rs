@@ -1,1 +1,74 @@
-fn main(){}
+//! Criterion benches of the local log's hot paths: batch validation, append and read.
+//!
+//! Run with `cargo bench -p strata-benches --bench log`.
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use kafka_protocol::records::Compression;
+use strata_benches::client_batch;
+use strata_log::{Log, LogConfig, batch};
+
+/// Records per batch and bytes per value: 16 x 1 KiB, a typical producer batch.
+const RECORDS: usize = 16;
+const VALUE_BYTES: usize = 1024;
+
+fn validation(c: &mut Criterion) {
+    let one = client_batch(RECORDS, VALUE_BYTES, Compression::None);
+    let mut group = c.benchmark_group("batch");
+    group.throughput(Throughput::Bytes(one.len() as u64));
+    group.bench_function("validate_produce (CRC-32C)", |b| {
+        b.iter(|| batch::validate_produce(&one, 1 << 20).unwrap())
+    });
+    group.finish();
+}
+
+fn append(c: &mut Criterion) {
+    let one = client_batch(RECORDS, VALUE_BYTES, Compression::None);
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_bytes: 256 * 1024 * 1024,
+        ..LogConfig::default()
+    };
+    let mut log = Log::open(dir.path(), config, 0).unwrap();
+    let mut group = c.benchmark_group("log");
+    group.throughput(Throughput::Bytes(one.len() as u64));
+    group.bench_function("append 16 x 1 KiB batch", |b| {
+        b.iter_batched_ref(
+            || one.clone(),
+            |batch| log.append(batch, 0, 0).unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+fn read(c: &mut Criterion) {
+    let one = client_batch(RECORDS, VALUE_BYTES, Compression::None);
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), LogConfig::default(), 0).unwrap();
+    let batches = 4096;
+    for _ in 0..batches {
+        log.append(&mut one.clone(), 0, 0).unwrap();
+    }
+    let end = log.log_end_offset();
+    let fetch_bytes = 1024 * 1024;
+    let mut group = c.benchmark_group("log");
+    group.throughput(Throughput::Bytes(fetch_bytes as u64));
+    let mut offset = 0;
+    group.bench_function("read 1 MiB from the page cache", |b| {
+        b.iter(|| {
+            let slice = log.read(offset, fetch_bytes).unwrap().unwrap();
+            let bytes = slice.read().unwrap();
+            offset = (offset + (bytes.len() / one.len() * RECORDS) as i64) % (end - RECORDS as i64);
+            bytes
+        })
+    });
+    group.finish();
+}
+
+// The macro generates an undocumented `benches` function.
+#[allow(missing_docs)]
+mod group {
+    use super::*;
+    criterion_group!(benches, validation, append, read);
+}
+criterion_main!(group::benches);

@@ -42,8 +42,10 @@ pub struct TestBroker {
 impl TestBroker {
     /// Starts a broker on a fresh folder under `dir` with broker `settings` (Kafka names).
     pub async fn start_in(dir: &Path, settings: &[(&str, &str)]) -> Self {
-        let settings: BTreeMap<String, String> =
-            settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let settings: BTreeMap<String, String> = settings
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let mut broker = Self {
             dir: dir.to_path_buf(),
             settings,
@@ -56,7 +58,8 @@ impl TestBroker {
 
     async fn boot(&mut self) {
         let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let config = BrokerConfig::new(self.dir.clone(), listen, None, None, self.settings.clone()).unwrap();
+        let config =
+            BrokerConfig::new(self.dir.clone(), listen, None, None, self.settings.clone()).unwrap();
         let handle = strata_broker::start(config).await.expect("broker starts");
         self.bootstrap = handle.local_addr().to_string();
         self.handle = Some(handle);
@@ -100,7 +103,9 @@ impl ChildBroker {
             .stderr(log)
             .spawn()
             .expect("strata starts");
-        wait_for("the broker to accept connections", || TcpStream::connect(listen).ok());
+        wait_for("the broker to accept connections", || {
+            TcpStream::connect(listen).ok()
+        });
         Self {
             child,
             bootstrap: listen.to_string(),
@@ -131,7 +136,10 @@ impl Drop for ChildBroker {
 /// A loopback address with a port that was free a moment ago (for child processes, which must be
 /// told their port; in-process brokers bind port 0).
 pub fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 /// A producer with the given extra settings.
@@ -177,7 +185,13 @@ pub struct Consumed {
 }
 
 /// Reads `count` records from the given partitions starting at `from`, failing after the deadline.
-pub fn read(bootstrap: &str, topic: &str, partitions: &[i32], from: Offset, count: usize) -> Vec<Consumed> {
+pub fn read(
+    bootstrap: &str,
+    topic: &str,
+    partitions: &[i32],
+    from: Offset,
+    count: usize,
+) -> Vec<Consumed> {
     let consumer = consumer(bootstrap);
     let mut assignment = TopicPartitionList::new();
     for &p in partitions {
@@ -187,7 +201,11 @@ pub fn read(bootstrap: &str, topic: &str, partitions: &[i32], from: Offset, coun
     let mut out = Vec::with_capacity(count);
     let start = Instant::now();
     while out.len() < count {
-        assert!(start.elapsed() < DEADLINE, "read {} of {count} records from {topic}", out.len());
+        assert!(
+            start.elapsed() < DEADLINE,
+            "read {} of {count} records from {topic}",
+            out.len()
+        );
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => out.push(Consumed {
                 partition: m.partition(),
@@ -196,7 +214,11 @@ pub fn read(bootstrap: &str, topic: &str, partitions: &[i32], from: Offset, coun
                 value: m.payload().map(<[u8]>::to_vec),
                 headers: m
                     .headers()
-                    .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect())
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                            .collect()
+                    })
                     .unwrap_or_default(),
                 timestamp_ms: m.timestamp().to_millis(),
             }),

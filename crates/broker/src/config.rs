@@ -82,28 +82,93 @@ const WEEK_MS: &str = "604800000";
 
 /// Every topic config Strata knows, with Kafka's names and defaults.
 pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
-    def("cleanup.policy", "log.cleanup.policy", "delete", ConfigType::Choice(&["delete"])),
-    def("flush.messages", "log.flush.interval.messages", "9223372036854775807", ConfigType::Long(1)),
-    def("flush.ms", "log.flush.interval.ms", "9223372036854775807", ConfigType::Long(0)),
-    def("index.interval.bytes", "log.index.interval.bytes", "4096", ConfigType::Int(0)),
-    def("local.retention.bytes", "log.local.retention.bytes", "-2", ConfigType::Long(-2)),
-    def("local.retention.ms", "log.local.retention.ms", "-2", ConfigType::Long(-2)),
-    def("max.message.bytes", "message.max.bytes", "1048588", ConfigType::Int(0)),
+    def(
+        "cleanup.policy",
+        "log.cleanup.policy",
+        "delete",
+        ConfigType::Choice(&["delete"]),
+    ),
+    def(
+        "flush.messages",
+        "log.flush.interval.messages",
+        "9223372036854775807",
+        ConfigType::Long(1),
+    ),
+    def(
+        "flush.ms",
+        "log.flush.interval.ms",
+        "9223372036854775807",
+        ConfigType::Long(0),
+    ),
+    def(
+        "index.interval.bytes",
+        "log.index.interval.bytes",
+        "4096",
+        ConfigType::Int(0),
+    ),
+    def(
+        "local.retention.bytes",
+        "log.local.retention.bytes",
+        "-2",
+        ConfigType::Long(-2),
+    ),
+    def(
+        "local.retention.ms",
+        "log.local.retention.ms",
+        "-2",
+        ConfigType::Long(-2),
+    ),
+    def(
+        "max.message.bytes",
+        "message.max.bytes",
+        "1048588",
+        ConfigType::Int(0),
+    ),
     def(
         "message.timestamp.type",
         "log.message.timestamp.type",
         "CreateTime",
         ConfigType::Choice(&["CreateTime", "LogAppendTime"]),
     ),
-    def("min.insync.replicas", "min.insync.replicas", "1", ConfigType::Int(1)),
-    def("remote.storage.enable", "remote.storage.enable", "false", ConfigType::Boolean),
-    def("retention.bytes", "log.retention.bytes", "-1", ConfigType::Long(-1)),
-    def("retention.ms", "log.retention.ms", WEEK_MS, ConfigType::Long(-1)),
-    def("segment.bytes", "log.segment.bytes", "1073741824", ConfigType::Int(14)),
+    def(
+        "min.insync.replicas",
+        "min.insync.replicas",
+        "1",
+        ConfigType::Int(1),
+    ),
+    def(
+        "remote.storage.enable",
+        "remote.storage.enable",
+        "false",
+        ConfigType::Boolean,
+    ),
+    def(
+        "retention.bytes",
+        "log.retention.bytes",
+        "-1",
+        ConfigType::Long(-1),
+    ),
+    def(
+        "retention.ms",
+        "log.retention.ms",
+        WEEK_MS,
+        ConfigType::Long(-1),
+    ),
+    def(
+        "segment.bytes",
+        "log.segment.bytes",
+        "1073741824",
+        ConfigType::Int(14),
+    ),
     def("segment.ms", "log.roll.ms", WEEK_MS, ConfigType::Long(1)),
 ];
 
-const fn def(name: &'static str, broker_name: &'static str, default: &'static str, kind: ConfigType) -> TopicConfigDef {
+const fn def(
+    name: &'static str,
+    broker_name: &'static str,
+    default: &'static str,
+    kind: ConfigType,
+) -> TopicConfigDef {
     TopicConfigDef {
         name,
         broker_name,
@@ -116,7 +181,11 @@ const fn def(name: &'static str, broker_name: &'static str, default: &'static st
 pub const BROKER_SETTINGS: &[(&str, &str, ConfigType)] = &[
     ("auto.create.topics.enable", "true", ConfigType::Boolean),
     ("default.replication.factor", "1", ConfigType::Int(1)),
-    ("log.retention.check.interval.ms", "300000", ConfigType::Long(1)),
+    (
+        "log.retention.check.interval.ms",
+        "300000",
+        ConfigType::Long(1),
+    ),
     ("node.id", "0", ConfigType::Int(0)),
     ("num.partitions", "1", ConfigType::Int(1)),
     ("socket.request.max.bytes", "104857600", ConfigType::Int(1)),
@@ -156,12 +225,14 @@ impl BrokerConfig {
                 .ok_or_else(|| Error::InvalidConfig(format!("unknown broker setting {name:?}")))?
                 .validate(name, value)?;
         }
-        if let Some(topic_default) = TOPIC_CONFIGS.iter().find(|d| d.name == "remote.storage.enable") {
-            if settings.get(topic_default.broker_name).is_some_and(|v| v == "true") {
-                return Err(Error::InvalidConfig(TIERING_UNAVAILABLE.into()));
-            }
+        if settings
+            .get("remote.storage.enable")
+            .is_some_and(|v| v == "true")
+        {
+            return Err(Error::InvalidConfig(TIERING_UNAVAILABLE.into()));
         }
-        let tier_url = tier_url.unwrap_or_else(|| format!("file://{}", data_dir.join("lake").display()));
+        let tier_url =
+            tier_url.unwrap_or_else(|| format!("file://{}", data_dir.join("lake").display()));
         Ok(Self {
             data_dir,
             listen,
@@ -194,7 +265,12 @@ impl BrokerConfig {
             .iter()
             .find(|(n, _, _)| *n == name)
             .map(|(_, d, _)| *d)
-            .or_else(|| TOPIC_CONFIGS.iter().find(|d| d.broker_name == name).map(|d| d.default))
+            .or_else(|| {
+                TOPIC_CONFIGS
+                    .iter()
+                    .find(|d| d.broker_name == name)
+                    .map(|d| d.default)
+            })
             .unwrap_or_else(|| panic!("no broker setting named {name}"))
             .to_string()
     }
@@ -205,7 +281,10 @@ impl BrokerConfig {
     }
 
     fn long(&self, name: &str) -> i64 {
-        self.setting(name).trim().parse().expect("validated at start-up")
+        self.setting(name)
+            .trim()
+            .parse()
+            .expect("validated at start-up")
     }
 
     /// `num.partitions`.
@@ -239,7 +318,9 @@ impl BrokerConfig {
             .iter()
             .map(|(n, _, _)| *n)
             .chain(TOPIC_CONFIGS.iter().map(|d| d.broker_name));
-        let mut all: Vec<_> = names.map(|n| (n.to_string(), self.setting(n), self.is_set(n))).collect();
+        let mut all: Vec<_> = names
+            .map(|n| (n.to_string(), self.setting(n), self.is_set(n)))
+            .collect();
         all.sort();
         all.dedup_by(|a, b| a.0 == b.0);
         all
@@ -250,7 +331,10 @@ impl BrokerConfig {
         let values = TOPIC_CONFIGS
             .iter()
             .map(|d| {
-                let value = overrides.get(d.name).cloned().unwrap_or_else(|| self.setting(d.broker_name));
+                let value = overrides
+                    .get(d.name)
+                    .cloned()
+                    .unwrap_or_else(|| self.setting(d.broker_name));
                 (d.name.to_string(), value)
             })
             .collect();
@@ -267,7 +351,12 @@ fn broker_setting_type(name: &str) -> Option<ConfigType> {
         .iter()
         .find(|(n, _, _)| *n == name)
         .map(|(_, _, t)| *t)
-        .or_else(|| TOPIC_CONFIGS.iter().find(|d| d.broker_name == name).map(|d| d.kind))
+        .or_else(|| {
+            TOPIC_CONFIGS
+                .iter()
+                .find(|d| d.broker_name == name)
+                .map(|d| d.kind)
+        })
 }
 
 /// Checks topic overrides: known names, valid values, supported features.
@@ -297,7 +386,10 @@ pub struct TopicConfig {
 impl TopicConfig {
     /// The value of a topic config.
     pub fn get(&self, name: &str) -> &str {
-        self.values.get(name).map(String::as_str).unwrap_or_default()
+        self.values
+            .get(name)
+            .map(String::as_str)
+            .unwrap_or_default()
     }
 
     fn long(&self, name: &str) -> i64 {
@@ -333,7 +425,10 @@ mod tests {
             "127.0.0.1:9092".parse().unwrap(),
             None,
             None,
-            settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            settings
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         )
     }
 
@@ -363,15 +458,37 @@ mod tests {
     fn bad_settings_are_named() {
         let err = config(&[("num.partitionz", "3")]).unwrap_err().to_string();
         assert!(err.contains("num.partitionz"), "{err}");
-        let err = config(&[("num.partitions", "zero")]).unwrap_err().to_string();
+        let err = config(&[("num.partitions", "zero")])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("num.partitions"), "{err}");
         let bad = |k: &str, v: &str| {
             validate_topic_overrides(&BTreeMap::from([(k.to_string(), v.to_string())])).unwrap_err()
         };
-        assert!(bad("segment.bytes", "-5").to_string().contains("at least 14"));
-        assert!(bad("retention.mss", "5").to_string().contains("unknown topic config"));
-        assert!(bad("cleanup.policy", "compact").to_string().contains("compaction"));
-        assert!(bad("message.timestamp.type", "Now").to_string().contains("one of"));
-        assert!(bad("remote.storage.enable", "true").to_string().contains("tiered storage"));
+        assert!(
+            bad("segment.bytes", "-5")
+                .to_string()
+                .contains("at least 14")
+        );
+        assert!(
+            bad("retention.mss", "5")
+                .to_string()
+                .contains("unknown topic config")
+        );
+        assert!(
+            bad("cleanup.policy", "compact")
+                .to_string()
+                .contains("compaction")
+        );
+        assert!(
+            bad("message.timestamp.type", "Now")
+                .to_string()
+                .contains("one of")
+        );
+        assert!(
+            bad("remote.storage.enable", "true")
+                .to_string()
+                .contains("tiered storage")
+        );
     }
 }

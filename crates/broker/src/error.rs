@@ -74,10 +74,16 @@ impl Error {
 pub fn log_error_code(error: &strata_log::Error) -> ResponseError {
     use strata_log::batch::BatchError;
     match error {
-        strata_log::Error::InvalidBatch(BatchError::TooLarge { .. }) => ResponseError::MessageTooLarge,
-        strata_log::Error::InvalidBatch(BatchError::UnsupportedMagic(_)) => ResponseError::UnsupportedForMessageFormat,
+        strata_log::Error::InvalidBatch(BatchError::TooLarge { .. }) => {
+            ResponseError::MessageTooLarge
+        }
+        strata_log::Error::InvalidBatch(BatchError::UnsupportedMagic(_)) => {
+            ResponseError::UnsupportedForMessageFormat
+        }
         strata_log::Error::InvalidBatch(BatchError::Empty) => ResponseError::InvalidRecord,
-        strata_log::Error::InvalidBatch(BatchError::InvalidField(_)) => ResponseError::InvalidRecord,
+        strata_log::Error::InvalidBatch(BatchError::InvalidField(_)) => {
+            ResponseError::InvalidRecord
+        }
         strata_log::Error::InvalidBatch(_) => ResponseError::CorruptMessage,
         strata_log::Error::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
         strata_log::Error::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,

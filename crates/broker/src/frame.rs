@@ -56,7 +56,10 @@ pub fn parse_prefix(frame: &[u8]) -> Option<RequestPrefix> {
 }
 
 /// Reads one frame. `Ok(None)` when the peer closed the connection between frames.
-pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R, max_bytes: usize) -> Result<Option<Bytes>, FrameError> {
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max_bytes: usize,
+) -> Result<Option<Bytes>, FrameError> {
     let mut length = [0u8; 4];
     match reader.read_exact(&mut length).await {
         Ok(_) => {}
@@ -105,16 +108,28 @@ mod tests {
     #[tokio::test]
     async fn frames_are_bounded_and_truncation_is_noticed() {
         let mut ok: &[u8] = &[0, 0, 0, 3, 1, 2, 3];
-        assert_eq!(read_frame(&mut ok, 10).await.unwrap().unwrap().as_ref(), &[1, 2, 3]);
+        assert_eq!(
+            read_frame(&mut ok, 10).await.unwrap().unwrap().as_ref(),
+            &[1, 2, 3]
+        );
         assert_eq!(read_frame(&mut ok, 10).await.unwrap(), None);
         let mut big: &[u8] = &[0, 0, 0, 11];
-        assert!(matches!(read_frame(&mut big, 10).await, Err(FrameError::Size { size: 11, .. })));
+        assert!(matches!(
+            read_frame(&mut big, 10).await,
+            Err(FrameError::Size { size: 11, .. })
+        ));
         let mut negative: &[u8] = &[0xff, 0xff, 0xff, 0xff];
-        assert!(matches!(read_frame(&mut negative, 10).await, Err(FrameError::Size { size: -1, .. })));
+        assert!(matches!(
+            read_frame(&mut negative, 10).await,
+            Err(FrameError::Size { size: -1, .. })
+        ));
         let mut short: &[u8] = &[0, 0, 0, 5, 1];
         assert_eq!(
             read_frame(&mut short, 10).await,
-            Err(FrameError::Truncated { read: 1, expected: 5 })
+            Err(FrameError::Truncated {
+                read: 1,
+                expected: 5
+            })
         );
     }
 

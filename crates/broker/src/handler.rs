@@ -70,18 +70,26 @@ pub(crate) fn now_ms() -> i64 {
 /// Handles one frame.
 pub(crate) fn dispatch(ctx: &Arc<Context>, frame: Bytes) -> Result<Reply, Refusal> {
     let Some(prefix) = frame::parse_prefix(&frame) else {
-        return Err(format!("request of {} bytes is shorter than a request header", frame.len()));
+        return Err(format!(
+            "request of {} bytes is shorter than a request header",
+            frame.len()
+        ));
     };
     let Ok(api_key) = ApiKey::try_from(prefix.api_key) else {
         return Err(format!("unknown API key {}", prefix.api_key));
     };
     let Some(range) = api_versions::supported_range(api_key) else {
-        return Err(format!("{api_key:?} (key {}) is not supported", prefix.api_key));
+        return Err(format!(
+            "{api_key:?} (key {}) is not supported",
+            prefix.api_key
+        ));
     };
     if prefix.api_version < range.min || prefix.api_version > range.max {
         if api_key == ApiKey::ApiVersions {
             // KIP-511: answer in the v0 layout so the client can retry at a version we support.
-            return Ok(Reply::Ready(Some(api_versions::unsupported_version_response(prefix.correlation_id))));
+            return Ok(Reply::Ready(Some(
+                api_versions::unsupported_version_response(prefix.correlation_id),
+            )));
         }
         return Err(format!(
             "{api_key:?} v{} is not supported (supported: v{}..=v{})",
@@ -89,14 +97,22 @@ pub(crate) fn dispatch(ctx: &Arc<Context>, frame: Bytes) -> Result<Reply, Refusa
         ));
     }
     let mut body = frame;
-    let header = RequestHeader::decode(&mut body, api_key.request_header_version(prefix.api_version))
-        .map_err(|e| format!("malformed {api_key:?} request header: {e}"))?;
+    let header = RequestHeader::decode(
+        &mut body,
+        api_key.request_header_version(prefix.api_version),
+    )
+    .map_err(|e| format!("malformed {api_key:?} request header: {e}"))?;
     let request = RequestKind::decode(api_key, &mut body, prefix.api_version)
         .map_err(|e| format!("malformed {api_key:?} v{} request: {e}", prefix.api_version))?;
     route(ctx, prefix, &header, request)
 }
 
-fn route(ctx: &Arc<Context>, prefix: RequestPrefix, header: &RequestHeader, request: RequestKind) -> Result<Reply, Refusal> {
+fn route(
+    ctx: &Arc<Context>,
+    prefix: RequestPrefix,
+    header: &RequestHeader,
+    request: RequestKind,
+) -> Result<Reply, Refusal> {
     let version = prefix.api_version;
     let response: ResponseKind = match request {
         RequestKind::ApiVersions(_) => api_versions::handle(version).into(),
@@ -110,7 +126,12 @@ fn route(ctx: &Arc<Context>, prefix: RequestPrefix, header: &RequestHeader, requ
             let correlation_id = header.correlation_id;
             let task = tokio::spawn(async move {
                 let response = fetch::handle(&ctx, version, r).await;
-                encode(ApiKey::Fetch, version, correlation_id, &ResponseKind::Fetch(response))
+                encode(
+                    ApiKey::Fetch,
+                    version,
+                    correlation_id,
+                    &ResponseKind::Fetch(response),
+                )
             });
             return Ok(Reply::Waiting(task));
         }
@@ -130,7 +151,12 @@ fn route(ctx: &Arc<Context>, prefix: RequestPrefix, header: &RequestHeader, requ
 }
 
 /// Encodes a response with its header and length prefix.
-pub(crate) fn encode(api_key: ApiKey, version: i16, correlation_id: i32, response: &ResponseKind) -> Result<BytesMut, Refusal> {
+pub(crate) fn encode(
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    response: &ResponseKind,
+) -> Result<BytesMut, Refusal> {
     let mut body = BytesMut::with_capacity(256);
     body.extend_from_slice(&[0; 4]);
     ResponseHeader::default()
@@ -163,7 +189,8 @@ pub(crate) mod tests {
 
     pub(crate) fn context(dir: &std::path::Path) -> Arc<Context> {
         let config = BrokerConfig::for_dir(dir.to_path_buf(), "127.0.0.1:0".parse().unwrap());
-        let manager = PartitionManager::open(config, Box::new(LocalMetadataStore::new(dir)), 0).unwrap();
+        let manager =
+            PartitionManager::open(config, Box::new(LocalMetadataStore::new(dir)), 0).unwrap();
         Arc::new(Context {
             manager: Arc::new(manager),
             advertised_host: "127.0.0.1".into(),
@@ -188,19 +215,25 @@ pub(crate) mod tests {
                     .with_request_api_key(key as i16)
                     .with_request_api_version(version)
                     .with_correlation_id(7);
-                header.encode(&mut frame, key.request_header_version(version)).unwrap();
+                header
+                    .encode(&mut frame, key.request_header_version(version))
+                    .unwrap();
                 let request = default_request(key);
                 request.encode(&mut frame, version).unwrap();
-                let reply = dispatch(&ctx, frame.freeze()).unwrap_or_else(|e| panic!("{key:?} v{version}: {e}"));
+                let reply = dispatch(&ctx, frame.freeze())
+                    .unwrap_or_else(|e| panic!("{key:?} v{version}: {e}"));
                 let bytes = match reply {
                     Reply::Ready(Some(b)) => b,
                     Reply::Ready(None) => continue,
                     Reply::Waiting(task) => task.await.unwrap().unwrap(),
                 };
                 let mut body = bytes.freeze().slice(4..);
-                let header = ResponseHeader::decode(&mut body, key.response_header_version(version)).unwrap();
+                let header =
+                    ResponseHeader::decode(&mut body, key.response_header_version(version))
+                        .unwrap();
                 assert_eq!(header.correlation_id, 7);
-                ResponseKind::decode(key, &mut body, version).unwrap_or_else(|e| panic!("{key:?} v{version}: {e}"));
+                ResponseKind::decode(key, &mut body, version)
+                    .unwrap_or_else(|e| panic!("{key:?} v{version}: {e}"));
             }
         }
     }

@@ -42,7 +42,10 @@ pub fn validate_topic_name(name: &str) -> Result<()> {
         "'.' and '..' are not allowed"
     } else if name.len() > TOPIC_NAME_MAX_BYTES {
         "longer than 249 characters"
-    } else if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-') {
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
         "only ASCII letters, digits, '.', '_' and '-' are allowed"
     } else {
         return Ok(());
@@ -99,7 +102,11 @@ impl PartitionManager {
 
     /// The cluster id.
     pub fn cluster_id(&self) -> String {
-        self.metadata.lock().expect("metadata lock").cluster_id.clone()
+        self.metadata
+            .lock()
+            .expect("metadata lock")
+            .cluster_id
+            .clone()
     }
 
     /// A topic by name.
@@ -109,12 +116,23 @@ impl PartitionManager {
 
     /// A topic by id.
     pub fn topic_by_id(&self, topic_id: Uuid) -> Option<Arc<Topic>> {
-        self.topics.read().expect("topics lock").values().find(|t| t.topic_id == topic_id).cloned()
+        self.topics
+            .read()
+            .expect("topics lock")
+            .values()
+            .find(|t| t.topic_id == topic_id)
+            .cloned()
     }
 
     /// Every topic, sorted by name.
     pub fn topics(&self) -> Vec<Arc<Topic>> {
-        let mut all: Vec<_> = self.topics.read().expect("topics lock").values().cloned().collect();
+        let mut all: Vec<_> = self
+            .topics
+            .read()
+            .expect("topics lock")
+            .values()
+            .cloned()
+            .collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }
@@ -122,7 +140,9 @@ impl PartitionManager {
     /// A partition by topic and index.
     pub fn partition(&self, topic: &str, index: i32) -> Option<Arc<Partition>> {
         let topic = self.topic(topic)?;
-        usize::try_from(index).ok().and_then(|i| topic.partitions.get(i).cloned())
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| topic.partitions.get(i).cloned())
     }
 
     /// The topic, created with the broker defaults if it does not exist and
@@ -137,7 +157,11 @@ impl PartitionManager {
         validate_topic_name(name)?;
         match self.create_topic(name, -1, -1, BTreeMap::new(), false, now_ms) {
             Ok(topic) => {
-                tracing::info!(topic = name, partitions = topic.partitions.len(), "auto-created topic");
+                tracing::info!(
+                    topic = name,
+                    partitions = topic.partitions.len(),
+                    "auto-created topic"
+                );
                 Ok(Some(topic))
             }
             Err(Error::TopicExists(_)) => Ok(self.topic(name)),
@@ -156,12 +180,18 @@ impl PartitionManager {
         now_ms: i64,
     ) -> Result<Arc<Topic>> {
         validate_topic_name(name)?;
-        let partitions = if partitions == -1 { self.config.num_partitions() } else { partitions };
+        let partitions = if partitions == -1 {
+            self.config.num_partitions()
+        } else {
+            partitions
+        };
         check_partition_count(partitions)?;
         if replication_factor != -1 && replication_factor != 1 {
             return Err(Error::InvalidRequest {
                 code: kafka_protocol::ResponseError::InvalidReplicationFactor,
-                message: format!("replication factor {replication_factor} is larger than the 1 available broker"),
+                message: format!(
+                    "replication factor {replication_factor} is larger than the 1 available broker"
+                ),
             });
         }
         config::validate_topic_overrides(&overrides)?;
@@ -175,14 +205,21 @@ impl PartitionManager {
             configs: overrides,
         };
         if validate_only {
-            return Ok(Arc::new(topic_without_partitions(&self.config, name, &record)));
+            return Ok(Arc::new(topic_without_partitions(
+                &self.config,
+                name,
+                &record,
+            )));
         }
         let topic = Arc::new(open_topic(&self.config, name, &record, 0, now_ms)?);
         let mut updated = metadata.clone();
         updated.topics.insert(name.to_string(), record);
         self.store.store(&updated)?;
         *metadata = updated;
-        self.topics.write().expect("topics lock").insert(name.to_string(), Arc::clone(&topic));
+        self.topics
+            .write()
+            .expect("topics lock")
+            .insert(name.to_string(), Arc::clone(&topic));
         Ok(topic)
     }
 
@@ -212,7 +249,13 @@ impl PartitionManager {
     }
 
     /// Raises a topic's partition count to `count`.
-    pub fn create_partitions(&self, name: &str, count: i32, validate_only: bool, now_ms: i64) -> Result<()> {
+    pub fn create_partitions(
+        &self,
+        name: &str,
+        count: i32,
+        validate_only: bool,
+        now_ms: i64,
+    ) -> Result<()> {
         let mut metadata = self.metadata.lock().expect("metadata lock");
         let Some(record) = metadata.topics.get(name).cloned() else {
             return Err(Error::UnknownTopic(name.to_string()));
@@ -220,14 +263,19 @@ impl PartitionManager {
         if count <= record.partitions {
             return Err(Error::InvalidRequest {
                 code: kafka_protocol::ResponseError::InvalidPartitions,
-                message: format!("topic {name} has {} partitions; the new count {count} must be larger", record.partitions),
+                message: format!(
+                    "topic {name} has {} partitions; the new count {count} must be larger",
+                    record.partitions
+                ),
             });
         }
         check_partition_count(count)?;
         if validate_only {
             return Ok(());
         }
-        let current = self.topic(name).ok_or_else(|| Error::UnknownTopic(name.to_string()))?;
+        let current = self
+            .topic(name)
+            .ok_or_else(|| Error::UnknownTopic(name.to_string()))?;
         let new_record = TopicRecord {
             partitions: count,
             ..record
@@ -237,14 +285,24 @@ impl PartitionManager {
         updated.topics.insert(name.to_string(), new_record);
         self.store.store(&updated)?;
         *metadata = updated;
-        let partitions = current.partitions.iter().cloned().chain(added.partitions).collect();
+        let partitions = current
+            .partitions
+            .iter()
+            .cloned()
+            .chain(added.partitions)
+            .collect();
         self.replace_topic(&current, partitions, current.overrides.clone());
         Ok(())
     }
 
     /// Replaces a topic's config overrides (AlterConfigs semantics; the incremental form computes
     /// the full set first) and applies them to its partitions.
-    pub fn set_topic_overrides(&self, name: &str, overrides: BTreeMap<String, String>, validate_only: bool) -> Result<()> {
+    pub fn set_topic_overrides(
+        &self,
+        name: &str,
+        overrides: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<()> {
         config::validate_topic_overrides(&overrides)?;
         let mut metadata = self.metadata.lock().expect("metadata lock");
         let Some(record) = metadata.topics.get(name).cloned() else {
@@ -253,7 +311,9 @@ impl PartitionManager {
         if validate_only {
             return Ok(());
         }
-        let current = self.topic(name).ok_or_else(|| Error::UnknownTopic(name.to_string()))?;
+        let current = self
+            .topic(name)
+            .ok_or_else(|| Error::UnknownTopic(name.to_string()))?;
         let mut updated = metadata.clone();
         updated.topics.insert(
             name.to_string(),
@@ -284,7 +344,10 @@ impl PartitionManager {
             config: self.config.topic_config(&overrides),
             overrides,
         });
-        self.topics.write().expect("topics lock").insert(current.name.clone(), Arc::clone(&topic));
+        self.topics
+            .write()
+            .expect("topics lock")
+            .insert(current.name.clone(), Arc::clone(&topic));
         topic
     }
 
@@ -313,8 +376,10 @@ impl PartitionManager {
                         partition = partition.index(), deleted = done.deleted_segments,
                         log_start_offset = partition.log_start_offset(), "retention deleted segments"),
                     Ok(_) | Err(Error::NotLeader(_)) => {}
-                    Err(e) => tracing::error!(topic = %topic.name, partition = partition.index(), error = %e,
-                        "log maintenance failed"),
+                    Err(e) => {
+                        tracing::error!(topic = %topic.name, partition = partition.index(), error = %e,
+                        "log maintenance failed")
+                    }
                 }
             }
         }
@@ -344,7 +409,10 @@ fn check_partition_count(count: i32) -> Result<()> {
 
 /// The folder of one partition: `<data_dir>/topics/<topic>-<index>`, as Kafka names log folders.
 pub fn partition_dir(config: &BrokerConfig, topic: &str, index: i32) -> PathBuf {
-    config.data_dir.join("topics").join(format!("{topic}-{index}"))
+    config
+        .data_dir
+        .join("topics")
+        .join(format!("{topic}-{index}"))
 }
 
 fn topic_without_partitions(config: &BrokerConfig, name: &str, record: &TopicRecord) -> Topic {
@@ -358,7 +426,13 @@ fn topic_without_partitions(config: &BrokerConfig, name: &str, record: &TopicRec
 }
 
 /// Opens partitions `first..record.partitions` of a topic.
-fn open_topic(config: &BrokerConfig, name: &str, record: &TopicRecord, first: i32, now_ms: i64) -> Result<Topic> {
+fn open_topic(
+    config: &BrokerConfig,
+    name: &str,
+    record: &TopicRecord,
+    first: i32,
+    now_ms: i64,
+) -> Result<Topic> {
     let mut topic = topic_without_partitions(config, name, record);
     let log_config = topic.config.log_config();
     for index in first..record.partitions {
@@ -400,17 +474,36 @@ mod tests {
         use kafka_protocol::ResponseError as E;
         let dir = tempfile::tempdir().unwrap();
         let m = manager(dir.path());
-        m.create_topic("t", 1, -1, BTreeMap::new(), false, 0).unwrap();
+        m.create_topic("t", 1, -1, BTreeMap::new(), false, 0)
+            .unwrap();
         fn code<T: std::fmt::Debug>(r: Result<T>) -> E {
             r.unwrap_err().code()
         }
-        assert_eq!(code(m.create_topic("t", 1, -1, BTreeMap::new(), false, 0)), E::TopicAlreadyExists);
-        assert_eq!(code(m.create_topic("bad/name", 1, -1, BTreeMap::new(), false, 0)), E::InvalidTopicException);
-        assert_eq!(code(m.create_topic("t2", 0, -1, BTreeMap::new(), false, 0)), E::InvalidPartitions);
-        assert_eq!(code(m.create_topic("t2", 1, 3, BTreeMap::new(), false, 0)), E::InvalidReplicationFactor);
-        assert_eq!(code(m.create_partitions("t", 1, false, 0)), E::InvalidPartitions);
+        assert_eq!(
+            code(m.create_topic("t", 1, -1, BTreeMap::new(), false, 0)),
+            E::TopicAlreadyExists
+        );
+        assert_eq!(
+            code(m.create_topic("bad/name", 1, -1, BTreeMap::new(), false, 0)),
+            E::InvalidTopicException
+        );
+        assert_eq!(
+            code(m.create_topic("t2", 0, -1, BTreeMap::new(), false, 0)),
+            E::InvalidPartitions
+        );
+        assert_eq!(
+            code(m.create_topic("t2", 1, 3, BTreeMap::new(), false, 0)),
+            E::InvalidReplicationFactor
+        );
+        assert_eq!(
+            code(m.create_partitions("t", 1, false, 0)),
+            E::InvalidPartitions
+        );
         assert_eq!(code(m.delete_topic("nope", 0)), E::UnknownTopicOrPartition);
-        assert!(m.create_topic("t2", 1, -1, BTreeMap::new(), true, 0).is_ok());
+        assert!(
+            m.create_topic("t2", 1, -1, BTreeMap::new(), true, 0)
+                .is_ok()
+        );
         assert!(m.topic("t2").is_none(), "validate_only creates nothing");
     }
 
@@ -429,7 +522,8 @@ mod tests {
     fn deleting_a_topic_removes_its_folders() {
         let dir = tempfile::tempdir().unwrap();
         let m = manager(dir.path());
-        m.create_topic("gone", 2, -1, BTreeMap::new(), false, 0).unwrap();
+        m.create_topic("gone", 2, -1, BTreeMap::new(), false, 0)
+            .unwrap();
         assert!(partition_dir(m.config(), "gone", 1).exists());
         m.delete_topic("gone", 0).unwrap();
         assert!(!partition_dir(m.config(), "gone", 0).exists());

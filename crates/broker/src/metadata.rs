@@ -68,8 +68,9 @@ impl LocalMetadataStore {
 impl MetadataStore for LocalMetadataStore {
     fn load(&self) -> Result<ClusterMetadata> {
         match std::fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| Error::Metadata(format!("{} does not parse: {e}", self.path.display()))),
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                Error::Metadata(format!("{} does not parse: {e}", self.path.display()))
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let metadata = ClusterMetadata::new();
                 self.store(&metadata)?;
@@ -81,9 +82,11 @@ impl MetadataStore for LocalMetadataStore {
 
     fn store(&self, metadata: &ClusterMetadata) -> Result<()> {
         let dir = self.path.parent().expect("the path has a folder");
-        std::fs::create_dir_all(dir).map_err(|e| Error::Metadata(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Metadata(format!("{}: {e}", dir.display())))?;
         let bytes = serde_json::to_vec_pretty(metadata).expect("metadata serializes");
-        strata_log::log::write_atomic(&self.path, &bytes).map_err(|e| Error::Metadata(e.to_string()))
+        strata_log::log::write_atomic(&self.path, &bytes)
+            .map_err(|e| Error::Metadata(e.to_string()))
     }
 }
 
@@ -94,7 +97,11 @@ mod tests {
     /// The conformance suite every [`MetadataStore`] must pass.
     pub(crate) fn conformance(store: &dyn MetadataStore) {
         let mut first = store.load().unwrap();
-        assert_eq!(store.load().unwrap(), first, "a second load sees the same cluster");
+        assert_eq!(
+            store.load().unwrap(),
+            first,
+            "a second load sees the same cluster"
+        );
         first.topics.insert(
             "orders".into(),
             TopicRecord {
@@ -123,6 +130,12 @@ mod tests {
         let store = LocalMetadataStore::new(dir.path());
         store.load().unwrap();
         std::fs::write(dir.path().join("meta/cluster.json"), b"{not json").unwrap();
-        assert!(store.load().unwrap_err().to_string().contains("does not parse"));
+        assert!(
+            store
+                .load()
+                .unwrap_err()
+                .to_string()
+                .contains("does not parse")
+        );
     }
 }

@@ -39,12 +39,23 @@ pub struct ReadResult {
 
 impl Partition {
     /// Opens (recovering if needed) the partition's log in `dir`.
-    pub fn open(topic: &str, index: i32, dir: &Path, config: LogConfig, now_ms: i64) -> Result<Self> {
+    pub fn open(
+        topic: &str,
+        index: i32,
+        dir: &Path,
+        config: LogConfig,
+        now_ms: i64,
+    ) -> Result<Self> {
         let log = Log::open(dir, config, now_ms)?;
         let report = log.recovery_report();
         if report.truncated_bytes > 0 || report.dropped_segments > 0 {
-            tracing::warn!(topic, partition = index, truncated_bytes = report.truncated_bytes,
-                dropped_segments = report.dropped_segments, "recovered partition after an unclean shutdown");
+            tracing::warn!(
+                topic,
+                partition = index,
+                truncated_bytes = report.truncated_bytes,
+                dropped_segments = report.dropped_segments,
+                "recovered partition after an unclean shutdown"
+            );
         }
         Ok(Self {
             topic: topic.to_string(),
@@ -90,7 +101,10 @@ impl Partition {
         let mut guard: MutexGuard<'_, Option<Log>> = self.log.lock().expect("log lock poisoned");
         match guard.as_mut() {
             Some(log) => f(log),
-            None => Err(Error::NotLeader(format!("{}-{} is closed", self.topic, self.index))),
+            None => Err(Error::NotLeader(format!(
+                "{}-{} is closed",
+                self.topic, self.index
+            ))),
         }
     }
 
@@ -146,7 +160,8 @@ impl Partition {
     pub fn maintain(&self, now_ms: i64, retention: bool) -> Result<Maintenance> {
         let (done, job) = self.with_log(|log| {
             let done = log.maintain(now_ms, retention)?;
-            self.log_start_offset.store(log.log_start_offset(), Ordering::Release);
+            self.log_start_offset
+                .store(log.log_start_offset(), Ordering::Release);
             Ok((done, log.pending_flush()))
         })?;
         if let Some(job) = job {

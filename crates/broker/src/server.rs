@@ -66,19 +66,26 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
     let listen = config.listen;
     let advertised = config.advertised.clone();
     let manager = tokio::task::spawn_blocking(move || {
-        PartitionManager::open(config, Box::new(LocalMetadataStore::new(&data_dir)), now_ms())
+        PartitionManager::open(
+            config,
+            Box::new(LocalMetadataStore::new(&data_dir)),
+            now_ms(),
+        )
     })
     .await
     .map_err(|e| Error::Metadata(format!("opening the data folder panicked: {e}")))??;
-    let listener = TcpListener::bind(listen).await.map_err(|source| Error::Io {
-        what: format!("binding {listen}"),
-        source,
-    })?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| Error::Io {
+            what: format!("binding {listen}"),
+            source,
+        })?;
     let local_addr = listener.local_addr().map_err(|source| Error::Io {
         what: "reading the bound address".into(),
         source,
     })?;
-    let (advertised_host, advertised_port) = advertised_endpoint(advertised.as_deref(), local_addr)?;
+    let (advertised_host, advertised_port) =
+        advertised_endpoint(advertised.as_deref(), local_addr)?;
     let shutdown = CancellationToken::new();
     let ctx = Arc::new(Context {
         manager: Arc::new(manager),
@@ -102,12 +109,16 @@ fn advertised_endpoint(advertised: Option<&str>, bound: SocketAddr) -> Result<(S
         }
         return Ok((bound.ip().to_string(), i32::from(bound.port())));
     };
-    let (host, port) = advertised
-        .rsplit_once(':')
-        .ok_or_else(|| Error::InvalidConfig(format!("advertised address {advertised:?} is not HOST:PORT")))?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| Error::InvalidConfig(format!("advertised address {advertised:?} has no valid port")))?;
+    let (host, port) = advertised.rsplit_once(':').ok_or_else(|| {
+        Error::InvalidConfig(format!(
+            "advertised address {advertised:?} is not HOST:PORT"
+        ))
+    })?;
+    let port: u16 = port.parse().map_err(|_| {
+        Error::InvalidConfig(format!(
+            "advertised address {advertised:?} has no valid port"
+        ))
+    })?;
     Ok((host.trim_matches(['[', ']']).to_string(), i32::from(port)))
 }
 
@@ -141,8 +152,13 @@ async fn run(ctx: Arc<Context>, listener: TcpListener) {
     }
     drop(listener);
     tracker.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
-        tracing::warn!("connections still open after the shutdown grace period; closing logs anyway");
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "connections still open after the shutdown grace period; closing logs anyway"
+        );
     }
     maintenance.abort();
     let manager = Arc::clone(&ctx.manager);
@@ -190,10 +206,10 @@ async fn serve_connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr
                     }
                 },
             };
-            if let Some(bytes) = bytes {
-                if writer.write_all(&bytes).await.is_err() {
-                    break;
-                }
+            if let Some(bytes) = bytes
+                && writer.write_all(&bytes).await.is_err()
+            {
+                break;
             }
         }
         let _ = writer.shutdown().await;

@@ -176,15 +176,26 @@ impl fmt::Display for BatchError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Truncated { needed, available } => {
-                write!(f, "truncated record batch: needs {needed} bytes, has {available}")
+                write!(
+                    f,
+                    "truncated record batch: needs {needed} bytes, has {available}"
+                )
             }
-            Self::UnsupportedMagic(m) => write!(f, "record batch magic {m} is not supported (only 2)"),
+            Self::UnsupportedMagic(m) => {
+                write!(f, "record batch magic {m} is not supported (only 2)")
+            }
             Self::CrcMismatch { stored, computed } => {
-                write!(f, "record batch CRC mismatch: stored {stored:#010x}, computed {computed:#010x}")
+                write!(
+                    f,
+                    "record batch CRC mismatch: stored {stored:#010x}, computed {computed:#010x}"
+                )
             }
             Self::InvalidField(what) => write!(f, "invalid record batch: {what}"),
             Self::TooLarge { size, max } => {
-                write!(f, "record batch of {size} bytes exceeds max.message.bytes {max}")
+                write!(
+                    f,
+                    "record batch of {size} bytes exceeds max.message.bytes {max}"
+                )
             }
             Self::Empty => write!(f, "the record set holds no record batch"),
         }
@@ -202,7 +213,9 @@ pub fn validate_batch(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
         return Err(BatchError::UnsupportedMagic(header.magic));
     }
     if (header.batch_length as i64) < (HEADER_BYTES - LOG_OVERHEAD) as i64 {
-        return Err(BatchError::InvalidField("batchLength is smaller than the header"));
+        return Err(BatchError::InvalidField(
+            "batchLength is smaller than the header",
+        ));
     }
     let total = header.total_bytes();
     if bytes.len() < total {
@@ -212,7 +225,9 @@ pub fn validate_batch(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
         });
     }
     if header.record_count < 0 || header.last_offset_delta < 0 {
-        return Err(BatchError::InvalidField("negative recordCount or lastOffsetDelta"));
+        return Err(BatchError::InvalidField(
+            "negative recordCount or lastOffsetDelta",
+        ));
     }
     let computed = crc32c::crc32c(&bytes[CRC_START..total]);
     if computed != header.crc {
@@ -226,7 +241,10 @@ pub fn validate_batch(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
 
 /// Validates a produced record set: one or more whole batches, each within `max_batch_bytes`,
 /// each with `lastOffsetDelta == recordCount - 1` and at least one record.
-pub fn validate_produce(records: &[u8], max_batch_bytes: usize) -> Result<Vec<BatchHeader>, BatchError> {
+pub fn validate_produce(
+    records: &[u8],
+    max_batch_bytes: usize,
+) -> Result<Vec<BatchHeader>, BatchError> {
     if records.is_empty() {
         return Err(BatchError::Empty);
     }
@@ -245,7 +263,9 @@ pub fn validate_produce(records: &[u8], max_batch_bytes: usize) -> Result<Vec<Ba
             return Err(BatchError::InvalidField("a produced batch has no record"));
         }
         if header.last_offset_delta != header.record_count - 1 {
-            return Err(BatchError::InvalidField("lastOffsetDelta is not recordCount - 1"));
+            return Err(BatchError::InvalidField(
+                "lastOffsetDelta is not recordCount - 1",
+            ));
         }
         headers.push(header);
         rest = &rest[size..];
@@ -277,7 +297,10 @@ pub fn set_log_append_time(batch: &mut [u8], timestamp_ms: i64) {
 
 /// Reads `baseOffset` and `batchLength` from the first [`LOG_OVERHEAD`] bytes of a batch.
 pub fn peek_offset_and_size(prefix: &[u8; LOG_OVERHEAD]) -> (i64, i32) {
-    (get_i64(prefix, OFF_BASE_OFFSET), get_i32(prefix, OFF_LENGTH))
+    (
+        get_i64(prefix, OFF_BASE_OFFSET),
+        get_i32(prefix, OFF_LENGTH),
+    )
 }
 
 fn get_i64(b: &[u8], at: usize) -> i64 {
@@ -302,7 +325,11 @@ pub(crate) mod tests {
     use proptest::prelude::*;
 
     /// Encodes one batch of `values` with the kafka-protocol crate (as a client would).
-    pub(crate) fn encode_batch(values: &[&[u8]], timestamp_ms: i64, compression: Compression) -> BytesMut {
+    pub(crate) fn encode_batch(
+        values: &[&[u8]],
+        timestamp_ms: i64,
+        compression: Compression,
+    ) -> BytesMut {
         let records: Vec<Record> = values
             .iter()
             .enumerate()
@@ -372,11 +399,17 @@ pub(crate) mod tests {
         let mut bad_crc = batch.clone();
         let last = bad_crc.len() - 1;
         bad_crc[last] ^= 0xff;
-        assert!(matches!(validate_batch(&bad_crc), Err(BatchError::CrcMismatch { .. })));
+        assert!(matches!(
+            validate_batch(&bad_crc),
+            Err(BatchError::CrcMismatch { .. })
+        ));
 
         let mut bad_magic = batch.clone();
         bad_magic[OFF_MAGIC] = 1;
-        assert_eq!(validate_batch(&bad_magic), Err(BatchError::UnsupportedMagic(1)));
+        assert_eq!(
+            validate_batch(&bad_magic),
+            Err(BatchError::UnsupportedMagic(1))
+        );
 
         assert!(matches!(
             validate_batch(&batch[..batch.len() - 1]),
@@ -390,7 +423,10 @@ pub(crate) mod tests {
 
         let mut short_len = batch.clone();
         short_len[OFF_LENGTH..OFF_LENGTH + 4].copy_from_slice(&3i32.to_be_bytes());
-        assert!(matches!(validate_batch(&short_len), Err(BatchError::InvalidField(_))));
+        assert!(matches!(
+            validate_batch(&short_len),
+            Err(BatchError::InvalidField(_))
+        ));
     }
 
     #[test]

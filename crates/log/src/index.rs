@@ -40,7 +40,9 @@ pub fn floor_offset(entries: &[OffsetEntry], relative_offset: u32) -> Option<Off
 /// below it too), or the segment start.
 pub fn scan_start_for_timestamp(entries: &[TimeEntry], timestamp_ms: i64) -> u32 {
     let below = entries.partition_point(|e| e.timestamp_ms < timestamp_ms);
-    below.checked_sub(1).map_or(0, |i| entries[i].relative_offset)
+    below
+        .checked_sub(1)
+        .map_or(0, |i| entries[i].relative_offset)
 }
 
 /// Encodes an offset index entry.
@@ -62,7 +64,7 @@ pub fn encode_time_entry(e: TimeEntry) -> [u8; TIME_ENTRY_BYTES] {
 /// Decodes an offset index file, or `None` when it is damaged: a torn entry, offsets or positions
 /// that do not strictly increase, or a position at or past `segment_bytes`.
 pub fn decode_offset_index(bytes: &[u8], segment_bytes: u64) -> Option<Vec<OffsetEntry>> {
-    if bytes.len() % OFFSET_ENTRY_BYTES != 0 {
+    if !bytes.len().is_multiple_of(OFFSET_ENTRY_BYTES) {
         return None;
     }
     let entries: Vec<OffsetEntry> = bytes
@@ -75,14 +77,16 @@ pub fn decode_offset_index(bytes: &[u8], segment_bytes: u64) -> Option<Vec<Offse
     let increasing = entries
         .windows(2)
         .all(|w| w[0].relative_offset < w[1].relative_offset && w[0].position < w[1].position);
-    let in_file = entries.iter().all(|e| u64::from(e.position) < segment_bytes);
+    let in_file = entries
+        .iter()
+        .all(|e| u64::from(e.position) < segment_bytes);
     (increasing && in_file).then_some(entries)
 }
 
 /// Decodes a time index file, or `None` when it is damaged (torn entry, timestamps or offsets that
 /// do not strictly increase, or an offset past `max_relative_offset`).
 pub fn decode_time_index(bytes: &[u8], max_relative_offset: u32) -> Option<Vec<TimeEntry>> {
-    if bytes.len() % TIME_ENTRY_BYTES != 0 {
+    if !bytes.len().is_multiple_of(TIME_ENTRY_BYTES) {
         return None;
     }
     let entries: Vec<TimeEntry> = bytes
@@ -92,10 +96,12 @@ pub fn decode_time_index(bytes: &[u8], max_relative_offset: u32) -> Option<Vec<T
             relative_offset: u32::from_be_bytes(c[8..].try_into().expect("4 bytes")),
         })
         .collect();
-    let increasing = entries
-        .windows(2)
-        .all(|w| w[0].timestamp_ms < w[1].timestamp_ms && w[0].relative_offset < w[1].relative_offset);
-    let in_segment = entries.iter().all(|e| e.relative_offset <= max_relative_offset);
+    let increasing = entries.windows(2).all(|w| {
+        w[0].timestamp_ms < w[1].timestamp_ms && w[0].relative_offset < w[1].relative_offset
+    });
+    let in_segment = entries
+        .iter()
+        .all(|e| e.relative_offset <= max_relative_offset);
     (increasing && in_segment).then_some(entries)
 }
 
@@ -146,11 +152,23 @@ mod tests {
 
     #[test]
     fn damaged_indexes_are_refused() {
-        let good: Vec<u8> = [oe(0, 0), oe(3, 100)].into_iter().flat_map(encode_offset_entry).collect();
+        let good: Vec<u8> = [oe(0, 0), oe(3, 100)]
+            .into_iter()
+            .flat_map(encode_offset_entry)
+            .collect();
         assert_eq!(decode_offset_index(&good, 200).unwrap().len(), 2);
-        assert!(decode_offset_index(&good[..good.len() - 1], 200).is_none(), "torn entry");
-        assert!(decode_offset_index(&good, 100).is_none(), "position past the segment");
-        let backwards: Vec<u8> = [oe(3, 100), oe(0, 0)].into_iter().flat_map(encode_offset_entry).collect();
+        assert!(
+            decode_offset_index(&good[..good.len() - 1], 200).is_none(),
+            "torn entry"
+        );
+        assert!(
+            decode_offset_index(&good, 100).is_none(),
+            "position past the segment"
+        );
+        let backwards: Vec<u8> = [oe(3, 100), oe(0, 0)]
+            .into_iter()
+            .flat_map(encode_offset_entry)
+            .collect();
         assert!(decode_offset_index(&backwards, 200).is_none());
         let t = encode_time_entry(TimeEntry {
             timestamp_ms: 5,

@@ -132,7 +132,9 @@ impl Log {
             log.segments.insert(base, segment);
         }
         let first_base = *log.segments.keys().next().expect("a log has a segment");
-        log.log_start_offset = stored_start.unwrap_or(first_base).clamp(first_base, log.log_end_offset());
+        log.log_start_offset = stored_start
+            .unwrap_or(first_base)
+            .clamp(first_base, log.log_end_offset());
         log.recovery_point = log.recovery_point.min(log.log_end_offset());
         log.load_producer_state()?;
         Ok(log)
@@ -147,7 +149,9 @@ impl Log {
         };
         let first_base = *self.segments.keys().next().expect("a log has a segment");
         let (mut table, from) = match snapshot {
-            Some(s) if s.offset >= first_base && s.offset <= self.log_end_offset() => (s.producers, s.offset),
+            Some(s) if s.offset >= first_base && s.offset <= self.log_end_offset() => {
+                (s.producers, s.offset)
+            }
             _ => (ProducerStateTable::default(), first_base),
         };
         for segment in self.segments.values().filter(|s| s.next_offset > from) {
@@ -195,23 +199,39 @@ impl Log {
     }
 
     fn active(&self) -> &Segment {
-        self.segments.values().next_back().expect("a log has a segment")
+        self.segments
+            .values()
+            .next_back()
+            .expect("a log has a segment")
     }
 
     fn active_mut(&mut self) -> &mut Segment {
-        self.segments.values_mut().next_back().expect("a log has a segment")
+        self.segments
+            .values_mut()
+            .next_back()
+            .expect("a log has a segment")
     }
 
     /// Validates and appends one produced record set (exactly one RecordBatch v2, as Kafka requires
     /// of produce requests v3+), assigning its offsets and leader epoch. A retry of a batch of an
     /// idempotent producer already in the log returns the original offsets without appending.
-    pub fn append(&mut self, records: &mut [u8], leader_epoch: i32, now_ms: i64) -> Result<AppendInfo> {
+    pub fn append(
+        &mut self,
+        records: &mut [u8],
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<AppendInfo> {
         let headers = batch::validate_produce(records, self.config.max_message_bytes)?;
         let [header] = headers[..] else {
-            return Err(BatchError::InvalidField("a produce request holds exactly one batch per partition").into());
+            return Err(BatchError::InvalidField(
+                "a produce request holds exactly one batch per partition",
+            )
+            .into());
         };
         if header.is_transactional() || header.is_control() {
-            return Err(Error::Unsupported("transactional and control batches are not supported yet"));
+            return Err(Error::Unsupported(
+                "transactional and control batches are not supported yet",
+            ));
         }
         if let SequenceCheck::Duplicate { base_offset } = self.producers.check(&header)? {
             return Ok(AppendInfo {
@@ -233,13 +253,24 @@ impl Log {
             TimestampType::CreateTime => -1,
         };
         let stored = BatchHeader::parse(records)?;
-        if policy::should_roll(&self.active().stat(), records.len() as u64, last_offset, now_ms, &self.config) {
+        if policy::should_roll(
+            &self.active().stat(),
+            records.len() as u64,
+            last_offset,
+            now_ms,
+            &self.config,
+        ) {
             self.roll(now_ms)?;
         }
         self.active_mut().append(records, &stored)?;
         self.producers.record(&stored);
         self.unflushed_messages += i64::from(stored.record_count);
-        if policy::should_flush(self.unflushed_messages, self.last_flush_ms, now_ms, &self.config) {
+        if policy::should_flush(
+            self.unflushed_messages,
+            self.last_flush_ms,
+            now_ms,
+            &self.config,
+        ) {
             self.flush(now_ms)?;
         }
         Ok(AppendInfo {
@@ -274,9 +305,14 @@ impl Log {
                 log_end_offset,
             });
         }
-        for segment in self.segments.range(..=offset).next_back().into_iter().map(|(_, s)| s).chain(
-            self.segments.range(offset + 1..).map(|(_, s)| s),
-        ) {
+        for segment in self
+            .segments
+            .range(..=offset)
+            .next_back()
+            .into_iter()
+            .map(|(_, s)| s)
+            .chain(self.segments.range(offset + 1..).map(|(_, s)| s))
+        {
             if let Some(slice) = segment.slice_from(offset, max_bytes)? {
                 return Ok(Some(slice));
             }
@@ -287,10 +323,10 @@ impl Log {
     /// The first record with a timestamp at or after `timestamp_ms`: `(offset, timestamp)`.
     pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<(i64, i64)>> {
         for segment in self.segments.values() {
-            if let Some((offset, timestamp)) = segment.find_timestamp(timestamp_ms)? {
-                if offset >= self.log_start_offset {
-                    return Ok(Some((offset, timestamp)));
-                }
+            if let Some((offset, timestamp)) = segment.find_timestamp(timestamp_ms)?
+                && offset >= self.log_start_offset
+            {
+                return Ok(Some((offset, timestamp)));
             }
         }
         Ok(None)
@@ -324,7 +360,12 @@ impl Log {
             self.delete_oldest_segments(count)?;
             done.deleted_segments = count;
         }
-        if policy::should_flush(self.unflushed_messages, self.last_flush_ms, now_ms, &self.config) {
+        if policy::should_flush(
+            self.unflushed_messages,
+            self.last_flush_ms,
+            now_ms,
+            &self.config,
+        ) {
             self.flush(now_ms)?;
             done.flushed = true;
         }
@@ -332,7 +373,10 @@ impl Log {
     }
 
     fn delete_oldest_segments(&mut self, count: usize) -> Result<()> {
-        assert!(count < self.segments.len(), "the active segment is never deleted");
+        assert!(
+            count < self.segments.len(),
+            "the active segment is never deleted"
+        );
         for _ in 0..count {
             let (_, segment) = self.segments.pop_first().expect("counted above");
             tracing::info!(dir = %self.dir.display(), base_offset = segment.base_offset,
@@ -341,7 +385,10 @@ impl Log {
         }
         let first_base = *self.segments.keys().next().expect("a log has a segment");
         self.log_start_offset = self.log_start_offset.max(first_base);
-        write_atomic(&self.dir.join(LOG_START_OFFSET_FILE), self.log_start_offset.to_string().as_bytes())
+        write_atomic(
+            &self.dir.join(LOG_START_OFFSET_FILE),
+            self.log_start_offset.to_string().as_bytes(),
+        )
     }
 
     /// Sealed segments written since the last fsync, to be flushed without holding the log (a
@@ -367,20 +414,30 @@ impl Log {
     pub fn complete_flush(&mut self, job: &FlushJob) -> Result<()> {
         if job.recovery_point > self.recovery_point {
             self.recovery_point = job.recovery_point;
-            write_atomic(&self.dir.join(RECOVERY_POINT_FILE), self.recovery_point.to_string().as_bytes())?;
+            write_atomic(
+                &self.dir.join(RECOVERY_POINT_FILE),
+                self.recovery_point.to_string().as_bytes(),
+            )?;
         }
         Ok(())
     }
 
     /// Forces every segment to stable storage and advances the recovery point to the log end.
     pub fn flush(&mut self, now_ms: i64) -> Result<()> {
-        for segment in self.segments.values().filter(|s| s.next_offset > self.recovery_point) {
+        for segment in self
+            .segments
+            .values()
+            .filter(|s| s.next_offset > self.recovery_point)
+        {
             segment.flush()?;
         }
         self.recovery_point = self.log_end_offset();
         self.unflushed_messages = 0;
         self.last_flush_ms = now_ms;
-        write_atomic(&self.dir.join(RECOVERY_POINT_FILE), self.recovery_point.to_string().as_bytes())
+        write_atomic(
+            &self.dir.join(RECOVERY_POINT_FILE),
+            self.recovery_point.to_string().as_bytes(),
+        )
     }
 
     fn write_producer_snapshot(&self) -> Result<()> {
@@ -396,7 +453,10 @@ impl Log {
     pub fn close(mut self, now_ms: i64) -> Result<()> {
         self.flush(now_ms)?;
         self.write_producer_snapshot()?;
-        write_atomic(&self.dir.join(LOG_START_OFFSET_FILE), self.log_start_offset.to_string().as_bytes())?;
+        write_atomic(
+            &self.dir.join(LOG_START_OFFSET_FILE),
+            self.log_start_offset.to_string().as_bytes(),
+        )?;
         write_atomic(&self.dir.join(CLEAN_SHUTDOWN_FILE), b"")
     }
 
@@ -430,7 +490,13 @@ fn open_segments(
             report.truncated_bytes += cut;
             // What follows a corrupt batch cannot be trusted to be contiguous: drop it.
             for &later in &bases[i + 1..] {
-                let (later_segment, _) = Segment::open(dir, later, OpenMode::Trusted, config.index_interval_bytes, now_ms)?;
+                let (later_segment, _) = Segment::open(
+                    dir,
+                    later,
+                    OpenMode::Trusted,
+                    config.index_interval_bytes,
+                    now_ms,
+                )?;
                 later_segment.delete()?;
                 report.dropped_segments += 1;
             }
@@ -445,11 +511,16 @@ fn list_segment_bases(dir: &Path) -> Result<Vec<i64>> {
     let mut bases = Vec::new();
     for entry in std::fs::read_dir(dir).at(dir)? {
         let path = entry.at(dir)?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         if let Some(stem) = name.strip_suffix(".log") {
             match stem.parse::<i64>() {
                 Ok(base) if base >= 0 => bases.push(base),
-                _ => tracing::warn!(path = %path.display(), "ignoring a file that is not a segment"),
+                _ => {
+                    tracing::warn!(path = %path.display(), "ignoring a file that is not a segment")
+                }
             }
         } else if name.ends_with(".tmp") {
             std::fs::remove_file(&path).at(&path)?;

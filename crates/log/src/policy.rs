@@ -50,7 +50,12 @@ pub fn is_due_for_time_roll(active: &SegmentStat, now_ms: i64, config: &LogConfi
 
 /// How many of the oldest sealed segments retention removes. `sealed` is in offset order and
 /// excludes the active segment, which is never deleted; `total_bytes` includes the active one.
-pub fn segments_to_delete(sealed: &[SegmentStat], total_bytes: u64, now_ms: i64, config: &LogConfig) -> usize {
+pub fn segments_to_delete(
+    sealed: &[SegmentStat],
+    total_bytes: u64,
+    now_ms: i64,
+    config: &LogConfig,
+) -> usize {
     let mut remaining_bytes = total_bytes;
     let mut count = 0;
     for segment in sealed {
@@ -69,11 +74,17 @@ pub fn segments_to_delete(sealed: &[SegmentStat], total_bytes: u64, now_ms: i64,
 }
 
 /// Whether `flush.messages` or `flush.ms` asks for an fsync now.
-pub fn should_flush(unflushed_messages: i64, last_flush_ms: i64, now_ms: i64, config: &LogConfig) -> bool {
+pub fn should_flush(
+    unflushed_messages: i64,
+    last_flush_ms: i64,
+    now_ms: i64,
+    config: &LogConfig,
+) -> bool {
     if unflushed_messages == 0 {
         return false;
     }
-    unflushed_messages >= config.flush_messages || now_ms.saturating_sub(last_flush_ms) >= config.flush_ms
+    unflushed_messages >= config.flush_messages
+        || now_ms.saturating_sub(last_flush_ms) >= config.flush_ms
 }
 
 #[cfg(test)]
@@ -146,6 +157,11 @@ mod tests {
         assert!(!should_flush(2, 0, 10, &config));
         assert!(should_flush(3, 0, 10, &config));
         assert!(should_flush(1, 0, 1000, &config));
-        assert!(!should_flush(1_000_000, 0, 1_000_000, &LogConfig::default()));
+        assert!(!should_flush(
+            1_000_000,
+            0,
+            1_000_000,
+            &LogConfig::default()
+        ));
     }
 }

@@ -81,7 +81,10 @@ impl ProducerStateTable {
                 base_offset: dup.base_offset,
             });
         }
-        let expected = entry.batches.back().map_or(0, |b| next_sequence(b.last_sequence));
+        let expected = entry
+            .batches
+            .back()
+            .map_or(0, |b| next_sequence(b.last_sequence));
         expect_sequence(batch, expected)
     }
 
@@ -90,10 +93,13 @@ impl ProducerStateTable {
         if !batch.has_producer_id() {
             return;
         }
-        let entry = self.producers.entry(batch.producer_id).or_insert_with(|| ProducerEntry {
-            epoch: batch.producer_epoch,
-            batches: VecDeque::new(),
-        });
+        let entry = self
+            .producers
+            .entry(batch.producer_id)
+            .or_insert_with(|| ProducerEntry {
+                epoch: batch.producer_epoch,
+                batches: VecDeque::new(),
+            });
         if batch.producer_epoch != entry.epoch {
             entry.epoch = batch.producer_epoch;
             entry.batches.clear();
@@ -120,7 +126,11 @@ impl ProducerStateTable {
 }
 
 fn next_sequence(sequence: i32) -> i32 {
-    if sequence == i32::MAX { 0 } else { sequence + 1 }
+    if sequence == i32::MAX {
+        0
+    } else {
+        sequence + 1
+    }
 }
 
 fn expect_sequence(batch: &BatchHeader, expected: i32) -> Result<SequenceCheck> {
@@ -139,7 +149,13 @@ fn expect_sequence(batch: &BatchHeader, expected: i32) -> Result<SequenceCheck> 
 mod tests {
     use super::*;
 
-    fn batch(producer_id: i64, epoch: i16, base_sequence: i32, records: i32, base_offset: i64) -> BatchHeader {
+    fn batch(
+        producer_id: i64,
+        epoch: i16,
+        base_sequence: i32,
+        records: i32,
+        base_offset: i64,
+    ) -> BatchHeader {
         BatchHeader {
             base_offset,
             batch_length: 100,
@@ -197,7 +213,10 @@ mod tests {
             Err(Error::OutOfOrderSequence { expected: 0, .. })
         ));
         // A new epoch restarts at 0.
-        assert_eq!(table.check(&batch(7, 2, 0, 1, -1)).unwrap(), SequenceCheck::Append);
+        assert_eq!(
+            table.check(&batch(7, 2, 0, 1, -1)).unwrap(),
+            SequenceCheck::Append
+        );
         assert!(table.check(&batch(7, 2, 1, 1, -1)).is_err());
     }
 
@@ -207,12 +226,18 @@ mod tests {
         for i in 0..7 {
             table.record(&batch(1, 0, i, 1, i64::from(i)));
         }
-        assert!(table.check(&batch(1, 0, 1, 1, -1)).is_err(), "too old to be known as a duplicate");
+        assert!(
+            table.check(&batch(1, 0, 1, 1, -1)).is_err(),
+            "too old to be known as a duplicate"
+        );
         assert_eq!(
             table.check(&batch(1, 0, 2, 1, -1)).unwrap(),
             SequenceCheck::Duplicate { base_offset: 2 }
         );
-        assert_eq!(table.check(&batch(1, 0, 7, 1, -1)).unwrap(), SequenceCheck::Append);
+        assert_eq!(
+            table.check(&batch(1, 0, 7, 1, -1)).unwrap(),
+            SequenceCheck::Append
+        );
     }
 
     #[test]

@@ -14,7 +14,8 @@ use kafka_protocol::records::RecordBatchDecoder;
 use crate::batch::{self, BatchHeader, HEADER_BYTES, LOG_OVERHEAD};
 use crate::error::{Error, IoContext, Result};
 use crate::index::{
-    self, OFFSET_ENTRY_BYTES, OffsetEntry, TIME_ENTRY_BYTES, TimeEntry, decode_offset_index, decode_time_index,
+    self, OFFSET_ENTRY_BYTES, OffsetEntry, TIME_ENTRY_BYTES, TimeEntry, decode_offset_index,
+    decode_time_index,
 };
 use crate::policy::SegmentStat;
 
@@ -67,7 +68,9 @@ impl FileSlice {
     /// Reads the range (from the page cache when it is warm).
     pub fn read(&self) -> Result<Vec<u8>> {
         let mut buf = vec![0u8; self.len];
-        self.file.read_exact_at(&mut buf, self.position).at(&self.path)?;
+        self.file
+            .read_exact_at(&mut buf, self.position)
+            .at(&self.path)?;
         Ok(buf)
     }
 
@@ -84,12 +87,20 @@ impl FileSlice {
 
 impl Segment {
     /// Creates an empty segment.
-    pub(crate) fn create(dir: &Path, base_offset: i64, index_interval_bytes: u64, now_ms: i64) -> Result<Self> {
+    pub(crate) fn create(
+        dir: &Path,
+        base_offset: i64,
+        index_interval_bytes: u64,
+        now_ms: i64,
+    ) -> Result<Self> {
         let log_path = segment_path(dir, base_offset, "log");
         let file = open_rw(&log_path, true)?;
         let segment = Self::with_file(dir, base_offset, file, 0, index_interval_bytes, now_ms)?;
         segment.index_file.set_len(0).at(&segment.index_path)?;
-        segment.time_index_file.set_len(0).at(&segment.time_index_path)?;
+        segment
+            .time_index_file
+            .set_len(0)
+            .at(&segment.time_index_path)?;
         Ok(segment)
     }
 
@@ -137,13 +148,17 @@ impl Segment {
         let file_bytes = file.metadata().at(&log_path)?.len();
         let mut segment = Self::with_file(dir, base_offset, file, 0, index_interval_bytes, now_ms)?;
         let loaded = mode == OpenMode::Trusted && segment.load_indexes(file_bytes)?;
-        let scan_from = segment.offset_index.last().map_or(0, |e| u64::from(e.position));
+        let scan_from = segment
+            .offset_index
+            .last()
+            .map_or(0, |e| u64::from(e.position));
         if !loaded {
             segment.offset_index.clear();
             segment.time_index.clear();
         }
         // Scan from the last indexed batch (or the start) to the end of the file.
-        let valid_end = segment.scan_tail(scan_from, file_bytes, mode == OpenMode::Recover, !loaded)?;
+        let valid_end =
+            segment.scan_tail(scan_from, file_bytes, mode == OpenMode::Recover, !loaded)?;
         let cut = file_bytes - valid_end;
         if cut > 0 {
             segment.file.set_len(valid_end).at(&log_path)?;
@@ -180,7 +195,9 @@ impl Segment {
         let mut position = from;
         let mut expected_offset = None;
         while let Some(header) = self.header_at(position, end, validate)? {
-            if header.base_offset < self.base_offset || expected_offset.is_some_and(|o| header.base_offset < o) {
+            if header.base_offset < self.base_offset
+                || expected_offset.is_some_and(|o| header.base_offset < o)
+            {
                 tracing::warn!(path = %self.log_path.display(), position, "batch offsets go backwards; cutting here");
                 break;
             }
@@ -200,15 +217,20 @@ impl Segment {
             return Ok(None);
         }
         let mut head = [0u8; HEADER_BYTES];
-        self.file.read_exact_at(&mut head, position).at(&self.log_path)?;
+        self.file
+            .read_exact_at(&mut head, position)
+            .at(&self.log_path)?;
         let header = BatchHeader::parse(&head)?;
         let total = header.total_bytes() as u64;
-        if header.magic != batch::MAGIC_V2 || total < HEADER_BYTES as u64 || position + total > end {
+        if header.magic != batch::MAGIC_V2 || total < HEADER_BYTES as u64 || position + total > end
+        {
             return Ok(None);
         }
         if validate {
             let mut whole = vec![0u8; total as usize];
-            self.file.read_exact_at(&mut whole, position).at(&self.log_path)?;
+            self.file
+                .read_exact_at(&mut whole, position)
+                .at(&self.log_path)?;
             if let Err(e) = batch::validate_batch(&whole) {
                 tracing::warn!(path = %self.log_path.display(), position, error = %e, "invalid batch; cutting here");
                 return Ok(None);
@@ -232,7 +254,11 @@ impl Segment {
                 relative_offset,
                 position: position as u32,
             });
-            if self.time_index.last().is_none_or(|t| self.max_timestamp_ms > t.timestamp_ms) {
+            if self
+                .time_index
+                .last()
+                .is_none_or(|t| self.max_timestamp_ms > t.timestamp_ms)
+            {
                 self.time_index.push(TimeEntry {
                     timestamp_ms: self.max_timestamp_ms,
                     relative_offset,
@@ -243,12 +269,26 @@ impl Segment {
     }
 
     fn rewrite_indexes(&mut self) -> Result<()> {
-        let offsets: Vec<u8> = self.offset_index.iter().copied().flat_map(index::encode_offset_entry).collect();
-        let times: Vec<u8> = self.time_index.iter().copied().flat_map(index::encode_time_entry).collect();
+        let offsets: Vec<u8> = self
+            .offset_index
+            .iter()
+            .copied()
+            .flat_map(index::encode_offset_entry)
+            .collect();
+        let times: Vec<u8> = self
+            .time_index
+            .iter()
+            .copied()
+            .flat_map(index::encode_time_entry)
+            .collect();
         self.index_file.set_len(0).at(&self.index_path)?;
-        self.index_file.write_all_at(&offsets, 0).at(&self.index_path)?;
+        self.index_file
+            .write_all_at(&offsets, 0)
+            .at(&self.index_path)?;
         self.time_index_file.set_len(0).at(&self.time_index_path)?;
-        self.time_index_file.write_all_at(&times, 0).at(&self.time_index_path)?;
+        self.time_index_file
+            .write_all_at(&times, 0)
+            .at(&self.time_index_path)?;
         Ok(())
     }
 
@@ -264,12 +304,16 @@ impl Segment {
         if self.offset_index.len() > offsets_before {
             let entry = index::encode_offset_entry(self.offset_index[offsets_before]);
             let at = (offsets_before * OFFSET_ENTRY_BYTES) as u64;
-            self.index_file.write_all_at(&entry, at).at(&self.index_path)?;
+            self.index_file
+                .write_all_at(&entry, at)
+                .at(&self.index_path)?;
         }
         if self.time_index.len() > times_before {
             let entry = index::encode_time_entry(self.time_index[times_before]);
             let at = (times_before * TIME_ENTRY_BYTES) as u64;
-            self.time_index_file.write_all_at(&entry, at).at(&self.time_index_path)?;
+            self.time_index_file
+                .write_all_at(&entry, at)
+                .at(&self.time_index_path)?;
         }
         Ok(())
     }
@@ -279,8 +323,10 @@ impl Segment {
         if offset >= self.next_offset {
             return Ok(None);
         }
-        let relative = (offset.max(self.base_offset) - self.base_offset).min(i64::from(u32::MAX)) as u32;
-        let mut position = index::floor_offset(&self.offset_index, relative).map_or(0, |e| u64::from(e.position));
+        let relative =
+            (offset.max(self.base_offset) - self.base_offset).min(i64::from(u32::MAX)) as u32;
+        let mut position =
+            index::floor_offset(&self.offset_index, relative).map_or(0, |e| u64::from(e.position));
         while let Some(header) = self.header_at(position, self.size_bytes, false)? {
             if header.last_offset() >= offset {
                 return Ok(Some(position));
@@ -297,7 +343,9 @@ impl Segment {
             return Ok(None);
         };
         let mut prefix = [0u8; LOG_OVERHEAD];
-        self.file.read_exact_at(&mut prefix, position).at(&self.log_path)?;
+        self.file
+            .read_exact_at(&mut prefix, position)
+            .at(&self.log_path)?;
         let first_batch = LOG_OVERHEAD + batch::peek_offset_and_size(&prefix).1.max(0) as usize;
         let available = (self.size_bytes - position) as usize;
         let len = max_bytes.max(first_batch).min(available);
@@ -315,34 +363,51 @@ impl Segment {
             return Ok(None);
         }
         let start_relative = index::scan_start_for_timestamp(&self.time_index, timestamp_ms);
-        let Some(mut position) = self.position_of(self.base_offset + i64::from(start_relative))? else {
+        let Some(mut position) = self.position_of(self.base_offset + i64::from(start_relative))?
+        else {
             return Ok(None);
         };
         while let Some(header) = self.header_at(position, self.size_bytes, false)? {
             if header.max_timestamp >= timestamp_ms {
                 let mut whole = vec![0u8; header.total_bytes()];
-                self.file.read_exact_at(&mut whole, position).at(&self.log_path)?;
-                return Ok(Some(self.first_record_at_or_after(&whole, &header, timestamp_ms)?));
+                self.file
+                    .read_exact_at(&mut whole, position)
+                    .at(&self.log_path)?;
+                return Ok(Some(self.first_record_at_or_after(
+                    &whole,
+                    &header,
+                    timestamp_ms,
+                )?));
             }
             position += header.total_bytes() as u64;
         }
         Ok(None)
     }
 
-    fn first_record_at_or_after(&self, whole: &[u8], header: &BatchHeader, timestamp_ms: i64) -> Result<(i64, i64)> {
+    fn first_record_at_or_after(
+        &self,
+        whole: &[u8],
+        header: &BatchHeader,
+        timestamp_ms: i64,
+    ) -> Result<(i64, i64)> {
         if header.attributes & batch::ATTR_LOG_APPEND_TIME != 0 {
             return Ok((header.base_offset, header.max_timestamp));
         }
         let mut buf = Bytes::copy_from_slice(whole);
         let set = RecordBatchDecoder::decode(&mut buf).map_err(|e| Error::Corrupt {
             path: self.log_path.clone(),
-            reason: format!("batch at offset {} does not decode: {e}", header.base_offset),
+            reason: format!(
+                "batch at offset {} does not decode: {e}",
+                header.base_offset
+            ),
         })?;
         Ok(set
             .records
             .iter()
             .find(|r| r.timestamp >= timestamp_ms)
-            .map_or((header.base_offset, header.max_timestamp), |r| (r.offset, r.timestamp)))
+            .map_or((header.base_offset, header.max_timestamp), |r| {
+                (r.offset, r.timestamp)
+            }))
     }
 
     /// Every batch header from `offset` on, in order (used to rebuild producer state).
@@ -370,7 +435,10 @@ impl Segment {
         vec![
             (self.log_path.clone(), Arc::clone(&self.file)),
             (self.index_path.clone(), Arc::clone(&self.index_file)),
-            (self.time_index_path.clone(), Arc::clone(&self.time_index_file)),
+            (
+                self.time_index_path.clone(),
+                Arc::clone(&self.time_index_file),
+            ),
         ]
     }
 

@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::records::{Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
 use proptest::prelude::*;
 use strata_log::batch::BatchHeader;
 use strata_log::{Error, Log, LogConfig};
@@ -45,8 +47,15 @@ fn client_batch_with(
         })
         .collect();
     let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(&mut buf, records.iter(), &RecordEncodeOptions { version: 2, compression: Compression::None })
-        .unwrap();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        records.iter(),
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .unwrap();
     buf
 }
 
@@ -65,7 +74,10 @@ fn read_all(log: &Log, from: i64) -> Vec<(i64, String)> {
             let set = RecordBatchDecoder::decode(&mut one).unwrap();
             for r in set.records {
                 if r.offset >= offset {
-                    out.push((r.offset, String::from_utf8(r.value.unwrap().to_vec()).unwrap()));
+                    out.push((
+                        r.offset,
+                        String::from_utf8(r.value.unwrap().to_vec()).unwrap(),
+                    ));
                 }
             }
             offset = header.next_offset();
@@ -90,7 +102,10 @@ fn appends_assign_consecutive_offsets_and_read_back() {
     for i in 0..10 {
         let mut batch = client_batch(next, 3, 1000 + i, 10);
         let info = log.append(&mut batch, 5, 10).unwrap();
-        assert_eq!((info.base_offset, info.last_offset), (next as i64, next as i64 + 2));
+        assert_eq!(
+            (info.base_offset, info.last_offset),
+            (next as i64, next as i64 + 2)
+        );
         assert!(!info.duplicate);
         next += 3;
     }
@@ -104,7 +119,13 @@ fn appends_assign_consecutive_offsets_and_read_back() {
     // Reading from the middle of a batch starts at the batch holding the offset.
     assert_eq!(read_all(&log, 4)[0].0, 4);
     assert!(log.read(30, 100).unwrap().is_none());
-    assert!(matches!(log.read(31, 100), Err(Error::OffsetOutOfRange { log_end_offset: 30, .. })));
+    assert!(matches!(
+        log.read(31, 100),
+        Err(Error::OffsetOutOfRange {
+            log_end_offset: 30,
+            ..
+        })
+    ));
 }
 
 #[test]
@@ -122,7 +143,8 @@ fn rolls_segments_and_reads_across_them() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = Log::open(dir.path(), small_segments(), 0).unwrap();
     for i in 0..100 {
-        log.append(&mut client_batch(i * 2, 2, i as i64, 200), 0, 0).unwrap();
+        log.append(&mut client_batch(i * 2, 2, i as i64, 200), 0, 0)
+            .unwrap();
     }
     assert!(log.segment_count() > 5, "segments: {}", log.segment_count());
     let records = read_all(&log, 0);
@@ -158,12 +180,19 @@ fn time_roll_and_retention_by_time_and_size() {
     log.append(&mut client_batch(0, 5, 100, 10), 0, 0).unwrap();
     assert!(!log.maintain(999, true).unwrap().rolled);
     assert!(log.maintain(1000, true).unwrap().rolled);
-    log.append(&mut client_batch(5, 5, 20_000, 10), 0, 1000).unwrap();
+    log.append(&mut client_batch(5, 5, 20_000, 10), 0, 1000)
+        .unwrap();
     // The first segment's newest record (t=104) is older than 10 s at t=10_105.
     let done = log.maintain(10_105, true).unwrap();
     assert_eq!(done.deleted_segments, 1);
     assert_eq!(log.log_start_offset(), 5);
-    assert!(matches!(log.read(0, 10), Err(Error::OffsetOutOfRange { log_start_offset: 5, .. })));
+    assert!(matches!(
+        log.read(0, 10),
+        Err(Error::OffsetOutOfRange {
+            log_start_offset: 5,
+            ..
+        })
+    ));
     assert_eq!(read_all(&log, 5).len(), 5);
     drop(log);
     // The log start offset survives a restart.
@@ -182,7 +211,10 @@ fn time_roll_and_retention_by_time_and_size() {
     log.maintain(1, true).unwrap();
     assert!(log.size_bytes() <= 8192 + 4096, "size {}", log.size_bytes());
     assert!(log.log_start_offset() > 0);
-    assert_eq!(read_all(&log, log.log_start_offset()).len() as i64, 100 - log.log_start_offset());
+    assert_eq!(
+        read_all(&log, log.log_start_offset()).len() as i64,
+        100 - log.log_start_offset()
+    );
 }
 
 #[test]
@@ -191,12 +223,16 @@ fn offsets_by_timestamp() {
     let mut log = Log::open(dir.path(), small_segments(), 0).unwrap();
     for i in 0..50 {
         // Batch i holds timestamps 1000*i .. 1000*i + 3.
-        log.append(&mut client_batch(i * 4, 4, 1000 * i as i64, 100), 0, 0).unwrap();
+        log.append(&mut client_batch(i * 4, 4, 1000 * i as i64, 100), 0, 0)
+            .unwrap();
     }
     assert_eq!(log.offset_for_timestamp(0).unwrap(), Some((0, 0)));
     assert_eq!(log.offset_for_timestamp(1002).unwrap(), Some((6, 1002)));
     assert_eq!(log.offset_for_timestamp(1004).unwrap(), Some((8, 2000)));
-    assert_eq!(log.offset_for_timestamp(49_003).unwrap(), Some((199, 49_003)));
+    assert_eq!(
+        log.offset_for_timestamp(49_003).unwrap(),
+        Some((199, 49_003))
+    );
     assert_eq!(log.offset_for_timestamp(49_004).unwrap(), None);
     assert_eq!(log.max_timestamp(), Some((196, 49_003)));
 }
@@ -205,22 +241,43 @@ fn offsets_by_timestamp() {
 fn idempotent_retries_are_not_appended_twice() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = Log::open(dir.path(), small_segments(), 0).unwrap();
-    let first = log.append(&mut client_batch_with(0, 3, 0, 1, 42, 0, 0), 0, 0).unwrap();
-    let retry = log.append(&mut client_batch_with(0, 3, 0, 1, 42, 0, 0), 0, 0).unwrap();
+    let first = log
+        .append(&mut client_batch_with(0, 3, 0, 1, 42, 0, 0), 0, 0)
+        .unwrap();
+    let retry = log
+        .append(&mut client_batch_with(0, 3, 0, 1, 42, 0, 0), 0, 0)
+        .unwrap();
     assert!(retry.duplicate);
     assert_eq!(retry.base_offset, first.base_offset);
     assert_eq!(log.log_end_offset(), 3);
     let gap = log.append(&mut client_batch_with(3, 1, 0, 1, 42, 0, 7), 0, 0);
-    assert!(matches!(gap, Err(Error::OutOfOrderSequence { expected: 3, received: 7, .. })));
-    log.append(&mut client_batch_with(3, 1, 0, 1, 42, 0, 3), 0, 0).unwrap();
+    assert!(matches!(
+        gap,
+        Err(Error::OutOfOrderSequence {
+            expected: 3,
+            received: 7,
+            ..
+        })
+    ));
+    log.append(&mut client_batch_with(3, 1, 0, 1, 42, 0, 3), 0, 0)
+        .unwrap();
     // The state is rebuilt after a crash (no clean close): the retry is still recognised.
     drop(log);
     let mut log = Log::open(dir.path(), small_segments(), 0).unwrap();
-    assert!(log.append(&mut client_batch_with(3, 1, 0, 1, 42, 0, 3), 0, 0).unwrap().duplicate);
-    log.append(&mut client_batch_with(4, 1, 0, 1, 42, 0, 4), 0, 0).unwrap();
+    assert!(
+        log.append(&mut client_batch_with(3, 1, 0, 1, 42, 0, 3), 0, 0)
+            .unwrap()
+            .duplicate
+    );
+    log.append(&mut client_batch_with(4, 1, 0, 1, 42, 0, 4), 0, 0)
+        .unwrap();
     log.close(0).unwrap();
     let mut log = Log::open(dir.path(), small_segments(), 0).unwrap();
-    assert!(log.append(&mut client_batch_with(4, 1, 0, 1, 42, 0, 4), 0, 0).unwrap().duplicate);
+    assert!(
+        log.append(&mut client_batch_with(4, 1, 0, 1, 42, 0, 4), 0, 0)
+            .unwrap()
+            .duplicate
+    );
 }
 
 #[test]
@@ -229,7 +286,10 @@ fn a_set_of_two_batches_is_refused() {
     let mut log = Log::open(dir.path(), LogConfig::default(), 0).unwrap();
     let mut two = client_batch(0, 1, 0, 1);
     two.extend_from_slice(&client_batch(1, 1, 0, 1));
-    assert!(matches!(log.append(&mut two, 0, 0), Err(Error::InvalidBatch(_))));
+    assert!(matches!(
+        log.append(&mut two, 0, 0),
+        Err(Error::InvalidBatch(_))
+    ));
     assert_eq!(log.log_end_offset(), 0);
 }
 
@@ -249,7 +309,9 @@ fn clean_close_and_reopen_keeps_everything() {
 
 /// Copies a committed fixture folder into a temporary one.
 fn fixture(name: &str) -> tempfile::TempDir {
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
     let dst = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir(&src).unwrap() {
         let path = entry.unwrap().path();
@@ -272,7 +334,8 @@ fn write_fixtures() {
         let _ = std::fs::remove_dir_all(&dir);
         let mut log = Log::open(&dir, small_segments(), 0).unwrap();
         for i in 0..30 {
-            log.append(&mut client_batch(i * 2, 2, 1000 + i as i64, 100), 0, 0).unwrap();
+            log.append(&mut client_batch(i * 2, 2, 1000 + i as i64, 100), 0, 0)
+                .unwrap();
         }
         drop(log); // no clean close: the fixtures are crashed logs
         edit(&dir);
@@ -281,7 +344,12 @@ fn write_fixtures() {
     make("torn-tail", &|dir| {
         let path = last_segment(dir);
         let len = std::fs::metadata(&path).unwrap().len();
-        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 10).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 10)
+            .unwrap();
     });
     // A byte of the last batch's value flipped: its CRC fails.
     make("corrupt-crc", &|dir| {
@@ -323,7 +391,12 @@ fn recovery_cuts_a_torn_tail() {
     assert_eq!(log.log_end_offset(), 58, "the torn 30th batch is gone");
     assert_eq!(read_all(&log, 0).len(), 58);
     // New appends continue after the last whole batch.
-    assert_eq!(log.append(&mut client_batch(58, 1, 0, 1), 0, 0).unwrap().base_offset, 58);
+    assert_eq!(
+        log.append(&mut client_batch(58, 1, 0, 1), 0, 0)
+            .unwrap()
+            .base_offset,
+        58
+    );
     assert_eq!(read_all(&log, 0).len(), 59);
 }
 
@@ -361,7 +434,8 @@ fn reopening_in_a_loop_after_crashes_never_loses_appended_batches() {
         let mut log = Log::open(dir.path(), small_segments(), 0).unwrap();
         assert_eq!(log.log_end_offset() as usize, expected, "round {round}");
         for _ in 0..7 {
-            log.append(&mut client_batch(expected, 3, 0, 50), 0, 0).unwrap();
+            log.append(&mut client_batch(expected, 3, 0, 50), 0, 0)
+                .unwrap();
             expected += 3;
         }
         if round % 3 == 0 {

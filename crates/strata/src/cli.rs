@@ -108,7 +108,11 @@ pub fn broker_config(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result
         Some(path) => read_config_file(path)?,
         None => FileConfig::default(),
     };
-    let data_dir = args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
     let listen = match args.listen.or(file.listen) {
         Some(listen) => listen,
         None => DEFAULT_LISTEN.parse().expect("valid default"),
@@ -122,10 +126,11 @@ pub fn broker_config(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result
         settings.insert(name, value);
     }
     for (key, value) in env {
-        if let Some(rest) = key.strip_prefix("STRATA_") {
-            if !RESERVED_ENV.contains(&key.as_str()) && !key.starts_with("STRATA_TEST_") {
-                settings.insert(rest.to_ascii_lowercase().replace('_', "."), value.clone());
-            }
+        if let Some(rest) = key.strip_prefix("STRATA_")
+            && !RESERVED_ENV.contains(&key.as_str())
+            && !key.starts_with("STRATA_TEST_")
+        {
+            settings.insert(rest.to_ascii_lowercase().replace('_', "."), value.clone());
         }
     }
     for pair in &args.settings {
@@ -145,7 +150,8 @@ pub fn broker_config(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result
 }
 
 fn read_config_file(path: &Path) -> Result<FileConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
 }
 
@@ -160,7 +166,9 @@ fn serve(args: ServeArgs) -> Result<()> {
     runtime.block_on(async move {
         let data_dir = config.data_dir.clone();
         let tier_url = config.tier_url.clone();
-        let broker = strata_broker::start(config).await.context("starting the broker")?;
+        let broker = strata_broker::start(config)
+            .await
+            .context("starting the broker")?;
         tracing::info!(
             listen = %broker.local_addr(),
             data_dir = %data_dir.display(),
@@ -225,7 +233,14 @@ mod tests {
         assert_eq!(config.num_partitions(), 4, "environment beats file");
         assert_eq!(config.setting("log.segment.bytes"), "5000");
         let config = broker_config(
-            &args(&["--config", file_arg, "--listen", "127.0.0.1:2000", "--set", "num.partitions=6"]),
+            &args(&[
+                "--config",
+                file_arg,
+                "--listen",
+                "127.0.0.1:2000",
+                "--set",
+                "num.partitions=6",
+            ]),
             &env,
         )
         .unwrap();

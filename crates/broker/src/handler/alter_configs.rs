@@ -20,10 +20,18 @@ pub(super) fn handle(ctx: &Context, request: AlterConfigsRequest) -> AlterConfig
             let overrides: BTreeMap<String, String> = resource
                 .configs
                 .iter()
-                .filter_map(|c| c.value.as_ref().map(|v| (c.name.to_string(), v.to_string())))
+                .filter_map(|c| {
+                    c.value
+                        .as_ref()
+                        .map(|v| (c.name.to_string(), v.to_string()))
+                })
                 .collect();
             let result = match resource.resource_type {
-                RESOURCE_TOPIC => ctx.manager.set_topic_overrides(&resource.resource_name, overrides, request.validate_only),
+                RESOURCE_TOPIC => ctx.manager.set_topic_overrides(
+                    &resource.resource_name,
+                    overrides,
+                    request.validate_only,
+                ),
                 RESOURCE_BROKER => Err(static_broker_settings()),
                 other => Err(Error::InvalidRequest {
                     code: kafka_protocol::ResponseError::InvalidRequest,
@@ -32,7 +40,9 @@ pub(super) fn handle(ctx: &Context, request: AlterConfigsRequest) -> AlterConfig
             };
             match result {
                 Ok(()) => response,
-                Err(e) => response.with_error_code(e.code().code()).with_error_message(message(&e)),
+                Err(e) => response
+                    .with_error_code(e.code().code())
+                    .with_error_message(message(&e)),
             }
         })
         .collect();
@@ -43,6 +53,8 @@ pub(super) fn handle(ctx: &Context, request: AlterConfigsRequest) -> AlterConfig
 pub(super) fn static_broker_settings() -> Error {
     Error::InvalidRequest {
         code: kafka_protocol::ResponseError::InvalidRequest,
-        message: "broker settings are static: set them in strata.toml or STRATA_* variables and restart".into(),
+        message:
+            "broker settings are static: set them in strata.toml or STRATA_* variables and restart"
+                .into(),
     }
 }

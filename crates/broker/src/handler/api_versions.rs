@@ -55,8 +55,13 @@ pub(crate) fn unsupported_version_response(correlation_id: i32) -> BytesMut {
     let response = ApiVersionsResponse::default()
         .with_error_code(ResponseError::UnsupportedVersion.code())
         .with_api_keys(api_keys());
-    super::encode(ApiKey::ApiVersions, 0, correlation_id, &ResponseKind::ApiVersions(response))
-        .expect("a v0 ApiVersions response encodes")
+    super::encode(
+        ApiKey::ApiVersions,
+        0,
+        correlation_id,
+        &ResponseKind::ApiVersions(response),
+    )
+    .expect("a v0 ApiVersions response encodes")
 }
 
 #[cfg(test)]
@@ -78,9 +83,18 @@ mod tests {
         let mut bytes = unsupported_version_response(42).freeze();
         let length = bytes.get_i32();
         assert_eq!(length as usize, bytes.len());
-        assert_eq!(bytes.get_i32(), 42, "response header v0: the correlation id only");
+        assert_eq!(
+            bytes.get_i32(),
+            42,
+            "response header v0: the correlation id only"
+        );
         let response = ApiVersionsResponse::decode(&mut bytes, 0).unwrap();
         assert_eq!(response.error_code, 35);
-        assert!(response.api_keys.iter().any(|k| k.api_key == ApiKey::ApiVersions as i16 && k.max_version == 4));
+        assert!(
+            response
+                .api_keys
+                .iter()
+                .any(|k| k.api_key == ApiKey::ApiVersions as i16 && k.max_version == 4)
+        );
     }
 }

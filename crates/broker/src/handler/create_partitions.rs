@@ -21,11 +21,20 @@ pub(super) fn handle(ctx: &Context, request: CreatePartitionsRequest) -> CreateP
             if foreign {
                 return result
                     .with_error_code(ResponseError::InvalidReplicaAssignment.code())
-                    .with_error_message(Some(str_bytes(format!("assignments may only name broker {node}"))));
+                    .with_error_message(Some(str_bytes(format!(
+                        "assignments may only name broker {node}"
+                    ))));
             }
-            match ctx.manager.create_partitions(&topic.name, topic.count, request.validate_only, now_ms()) {
+            match ctx.manager.create_partitions(
+                &topic.name,
+                topic.count,
+                request.validate_only,
+                now_ms(),
+            ) {
                 Ok(()) => result,
-                Err(e) => result.with_error_code(e.code().code()).with_error_message(message(&e)),
+                Err(e) => result
+                    .with_error_code(e.code().code())
+                    .with_error_message(message(&e)),
             }
         })
         .collect();

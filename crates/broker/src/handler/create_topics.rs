@@ -4,15 +4,26 @@ use std::collections::{BTreeMap, HashSet};
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
-use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
 use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 
 use super::{Context, message, now_ms, str_bytes};
 use crate::error::{Error, Result};
 
-pub(super) fn handle(ctx: &Context, version: i16, request: CreateTopicsRequest) -> CreateTopicsResponse {
+pub(super) fn handle(
+    ctx: &Context,
+    version: i16,
+    request: CreateTopicsRequest,
+) -> CreateTopicsResponse {
     let mut seen = HashSet::new();
-    let duplicates: HashSet<_> = request.topics.iter().filter(|t| !seen.insert(t.name.clone())).map(|t| t.name.clone()).collect();
+    let duplicates: HashSet<_> = request
+        .topics
+        .iter()
+        .filter(|t| !seen.insert(t.name.clone()))
+        .map(|t| t.name.clone())
+        .collect();
     let topics = request
         .topics
         .into_iter()
@@ -21,7 +32,10 @@ pub(super) fn handle(ctx: &Context, version: i16, request: CreateTopicsRequest) 
             let outcome = if duplicates.contains(&topic.name) {
                 Err(Error::InvalidRequest {
                     code: ResponseError::InvalidRequest,
-                    message: format!("topic {} appears more than once in the request", topic.name.as_str()),
+                    message: format!(
+                        "topic {} appears more than once in the request",
+                        topic.name.as_str()
+                    ),
                 })
             } else {
                 create(ctx, topic, request.validate_only)
@@ -63,7 +77,11 @@ fn create(ctx: &Context, topic: CreatableTopic, validate_only: bool) -> Result<C
     let mut replication_factor = topic.replication_factor;
     if !topic.assignments.is_empty() {
         let node = ctx.node_id();
-        if topic.assignments.iter().any(|a| a.broker_ids.iter().any(|b| b.0 != node) || a.broker_ids.len() != 1) {
+        if topic
+            .assignments
+            .iter()
+            .any(|a| a.broker_ids.iter().any(|b| b.0 != node) || a.broker_ids.len() != 1)
+        {
             return Err(Error::InvalidRequest {
                 code: ResponseError::InvalidReplicaAssignment,
                 message: format!("replica assignments may only name broker {node}, once"),
@@ -75,9 +93,20 @@ fn create(ctx: &Context, topic: CreatableTopic, validate_only: bool) -> Result<C
     let overrides: BTreeMap<String, String> = topic
         .configs
         .iter()
-        .filter_map(|c| c.value.as_ref().map(|v| (c.name.to_string(), v.to_string())))
+        .filter_map(|c| {
+            c.value
+                .as_ref()
+                .map(|v| (c.name.to_string(), v.to_string()))
+        })
         .collect();
-    let created = ctx.manager.create_topic(&topic.name, partitions, replication_factor, overrides, validate_only, now_ms())?;
+    let created = ctx.manager.create_topic(
+        &topic.name,
+        partitions,
+        replication_factor,
+        overrides,
+        validate_only,
+        now_ms(),
+    )?;
     let configs = super::describe_configs::topic_entries(ctx, &created, None)
         .into_iter()
         .map(|e| {
@@ -87,7 +116,11 @@ fn create(ctx: &Context, topic: CreatableTopic, validate_only: bool) -> Result<C
                 .with_config_source(e.source)
         })
         .collect();
-    let partitions = if partitions == -1 { ctx.manager.config().num_partitions() } else { partitions };
+    let partitions = if partitions == -1 {
+        ctx.manager.config().num_partitions()
+    } else {
+        partitions
+    };
     Ok(Created {
         partitions,
         topic_id: created.topic_id,

@@ -7,11 +7,23 @@ use uuid::Uuid;
 
 use super::{Context, message, now_ms, str_bytes};
 
-pub(super) fn handle(ctx: &Context, version: i16, request: DeleteTopicsRequest) -> DeleteTopicsResponse {
+pub(super) fn handle(
+    ctx: &Context,
+    version: i16,
+    request: DeleteTopicsRequest,
+) -> DeleteTopicsResponse {
     let wanted: Vec<(Option<TopicName>, Uuid)> = if version >= 6 {
-        request.topics.into_iter().map(|t| (t.name, t.topic_id)).collect()
+        request
+            .topics
+            .into_iter()
+            .map(|t| (t.name, t.topic_id))
+            .collect()
     } else {
-        request.topic_names.into_iter().map(|n| (Some(n), Uuid::nil())).collect()
+        request
+            .topic_names
+            .into_iter()
+            .map(|n| (Some(n), Uuid::nil()))
+            .collect()
     };
     let responses = wanted
         .into_iter()

@@ -5,7 +5,11 @@ use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, DescribeCluster
 
 use super::{Context, str_bytes};
 
-pub(super) fn handle(ctx: &Context, version: i16, request: DescribeClusterRequest) -> DescribeClusterResponse {
+pub(super) fn handle(
+    ctx: &Context,
+    version: i16,
+    request: DescribeClusterRequest,
+) -> DescribeClusterResponse {
     let broker = DescribeClusterBroker::default()
         .with_broker_id(BrokerId(ctx.node_id()))
         .with_host(str_bytes(ctx.advertised_host.clone()))

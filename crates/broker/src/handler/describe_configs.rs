@@ -38,15 +38,27 @@ pub(crate) fn topic_entries(ctx: &Context, topic: &Topic, keys: Option<&[StrByte
         .iter()
         .filter(|d| keys.is_none_or(|k| k.iter().any(|k| k.as_str() == d.name)))
         .map(|d| {
-            let broker_source = if broker.is_set(d.broker_name) { SOURCE_STATIC_BROKER } else { SOURCE_DEFAULT };
-            let source = if topic.overrides.contains_key(d.name) { SOURCE_TOPIC } else { broker_source };
+            let broker_source = if broker.is_set(d.broker_name) {
+                SOURCE_STATIC_BROKER
+            } else {
+                SOURCE_DEFAULT
+            };
+            let source = if topic.overrides.contains_key(d.name) {
+                SOURCE_TOPIC
+            } else {
+                broker_source
+            };
             Entry {
                 name: d.name.to_string(),
                 value: topic.config.get(d.name).to_string(),
                 source,
                 kind: d.kind,
                 read_only: false,
-                synonym: Some((d.broker_name.to_string(), broker.setting(d.broker_name), broker_source)),
+                synonym: Some((
+                    d.broker_name.to_string(),
+                    broker.setting(d.broker_name),
+                    broker_source,
+                )),
             }
         })
         .collect()
@@ -62,7 +74,11 @@ fn broker_entries(ctx: &Context, keys: Option<&[StrBytes]>) -> Vec<Entry> {
             kind: broker_kind(&name),
             name,
             value,
-            source: if set { SOURCE_STATIC_BROKER } else { SOURCE_DEFAULT },
+            source: if set {
+                SOURCE_STATIC_BROKER
+            } else {
+                SOURCE_DEFAULT
+            },
             read_only: true,
             synonym: None,
         })
@@ -77,7 +93,11 @@ fn broker_kind(name: &str) -> ConfigType {
         .unwrap_or(ConfigType::Long(i64::MIN))
 }
 
-pub(super) fn handle(ctx: &Context, version: i16, request: DescribeConfigsRequest) -> DescribeConfigsResponse {
+pub(super) fn handle(
+    ctx: &Context,
+    version: i16,
+    request: DescribeConfigsRequest,
+) -> DescribeConfigsResponse {
     let results = request
         .resources
         .into_iter()

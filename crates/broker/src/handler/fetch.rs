@@ -22,17 +22,26 @@ use crate::partition::Partition;
 /// Longest a fetch may wait, whatever the client asks: bounds how long a task is held.
 pub(crate) const FETCH_WAIT_MS_MAX: i32 = 30_000;
 
-pub(crate) async fn handle(ctx: &Arc<Context>, version: i16, request: FetchRequest) -> FetchResponse {
+pub(crate) async fn handle(
+    ctx: &Arc<Context>,
+    version: i16,
+    request: FetchRequest,
+) -> FetchResponse {
     // Fetch sessions (KIP-227) are not kept: session id 0 tells the client to send full requests.
     if version >= 7 && request.session_id != 0 {
-        return FetchResponse::default().with_error_code(ResponseError::FetchSessionIdNotFound.code());
+        return FetchResponse::default()
+            .with_error_code(ResponseError::FetchSessionIdNotFound.code());
     }
     let wait = Duration::from_millis(request.max_wait_ms.clamp(0, FETCH_WAIT_MS_MAX) as u64);
     let deadline = tokio::time::Instant::now() + wait;
     let partitions = resolve(ctx, &request);
     // Subscribe before the first read so no append between read and wait is missed.
-    let mut watchers: Vec<watch::Receiver<i64>> =
-        partitions.iter().flatten().flatten().map(|p| p.watch_high_watermark()).collect();
+    let mut watchers: Vec<watch::Receiver<i64>> = partitions
+        .iter()
+        .flatten()
+        .flatten()
+        .map(|p| p.watch_high_watermark())
+        .collect();
     loop {
         let (response, bytes, errors) = read_once(version, &request, &partitions);
         let done = bytes >= request.min_bytes.max(0) as usize
@@ -63,7 +72,13 @@ fn resolve(ctx: &Context, request: &FetchRequest) -> Vec<Vec<Option<Arc<Partitio
             topic
                 .partitions
                 .iter()
-                .map(|p| found.as_ref().and_then(|t| usize::try_from(p.partition).ok().and_then(|i| t.partitions.get(i).cloned())))
+                .map(|p| {
+                    found.as_ref().and_then(|t| {
+                        usize::try_from(p.partition)
+                            .ok()
+                            .and_then(|i| t.partitions.get(i).cloned())
+                    })
+                })
                 .collect()
         })
         .collect()
@@ -71,7 +86,11 @@ fn resolve(ctx: &Context, request: &FetchRequest) -> Vec<Vec<Option<Arc<Partitio
 
 /// One pass over the partitions: the response, the record bytes in it, and whether any partition
 /// has an error (which answers at once).
-fn read_once(version: i16, request: &FetchRequest, partitions: &Resolved) -> (FetchResponse, usize, bool) {
+fn read_once(
+    version: i16,
+    request: &FetchRequest,
+    partitions: &Resolved,
+) -> (FetchResponse, usize, bool) {
     let mut budget = request.max_bytes.max(0) as usize;
     let mut total = 0usize;
     let mut errors = false;
@@ -80,7 +99,13 @@ fn read_once(version: i16, request: &FetchRequest, partitions: &Resolved) -> (Fe
         let mut datas = Vec::with_capacity(topic.partitions.len());
         for (wanted, partition) in topic.partitions.iter().zip(resolved) {
             let limit = (wanted.partition_max_bytes.max(0) as usize).min(budget);
-            let data = read_partition(partition.as_deref(), wanted.partition, wanted.fetch_offset, limit, total == 0);
+            let data = read_partition(
+                partition.as_deref(),
+                wanted.partition,
+                wanted.fetch_offset,
+                limit,
+                total == 0,
+            );
             errors |= data.error_code != 0;
             let size = data.records.as_ref().map_or(0, Bytes::len);
             total += size;
@@ -94,10 +119,20 @@ fn read_once(version: i16, request: &FetchRequest, partitions: &Resolved) -> (Fe
         }
         responses.push(response);
     }
-    (FetchResponse::default().with_responses(responses), total, errors)
+    (
+        FetchResponse::default().with_responses(responses),
+        total,
+        errors,
+    )
 }
 
-fn read_partition(partition: Option<&Partition>, index: i32, offset: i64, limit: usize, first: bool) -> PartitionData {
+fn read_partition(
+    partition: Option<&Partition>,
+    index: i32,
+    offset: i64,
+    limit: usize,
+    first: bool,
+) -> PartitionData {
     let data = PartitionData::default().with_partition_index(index);
     let Some(partition) = partition else {
         return data.with_error_code(ResponseError::UnknownTopicOrPartition.code());
@@ -111,7 +146,10 @@ fn read_partition(partition: Option<&Partition>, index: i32, offset: i64, limit:
     }
     match partition.read(offset, limit) {
         Ok(read) => {
-            let records = read.records.map(|r| fit(r, limit, first)).unwrap_or_default();
+            let records = read
+                .records
+                .map(|r| fit(r, limit, first))
+                .unwrap_or_default();
             data.with_high_watermark(read.high_watermark)
                 .with_last_stable_offset(read.high_watermark)
                 .with_log_start_offset(read.log_start_offset)
@@ -133,10 +171,19 @@ fn fit(records: Bytes, limit: usize, first: bool) -> Bytes {
         return records;
     }
     let first_batch = match records.get(..LOG_OVERHEAD) {
-        Some(prefix) => LOG_OVERHEAD + peek_offset_and_size(prefix.try_into().expect("12 bytes")).1.max(0) as usize,
+        Some(prefix) => {
+            LOG_OVERHEAD
+                + peek_offset_and_size(prefix.try_into().expect("12 bytes"))
+                    .1
+                    .max(0) as usize
+        }
         None => records.len(),
     };
-    if first_batch > limit { Bytes::new() } else { records.slice(..limit) }
+    if first_batch > limit {
+        Bytes::new()
+    } else {
+        records.slice(..limit)
+    }
 }
 
 #[cfg(test)]
@@ -152,9 +199,21 @@ mod tests {
     #[test]
     fn the_first_batch_always_fits_later_ones_only_within_the_limit() {
         let two: Vec<u8> = [batch_of(100), batch_of(100)].concat();
-        assert_eq!(fit(Bytes::from(two.clone()), 50, true).len(), 200, "first partition: whole");
-        assert_eq!(fit(Bytes::from(two.clone()), 50, false).len(), 0, "first batch too big");
-        assert_eq!(fit(Bytes::from(two.clone()), 150, false).len(), 150, "partial trailing batch");
+        assert_eq!(
+            fit(Bytes::from(two.clone()), 50, true).len(),
+            200,
+            "first partition: whole"
+        );
+        assert_eq!(
+            fit(Bytes::from(two.clone()), 50, false).len(),
+            0,
+            "first batch too big"
+        );
+        assert_eq!(
+            fit(Bytes::from(two.clone()), 150, false).len(),
+            150,
+            "partial trailing batch"
+        );
         assert_eq!(fit(Bytes::from(two), 500, false).len(), 200);
     }
 }

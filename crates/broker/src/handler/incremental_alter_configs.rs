@@ -18,7 +18,10 @@ const OP_DELETE: i8 = 1;
 const OP_APPEND: i8 = 2;
 const OP_SUBTRACT: i8 = 3;
 
-pub(super) fn handle(ctx: &Context, request: IncrementalAlterConfigsRequest) -> IncrementalAlterConfigsResponse {
+pub(super) fn handle(
+    ctx: &Context,
+    request: IncrementalAlterConfigsRequest,
+) -> IncrementalAlterConfigsResponse {
     let responses = request
         .resources
         .into_iter()
@@ -29,7 +32,11 @@ pub(super) fn handle(ctx: &Context, request: IncrementalAlterConfigsRequest) -> 
             let result = match resource.resource_type {
                 RESOURCE_TOPIC => match ctx.manager.topic(&resource.resource_name) {
                     Some(topic) => apply(&topic, &resource.configs).and_then(|overrides| {
-                        ctx.manager.set_topic_overrides(&topic.name, overrides, request.validate_only)
+                        ctx.manager.set_topic_overrides(
+                            &topic.name,
+                            overrides,
+                            request.validate_only,
+                        )
                     }),
                     None => Err(Error::UnknownTopic(resource.resource_name.to_string())),
                 },
@@ -41,7 +48,9 @@ pub(super) fn handle(ctx: &Context, request: IncrementalAlterConfigsRequest) -> 
             };
             match result {
                 Ok(()) => response,
-                Err(e) => response.with_error_code(e.code().code()).with_error_message(message(&e)),
+                Err(e) => response
+                    .with_error_code(e.code().code())
+                    .with_error_message(message(&e)),
             }
         })
         .collect();
@@ -67,9 +76,17 @@ fn apply(topic: &Topic, ops: &[AlterableConfig]) -> Result<BTreeMap<String, Stri
             }
             OP_APPEND | OP_SUBTRACT => {
                 if name != "cleanup.policy" {
-                    return Err(Error::InvalidConfig(format!("{name} is not a list: APPEND and SUBTRACT do not apply")));
+                    return Err(Error::InvalidConfig(format!(
+                        "{name} is not a list: APPEND and SUBTRACT do not apply"
+                    )));
                 }
-                let mut items: Vec<String> = topic.config.get(&name).split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+                let mut items: Vec<String> = topic
+                    .config
+                    .get(&name)
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect();
                 for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
                     if op.config_operation == OP_APPEND && !items.iter().any(|i| i == item) {
                         items.push(item.to_string());

@@ -1,7 +1,9 @@
 //! ListOffsets: earliest, latest, max timestamp, or the first offset at or after a timestamp.
 
 use kafka_protocol::ResponseError;
-use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
 use super::Context;
@@ -15,7 +17,11 @@ const MAX_TIMESTAMP: i64 = -3;
 const EARLIEST_LOCAL: i64 = -4;
 const LATEST_TIERED: i64 = -5;
 
-pub(super) fn handle(ctx: &Context, version: i16, request: ListOffsetsRequest) -> ListOffsetsResponse {
+pub(super) fn handle(
+    ctx: &Context,
+    version: i16,
+    request: ListOffsetsRequest,
+) -> ListOffsetsResponse {
     let topics = request
         .topics
         .into_iter()
@@ -24,9 +30,13 @@ pub(super) fn handle(ctx: &Context, version: i16, request: ListOffsetsRequest) -
                 .partitions
                 .iter()
                 .map(|wanted| {
-                    let answer = ListOffsetsPartitionResponse::default().with_partition_index(wanted.partition_index);
-                    let Some(partition) = ctx.manager.partition(&topic.name, wanted.partition_index) else {
-                        return answer.with_error_code(ResponseError::UnknownTopicOrPartition.code());
+                    let answer = ListOffsetsPartitionResponse::default()
+                        .with_partition_index(wanted.partition_index);
+                    let Some(partition) =
+                        ctx.manager.partition(&topic.name, wanted.partition_index)
+                    else {
+                        return answer
+                            .with_error_code(ResponseError::UnknownTopicOrPartition.code());
                     };
                     match lookup(&partition, wanted.timestamp) {
                         Ok((offset, timestamp)) => {

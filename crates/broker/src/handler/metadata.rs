@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use kafka_protocol::ResponseError;
-use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
 
 use super::{Context, now_ms, str_bytes};
@@ -27,7 +29,12 @@ pub(super) fn handle(ctx: &Context, version: i16, request: MetadataRequest) -> M
     let requested = match request.topics {
         Some(topics) if !(version == 0 && topics.is_empty()) => topics,
         _ => {
-            response.topics = ctx.manager.topics().iter().map(|t| describe_topic(ctx, version, t)).collect();
+            response.topics = ctx
+                .manager
+                .topics()
+                .iter()
+                .map(|t| describe_topic(ctx, version, t))
+                .collect();
             return response;
         }
     };
@@ -37,7 +44,10 @@ pub(super) fn handle(ctx: &Context, version: i16, request: MetadataRequest) -> M
         .map(|wanted| {
             let topic = match (&wanted.name, version >= 10) {
                 (Some(name), _) => lookup(ctx, name, auto_create),
-                (None, true) => ctx.manager.topic_by_id(wanted.topic_id).ok_or(ResponseError::UnknownTopicId),
+                (None, true) => ctx
+                    .manager
+                    .topic_by_id(wanted.topic_id)
+                    .ok_or(ResponseError::UnknownTopicId),
                 (None, false) => Err(ResponseError::InvalidRequest),
             };
             match topic {
@@ -45,8 +55,16 @@ pub(super) fn handle(ctx: &Context, version: i16, request: MetadataRequest) -> M
                 Err(code) => MetadataResponseTopic::default()
                     .with_error_code(code.code())
                     .with_name(wanted.name)
-                    .with_topic_id(if version >= 10 { wanted.topic_id } else { Default::default() })
-                    .with_topic_authorized_operations(if version >= 8 { OPERATIONS_OMITTED } else { i32::MIN }),
+                    .with_topic_id(if version >= 10 {
+                        wanted.topic_id
+                    } else {
+                        Default::default()
+                    })
+                    .with_topic_authorized_operations(if version >= 8 {
+                        OPERATIONS_OMITTED
+                    } else {
+                        i32::MIN
+                    }),
             }
         })
         .collect();

@@ -10,7 +10,11 @@ use crate::error::Error;
 use crate::manager::validate_topic_name;
 
 /// Handles a produce request; `None` for acks=0, which gets no response at all.
-pub(super) fn handle(ctx: &Context, version: i16, request: ProduceRequest) -> Option<ProduceResponse> {
+pub(super) fn handle(
+    ctx: &Context,
+    version: i16,
+    request: ProduceRequest,
+) -> Option<ProduceResponse> {
     let acks_valid = matches!(request.acks, -1..=1);
     let responses = request
         .topic_data
@@ -25,7 +29,14 @@ pub(super) fn handle(ctx: &Context, version: i16, request: ProduceRequest) -> Op
                     if !acks_valid {
                         return answer.with_error_code(ResponseError::InvalidRequiredAcks.code());
                     }
-                    produce_partition(ctx, version, &name, data.index, data.records.as_deref(), answer)
+                    produce_partition(
+                        ctx,
+                        version,
+                        &name,
+                        data.index,
+                        data.records.as_deref(),
+                        answer,
+                    )
                 })
                 .collect();
             TopicProduceResponse::default()
