@@ -182,12 +182,30 @@ pub const BROKER_SETTINGS: &[(&str, &str, ConfigType)] = &[
     ("auto.create.topics.enable", "true", ConfigType::Boolean),
     ("default.replication.factor", "1", ConfigType::Int(1)),
     (
+        "group.initial.rebalance.delay.ms",
+        "3000",
+        ConfigType::Int(0),
+    ),
+    (
+        "group.max.session.timeout.ms",
+        "1800000",
+        ConfigType::Int(1),
+    ),
+    ("group.min.session.timeout.ms", "6000", ConfigType::Int(1)),
+    (
         "log.retention.check.interval.ms",
         "300000",
         ConfigType::Long(1),
     ),
     ("node.id", "0", ConfigType::Int(0)),
     ("num.partitions", "1", ConfigType::Int(1)),
+    ("offset.metadata.max.bytes", "4096", ConfigType::Int(0)),
+    (
+        "offsets.retention.check.interval.ms",
+        "600000",
+        ConfigType::Long(1),
+    ),
+    ("offsets.retention.minutes", "10080", ConfigType::Int(1)),
     ("socket.request.max.bytes", "104857600", ConfigType::Int(1)),
 ];
 
@@ -310,6 +328,24 @@ impl BrokerConfig {
     /// `node.id`.
     pub fn node_id(&self) -> i32 {
         self.long("node.id") as i32
+    }
+
+    /// Group and offset settings for the coordinator.
+    pub fn coordinator_config(&self) -> crate::coordinator::CoordinatorConfig {
+        crate::coordinator::CoordinatorConfig {
+            timeouts: crate::coordinator::group::GroupTimeouts {
+                initial_rebalance_delay_ms: self.long("group.initial.rebalance.delay.ms"),
+                min_session_timeout_ms: self.long("group.min.session.timeout.ms") as i32,
+                max_session_timeout_ms: self.long("group.max.session.timeout.ms") as i32,
+            },
+            offsets_retention_ms: self.long("offsets.retention.minutes") * 60_000,
+            offset_metadata_max_bytes: self.long("offset.metadata.max.bytes") as usize,
+        }
+    }
+
+    /// `offsets.retention.check.interval.ms`.
+    pub fn offsets_retention_check_interval_ms(&self) -> i64 {
+        self.long("offsets.retention.check.interval.ms")
     }
 
     /// All broker settings with their values, for DescribeConfigs on the broker resource.

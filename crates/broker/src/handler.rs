@@ -8,16 +8,28 @@ mod alter_configs;
 mod api_versions;
 mod create_partitions;
 mod create_topics;
+mod delete_groups;
 mod delete_topics;
 mod describe_cluster;
 mod describe_configs;
+mod describe_groups;
 pub(crate) mod fetch;
+mod find_coordinator;
+mod heartbeat;
 mod incremental_alter_configs;
 mod init_producer_id;
+mod join_group;
+mod leave_group;
+mod list_groups;
 mod list_offsets;
 mod metadata;
+mod offset_commit;
+mod offset_delete;
+mod offset_fetch;
 mod produce;
+mod sync_group;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -26,6 +38,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::coordinator::GroupCoordinator;
 use crate::frame::{self, RequestPrefix};
 use crate::manager::PartitionManager;
 
@@ -36,6 +49,7 @@ pub(crate) use api_versions::SUPPORTED_APIS;
 #[derive(Debug)]
 pub(crate) struct Context {
     pub(crate) manager: Arc<PartitionManager>,
+    pub(crate) coordinator: Arc<GroupCoordinator>,
     /// Host given to clients in Metadata and DescribeCluster.
     pub(crate) advertised_host: String,
     /// Port given to clients.
@@ -68,7 +82,11 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 /// Handles one frame.
-pub(crate) fn dispatch(ctx: &Arc<Context>, frame: Bytes) -> Result<Reply, Refusal> {
+pub(crate) fn dispatch(
+    ctx: &Arc<Context>,
+    peer: SocketAddr,
+    frame: Bytes,
+) -> Result<Reply, Refusal> {
     let Some(prefix) = frame::parse_prefix(&frame) else {
         return Err(format!(
             "request of {} bytes is shorter than a request header",
@@ -104,16 +122,29 @@ pub(crate) fn dispatch(ctx: &Arc<Context>, frame: Bytes) -> Result<Reply, Refusa
     .map_err(|e| format!("malformed {api_key:?} request header: {e}"))?;
     let request = RequestKind::decode(api_key, &mut body, prefix.api_version)
         .map_err(|e| format!("malformed {api_key:?} v{} request: {e}", prefix.api_version))?;
-    route(ctx, prefix, &header, request)
+    route(ctx, peer, prefix, &header, request)
+}
+
+/// Runs `finish` as a task whose response is written in its turn.
+fn later<F>(api_key: ApiKey, version: i16, correlation_id: i32, finish: F) -> Reply
+where
+    F: std::future::Future<Output = ResponseKind> + Send + 'static,
+{
+    Reply::Waiting(tokio::spawn(async move {
+        let response = finish.await;
+        encode(api_key, version, correlation_id, &response)
+    }))
 }
 
 fn route(
     ctx: &Arc<Context>,
+    peer: SocketAddr,
     prefix: RequestPrefix,
     header: &RequestHeader,
     request: RequestKind,
 ) -> Result<Reply, Refusal> {
     let version = prefix.api_version;
+    let correlation_id = header.correlation_id;
     let response: ResponseKind = match request {
         RequestKind::ApiVersions(_) => api_versions::handle(version).into(),
         RequestKind::Metadata(r) => metadata::handle(ctx, version, r).into(),
@@ -123,18 +154,40 @@ fn route(
         },
         RequestKind::Fetch(r) => {
             let ctx = Arc::clone(ctx);
-            let correlation_id = header.correlation_id;
-            let task = tokio::spawn(async move {
-                let response = fetch::handle(&ctx, version, r).await;
-                encode(
-                    ApiKey::Fetch,
-                    version,
-                    correlation_id,
-                    &ResponseKind::Fetch(response),
-                )
-            });
-            return Ok(Reply::Waiting(task));
+            return Ok(later(ApiKey::Fetch, version, correlation_id, async move {
+                fetch::handle(&ctx, version, r).await.into()
+            }));
         }
+        RequestKind::JoinGroup(r) => {
+            // The group state changes now, in request order; only the wait runs apart.
+            let answer = join_group::start(ctx, header, peer, version, r);
+            let ctx = Arc::clone(ctx);
+            return Ok(later(
+                ApiKey::JoinGroup,
+                version,
+                correlation_id,
+                async move { join_group::finish(ctx, version, answer).await.into() },
+            ));
+        }
+        RequestKind::SyncGroup(r) => {
+            let answer = sync_group::start(ctx, version, r);
+            let ctx = Arc::clone(ctx);
+            return Ok(later(
+                ApiKey::SyncGroup,
+                version,
+                correlation_id,
+                async move { sync_group::finish(ctx, version, answer).await.into() },
+            ));
+        }
+        RequestKind::FindCoordinator(r) => find_coordinator::handle(ctx, version, r).into(),
+        RequestKind::Heartbeat(r) => heartbeat::handle(ctx, r).into(),
+        RequestKind::LeaveGroup(r) => leave_group::handle(ctx, version, r).into(),
+        RequestKind::OffsetCommit(r) => offset_commit::handle(ctx, version, r).into(),
+        RequestKind::OffsetFetch(r) => offset_fetch::handle(ctx, version, r).into(),
+        RequestKind::ListGroups(r) => list_groups::handle(ctx, version, r).into(),
+        RequestKind::DescribeGroups(r) => describe_groups::handle(ctx, version, r).into(),
+        RequestKind::DeleteGroups(r) => delete_groups::handle(ctx, r).into(),
+        RequestKind::OffsetDelete(r) => offset_delete::handle(ctx, r).into(),
         RequestKind::ListOffsets(r) => list_offsets::handle(ctx, version, r).into(),
         RequestKind::CreateTopics(r) => create_topics::handle(ctx, version, r).into(),
         RequestKind::DeleteTopics(r) => delete_topics::handle(ctx, version, r).into(),
@@ -147,7 +200,7 @@ fn route(
         other => return Err(format!("no handler for {other:?}")),
     };
     let api_key = ApiKey::try_from(prefix.api_key).expect("checked in dispatch");
-    encode(api_key, version, header.correlation_id, &response).map(|b| Reply::Ready(Some(b)))
+    encode(api_key, version, correlation_id, &response).map(|b| Reply::Ready(Some(b)))
 }
 
 /// Encodes a response with its header and length prefix.
@@ -187,12 +240,18 @@ pub(crate) mod tests {
     use crate::config::BrokerConfig;
     use crate::metadata::LocalMetadataStore;
 
+    const PEER: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 1);
+
     pub(crate) fn context(dir: &std::path::Path) -> Arc<Context> {
         let config = BrokerConfig::for_dir(dir.to_path_buf(), "127.0.0.1:0".parse().unwrap());
+        let coordinator =
+            GroupCoordinator::open(&dir.join("offsets"), config.coordinator_config(), 0).unwrap();
         let manager =
             PartitionManager::open(config, Box::new(LocalMetadataStore::new(dir)), 0).unwrap();
         Arc::new(Context {
             manager: Arc::new(manager),
+            coordinator: Arc::new(coordinator),
             advertised_host: "127.0.0.1".into(),
             advertised_port: 9092,
             shutdown: CancellationToken::new(),
@@ -218,9 +277,9 @@ pub(crate) mod tests {
                 header
                     .encode(&mut frame, key.request_header_version(version))
                     .unwrap();
-                let request = default_request(key);
+                let request = default_request(key, version);
                 request.encode(&mut frame, version).unwrap();
-                let reply = dispatch(&ctx, frame.freeze())
+                let reply = dispatch(&ctx, PEER, frame.freeze())
                     .unwrap_or_else(|e| panic!("{key:?} v{version}: {e}"));
                 let bytes = match reply {
                     Reply::Ready(Some(b)) => b,
@@ -238,7 +297,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn default_request(key: ApiKey) -> RequestKind {
+    fn default_request(key: ApiKey, version: i16) -> RequestKind {
         use kafka_protocol::messages::*;
         match key {
             ApiKey::ApiVersions => ApiVersionsRequest::default().into(),
@@ -260,6 +319,44 @@ pub(crate) mod tests {
             ApiKey::IncrementalAlterConfigs => IncrementalAlterConfigsRequest::default().into(),
             ApiKey::DescribeCluster => DescribeClusterRequest::default().into(),
             ApiKey::InitProducerId => InitProducerIdRequest::default().into(),
+            ApiKey::FindCoordinator if version >= 4 => FindCoordinatorRequest::default()
+                .with_coordinator_keys(vec![str_bytes("g")])
+                .into(),
+            ApiKey::FindCoordinator => FindCoordinatorRequest::default()
+                .with_key(str_bytes("g"))
+                .into(),
+            ApiKey::JoinGroup => JoinGroupRequest::default()
+                .with_group_id(GroupId(str_bytes("g")))
+                .into(),
+            ApiKey::SyncGroup => SyncGroupRequest::default()
+                .with_group_id(GroupId(str_bytes("g")))
+                .into(),
+            ApiKey::Heartbeat => HeartbeatRequest::default()
+                .with_group_id(GroupId(str_bytes("g")))
+                .into(),
+            ApiKey::LeaveGroup => LeaveGroupRequest::default()
+                .with_group_id(GroupId(str_bytes("g")))
+                .into(),
+            ApiKey::OffsetCommit => OffsetCommitRequest::default()
+                .with_group_id(GroupId(str_bytes("g")))
+                .into(),
+            ApiKey::OffsetFetch if version >= 8 => OffsetFetchRequest::default()
+                .with_groups(vec![
+                    offset_fetch_request::OffsetFetchRequestGroup::default()
+                        .with_group_id(GroupId(str_bytes("g"))),
+                ])
+                .into(),
+            ApiKey::OffsetFetch => OffsetFetchRequest::default()
+                .with_group_id(GroupId(str_bytes("g")))
+                .into(),
+            ApiKey::ListGroups => ListGroupsRequest::default().into(),
+            ApiKey::DescribeGroups => DescribeGroupsRequest::default()
+                .with_groups(vec![GroupId(str_bytes("g"))])
+                .into(),
+            ApiKey::DeleteGroups => DeleteGroupsRequest::default().into(),
+            ApiKey::OffsetDelete => OffsetDeleteRequest::default()
+                .with_group_id(GroupId(str_bytes("g")))
+                .into(),
             other => panic!("add a default request for {other:?}"),
         }
     }
@@ -268,7 +365,7 @@ pub(crate) mod tests {
     fn short_unknown_and_unsupported_requests_are_refused_with_a_reason() {
         let dir = tempfile::tempdir().unwrap();
         let ctx = context(dir.path());
-        let refuse = |bytes: &'static [u8]| match dispatch(&ctx, Bytes::from_static(bytes)) {
+        let refuse = |bytes: &'static [u8]| match dispatch(&ctx, PEER, Bytes::from_static(bytes)) {
             Err(reason) => reason,
             Ok(_) => panic!("accepted {bytes:?}"),
         };
@@ -278,7 +375,11 @@ pub(crate) mod tests {
         assert!(refuse(&[0, 3, 0, 1, 0, 0, 0, 1, 0xff]).contains("malformed"));
         // ApiVersions at an unknown version gets an answer, not a closed connection.
         assert!(matches!(
-            dispatch(&ctx, Bytes::from_static(&[0, 18, 0x7f, 0, 0, 0, 0, 1])),
+            dispatch(
+                &ctx,
+                PEER,
+                Bytes::from_static(&[0, 18, 0x7f, 0, 0, 0, 0, 1])
+            ),
             Ok(Reply::Ready(Some(_)))
         ));
     }

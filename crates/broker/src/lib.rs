@@ -11,6 +11,7 @@
 //! - [`manager`]: topics and their partitions, created, altered and deleted through the
 //!   [`metadata`] store.
 //! - [`partition`]: one partition's log, high watermark and leader epoch.
+//! - [`coordinator`]: consumer groups and their committed offsets (an internal log).
 //! - [`config`]: broker settings and topic configs with Kafka's names.
 //! - [`error`]: the error type and the one mapping to Kafka error codes.
 //!
@@ -26,6 +27,7 @@
 //! ```
 
 pub mod config;
+pub mod coordinator;
 pub mod error;
 pub mod frame;
 mod handler;

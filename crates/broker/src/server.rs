@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::BrokerConfig;
+use crate::coordinator::GroupCoordinator;
 use crate::error::{Error, Result};
 use crate::frame;
 use crate::handler::{self, Context, Reply, now_ms};
@@ -26,6 +27,8 @@ pub const CONNECTIONS_MAX: usize = 4096;
 pub const IN_FLIGHT_PER_CONNECTION_MAX: usize = 64;
 /// How often roll and flush decisions run.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often group timers (sessions, rebalance deadlines) are checked.
+const GROUP_TICK_INTERVAL: Duration = Duration::from_millis(50);
 /// How long shutdown waits for connections to finish their in-flight requests.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -65,12 +68,16 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
     let data_dir = config.data_dir.clone();
     let listen = config.listen;
     let advertised = config.advertised.clone();
-    let manager = tokio::task::spawn_blocking(move || {
-        PartitionManager::open(
+    let (manager, coordinator) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let offsets_dir = data_dir.join("internal").join("__consumer_offsets-0");
+        let coordinator =
+            GroupCoordinator::open(&offsets_dir, config.coordinator_config(), now_ms())?;
+        let manager = PartitionManager::open(
             config,
             Box::new(LocalMetadataStore::new(&data_dir)),
             now_ms(),
-        )
+        )?;
+        Ok((manager, coordinator))
     })
     .await
     .map_err(|e| Error::Metadata(format!("opening the data folder panicked: {e}")))??;
@@ -89,6 +96,7 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
     let shutdown = CancellationToken::new();
     let ctx = Arc::new(Context {
         manager: Arc::new(manager),
+        coordinator: Arc::new(coordinator),
         advertised_host,
         advertised_port,
         shutdown: shutdown.clone(),
@@ -125,6 +133,7 @@ fn advertised_endpoint(advertised: Option<&str>, bound: SocketAddr) -> Result<(S
 async fn run(ctx: Arc<Context>, listener: TcpListener) {
     let tracker = TaskTracker::new();
     let maintenance = tokio::spawn(maintain(Arc::clone(&ctx)));
+    let group_timers = tokio::spawn(tick_groups(Arc::clone(&ctx)));
     let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
     loop {
         let permit = tokio::select! {
@@ -161,8 +170,13 @@ async fn run(ctx: Arc<Context>, listener: TcpListener) {
         );
     }
     maintenance.abort();
-    let manager = Arc::clone(&ctx.manager);
-    let _ = tokio::task::spawn_blocking(move || manager.close(now_ms())).await;
+    group_timers.abort();
+    let (manager, coordinator) = (Arc::clone(&ctx.manager), Arc::clone(&ctx.coordinator));
+    let _ = tokio::task::spawn_blocking(move || {
+        coordinator.close(now_ms());
+        manager.close(now_ms());
+    })
+    .await;
     tracing::info!("broker stopped; logs closed cleanly");
 }
 
@@ -180,6 +194,22 @@ async fn maintain(ctx: Arc<Context>) {
         }
         let manager = Arc::clone(&ctx.manager);
         let _ = tokio::task::spawn_blocking(move || manager.maintain(now, retention)).await;
+    }
+}
+
+async fn tick_groups(ctx: Arc<Context>) {
+    let expiry_interval_ms = ctx.manager.config().offsets_retention_check_interval_ms();
+    let mut last_expiry_ms = now_ms();
+    let mut ticks = tokio::time::interval(GROUP_TICK_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let now = now_ms();
+        let expire = now - last_expiry_ms >= expiry_interval_ms;
+        if expire {
+            last_expiry_ms = now;
+        }
+        ctx.coordinator.tick(now, expire);
     }
 }
 
@@ -228,7 +258,7 @@ async fn serve_connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr
                 break;
             }
         };
-        let reply = match handler::dispatch(&ctx, frame) {
+        let reply = match handler::dispatch(&ctx, peer, frame) {
             Ok(reply) => reply,
             Err(problem) => {
                 tracing::warn!(%peer, problem, "closing connection");

@@ -372,6 +372,29 @@ impl Log {
         Ok(done)
     }
 
+    /// Deletes the whole sealed segments that end at or before `offset` and moves the log start
+    /// offset up to `offset` (used to drop what a compacted snapshot superseded). Returns how many.
+    pub fn delete_segments_before(&mut self, offset: i64) -> Result<usize> {
+        let active_base = self.active().base_offset;
+        let count = self
+            .segments
+            .values()
+            .take_while(|s| s.base_offset < active_base && s.next_offset <= offset)
+            .count();
+        if count > 0 {
+            self.delete_oldest_segments(count)?;
+        }
+        let clamped = offset.clamp(self.log_start_offset, self.log_end_offset());
+        if clamped > self.log_start_offset {
+            self.log_start_offset = clamped;
+            write_atomic(
+                &self.dir.join(LOG_START_OFFSET_FILE),
+                self.log_start_offset.to_string().as_bytes(),
+            )?;
+        }
+        Ok(count)
+    }
+
     fn delete_oldest_segments(&mut self, count: usize) -> Result<()> {
         assert!(
             count < self.segments.len(),

@@ -1,0 +1,583 @@
+//! The group coordinator: consumer groups (membership, rebalances, assignments) and their committed
+//! offsets, kept durably in an internal log. This broker coordinates every group.
+//!
+//! - `group`: the classic-protocol state machine of one group, pure and driven by `now`.
+//! - `store`: the offsets log, replayed at start and compacted as it grows.
+
+pub mod group;
+pub mod store;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+
+use self::group::{Answer, Group, GroupState, GroupTimeouts, JoinRequest, JoinResult, SyncResult};
+use self::store::{CommittedOffset, GroupRecord, OffsetStore, StoreKey, StoreState, StoreValue};
+use crate::error::Result;
+
+/// Group and offset settings, from Kafka's broker settings.
+#[derive(Debug, Clone, Copy)]
+pub struct CoordinatorConfig {
+    /// Session and rebalance timing.
+    pub timeouts: GroupTimeouts,
+    /// `offsets.retention.minutes`, in ms: offsets of an empty group expire this long after it
+    /// emptied (or after the commit, if later).
+    pub offsets_retention_ms: i64,
+    /// `offset.metadata.max.bytes`.
+    pub offset_metadata_max_bytes: usize,
+}
+
+/// One group with its offsets.
+#[derive(Debug)]
+struct Entry {
+    group: Group,
+    offsets: BTreeMap<(String, i32), CommittedOffset>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    groups: HashMap<String, Entry>,
+    store: Option<OffsetStore>,
+    state: StoreState,
+}
+
+/// A group as DescribeGroups shows it.
+#[derive(Debug, Clone)]
+pub struct GroupDescription {
+    /// State name.
+    pub state: &'static str,
+    /// Protocol type.
+    pub protocol_type: String,
+    /// Chosen assignor.
+    pub protocol_name: String,
+    /// `(member id, instance id, client id, client host, metadata, assignment)`.
+    pub members: Vec<(String, Option<String>, String, String, Bytes, Bytes)>,
+}
+
+/// A partition's outcome in a commit or a fetch of offsets.
+pub type PartitionOffsets = Vec<(String, i32, Option<CommittedOffset>)>;
+
+/// The coordinator of every group.
+#[derive(Debug)]
+pub struct GroupCoordinator {
+    config: CoordinatorConfig,
+    inner: Mutex<Inner>,
+}
+
+impl GroupCoordinator {
+    /// Opens the offsets log under `dir` and restores groups and offsets from it.
+    pub fn open(dir: &Path, config: CoordinatorConfig, now_ms: i64) -> Result<Self> {
+        let (store, state) = OffsetStore::open(dir, now_ms)?;
+        let mut groups: HashMap<String, Entry> = HashMap::new();
+        for (key, value) in &state {
+            match (key, value) {
+                (
+                    StoreKey::Offset {
+                        group,
+                        topic,
+                        partition,
+                    },
+                    StoreValue::Offset(o),
+                ) => {
+                    entry(&mut groups, group, 0, now_ms)
+                        .offsets
+                        .insert((topic.clone(), *partition), o.clone());
+                }
+                (StoreKey::Group { group }, StoreValue::Group(g)) => {
+                    entry(&mut groups, group, g.generation_id, now_ms)
+                        .group
+                        .generation_id = g.generation_id;
+                }
+                _ => {}
+            }
+        }
+        Ok(Self {
+            config,
+            inner: Mutex::new(Inner {
+                groups,
+                store: Some(store),
+                state,
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("coordinator lock poisoned")
+    }
+
+    /// JoinGroup.
+    pub fn join(&self, group_id: &str, request: JoinRequest, now_ms: i64) -> Answer<JoinResult> {
+        if group_id.is_empty() {
+            return Answer::Now(JoinResult {
+                error: ResponseError::InvalidGroupId.code(),
+                generation_id: -1,
+                ..JoinResult::default()
+            });
+        }
+        let mut inner = self.lock();
+        let (answer, completed) = entry(&mut inner.groups, group_id, 0, now_ms).group.join(
+            request,
+            self.config.timeouts,
+            now_ms,
+        );
+        if let Some(generation_id) = completed {
+            inner.persist_generation(group_id, generation_id, now_ms);
+        }
+        answer
+    }
+
+    /// SyncGroup.
+    pub fn sync(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        instance: Option<&str>,
+        generation_id: i32,
+        assignments: Vec<(String, Bytes)>,
+        now_ms: i64,
+    ) -> Answer<SyncResult> {
+        let mut inner = self.lock();
+        match inner.groups.get_mut(group_id) {
+            Some(e) => e
+                .group
+                .sync(member_id, instance, generation_id, assignments, now_ms),
+            None => Answer::Now(SyncResult {
+                error: ResponseError::UnknownMemberId.code(),
+                ..SyncResult::default()
+            }),
+        }
+    }
+
+    /// Heartbeat: the error code.
+    pub fn heartbeat(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        instance: Option<&str>,
+        generation_id: i32,
+        now_ms: i64,
+    ) -> i16 {
+        let mut inner = self.lock();
+        match inner.groups.get_mut(group_id) {
+            Some(e) => e
+                .group
+                .heartbeat(member_id, instance, generation_id, now_ms),
+            None => ResponseError::UnknownMemberId.code(),
+        }
+    }
+
+    /// LeaveGroup: an error code per member, or a group-level error.
+    pub fn leave(
+        &self,
+        group_id: &str,
+        members: &[(String, Option<String>)],
+        now_ms: i64,
+    ) -> Result<Vec<i16>, ResponseError> {
+        let mut inner = self.lock();
+        let Some(e) = inner.groups.get_mut(group_id) else {
+            return Err(ResponseError::UnknownMemberId);
+        };
+        let (codes, completed) = e.group.leave(members, self.config.timeouts, now_ms);
+        if let Some(generation_id) = completed {
+            inner.persist_generation(group_id, generation_id, now_ms);
+        }
+        Ok(codes)
+    }
+
+    /// OffsetCommit: checks membership, then stores every offset in one durable append.
+    pub fn commit(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        instance: Option<&str>,
+        generation_id: i32,
+        offsets: Vec<(String, i32, CommittedOffset)>,
+        now_ms: i64,
+    ) -> Result<Vec<i16>, ResponseError> {
+        if group_id.is_empty() {
+            return Err(ResponseError::InvalidGroupId);
+        }
+        let mut inner = self.lock();
+        entry(&mut inner.groups, group_id, 0, now_ms)
+            .group
+            .check_commit(member_id, instance, generation_id)?;
+        let codes: Vec<i16> = offsets
+            .iter()
+            .map(|(_, _, o)| {
+                if o.metadata.len() > self.config.offset_metadata_max_bytes {
+                    ResponseError::OffsetMetadataTooLarge.code()
+                } else {
+                    0
+                }
+            })
+            .collect();
+        let accepted: Vec<(String, i32, CommittedOffset)> = offsets
+            .into_iter()
+            .zip(&codes)
+            .filter(|(_, c)| **c == 0)
+            .map(|(o, _)| o)
+            .collect();
+        let records: Vec<_> = accepted
+            .iter()
+            .map(|(topic, partition, o)| {
+                (
+                    offset_key(group_id, topic, *partition),
+                    Some(StoreValue::Offset(o.clone())),
+                )
+            })
+            .collect();
+        inner.write(&records, now_ms).map_err(|e| {
+            tracing::error!(group = group_id, error = %e, "writing committed offsets");
+            ResponseError::KafkaStorageError
+        })?;
+        let entry = inner.groups.get_mut(group_id).expect("created above");
+        for (topic, partition, o) in accepted {
+            entry.offsets.insert((topic, partition), o);
+        }
+        Ok(codes)
+    }
+
+    /// OffsetFetch: committed offsets of the requested partitions, or of every partition with one.
+    pub fn fetch_offsets(
+        &self,
+        group_id: &str,
+        wanted: Option<Vec<(String, Vec<i32>)>>,
+    ) -> PartitionOffsets {
+        let inner = self.lock();
+        let offsets = inner.groups.get(group_id).map(|e| &e.offsets);
+        match wanted {
+            Some(topics) => topics
+                .into_iter()
+                .flat_map(|(topic, partitions)| {
+                    partitions.into_iter().map(move |p| {
+                        let found = offsets.and_then(|o| o.get(&(topic.clone(), p)).cloned());
+                        (topic.clone(), p, found)
+                    })
+                })
+                .collect(),
+            None => offsets
+                .into_iter()
+                .flatten()
+                .map(|((t, p), o)| (t.clone(), *p, Some(o.clone())))
+                .collect(),
+        }
+    }
+
+    /// ListGroups: `(group id, protocol type, state)`.
+    pub fn list(&self) -> Vec<(String, String, &'static str)> {
+        let inner = self.lock();
+        let mut all: Vec<_> = inner
+            .groups
+            .values()
+            .map(|e| {
+                (
+                    e.group.group_id.clone(),
+                    e.group
+                        .protocol_type
+                        .clone()
+                        .unwrap_or_else(|| "consumer".into()),
+                    e.group.state.name(),
+                )
+            })
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// DescribeGroups for one group; `None` when it does not exist.
+    pub fn describe(&self, group_id: &str) -> Option<GroupDescription> {
+        let inner = self.lock();
+        let e = inner.groups.get(group_id)?;
+        let protocol = e.group.protocol_name.clone().unwrap_or_default();
+        Some(GroupDescription {
+            state: e.group.state.name(),
+            protocol_type: e.group.protocol_type.clone().unwrap_or_default(),
+            protocol_name: protocol.clone(),
+            members: e
+                .group
+                .members
+                .values()
+                .map(|m| {
+                    (
+                        m.member_id.clone(),
+                        m.group_instance_id.clone(),
+                        m.client_id.clone(),
+                        m.client_host.clone(),
+                        m.metadata(&protocol),
+                        m.assignment.clone(),
+                    )
+                })
+                .collect(),
+        })
+    }
+
+    /// DeleteGroups: only empty groups; their offsets go too.
+    pub fn delete_group(&self, group_id: &str, now_ms: i64) -> Result<(), ResponseError> {
+        let mut inner = self.lock();
+        let Some(e) = inner.groups.get(group_id) else {
+            return Err(ResponseError::GroupIdNotFound);
+        };
+        if e.group.state != GroupState::Empty {
+            return Err(ResponseError::NonEmptyGroup);
+        }
+        let mut records: Vec<_> = e
+            .offsets
+            .keys()
+            .map(|(t, p)| (offset_key(group_id, t, *p), None))
+            .collect();
+        records.push((
+            StoreKey::Group {
+                group: group_id.into(),
+            },
+            None,
+        ));
+        inner
+            .write(&records, now_ms)
+            .map_err(|_| ResponseError::KafkaStorageError)?;
+        inner.groups.remove(group_id);
+        Ok(())
+    }
+
+    /// OffsetDelete: removes offsets of partitions of topics the group does not subscribe to.
+    pub fn delete_offsets(
+        &self,
+        group_id: &str,
+        partitions: &[(String, i32)],
+        now_ms: i64,
+    ) -> Result<Vec<i16>, ResponseError> {
+        let mut inner = self.lock();
+        let Some(e) = inner.groups.get(group_id) else {
+            return Err(ResponseError::GroupIdNotFound);
+        };
+        let subscribed = e.group.subscribed_topics();
+        let codes: Vec<i16> = partitions
+            .iter()
+            .map(|(t, _)| {
+                if subscribed.contains(t) {
+                    ResponseError::GroupSubscribedToTopic.code()
+                } else {
+                    0
+                }
+            })
+            .collect();
+        let doomed: Vec<(String, i32)> = partitions
+            .iter()
+            .zip(&codes)
+            .filter(|(_, c)| **c == 0)
+            .map(|(p, _)| p.clone())
+            .collect();
+        let records: Vec<_> = doomed
+            .iter()
+            .map(|(t, p)| (offset_key(group_id, t, *p), None))
+            .collect();
+        inner
+            .write(&records, now_ms)
+            .map_err(|_| ResponseError::KafkaStorageError)?;
+        let e = inner.groups.get_mut(group_id).expect("checked");
+        for key in doomed {
+            e.offsets.remove(&key);
+        }
+        Ok(codes)
+    }
+
+    /// Timers of every group, and offset expiry of empty groups when `expire_offsets`.
+    pub fn tick(&self, now_ms: i64, expire_offsets: bool) {
+        let mut inner = self.lock();
+        let mut generations = Vec::new();
+        for (id, e) in inner.groups.iter_mut() {
+            if let Some(generation_id) = e.group.tick(self.config.timeouts, now_ms) {
+                generations.push((id.clone(), generation_id));
+            }
+        }
+        for (id, generation_id) in generations {
+            inner.persist_generation(&id, generation_id, now_ms);
+        }
+        if expire_offsets {
+            inner.expire_offsets(self.config.offsets_retention_ms, now_ms);
+        }
+        let state = inner.state.clone();
+        if let Some(store) = inner.store.as_mut()
+            && let Err(e) = store.compact_if_needed(&state, now_ms)
+        {
+            tracing::error!(error = %e, "compacting the offsets log");
+        }
+    }
+
+    /// Flushes and closes the offsets log.
+    pub fn close(&self, now_ms: i64) {
+        if let Some(store) = self.lock().store.take()
+            && let Err(e) = store.close(now_ms)
+        {
+            tracing::error!(error = %e, "closing the offsets log");
+        }
+    }
+}
+
+impl Inner {
+    fn write(&mut self, records: &[(StoreKey, Option<StoreValue>)], now_ms: i64) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let store = self
+            .store
+            .as_mut()
+            .ok_or_else(|| crate::error::Error::NotLeader("the coordinator is closed".into()))?;
+        store.append(records, now_ms)?;
+        for (key, value) in records {
+            match value {
+                Some(v) => self.state.insert(key.clone(), v.clone()),
+                None => self.state.remove(key),
+            };
+        }
+        Ok(())
+    }
+
+    fn persist_generation(&mut self, group_id: &str, generation_id: i32, now_ms: i64) {
+        let record = (
+            StoreKey::Group {
+                group: group_id.into(),
+            },
+            Some(StoreValue::Group(GroupRecord { generation_id })),
+        );
+        if let Err(e) = self.write(&[record], now_ms) {
+            tracing::error!(group = group_id, error = %e, "persisting the group generation");
+        }
+    }
+
+    /// Kafka's `offsets.retention.minutes`: an empty group's offsets expire once both the group has
+    /// been empty and the offset unchanged for the retention period; a group with neither members
+    /// nor offsets is forgotten.
+    fn expire_offsets(&mut self, retention_ms: i64, now_ms: i64) {
+        let mut records = Vec::new();
+        let mut dead = Vec::new();
+        for (id, e) in &mut self.groups {
+            if e.group.state != GroupState::Empty {
+                continue;
+            }
+            let horizon = now_ms - retention_ms;
+            let empty_since = e.group.empty_since_ms;
+            e.offsets.retain(|(t, p), o| {
+                let keep = o.commit_timestamp_ms.max(empty_since) > horizon;
+                if !keep {
+                    records.push((offset_key(id, t, *p), None));
+                }
+                keep
+            });
+            if e.offsets.is_empty() && empty_since <= horizon {
+                dead.push(id.clone());
+                records.push((StoreKey::Group { group: id.clone() }, None));
+            }
+        }
+        for id in dead {
+            self.groups.remove(&id);
+        }
+        if !records.is_empty() {
+            tracing::info!(expired = records.len(), "expired offsets and groups");
+            if let Err(e) = self.write(&records, now_ms) {
+                tracing::error!(error = %e, "writing expired offsets");
+            }
+        }
+    }
+}
+
+fn entry<'a>(
+    groups: &'a mut HashMap<String, Entry>,
+    group_id: &str,
+    generation_id: i32,
+    now_ms: i64,
+) -> &'a mut Entry {
+    groups.entry(group_id.to_string()).or_insert_with(|| Entry {
+        group: Group::new(group_id, generation_id, now_ms),
+        offsets: BTreeMap::new(),
+    })
+}
+
+fn offset_key(group: &str, topic: &str, partition: i32) -> StoreKey {
+    StoreKey::Offset {
+        group: group.into(),
+        topic: topic.into(),
+        partition,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: CoordinatorConfig = CoordinatorConfig {
+        timeouts: GroupTimeouts {
+            initial_rebalance_delay_ms: 0,
+            min_session_timeout_ms: 1000,
+            max_session_timeout_ms: 60_000,
+        },
+        offsets_retention_ms: 1000,
+        offset_metadata_max_bytes: 10,
+    };
+
+    fn committed(offset: i64, now_ms: i64) -> CommittedOffset {
+        CommittedOffset {
+            offset,
+            leader_epoch: -1,
+            metadata: String::new(),
+            commit_timestamp_ms: now_ms,
+        }
+    }
+
+    #[test]
+    fn offsets_survive_a_reopen_and_expire_for_empty_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = GroupCoordinator::open(dir.path(), CONFIG, 0).unwrap();
+        let codes = c
+            .commit(
+                "g",
+                "",
+                None,
+                -1,
+                vec![("t".into(), 0, committed(42, 0))],
+                0,
+            )
+            .unwrap();
+        assert_eq!(codes, vec![0]);
+        let too_long = CommittedOffset {
+            metadata: "x".repeat(11),
+            ..committed(1, 0)
+        };
+        assert_eq!(
+            c.commit("g", "", None, -1, vec![("t".into(), 1, too_long)], 0)
+                .unwrap(),
+            vec![ResponseError::OffsetMetadataTooLarge.code()]
+        );
+        drop(c);
+        let c = GroupCoordinator::open(dir.path(), CONFIG, 10).unwrap();
+        let fetched = c.fetch_offsets("g", Some(vec![("t".into(), vec![0, 1])]));
+        assert_eq!(fetched[0].2.as_ref().unwrap().offset, 42);
+        assert!(fetched[1].2.is_none());
+        c.tick(500, true);
+        assert_eq!(c.fetch_offsets("g", None).len(), 1, "not expired yet");
+        c.tick(5000, true);
+        assert!(c.fetch_offsets("g", None).is_empty(), "expired");
+        assert!(
+            c.list().is_empty(),
+            "the empty group without offsets is gone"
+        );
+    }
+
+    #[test]
+    fn deleting_a_group_needs_it_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = GroupCoordinator::open(dir.path(), CONFIG, 0).unwrap();
+        assert_eq!(
+            c.delete_group("nope", 0),
+            Err(ResponseError::GroupIdNotFound)
+        );
+        c.commit("g", "", None, -1, vec![("t".into(), 0, committed(1, 0))], 0)
+            .unwrap();
+        assert_eq!(c.delete_group("g", 0), Ok(()));
+        drop(c);
+        let c = GroupCoordinator::open(dir.path(), CONFIG, 0).unwrap();
+        assert!(c.fetch_offsets("g", None).is_empty());
+    }
+}

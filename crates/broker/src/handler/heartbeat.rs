@@ -1,0 +1,17 @@
+//! Heartbeat: keeps a member's session alive and tells it about rebalances.
+
+use kafka_protocol::messages::{HeartbeatRequest, HeartbeatResponse};
+
+use super::{Context, now_ms};
+
+pub(super) fn handle(ctx: &Context, request: HeartbeatRequest) -> HeartbeatResponse {
+    let instance = request.group_instance_id.as_ref().map(|s| s.to_string());
+    let code = ctx.coordinator.heartbeat(
+        &request.group_id,
+        &request.member_id,
+        instance.as_deref(),
+        request.generation_id,
+        now_ms(),
+    );
+    HeartbeatResponse::default().with_error_code(code)
+}

@@ -1,0 +1,101 @@
+//! OffsetFetch: committed offsets of one group (v1-v7) or of several (v8+).
+
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
+};
+use kafka_protocol::messages::{OffsetFetchRequest, OffsetFetchResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
+
+use super::{Context, str_bytes};
+use crate::coordinator::PartitionOffsets;
+
+pub(super) fn handle(
+    ctx: &Context,
+    version: i16,
+    request: OffsetFetchRequest,
+) -> OffsetFetchResponse {
+    if version >= 8 {
+        let groups = request
+            .groups
+            .into_iter()
+            .map(|g| {
+                let wanted = g.topics.map(|ts| {
+                    ts.into_iter()
+                        .map(|t| (t.name.to_string(), t.partition_indexes))
+                        .collect()
+                });
+                let found = ctx.coordinator.fetch_offsets(&g.group_id, wanted);
+                OffsetFetchResponseGroup::default()
+                    .with_group_id(g.group_id)
+                    .with_topics(grouped(found, |name, partitions| {
+                        OffsetFetchResponseTopics::default()
+                            .with_name(name)
+                            .with_partitions(
+                                partitions
+                                    .into_iter()
+                                    .map(|(p, offset, epoch, metadata)| {
+                                        OffsetFetchResponsePartitions::default()
+                                            .with_partition_index(p)
+                                            .with_committed_offset(offset)
+                                            .with_committed_leader_epoch(epoch)
+                                            .with_metadata(Some(metadata))
+                                    })
+                                    .collect(),
+                            )
+                    }))
+            })
+            .collect();
+        return OffsetFetchResponse::default().with_groups(groups);
+    }
+    let wanted = request.topics.map(|ts| {
+        ts.into_iter()
+            .map(|t| (t.name.to_string(), t.partition_indexes))
+            .collect()
+    });
+    let found = ctx.coordinator.fetch_offsets(&request.group_id, wanted);
+    let topics = grouped(found, |name, partitions| {
+        OffsetFetchResponseTopic::default()
+            .with_name(name)
+            .with_partitions(
+                partitions
+                    .into_iter()
+                    .map(|(p, offset, epoch, metadata)| {
+                        let mut partition = OffsetFetchResponsePartition::default()
+                            .with_partition_index(p)
+                            .with_committed_offset(offset)
+                            .with_metadata(Some(metadata));
+                        if version >= 5 {
+                            partition.committed_leader_epoch = epoch;
+                        }
+                        partition
+                    })
+                    .collect(),
+            )
+    });
+    OffsetFetchResponse::default().with_topics(topics)
+}
+
+/// Groups partitions by topic, in first-seen order; a missing offset is -1 with empty metadata.
+fn grouped<T>(
+    found: PartitionOffsets,
+    make: impl Fn(TopicName, Vec<(i32, i64, i32, StrBytes)>) -> T,
+) -> Vec<T> {
+    let mut topics: Vec<(String, Vec<(i32, i64, i32, StrBytes)>)> = Vec::new();
+    for (topic, partition, offset) in found {
+        let entry = (
+            partition,
+            offset.as_ref().map_or(-1, |o| o.offset),
+            offset.as_ref().map_or(-1, |o| o.leader_epoch),
+            str_bytes(offset.map(|o| o.metadata).unwrap_or_default()),
+        );
+        match topics.iter_mut().find(|(t, _)| *t == topic) {
+            Some((_, partitions)) => partitions.push(entry),
+            None => topics.push((topic, vec![entry])),
+        }
+    }
+    topics
+        .into_iter()
+        .map(|(t, ps)| make(TopicName(str_bytes(t)), ps))
+        .collect()
+}
