@@ -22,6 +22,7 @@ const RESERVED_ENV: &[&str] = &[
     "STRATA_ADVERTISED",
     "STRATA_TIER_URL",
     "STRATA_LOG",
+    "STRATA_BOOTSTRAP",
 ];
 
 /// Strata: a Kafka-compatible streaming data lake.
@@ -36,6 +37,59 @@ pub struct Cli {
 enum Command {
     /// Run the broker.
     Serve(ServeArgs),
+    /// Consumer groups of a running broker.
+    Groups(GroupsArgs),
+}
+
+/// Options of `strata groups`.
+#[derive(Debug, Args)]
+pub struct GroupsArgs {
+    /// Broker to ask.
+    #[arg(long, env = "STRATA_BOOTSTRAP", default_value = DEFAULT_LISTEN, global = true)]
+    bootstrap: String,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: GroupsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum GroupsCommand {
+    /// List groups with their state.
+    List,
+    /// Members, assignment, committed offset and lag per partition.
+    Describe {
+        /// Group id.
+        group: String,
+    },
+    /// Move an inactive group's committed offsets on one topic.
+    ResetOffsets(ResetArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["to_earliest", "to_latest", "to_offset", "to_datetime"])))]
+struct ResetArgs {
+    /// Group id.
+    group: String,
+    /// Topic whose partitions are reset.
+    #[arg(long)]
+    topic: String,
+    /// To each partition's log start offset.
+    #[arg(long)]
+    to_earliest: bool,
+    /// To each partition's log end offset.
+    #[arg(long)]
+    to_latest: bool,
+    /// To this offset (clamped to each partition's log).
+    #[arg(long, value_name = "OFFSET")]
+    to_offset: Option<i64>,
+    /// To the first record at or after this time, e.g. 2026-11-23T08:00:00Z.
+    #[arg(long, value_name = "DATETIME")]
+    to_datetime: Option<String>,
+    /// Show the new offsets without committing them.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 /// Options of `strata serve`. Each also comes from the config file and a `STRATA_*` variable.
@@ -80,6 +134,7 @@ pub fn main() -> ExitCode {
     init_logging();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Groups(args) => groups(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -188,6 +243,127 @@ fn serve(args: ServeArgs) -> Result<()> {
     })
 }
 
+fn groups(args: GroupsArgs) -> Result<()> {
+    use crate::groups::{or_dash, table};
+    let mut client = crate::admin::AdminClient::connect(&args.bootstrap)?;
+    let output = match args.command {
+        GroupsCommand::List => {
+            let rows = crate::groups::list(&mut client)?;
+            if args.json {
+                serde_json::to_string_pretty(&rows)?
+            } else {
+                let cells: Vec<Vec<String>> = rows
+                    .iter()
+                    .map(|r| vec![r.group.clone(), r.state.clone(), r.protocol_type.clone()])
+                    .collect();
+                table(&["GROUP", "STATE", "PROTOCOL-TYPE"], &cells)
+            }
+        }
+        GroupsCommand::Describe { group } => {
+            let detail = crate::groups::describe(&mut client, &group)?;
+            if args.json {
+                serde_json::to_string_pretty(&detail)?
+            } else {
+                let cells: Vec<Vec<String>> = detail
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            p.topic.clone(),
+                            p.partition.to_string(),
+                            or_dash(p.committed_offset),
+                            p.log_end_offset.to_string(),
+                            or_dash(p.lag),
+                            or_dash(p.member_id.clone()),
+                            or_dash(p.client_id.clone()),
+                            or_dash(p.host.clone()),
+                        ]
+                    })
+                    .collect();
+                format!(
+                    "group {} is {} ({} member(s), assignor {})\n\n{}",
+                    detail.group,
+                    detail.state,
+                    detail.members,
+                    if detail.protocol.is_empty() {
+                        "-"
+                    } else {
+                        &detail.protocol
+                    },
+                    table(
+                        &[
+                            "TOPIC",
+                            "PARTITION",
+                            "CURRENT-OFFSET",
+                            "LOG-END-OFFSET",
+                            "LAG",
+                            "CONSUMER-ID",
+                            "CLIENT-ID",
+                            "HOST"
+                        ],
+                        &cells
+                    )
+                )
+            }
+        }
+        GroupsCommand::ResetOffsets(reset) => {
+            let to = if reset.to_earliest {
+                crate::groups::ResetTo::Earliest
+            } else if reset.to_latest {
+                crate::groups::ResetTo::Latest
+            } else if let Some(offset) = reset.to_offset {
+                crate::groups::ResetTo::Offset(offset)
+            } else {
+                let text = reset.to_datetime.as_deref().unwrap_or_default();
+                let time = humantime::parse_rfc3339_weak(text)
+                    .with_context(|| format!("--to-datetime {text:?}"))?;
+                let ms = time
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .context("a time before 1970")?
+                    .as_millis();
+                crate::groups::ResetTo::Timestamp(ms as i64)
+            };
+            let rows = crate::groups::reset_offsets(
+                &mut client,
+                &reset.group,
+                &reset.topic,
+                to,
+                reset.dry_run,
+            )?;
+            if args.json {
+                serde_json::to_string_pretty(&rows)?
+            } else {
+                let cells: Vec<Vec<String>> = rows
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.topic.clone(),
+                            r.partition.to_string(),
+                            or_dash(r.previous_offset),
+                            r.new_offset.to_string(),
+                        ]
+                    })
+                    .collect();
+                let verb = if reset.dry_run {
+                    "would reset (dry run)"
+                } else {
+                    "reset"
+                };
+                format!(
+                    "{verb} group {}\n\n{}",
+                    reset.group,
+                    table(
+                        &["TOPIC", "PARTITION", "PREVIOUS-OFFSET", "NEW-OFFSET"],
+                        &cells
+                    )
+                )
+            }
+        }
+    };
+    println!("{output}");
+    Ok(())
+}
+
 async fn wait_for_signal() {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("installing a SIGTERM handler");
@@ -206,6 +382,7 @@ mod tests {
         full.extend_from_slice(argv);
         match Cli::try_parse_from(full).unwrap().command {
             Command::Serve(a) => a,
+            Command::Groups(_) => unreachable!("parsed serve"),
         }
     }
 

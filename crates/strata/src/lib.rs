@@ -5,10 +5,15 @@
 //! ## Layout
 //! - [`cli`]: argument parsing (clap), configuration layering (file < `STRATA_*` environment <
 //!   flags), logging set-up and signal handling.
+//! - [`admin`]: a small Kafka protocol client for the admin subcommands.
+//! - [`groups`]: `strata groups list | describe | reset-offsets`.
 //!
 //! ## Example
 //! ```text
 //! strata serve --data-dir ./strata-data --listen 127.0.0.1:9092
+//! strata groups describe my-group --bootstrap 127.0.0.1:9092
 //! ```
 
+pub mod admin;
 pub mod cli;
+pub mod groups;
