@@ -544,7 +544,7 @@ impl Group {
             })
             .collect();
         // Most votes; ties go to the first member's preference (a stable order).
-        votes.sort_by(|a, b| b.0.cmp(&a.0));
+        votes.sort_by_key(|v| std::cmp::Reverse(v.0));
         votes
             .first()
             .map(|(_, n)| n.to_string())

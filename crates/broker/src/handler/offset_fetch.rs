@@ -76,12 +76,12 @@ pub(super) fn handle(
     OffsetFetchResponse::default().with_topics(topics)
 }
 
+/// `(partition, committed offset, leader epoch, metadata)`.
+type Row = (i32, i64, i32, StrBytes);
+
 /// Groups partitions by topic, in first-seen order; a missing offset is -1 with empty metadata.
-fn grouped<T>(
-    found: PartitionOffsets,
-    make: impl Fn(TopicName, Vec<(i32, i64, i32, StrBytes)>) -> T,
-) -> Vec<T> {
-    let mut topics: Vec<(String, Vec<(i32, i64, i32, StrBytes)>)> = Vec::new();
+fn grouped<T>(found: PartitionOffsets, make: impl Fn(TopicName, Vec<Row>) -> T) -> Vec<T> {
+    let mut topics: Vec<(String, Vec<Row>)> = Vec::new();
     for (topic, partition, offset) in found {
         let entry = (
             partition,
