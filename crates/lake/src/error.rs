@@ -1,0 +1,22 @@
+//! The one error type of `strata-lake`.
+
+/// Result alias for lake operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can go wrong in the lake.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A batch or a lake file whose content cannot be right.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    /// A stored batch failed validation.
+    #[error(transparent)]
+    Batch(#[from] strata_log::batch::BatchError),
+    /// Parquet encoding or decoding failed.
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    /// Arrow failed.
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+}

@@ -1,0 +1,28 @@
+//! # strata-lake
+//!
+//! The lake tier of Strata: sealed log segments become Parquet files that consumers can be served
+//! from again and that DuckDB, Spark or pyarrow read as they are.
+//!
+//! ## Layout
+//! - [`records`]: RecordBatch v2 ↔ records, every codec, duplicate headers kept.
+//! - [`parquet_file`]: the lake's Parquet schema, writer and reader.
+//! - [`segment`]: a whole segment's bytes ↔ records, and records ↔ batches for serving.
+//!
+//! ## Example
+//! ```
+//! use strata_lake::{parquet_file, segment};
+//! # let segment_bytes: Vec<u8> = Vec::new();
+//! let records = segment::decode(&segment_bytes)?;
+//! let file = parquet_file::write(&records)?;
+//! let back = parquet_file::read(file.into())?;
+//! assert_eq!(back, records);
+//! # Ok::<(), strata_lake::Error>(())
+//! ```
+
+pub mod error;
+pub mod parquet_file;
+pub mod records;
+pub mod segment;
+
+pub use crate::error::{Error, Result};
+pub use crate::records::LakeRecord;
