@@ -16,6 +16,12 @@ pub enum Error {
     /// Parquet encoding or decoding failed.
     #[error("parquet: {0}")]
     Parquet(#[from] parquet::errors::ParquetError),
+    /// Object storage failed or is unreachable (retriable).
+    #[error("object storage: {0}")]
+    Storage(String),
+    /// A tier URL or setting is wrong.
+    #[error("lake configuration: {0}")]
+    Config(String),
     /// Arrow failed.
     #[error("arrow: {0}")]
     Arrow(#[from] arrow_schema::ArrowError),

@@ -7,6 +7,9 @@
 //! - [`records`]: RecordBatch v2 ↔ records, every codec, duplicate headers kept.
 //! - [`parquet_file`]: the lake's Parquet schema, writer and reader.
 //! - [`segment`]: a whole segment's bytes ↔ records, and records ↔ batches for serving.
+//! - [`manifest`]: which files hold which offsets; contiguity, retention and verification.
+//! - [`lake`]: the layout in object storage, offload (upload, then manifest commit), listing.
+//! - [`store`]: the object store a tier URL names (`file://`, `s3://`).
 //!
 //! ## Example
 //! ```
@@ -20,9 +23,14 @@
 //! ```
 
 pub mod error;
+pub mod lake;
+pub mod manifest;
 pub mod parquet_file;
 pub mod records;
 pub mod segment;
+pub mod store;
 
 pub use crate::error::{Error, Result};
+pub use crate::lake::{Lake, TopicMetadata};
+pub use crate::manifest::{FileEntry, Manifest, VerifyReport};
 pub use crate::records::LakeRecord;

@@ -1,0 +1,233 @@
+//! The per-partition manifest: which Parquet files hold which offsets. A file counts only once the
+//! manifest naming it is committed, and the manifest is written only after the file is durable, so
+//! a crash at any point leaves no gap and no duplicate a reader would count. Pure data and checks.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// One data file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Object path under the tier root.
+    pub path: String,
+    /// First offset in the file.
+    pub base_offset: i64,
+    /// Last offset in the file.
+    pub last_offset: i64,
+    /// Smallest record timestamp.
+    pub min_timestamp_ms: i64,
+    /// Largest record timestamp.
+    pub max_timestamp_ms: i64,
+    /// Rows (records).
+    pub rows: u64,
+    /// Size of the Parquet object.
+    pub size_bytes: u64,
+    /// Size of the segment bytes it came from.
+    pub source_bytes: u64,
+}
+
+/// A partition's manifest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Files in offset order, contiguous.
+    pub files: Vec<FileEntry>,
+}
+
+impl Manifest {
+    /// The offset after the last offloaded one, `None` when nothing was offloaded.
+    pub fn next_offset(&self) -> Option<i64> {
+        self.files.last().map(|f| f.last_offset + 1)
+    }
+
+    /// The first offloaded offset still in the lake.
+    pub fn start_offset(&self) -> Option<i64> {
+        self.files.first().map(|f| f.base_offset)
+    }
+
+    /// The manifest with `entry` appended. An entry identical to the last one (a retry after a
+    /// crash between commit and acknowledgement) changes nothing; anything else that does not
+    /// continue the manifest exactly is refused.
+    pub fn with_file(&self, entry: FileEntry) -> Result<Self> {
+        if self.files.last() == Some(&entry) {
+            return Ok(self.clone());
+        }
+        if let Some(next) = self.next_offset()
+            && entry.base_offset != next
+        {
+            return Err(Error::Corrupt(format!(
+                "file {} starts at offset {} but the manifest continues at {next}",
+                entry.path, entry.base_offset
+            )));
+        }
+        if entry.last_offset < entry.base_offset {
+            return Err(Error::Corrupt(format!(
+                "file {} ends before it starts",
+                entry.path
+            )));
+        }
+        let mut files = self.files.clone();
+        files.push(entry);
+        Ok(Self { files })
+    }
+
+    /// Remote retention: the manifest without the oldest files whose newest record is older than
+    /// `retention_ms`, or that keep the lake above `retention_bytes` (-1 disables either), and the
+    /// files removed. The newest file is always kept.
+    pub fn after_retention(
+        &self,
+        now_ms: i64,
+        retention_ms: i64,
+        retention_bytes: i64,
+    ) -> (Self, Vec<FileEntry>) {
+        let mut total: u64 = self.files.iter().map(|f| f.size_bytes).sum();
+        let mut drop = 0;
+        for f in self.files.iter().take(self.files.len().saturating_sub(1)) {
+            let expired =
+                retention_ms >= 0 && now_ms.saturating_sub(f.max_timestamp_ms) > retention_ms;
+            let oversize = retention_bytes >= 0
+                && total.saturating_sub(f.size_bytes) >= retention_bytes as u64;
+            if !(expired || oversize) {
+                break;
+            }
+            total -= f.size_bytes;
+            drop += 1;
+        }
+        let removed = self.files[..drop].to_vec();
+        (
+            Self {
+                files: self.files[drop..].to_vec(),
+            },
+            removed,
+        )
+    }
+}
+
+/// What `verify` found for one partition.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// Missing offset ranges between consecutive files `(first missing, last missing)`.
+    pub gaps: Vec<(i64, i64)>,
+    /// Files whose offsets overlap the previous file.
+    pub overlaps: Vec<String>,
+    /// Objects under the partition that no manifest entry names.
+    pub orphans: Vec<String>,
+    /// Manifest entries whose object is missing or has another size.
+    pub missing: Vec<String>,
+}
+
+impl VerifyReport {
+    /// Whether nothing is wrong.
+    pub fn is_clean(&self) -> bool {
+        self.gaps.is_empty()
+            && self.overlaps.is_empty()
+            && self.orphans.is_empty()
+            && self.missing.is_empty()
+    }
+}
+
+/// Checks a manifest against the `(path, size)` objects listed under its partition.
+pub fn verify(manifest: &Manifest, objects: &[(String, u64)]) -> VerifyReport {
+    let mut report = VerifyReport::default();
+    for pair in manifest.files.windows(2) {
+        let (prev, next) = (&pair[0], &pair[1]);
+        if next.base_offset > prev.last_offset + 1 {
+            report
+                .gaps
+                .push((prev.last_offset + 1, next.base_offset - 1));
+        } else if next.base_offset <= prev.last_offset {
+            report.overlaps.push(next.path.clone());
+        }
+    }
+    for f in &manifest.files {
+        if !objects
+            .iter()
+            .any(|(p, size)| *p == f.path && *size == f.size_bytes)
+        {
+            report.missing.push(f.path.clone());
+        }
+    }
+    for (path, _) in objects {
+        if !manifest.files.iter().any(|f| f.path == *path) {
+            report.orphans.push(path.clone());
+        }
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(base: i64, last: i64, max_ts: i64, size: u64) -> FileEntry {
+        FileEntry {
+            path: format!("p/{base}.parquet"),
+            base_offset: base,
+            last_offset: last,
+            min_timestamp_ms: 0,
+            max_timestamp_ms: max_ts,
+            rows: (last - base + 1) as u64,
+            size_bytes: size,
+            source_bytes: size * 3,
+        }
+    }
+
+    #[test]
+    fn files_must_continue_the_manifest_and_retries_are_idempotent() {
+        let m = Manifest::default().with_file(entry(10, 19, 0, 5)).unwrap();
+        assert_eq!(m.next_offset(), Some(20));
+        assert_eq!(
+            m.with_file(entry(10, 19, 0, 5)).unwrap(),
+            m,
+            "the same file again"
+        );
+        assert!(m.with_file(entry(21, 30, 0, 5)).is_err(), "a gap");
+        assert!(m.with_file(entry(15, 30, 0, 5)).is_err(), "an overlap");
+        assert_eq!(m.with_file(entry(20, 29, 0, 5)).unwrap().files.len(), 2);
+    }
+
+    #[test]
+    fn remote_retention_keeps_the_newest_file() {
+        let m = Manifest {
+            files: vec![
+                entry(0, 9, 100, 10),
+                entry(10, 19, 200, 10),
+                entry(20, 29, 300, 10),
+            ],
+        };
+        let (kept, removed) = m.after_retention(1000, 850, -1);
+        assert_eq!((kept.files.len(), removed.len()), (2, 1));
+        let (kept, _) = m.after_retention(1_000_000, 1, -1);
+        assert_eq!(kept.files.len(), 1);
+        let (kept, _) = m.after_retention(0, -1, 20);
+        assert_eq!(kept.start_offset(), Some(10));
+        assert_eq!(m.after_retention(i64::MAX, -1, -1).1.len(), 0);
+    }
+
+    #[test]
+    fn verify_finds_gaps_overlaps_orphans_and_missing_objects() {
+        let m = Manifest {
+            files: vec![
+                entry(0, 9, 0, 10),
+                entry(12, 19, 0, 10),
+                entry(15, 25, 0, 10),
+            ],
+        };
+        let objects = vec![
+            ("p/0.parquet".to_string(), 10),
+            ("p/12.parquet".to_string(), 11),
+            ("p/15.parquet".to_string(), 10),
+            ("p/stray.parquet".to_string(), 1),
+        ];
+        let report = verify(&m, &objects);
+        assert_eq!(report.gaps, vec![(10, 11)]);
+        assert_eq!(report.overlaps, vec!["p/15.parquet".to_string()]);
+        assert_eq!(report.missing, vec!["p/12.parquet".to_string()]);
+        assert_eq!(report.orphans, vec!["p/stray.parquet".to_string()]);
+        assert!(!report.is_clean());
+        let clean = Manifest {
+            files: vec![entry(0, 9, 0, 10)],
+        };
+        assert!(verify(&clean, &[("p/0.parquet".into(), 10)]).is_clean());
+    }
+}
