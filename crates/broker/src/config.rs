@@ -115,7 +115,7 @@ pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
     def(
         "local.retention.ms",
         "log.local.retention.ms",
-        "-2",
+        WEEK_MS,
         ConfigType::Long(-2),
     ),
     def(
@@ -139,7 +139,7 @@ pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
     def(
         "remote.storage.enable",
         "remote.storage.enable",
-        "false",
+        "true",
         ConfigType::Boolean,
     ),
     def(
@@ -151,7 +151,7 @@ pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
     def(
         "retention.ms",
         "log.retention.ms",
-        WEEK_MS,
+        "-1",
         ConfigType::Long(-1),
     ),
     def(
@@ -227,6 +227,9 @@ pub struct BrokerConfig {
     pub tier_url: String,
     /// Kafka broker settings by name, validated; unset ones take their defaults.
     settings: BTreeMap<String, String>,
+    /// Environment for the object store (`AWS_*` variables); the process environment when run
+    /// from the command line, an explicit one in tests.
+    pub tier_env: BTreeMap<String, String>,
 }
 
 impl BrokerConfig {
@@ -243,12 +246,6 @@ impl BrokerConfig {
                 .ok_or_else(|| Error::InvalidConfig(format!("unknown broker setting {name:?}")))?
                 .validate(name, value)?;
         }
-        if settings
-            .get("remote.storage.enable")
-            .is_some_and(|v| v == "true")
-        {
-            return Err(Error::InvalidConfig(TIERING_UNAVAILABLE.into()));
-        }
         let tier_url =
             tier_url.unwrap_or_else(|| format!("file://{}", data_dir.join("lake").display()));
         Ok(Self {
@@ -257,6 +254,7 @@ impl BrokerConfig {
             advertised,
             tier_url,
             settings,
+            tier_env: BTreeMap::new(),
         })
     }
 
@@ -378,10 +376,6 @@ impl BrokerConfig {
     }
 }
 
-/// Why `remote.storage.enable=true` is refused until the lake tier lands.
-pub const TIERING_UNAVAILABLE: &str =
-    "remote.storage.enable=true: tiered storage is not available in this build of Strata yet";
-
 fn broker_setting_type(name: &str) -> Option<ConfigType> {
     BROKER_SETTINGS
         .iter()
@@ -406,9 +400,6 @@ pub fn validate_topic_overrides(overrides: &BTreeMap<String, String>) -> Result<
             ));
         }
         def.kind.validate(name, value)?;
-        if name == "remote.storage.enable" && value.trim() == "true" {
-            return Err(Error::InvalidConfig(TIERING_UNAVAILABLE.into()));
-        }
     }
     Ok(())
 }
@@ -447,6 +438,16 @@ impl TopicConfig {
                 "LogAppendTime" => TimestampType::LogAppendTime,
                 _ => TimestampType::CreateTime,
             },
+            remote_storage: self.get("remote.storage.enable") == "true",
+            // Kafka: -2 means "the same as retention.ms / retention.bytes".
+            local_retention_ms: match self.long("local.retention.ms") {
+                -2 => self.long("retention.ms"),
+                v => v,
+            },
+            local_retention_bytes: match self.long("local.retention.bytes") {
+                -2 => self.long("retention.bytes"),
+                v => v,
+            },
         }
     }
 }
@@ -477,7 +478,17 @@ mod tests {
         assert_eq!(c.tier_url, "file:///tmp/x/lake");
         let t = c.topic_config(&BTreeMap::new());
         assert_eq!(t.get("segment.bytes"), "1073741824");
-        assert_eq!(t.log_config(), LogConfig::default());
+        // Lake defaults: tiered, unlimited remote retention, a week locally.
+        let log = t.log_config();
+        assert!(log.remote_storage);
+        assert_eq!(
+            (
+                log.retention_ms,
+                log.local_retention_ms,
+                log.local_retention_bytes
+            ),
+            (-1, 604_800_000, -1)
+        );
     }
 
     #[test]
@@ -522,9 +533,9 @@ mod tests {
                 .contains("one of")
         );
         assert!(
-            bad("remote.storage.enable", "true")
+            bad("remote.storage.enable", "yes")
                 .to_string()
-                .contains("tiered storage")
+                .contains("true or false")
         );
     }
 }

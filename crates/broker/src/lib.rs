@@ -12,6 +12,7 @@
 //!   [`metadata`] store.
 //! - [`partition`]: one partition's log, high watermark and leader epoch.
 //! - [`coordinator`]: consumer groups and their committed offsets (an internal log).
+//! - `offload`: the background pipeline that moves sealed segments into the lake.
 //! - [`config`]: broker settings and topic configs with Kafka's names.
 //! - [`error`]: the error type and the one mapping to Kafka error codes.
 //!
@@ -33,6 +34,7 @@ pub mod frame;
 mod handler;
 pub mod manager;
 pub mod metadata;
+mod offload;
 pub mod partition;
 pub mod server;
 

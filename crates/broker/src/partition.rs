@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
-use strata_log::{AppendInfo, FileSlice, Log, LogConfig, Maintenance};
+use strata_log::{AppendInfo, FileSlice, Log, LogConfig, Maintenance, SealedSegment};
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
@@ -146,6 +146,20 @@ impl Partition {
     /// The batch with the largest timestamp: `(offset, timestamp)`.
     pub fn max_timestamp(&self) -> Result<Option<(i64, i64)>> {
         self.with_log(|log| Ok(log.max_timestamp()))
+    }
+
+    /// Sealed segments holding offsets at or after `offset`, for offloading.
+    pub fn sealed_segments_from(&self, offset: i64) -> Result<Vec<SealedSegment>> {
+        self.with_log(|log| Ok(log.sealed_segments_from(offset)))
+    }
+
+    /// Records that offsets below `offset` are durable in the lake, so local retention may delete
+    /// the segments holding them.
+    pub fn set_offloaded_offset(&self, offset: i64) -> Result<()> {
+        self.with_log(|log| {
+            log.set_offloaded_offset(offset);
+            Ok(())
+        })
     }
 
     /// Applies new log settings.

@@ -67,6 +67,10 @@ impl BrokerHandle {
 pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
     let data_dir = config.data_dir.clone();
     let listen = config.listen;
+    let lake = strata_lake::Lake::new(
+        strata_lake::store::open(&config.tier_url, &config.tier_env)
+            .map_err(|e| Error::InvalidConfig(e.to_string()))?,
+    );
     let advertised = config.advertised.clone();
     let (manager, coordinator) = tokio::task::spawn_blocking(move || -> Result<_> {
         let offsets_dir = data_dir.join("internal").join("__consumer_offsets-0");
@@ -101,7 +105,7 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
         advertised_port,
         shutdown: shutdown.clone(),
     });
-    let task = tokio::spawn(run(ctx, listener));
+    let task = tokio::spawn(run(ctx, listener, lake));
     Ok(BrokerHandle {
         local_addr,
         shutdown,
@@ -130,10 +134,11 @@ fn advertised_endpoint(advertised: Option<&str>, bound: SocketAddr) -> Result<(S
     Ok((host.trim_matches(['[', ']']).to_string(), i32::from(port)))
 }
 
-async fn run(ctx: Arc<Context>, listener: TcpListener) {
+async fn run(ctx: Arc<Context>, listener: TcpListener, lake: strata_lake::Lake) {
     let tracker = TaskTracker::new();
     let maintenance = tokio::spawn(maintain(Arc::clone(&ctx)));
     let group_timers = tokio::spawn(tick_groups(Arc::clone(&ctx)));
+    let offloader = tokio::spawn(crate::offload::run(Arc::clone(&ctx.manager), lake));
     let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
     loop {
         let permit = tokio::select! {
@@ -171,6 +176,8 @@ async fn run(ctx: Arc<Context>, listener: TcpListener) {
     }
     maintenance.abort();
     group_timers.abort();
+    // An upload cut short here is redone at the next start: nothing is committed half-way.
+    offloader.abort();
     let (manager, coordinator) = (Arc::clone(&ctx.manager), Arc::clone(&ctx.coordinator));
     let _ = tokio::task::spawn_blocking(move || {
         coordinator.close(now_ms());

@@ -102,6 +102,36 @@ impl Lake {
         Ok(())
     }
 
+    /// The topic's metadata in the lake, if any.
+    pub async fn topic_metadata(&self, topic: &str) -> Result<Option<TopicMetadata>> {
+        let path = Path::from(format!("_strata/topics/{topic}.json"));
+        match self.store.get(&path).await {
+            Ok(found) => {
+                let bytes = found.bytes().await.map_err(storage)?;
+                serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                    Error::Corrupt(format!("metadata of topic {topic} does not parse: {e}"))
+                })
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(storage(e)),
+        }
+    }
+
+    /// Deletes a partition from the lake: its manifest first, then its files.
+    pub async fn delete_partition(&self, topic: &str, partition: i32) -> Result<()> {
+        match self.store.delete(&manifest_path(topic, partition)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(storage(e)),
+        }
+        for (path, _) in self.objects(topic, partition).await? {
+            match self.store.delete(&Path::from(path.as_str())).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(storage(e)),
+            }
+        }
+        Ok(())
+    }
+
     /// Offloads the records of `segment_bytes` from `from_offset` on: converts them to Parquet,
     /// uploads the file, then commits the manifest naming it. Returns the new manifest, or the
     /// old one when there was nothing to offload.

@@ -31,6 +31,13 @@ pub struct LogConfig {
     pub max_message_bytes: usize,
     /// `message.timestamp.type`.
     pub timestamp_type: TimestampType,
+    /// `remote.storage.enable`: sealed segments are offloaded to the lake, and deleted locally only
+    /// once offloaded, under `local_retention_*`.
+    pub remote_storage: bool,
+    /// Effective `local.retention.ms` (already resolved from -2): local retention when tiered.
+    pub local_retention_ms: i64,
+    /// Effective `local.retention.bytes` (already resolved from -2).
+    pub local_retention_bytes: i64,
 }
 
 impl Default for LogConfig {
@@ -46,6 +53,9 @@ impl Default for LogConfig {
             index_interval_bytes: 4096,
             max_message_bytes: 1024 * 1024 + 12,
             timestamp_type: TimestampType::CreateTime,
+            remote_storage: false,
+            local_retention_ms: 7 * 24 * 60 * 60 * 1000,
+            local_retention_bytes: -1,
         }
     }
 }

@@ -39,5 +39,5 @@ mod segment;
 
 pub use crate::config::{LogConfig, TimestampType};
 pub use crate::error::{Error, Result};
-pub use crate::log::{AppendInfo, FlushJob, Log, Maintenance, RecoveryReport};
+pub use crate::log::{AppendInfo, FlushJob, Log, Maintenance, RecoveryReport, SealedSegment};
 pub use crate::segment::FileSlice;

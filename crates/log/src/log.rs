@@ -96,6 +96,19 @@ pub struct Log {
     last_flush_ms: i64,
     producers: ProducerStateTable,
     recovery: RecoveryReport,
+    /// Offsets below this are durable in the lake (tiered logs delete only those); -1 = none.
+    offloaded_offset: i64,
+}
+
+/// A sealed segment, for offloading.
+#[derive(Debug, Clone)]
+pub struct SealedSegment {
+    /// First offset.
+    pub base_offset: i64,
+    /// Offset after its last batch.
+    pub next_offset: i64,
+    /// Its whole content.
+    pub slice: FileSlice,
 }
 
 impl Log {
@@ -125,6 +138,7 @@ impl Log {
             last_flush_ms: now_ms,
             producers: ProducerStateTable::default(),
             recovery,
+            offloaded_offset: -1,
         };
         if log.segments.is_empty() {
             let base = stored_start.unwrap_or(0).max(0);
@@ -352,7 +366,13 @@ impl Log {
         let sealed: Vec<_> = self.segments.values().map(Segment::stat).collect();
         let sealed = &sealed[..sealed.len() - 1];
         let count = if retention {
-            policy::segments_to_delete(sealed, self.size_bytes(), now_ms, &self.config)
+            policy::segments_to_delete(
+                sealed,
+                self.size_bytes(),
+                now_ms,
+                self.offloaded_offset,
+                &self.config,
+            )
         } else {
             0
         };
@@ -412,6 +432,25 @@ impl Log {
             &self.dir.join(LOG_START_OFFSET_FILE),
             self.log_start_offset.to_string().as_bytes(),
         )
+    }
+
+    /// Records that every offset below `offset` is durable in the lake.
+    pub fn set_offloaded_offset(&mut self, offset: i64) {
+        self.offloaded_offset = self.offloaded_offset.max(offset);
+    }
+
+    /// Sealed segments (never the active one) holding offsets at or after `offset`, in order.
+    pub fn sealed_segments_from(&self, offset: i64) -> Vec<SealedSegment> {
+        let active_base = self.active().base_offset;
+        self.segments
+            .values()
+            .filter(|s| s.base_offset < active_base && s.next_offset > offset && s.size_bytes > 0)
+            .map(|s| SealedSegment {
+                base_offset: s.base_offset,
+                next_offset: s.next_offset,
+                slice: s.whole(),
+            })
+            .collect()
     }
 
     /// Sealed segments written since the last fsync, to be flushed without holding the log (a

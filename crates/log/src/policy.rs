@@ -50,20 +50,33 @@ pub fn is_due_for_time_roll(active: &SegmentStat, now_ms: i64, config: &LogConfi
 
 /// How many of the oldest sealed segments retention removes. `sealed` is in offset order and
 /// excludes the active segment, which is never deleted; `total_bytes` includes the active one.
+///
+/// Without tiering, `retention.ms` / `retention.bytes` apply. With tiering, the local ones apply
+/// and only to segments entirely below `offloaded_offset`: local data never goes before its
+/// offload is durable in object storage.
 pub fn segments_to_delete(
     sealed: &[SegmentStat],
     total_bytes: u64,
     now_ms: i64,
+    offloaded_offset: i64,
     config: &LogConfig,
 ) -> usize {
+    let (retention_ms, retention_bytes) = if config.remote_storage {
+        (config.local_retention_ms, config.local_retention_bytes)
+    } else {
+        (config.retention_ms, config.retention_bytes)
+    };
     let mut remaining_bytes = total_bytes;
     let mut count = 0;
     for segment in sealed {
-        let expired = config.retention_ms >= 0
+        if config.remote_storage && segment.next_offset > offloaded_offset {
+            break;
+        }
+        let expired = retention_ms >= 0
             && segment.max_timestamp_ms >= 0
-            && now_ms.saturating_sub(segment.max_timestamp_ms) > config.retention_ms;
-        let oversize = config.retention_bytes >= 0
-            && remaining_bytes.saturating_sub(segment.size_bytes) >= config.retention_bytes as u64;
+            && now_ms.saturating_sub(segment.max_timestamp_ms) > retention_ms;
+        let oversize = retention_bytes >= 0
+            && remaining_bytes.saturating_sub(segment.size_bytes) >= retention_bytes as u64;
         if !(expired || oversize) {
             break;
         }
@@ -124,7 +137,7 @@ mod tests {
             ..LogConfig::default()
         };
         let sealed = [seg(0, 10, 50), seg(10, 10, 500), seg(20, 10, 60)];
-        assert_eq!(segments_to_delete(&sealed, 40, 200, &config), 1);
+        assert_eq!(segments_to_delete(&sealed, 40, 200, -1, &config), 1);
 
         let config = LogConfig {
             retention_ms: -1,
@@ -132,18 +145,47 @@ mod tests {
             ..LogConfig::default()
         };
         // 40 bytes in all: dropping the first leaves 30 >= 25, the second would leave 20 < 25.
-        assert_eq!(segments_to_delete(&sealed, 40, 200, &config), 1);
+        assert_eq!(segments_to_delete(&sealed, 40, 200, -1, &config), 1);
         let config = LogConfig {
             retention_bytes: 20,
             ..config
         };
-        assert_eq!(segments_to_delete(&sealed, 40, 200, &config), 2);
+        assert_eq!(segments_to_delete(&sealed, 40, 200, -1, &config), 2);
         let keep_all = LogConfig {
             retention_ms: -1,
             retention_bytes: -1,
             ..config
         };
-        assert_eq!(segments_to_delete(&sealed, 40, i64::MAX, &keep_all), 0);
+        assert_eq!(segments_to_delete(&sealed, 40, i64::MAX, -1, &keep_all), 0);
+    }
+
+    #[test]
+    fn tiered_logs_delete_only_offloaded_segments_under_local_retention() {
+        let config = LogConfig {
+            remote_storage: true,
+            retention_ms: -1,
+            local_retention_ms: 100,
+            local_retention_bytes: -1,
+            ..LogConfig::default()
+        };
+        // next offsets 10, 20, 30; all expired locally.
+        let sealed = [seg(0, 10, 50), seg(10, 10, 50), seg(20, 10, 50)];
+        assert_eq!(
+            segments_to_delete(&sealed, 40, 1000, -1, &config),
+            0,
+            "nothing offloaded yet"
+        );
+        assert_eq!(
+            segments_to_delete(&sealed, 40, 1000, 19, &config),
+            1,
+            "only the first is entirely offloaded"
+        );
+        assert_eq!(segments_to_delete(&sealed, 40, 1000, 30, &config), 3);
+        assert_eq!(
+            segments_to_delete(&sealed, 40, 120, 30, &config),
+            0,
+            "not yet past local retention"
+        );
     }
 
     #[test]

@@ -357,6 +357,16 @@ impl Segment {
         }))
     }
 
+    /// The whole segment as a slice.
+    pub(crate) fn whole(&self) -> FileSlice {
+        FileSlice {
+            file: Arc::clone(&self.file),
+            path: self.log_path.clone(),
+            position: 0,
+            len: self.size_bytes as usize,
+        }
+    }
+
     /// The first record at or after `timestamp_ms` in this segment: `(offset, timestamp)`.
     pub(crate) fn find_timestamp(&self, timestamp_ms: i64) -> Result<Option<(i64, i64)>> {
         if self.max_timestamp_ms < timestamp_ms {

@@ -212,7 +212,12 @@ fn read_config_file(path: &Path) -> Result<FileConfig> {
 
 fn serve(args: ServeArgs) -> Result<()> {
     let env: BTreeMap<String, String> = std::env::vars().collect();
-    let config = broker_config(&args, &env)?;
+    let mut config = broker_config(&args, &env)?;
+    config.tier_env = env
+        .iter()
+        .filter(|(k, _)| k.starts_with("AWS_"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("strata")
