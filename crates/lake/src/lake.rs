@@ -245,6 +245,31 @@ impl Lake {
         Ok(out)
     }
 
+    /// Every `(topic, partition)` with a manifest or with data objects (orphans included).
+    pub async fn all_partitions(&self) -> Result<Vec<(String, i32)>> {
+        use futures::TryStreamExt;
+        let listed: Vec<_> = self.store.list(None).try_collect().await.map_err(storage)?;
+        let mut out = self.partitions().await?;
+        for o in &listed {
+            let s = o.location.as_ref();
+            let Some(rest) = s.strip_prefix("topic=") else {
+                continue;
+            };
+            let Some((topic, rest)) = rest.split_once("/partition=") else {
+                continue;
+            };
+            let Some((partition, _)) = rest.split_once('/') else {
+                continue;
+            };
+            if let Ok(partition) = partition.parse() {
+                out.push((topic.to_string(), partition));
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
     /// The objects under a partition's data folder: `(path, size)`.
     pub async fn objects(&self, topic: &str, partition: i32) -> Result<Vec<(String, u64)>> {
         use futures::TryStreamExt;

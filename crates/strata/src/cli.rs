@@ -39,6 +39,35 @@ enum Command {
     Serve(ServeArgs),
     /// Consumer groups of a running broker.
     Groups(GroupsArgs),
+    /// The lake tier: offloaded files and their consistency.
+    Lake(LakeArgs),
+}
+
+/// Options of `strata lake`: the same configuration as `strata serve` (tier URL, data folder).
+#[derive(Debug, Args)]
+pub struct LakeArgs {
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: LakeCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum LakeCommand {
+    /// Offloaded files with offset and time ranges, rows and sizes, and the offload lag.
+    Ls {
+        #[command(flatten)]
+        serve: ServeArgs,
+        /// Only this topic.
+        #[arg(long)]
+        topic: Option<String>,
+    },
+    /// Check manifests against objects: gaps, overlaps, orphans (exit code 1 when any).
+    Verify {
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
 }
 
 /// Options of `strata groups`.
@@ -135,6 +164,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Groups(args) => groups(args),
+        Command::Lake(args) => lake(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -246,6 +276,99 @@ fn serve(args: ServeArgs) -> Result<()> {
         broker.wait().await;
         Ok(())
     })
+}
+
+fn lake(args: LakeArgs) -> Result<()> {
+    use crate::groups::table;
+    use crate::lake::time_text;
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let serve = match &args.command {
+        LakeCommand::Ls { serve, .. } | LakeCommand::Verify { serve } => serve,
+    };
+    let config = broker_config(serve, &env)?;
+    let aws: BTreeMap<String, String> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("AWS_"))
+        .collect();
+    let lake = strata_lake::Lake::new(strata_lake::store::open(&config.tier_url, &aws)?);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match args.command {
+        LakeCommand::Ls { topic, .. } => {
+            let listing =
+                runtime.block_on(crate::lake::ls(&lake, &config.data_dir, topic.as_deref()))?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&listing)?);
+                return Ok(());
+            }
+            let mut rows = Vec::new();
+            for p in &listing {
+                for f in &p.files {
+                    rows.push(vec![
+                        p.topic.clone(),
+                        p.partition.to_string(),
+                        f.path.rsplit('/').next().unwrap_or_default().to_string(),
+                        f.base_offset.to_string(),
+                        f.last_offset.to_string(),
+                        time_text(f.min_timestamp_ms),
+                        time_text(f.max_timestamp_ms),
+                        f.rows.to_string(),
+                        f.size_bytes.to_string(),
+                    ]);
+                }
+            }
+            println!(
+                "{}",
+                table(
+                    &[
+                        "TOPIC",
+                        "PARTITION",
+                        "FILE",
+                        "FIRST-OFFSET",
+                        "LAST-OFFSET",
+                        "MIN-TIME",
+                        "MAX-TIME",
+                        "ROWS",
+                        "BYTES"
+                    ],
+                    &rows
+                )
+            );
+            for p in listing.iter().filter(|p| p.lag_segments > 0) {
+                println!(
+                    "offload lag {}-{}: {} segment(s), {} bytes waiting",
+                    p.topic, p.partition, p.lag_segments, p.lag_bytes
+                );
+            }
+            Ok(())
+        }
+        LakeCommand::Verify { .. } => {
+            let checks = runtime.block_on(crate::lake::verify(&lake))?;
+            let dirty: Vec<_> = checks.iter().filter(|c| !c.report.is_clean()).collect();
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&checks)?);
+            } else {
+                for c in &dirty {
+                    let r = &c.report;
+                    println!(
+                        "{}-{}: gaps {:?}, overlaps {:?}, orphans {:?}, missing {:?}",
+                        c.topic, c.partition, r.gaps, r.overlaps, r.orphans, r.missing
+                    );
+                }
+                println!(
+                    "{} partition(s) checked, {} with problems",
+                    checks.len(),
+                    dirty.len()
+                );
+            }
+            if dirty.is_empty() {
+                Ok(())
+            } else {
+                std::process::exit(1)
+            }
+        }
+    }
 }
 
 fn groups(args: GroupsArgs) -> Result<()> {
@@ -387,7 +510,7 @@ mod tests {
         full.extend_from_slice(argv);
         match Cli::try_parse_from(full).unwrap().command {
             Command::Serve(a) => a,
-            Command::Groups(_) => unreachable!("parsed serve"),
+            Command::Groups(_) | Command::Lake(_) => unreachable!("parsed serve"),
         }
     }
 

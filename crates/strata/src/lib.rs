@@ -7,6 +7,7 @@
 //!   flags), logging set-up and signal handling.
 //! - [`admin`]: a small Kafka protocol client for the admin subcommands.
 //! - [`groups`]: `strata groups list | describe | reset-offsets`.
+//! - [`lake`]: `strata lake ls | verify`.
 //!
 //! ## Example
 //! ```text
@@ -17,3 +18,4 @@
 pub mod admin;
 pub mod cli;
 pub mod groups;
+pub mod lake;

@@ -1,0 +1,149 @@
+//! `strata lake ls` and `strata lake verify`: what the lake holds, and whether its manifests and
+//! objects agree. They read the tier URL directly (and the local data folder for the offload lag).
+
+use std::io::IsTerminal;
+use std::path::Path;
+
+use anyhow::Result;
+use serde::Serialize;
+use strata_lake::{FileEntry, Lake};
+
+/// One partition in `strata lake ls`.
+#[derive(Debug, Serialize)]
+pub struct PartitionListing {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Files in offset order.
+    pub files: Vec<FileEntry>,
+    /// Sealed local segments not yet in the lake.
+    pub lag_segments: usize,
+    /// Their bytes.
+    pub lag_bytes: u64,
+}
+
+/// `strata lake ls`.
+pub async fn ls(
+    lake: &Lake,
+    data_dir: &Path,
+    topic: Option<&str>,
+) -> Result<Vec<PartitionListing>> {
+    let mut out = Vec::new();
+    for (t, p) in lake.partitions().await? {
+        if topic.is_some_and(|wanted| wanted != t) {
+            continue;
+        }
+        let manifest = lake.manifest(&t, p).await?;
+        let next = manifest.next_offset().unwrap_or(0);
+        let (lag_segments, lag_bytes) =
+            local_lag(&data_dir.join("topics").join(format!("{t}-{p}")), next);
+        out.push(PartitionListing {
+            topic: t,
+            partition: p,
+            files: manifest.files,
+            lag_segments,
+            lag_bytes,
+        });
+    }
+    Ok(out)
+}
+
+/// Sealed segment files (every `.log` but the newest) that hold offsets at or after `next`.
+fn local_lag(dir: &Path, next: i64) -> (usize, u64) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return (0, 0);
+    };
+    let mut segments: Vec<(i64, u64)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let base = name.strip_suffix(".log")?.parse().ok()?;
+            Some((base, e.metadata().ok()?.len()))
+        })
+        .collect();
+    segments.sort_unstable();
+    segments.pop(); // the active segment is not offloaded until it is sealed
+    // A segment is waiting if the one after it starts past `next`.
+    let bases: Vec<i64> = segments
+        .iter()
+        .map(|s| s.0)
+        .chain(std::iter::once(i64::MAX))
+        .collect();
+    let waiting: Vec<&(i64, u64)> = segments
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| bases[i + 1] > next)
+        .map(|(_, s)| s)
+        .collect();
+    (waiting.len(), waiting.iter().map(|s| s.1).sum())
+}
+
+/// One partition in `strata lake verify`.
+#[derive(Debug, Serialize)]
+pub struct PartitionCheck {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// What was found.
+    pub report: strata_lake::VerifyReport,
+}
+
+/// `strata lake verify`: every partition with a manifest or data objects.
+pub async fn verify(lake: &Lake) -> Result<Vec<PartitionCheck>> {
+    let partitions = lake.all_partitions().await?;
+    let progress = std::io::stderr().is_terminal();
+    let mut out = Vec::new();
+    for (i, (topic, partition)) in partitions.iter().enumerate() {
+        if progress {
+            eprint!(
+                "\rverifying {}/{} {topic}-{partition}\x1b[K",
+                i + 1,
+                partitions.len()
+            );
+        }
+        let report = lake.verify(topic, *partition).await?;
+        out.push(PartitionCheck {
+            topic: topic.clone(),
+            partition: *partition,
+            report,
+        });
+    }
+    if progress {
+        eprintln!("\rverified {} partitions\x1b[K", partitions.len());
+    }
+    Ok(out)
+}
+
+/// Milliseconds since the epoch as RFC 3339 text.
+pub fn time_text(ms: i64) -> String {
+    match u64::try_from(ms) {
+        Ok(ms) => humantime::format_rfc3339_millis(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+        )
+        .to_string(),
+        Err(_) => "-".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_counts_sealed_segments_past_the_lake() {
+        let dir = tempfile::tempdir().unwrap();
+        for (base, size) in [(0, 10), (100, 20), (200, 30), (300, 5)] {
+            std::fs::write(dir.path().join(format!("{base:020}.log")), vec![0u8; size]).unwrap();
+        }
+        assert_eq!(local_lag(dir.path(), 0), (3, 60));
+        assert_eq!(local_lag(dir.path(), 150), (2, 50));
+        assert_eq!(
+            local_lag(dir.path(), 300),
+            (0, 0),
+            "the active segment does not count"
+        );
+        assert_eq!(local_lag(&dir.path().join("missing"), 0), (0, 0));
+    }
+}
