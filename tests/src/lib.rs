@@ -30,10 +30,92 @@ pub fn wait_for<T>(what: &str, mut condition: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// The access key the test S3 server checks (SigV4).
+pub const S3_ACCESS_KEY: &str = "strata-test-access";
+/// The secret key the test S3 server checks.
+pub const S3_SECRET_KEY: &str = "strata-test-secret-key-0123456789";
+/// The bucket the tests use.
+pub const S3_BUCKET: &str = "lake";
+
+/// An S3 protocol server (`s3s-fs`) on loopback, checking SigV4 signatures, storing objects in a
+/// folder. It can be stopped and started again on the same address to simulate an outage.
+pub struct S3Server {
+    root: PathBuf,
+    /// The bound address.
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl S3Server {
+    /// Starts a server storing into `root` (the bucket is created) on `addr` (port 0 for any).
+    pub async fn start(root: &Path, addr: SocketAddr) -> Self {
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        use hyper_util::server::conn::auto::Builder;
+        std::fs::create_dir_all(root.join(S3_BUCKET)).unwrap();
+        let fs = s3s_fs::FileSystem::new(root).unwrap();
+        let mut builder = s3s::service::S3ServiceBuilder::new(fs);
+        builder.set_auth(s3s::auth::SimpleAuth::from_single(
+            S3_ACCESS_KEY,
+            S3_SECRET_KEY,
+        ));
+        let service = builder.build();
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("the S3 address is free");
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                let service = service.clone();
+                connections.spawn(async move {
+                    let _ = Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(socket), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            root: root.to_path_buf(),
+            addr,
+            task,
+        }
+    }
+
+    /// Stops the server and drops every open connection (the JoinSet aborts them).
+    pub async fn stop(self) -> (PathBuf, SocketAddr) {
+        self.task.abort();
+        let _ = self.task.await;
+        (self.root, self.addr)
+    }
+
+    /// The tier URL of the test bucket.
+    pub fn tier_url() -> String {
+        format!("s3://{S3_BUCKET}/strata")
+    }
+
+    /// The `AWS_*` environment pointing a client at this server.
+    pub fn env(&self) -> BTreeMap<String, String> {
+        [
+            ("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY.to_string()),
+            ("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY.to_string()),
+            ("AWS_ENDPOINT_URL", format!("http://{}", self.addr)),
+            ("AWS_ALLOW_HTTP", "true".to_string()),
+            ("AWS_REGION", "us-east-1".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+/// Where a broker's lake lives: `(tier URL, AWS environment)`.
+pub type Tier = (String, BTreeMap<String, String>);
+
 /// A broker running inside the test process.
 pub struct TestBroker {
     dir: PathBuf,
     settings: BTreeMap<String, String>,
+    tier: Option<Tier>,
     handle: Option<BrokerHandle>,
     /// `host:port` for clients.
     pub bootstrap: String,
@@ -42,6 +124,11 @@ pub struct TestBroker {
 impl TestBroker {
     /// Starts a broker on a fresh folder under `dir` with broker `settings` (Kafka names).
     pub async fn start_in(dir: &Path, settings: &[(&str, &str)]) -> Self {
+        Self::start_tiered(dir, settings, None).await
+    }
+
+    /// Starts a broker whose lake is `tier` (the default `file://<dir>/lake` when `None`).
+    pub async fn start_tiered(dir: &Path, settings: &[(&str, &str)], tier: Option<Tier>) -> Self {
         let settings: BTreeMap<String, String> = settings
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -49,6 +136,7 @@ impl TestBroker {
         let mut broker = Self {
             dir: dir.to_path_buf(),
             settings,
+            tier,
             handle: None,
             bootstrap: String::new(),
         };
@@ -58,8 +146,16 @@ impl TestBroker {
 
     async fn boot(&mut self) {
         let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let config =
-            BrokerConfig::new(self.dir.clone(), listen, None, None, self.settings.clone()).unwrap();
+        let tier_url = self.tier.as_ref().map(|t| t.0.clone());
+        let mut config = BrokerConfig::new(
+            self.dir.clone(),
+            listen,
+            None,
+            tier_url,
+            self.settings.clone(),
+        )
+        .unwrap();
+        config.tier_env = self.tier.as_ref().map(|t| t.1.clone()).unwrap_or_default();
         let handle = strata_broker::start(config).await.expect("broker starts");
         self.bootstrap = handle.local_addr().to_string();
         self.handle = Some(handle);
@@ -90,6 +186,17 @@ impl ChildBroker {
     /// Starts `strata serve` on `data_dir` at `listen` (use [`free_port`]) and waits until it
     /// accepts connections.
     pub fn start(binary: &Path, data_dir: &Path, listen: SocketAddr, extra: &[&str]) -> Self {
+        Self::start_with_env(binary, data_dir, listen, extra, &BTreeMap::new())
+    }
+
+    /// As [`ChildBroker::start`], with extra environment variables.
+    pub fn start_with_env(
+        binary: &Path,
+        data_dir: &Path,
+        listen: SocketAddr,
+        extra: &[&str],
+        env: &BTreeMap<String, String>,
+    ) -> Self {
         let log = std::fs::File::create(data_dir.with_extension("log")).unwrap();
         let child = Command::new(binary)
             .arg("serve")
@@ -99,6 +206,7 @@ impl ChildBroker {
             .arg(listen.to_string())
             .args(extra)
             .env("STRATA_LOG", "info")
+            .envs(env)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
