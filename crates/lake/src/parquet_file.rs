@@ -15,6 +15,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 
 use crate::error::{Error, Result};
 use crate::records::LakeRecord;
@@ -127,6 +128,27 @@ pub fn write(records: &[LakeRecord]) -> Result<Vec<u8>> {
         ))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_statistics_enabled(EnabledStatistics::Page)
+        // Min/max of whole keys, values and headers cost space and prune nothing.
+        .set_column_statistics_enabled(ColumnPath::from("key"), EnabledStatistics::None)
+        .set_column_statistics_enabled(ColumnPath::from("value"), EnabledStatistics::None)
+        .set_column_statistics_enabled(
+            ColumnPath::new(vec![
+                "headers".into(),
+                "list".into(),
+                "item".into(),
+                "key".into(),
+            ]),
+            EnabledStatistics::None,
+        )
+        .set_column_statistics_enabled(
+            ColumnPath::new(vec![
+                "headers".into(),
+                "list".into(),
+                "item".into(),
+                "value".into(),
+            ]),
+            EnabledStatistics::None,
+        )
         .set_sorting_columns(Some(vec![SortingColumn {
             column_idx: 0,
             descending: false,
