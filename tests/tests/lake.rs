@@ -257,3 +257,59 @@ async fn a_broker_killed_mid_offload_leaves_an_exactly_once_lake() {
     drop(broker);
     s3.stop().await;
 }
+
+/// Without `AWS_ACCESS_KEY_ID`, credentials come from the standard AWS chain: here a profile file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_from_the_aws_profile_chain() {
+    let binary = std::path::PathBuf::from(env!("CARGO_BIN_EXE_strata-under-test"));
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3Server::start(&dir.path().join("s3"), "127.0.0.1:0".parse().unwrap()).await;
+    let credentials = dir.path().join("credentials");
+    std::fs::write(
+        &credentials,
+        format!(
+            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            strata_tests::S3_ACCESS_KEY,
+            strata_tests::S3_SECRET_KEY
+        ),
+    )
+    .unwrap();
+    let mut env = s3.env();
+    env.remove("AWS_ACCESS_KEY_ID");
+    env.remove("AWS_SECRET_ACCESS_KEY");
+    let run = |credentials_file: &Path| {
+        std::process::Command::new(&binary)
+            .args([
+                "lake",
+                "verify",
+                "--tier-url",
+                &S3Server::tier_url(),
+                "--data-dir",
+            ])
+            .arg(dir.path().join("data"))
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_PROFILE")
+            .env("AWS_SHARED_CREDENTIALS_FILE", credentials_file)
+            .env("AWS_CONFIG_FILE", dir.path().join("no-config"))
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .envs(&env)
+            .output()
+            .unwrap()
+    };
+    let ok = run(&credentials);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // With wrong credentials the server refuses the signature: the keys really come from the file.
+    std::fs::write(
+        &credentials,
+        "[default]\naws_access_key_id = wrong\naws_secret_access_key = wrong-secret\n",
+    )
+    .unwrap();
+    let refused = run(&credentials);
+    assert!(!refused.status.success());
+    s3.stop().await;
+}

@@ -1,16 +1,19 @@
 //! Object storage by URL: `file:///path` (the default, `<data-dir>/lake`) or `s3://bucket/prefix`
-//! (AWS S3 or MinIO). S3 settings come from the standard variables: `AWS_ACCESS_KEY_ID`,
-//! `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION` / `AWS_DEFAULT_REGION`,
-//! `AWS_ENDPOINT_URL` (MinIO, s3s), `AWS_ALLOW_HTTP=true` for plain-HTTP endpoints, web identity and
-//! container credentials, and the instance metadata service.
+//! (AWS S3 or MinIO). The endpoint and options come from the standard variables (`AWS_REGION` /
+//! `AWS_DEFAULT_REGION`, `AWS_ENDPOINT_URL` for MinIO, `AWS_ALLOW_HTTP=true` for plain HTTP).
+//! Credentials: `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN` when given,
+//! otherwise the standard AWS chain of `aws-config` (profile files, SSO, web identity, container
+//! credentials, instance metadata), refreshed before they expire.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use object_store::ObjectStore;
-use object_store::aws::AmazonS3Builder;
+use aws_credential_types::provider::ProvideCredentials;
+use object_store::aws::{AmazonS3Builder, AwsCredential};
 use object_store::local::LocalFileSystem;
 use object_store::prefix::PrefixStore;
+use object_store::{CredentialProvider, ObjectStore};
 
 use crate::error::{Error, Result};
 
@@ -54,6 +57,9 @@ pub fn open(url: &str, env: &BTreeMap<String, String>) -> Result<Arc<dyn ObjectS
             {
                 builder = builder.with_region(region);
             }
+            if !env.contains_key("AWS_ACCESS_KEY_ID") {
+                builder = builder.with_credentials(Arc::new(AwsChain::default()));
+            }
             let store = builder
                 .build()
                 .map_err(|e| Error::Config(format!("tier URL {url:?}: {e}")))?;
@@ -67,6 +73,50 @@ pub fn open(url: &str, env: &BTreeMap<String, String>) -> Result<Arc<dyn ObjectS
         other => Err(Error::Config(format!(
             "tier URL {url:?}: scheme {other:?} is not supported (use file:// or s3://)"
         ))),
+    }
+}
+
+/// Refresh credentials this long before they expire.
+const CREDENTIAL_REFRESH_MARGIN: Duration = Duration::from_secs(300);
+
+/// Credentials from `aws-config`'s default chain, built on first use and cached until shortly
+/// before they expire.
+#[derive(Debug, Default)]
+struct AwsChain {
+    chain:
+        tokio::sync::OnceCell<aws_config::default_provider::credentials::DefaultCredentialsChain>,
+    cached: tokio::sync::Mutex<Option<(Arc<AwsCredential>, Option<SystemTime>)>>,
+}
+
+#[async_trait::async_trait]
+impl CredentialProvider for AwsChain {
+    type Credential = AwsCredential;
+
+    async fn get_credential(&self) -> object_store::Result<Arc<AwsCredential>> {
+        let mut cached = self.cached.lock().await;
+        if let Some((credential, expiry)) = cached.as_ref()
+            && expiry.is_none_or(|e| SystemTime::now() + CREDENTIAL_REFRESH_MARGIN < e)
+        {
+            return Ok(Arc::clone(credential));
+        }
+        let chain = self
+            .chain
+            .get_or_init(|| {
+                aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
+                    .build()
+            })
+            .await;
+        let found = chain.provide_credentials().await.map_err(|e| object_store::Error::Generic {
+            store: "S3",
+            source: format!("no AWS credentials from the environment, profile, web identity or instance metadata: {e}").into(),
+        })?;
+        let credential = Arc::new(AwsCredential {
+            key_id: found.access_key_id().to_string(),
+            secret_key: found.secret_access_key().to_string(),
+            token: found.session_token().map(str::to_string),
+        });
+        *cached = Some((Arc::clone(&credential), found.expiry()));
+        Ok(credential)
     }
 }
 
