@@ -313,3 +313,59 @@ async fn credentials_from_the_aws_profile_chain() {
     assert!(!refused.status.success());
     s3.stop().await;
 }
+
+/// The same checks against a real MinIO in Docker (testcontainers), when `STRATA_TEST_MINIO=1`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offload_to_real_minio_when_docker_is_there() {
+    use testcontainers_modules::minio::MinIO;
+    use testcontainers_modules::testcontainers::ImageExt;
+    use testcontainers_modules::testcontainers::core::ExecCommand;
+    use testcontainers_modules::testcontainers::runners::AsyncRunner;
+    if std::env::var("STRATA_TEST_MINIO").as_deref() != Ok("1") {
+        eprintln!(
+            "skipped: set STRATA_TEST_MINIO=1, with a Docker engine, to run against real MinIO"
+        );
+        return;
+    }
+    let docker = std::process::Command::new("docker").arg("info").output();
+    if !docker.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: STRATA_TEST_MINIO=1 but no Docker engine answers `docker info`");
+        return;
+    }
+    let minio = MinIO::default()
+        .with_startup_timeout(Duration::from_secs(120))
+        .start()
+        .await
+        .unwrap();
+    let port = minio.get_host_port_ipv4(9000).await.unwrap();
+    for command in [
+        vec![
+            "mc",
+            "alias",
+            "set",
+            "local",
+            "http://localhost:9000",
+            "minioadmin",
+            "minioadmin",
+        ],
+        vec!["mc", "mb", "local/strata"],
+    ] {
+        minio.exec(ExecCommand::new(command)).await.unwrap();
+    }
+    let env: BTreeMap<String, String> = [
+        ("AWS_ACCESS_KEY_ID", "minioadmin".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "minioadmin".to_string()),
+        ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}")),
+        ("AWS_ALLOW_HTTP", "true".to_string()),
+        ("AWS_REGION", "us-east-1".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let dir = tempfile::tempdir().unwrap();
+    every_codec_offloads_with_every_column(
+        ("s3://strata/lake".into(), env),
+        &dir.path().join("data"),
+    )
+    .await;
+}
