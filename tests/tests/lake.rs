@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use rdkafka::Offset;
+use rdkafka::consumer::Consumer;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use strata_lake::{Lake, LakeRecord};
@@ -368,4 +369,38 @@ async fn offload_to_real_minio_when_docker_is_there() {
         &dir.path().join("data"),
     )
     .await;
+}
+
+/// Offsets below the local log start are served from the lake: a consumer reading from the
+/// beginning gets every record with every field, then moves on to local records without a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_read_offloaded_history_from_the_lake() {
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3Server::start(&dir.path().join("s3"), "127.0.0.1:0".parse().unwrap()).await;
+    let tier = (S3Server::tier_url(), s3.env());
+    let data = dir.path().join("data");
+    let broker = TestBroker::start_tiered(&data, TIERED, Some(tier.clone())).await;
+    let lake = lake_of(&tier);
+    let mut sent = produce_varied(&broker.bootstrap, "history", "gzip", 0, 300).await;
+    wait_offloaded(&lake, "history", 300).await;
+    wait_for("local segments to go", || {
+        (local_segments(&data, "history") == 1).then_some(())
+    });
+    sent.extend(produce_varied(&broker.bootstrap, "history", "snappy", 300, 50).await);
+
+    let consumer = strata_tests::consumer(&broker.bootstrap);
+    let (low, high) = consumer
+        .fetch_watermarks("history", 0, Duration::from_secs(30))
+        .unwrap();
+    assert_eq!((low, high), (0, 350), "the log starts in the lake");
+    let got = read(&broker.bootstrap, "history", &[0], Offset::Beginning, 350);
+    for (i, (record, (key, value, headers))) in got.iter().zip(&sent).enumerate() {
+        assert_eq!(record.offset, i as i64);
+        assert_eq!(&record.key, key, "key {i}");
+        assert_eq!(&record.value, value, "value {i}");
+        assert_eq!(&record.headers, headers, "headers {i}");
+        assert!(record.timestamp_ms.is_some_and(|t| t > 1_700_000_000_000));
+    }
+    broker.stop().await;
+    s3.stop().await;
 }

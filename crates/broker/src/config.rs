@@ -192,6 +192,7 @@ pub const BROKER_SETTINGS: &[(&str, &str, ConfigType)] = &[
         ConfigType::Int(1),
     ),
     ("group.min.session.timeout.ms", "6000", ConfigType::Int(1)),
+    ("lake.read.cache.bytes", "268435456", ConfigType::Long(0)),
     (
         "log.retention.check.interval.ms",
         "300000",
@@ -321,6 +322,11 @@ impl BrokerConfig {
     /// `log.retention.check.interval.ms`.
     pub fn retention_check_interval_ms(&self) -> i64 {
         self.long("log.retention.check.interval.ms")
+    }
+
+    /// `lake.read.cache.bytes`: decoded lake files kept for historic reads.
+    pub fn lake_read_cache_bytes(&self) -> usize {
+        self.long("lake.read.cache.bytes") as usize
     }
 
     /// `node.id`.

@@ -50,6 +50,8 @@ pub(crate) use api_versions::SUPPORTED_APIS;
 pub(crate) struct Context {
     pub(crate) manager: Arc<PartitionManager>,
     pub(crate) coordinator: Arc<GroupCoordinator>,
+    /// Historic reads from the lake.
+    pub(crate) lake: Arc<crate::lake_view::LakeView>,
     /// Host given to clients in Metadata and DescribeCluster.
     pub(crate) advertised_host: String,
     /// Port given to clients.
@@ -252,6 +254,10 @@ pub(crate) mod tests {
         Arc::new(Context {
             manager: Arc::new(manager),
             coordinator: Arc::new(coordinator),
+            lake: Arc::new(crate::lake_view::LakeView::new(
+                strata_lake::Lake::new(Arc::new(object_store::memory::InMemory::new())),
+                1 << 20,
+            )),
             advertised_host: "127.0.0.1".into(),
             advertised_port: 9092,
             shutdown: CancellationToken::new(),

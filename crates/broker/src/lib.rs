@@ -32,6 +32,7 @@ pub mod coordinator;
 pub mod error;
 pub mod frame;
 mod handler;
+mod lake_view;
 pub mod manager;
 pub mod metadata;
 mod offload;

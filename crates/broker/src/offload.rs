@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use strata_lake::{Lake, Manifest, TopicMetadata};
+
+use crate::lake_view::LakeView;
 use uuid::Uuid;
 
 use crate::handler::now_ms;
@@ -31,7 +33,8 @@ struct PartitionState {
 }
 
 /// Runs the pipeline until the task is aborted.
-pub(crate) async fn run(manager: Arc<PartitionManager>, lake: Lake) {
+pub(crate) async fn run(manager: Arc<PartitionManager>, view: Arc<LakeView>) {
+    let lake = view.lake().clone();
     let mut states: HashMap<(Uuid, i32), PartitionState> = HashMap::new();
     let mut described: HashMap<Uuid, (i32, String)> = HashMap::new();
     let mut ticks = tokio::time::interval(OFFLOAD_INTERVAL);
@@ -42,7 +45,7 @@ pub(crate) async fn run(manager: Arc<PartitionManager>, lake: Lake) {
             if topic.config.get("remote.storage.enable") != "true" {
                 continue;
             }
-            if let Err(e) = describe_topic(&lake, &topic, &mut described).await {
+            if let Err(e) = describe_topic(&lake, &view, &topic, &mut described).await {
                 tracing::warn!(topic = %topic.name, error = %e, "writing topic metadata to the lake failed; retrying");
                 continue;
             }
@@ -54,7 +57,7 @@ pub(crate) async fn run(manager: Arc<PartitionManager>, lake: Lake) {
                 if now < state.retry_at_ms {
                     continue;
                 }
-                match offload_partition(&lake, &topic, partition, state).await {
+                match offload_partition(&lake, &view, &topic, partition, state).await {
                     Ok(()) => state.failures = 0,
                     Err(e) => {
                         state.failures += 1;
@@ -74,6 +77,7 @@ pub(crate) async fn run(manager: Arc<PartitionManager>, lake: Lake) {
 /// Writes the topic's metadata to the lake when it is new or changed.
 async fn describe_topic(
     lake: &Lake,
+    view: &LakeView,
     topic: &Topic,
     described: &mut HashMap<Uuid, (i32, String)>,
 ) -> strata_lake::Result<()> {
@@ -91,6 +95,7 @@ async fn describe_topic(
         for partition in 0..old.partitions {
             lake.delete_partition(&topic.name, partition).await?;
         }
+        view.forget_topic(&topic.name);
     }
     lake.put_topic_metadata(&TopicMetadata {
         topic: topic.name.clone(),
@@ -105,6 +110,7 @@ async fn describe_topic(
 
 async fn offload_partition(
     lake: &Lake,
+    view: &LakeView,
     topic: &Topic,
     partition: &Partition,
     state: &mut PartitionState,
@@ -141,6 +147,7 @@ async fn offload_partition(
             .await
             .map_err(|e| e.to_string());
         manifest = updated?;
+        view.set_manifest(name, index, &manifest);
         next = segment.next_offset;
         partition
             .set_offloaded_offset(next)
@@ -159,6 +166,7 @@ async fn offload_partition(
         )
         .await
         .map_err(|e| e.to_string())?;
+    view.set_manifest(name, index, &manifest);
     state.manifest = Some(manifest);
     Ok(())
 }

@@ -67,10 +67,13 @@ impl BrokerHandle {
 pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
     let data_dir = config.data_dir.clone();
     let listen = config.listen;
-    let lake = strata_lake::Lake::new(
-        strata_lake::store::open(&config.tier_url, &config.tier_env)
-            .map_err(|e| Error::InvalidConfig(e.to_string()))?,
-    );
+    let lake = Arc::new(crate::lake_view::LakeView::new(
+        strata_lake::Lake::new(
+            strata_lake::store::open(&config.tier_url, &config.tier_env)
+                .map_err(|e| Error::InvalidConfig(e.to_string()))?,
+        ),
+        config.lake_read_cache_bytes(),
+    ));
     let advertised = config.advertised.clone();
     let (manager, coordinator) = tokio::task::spawn_blocking(move || -> Result<_> {
         let offsets_dir = data_dir.join("internal").join("__consumer_offsets-0");
@@ -101,11 +104,12 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
     let ctx = Arc::new(Context {
         manager: Arc::new(manager),
         coordinator: Arc::new(coordinator),
+        lake,
         advertised_host,
         advertised_port,
         shutdown: shutdown.clone(),
     });
-    let task = tokio::spawn(run(ctx, listener, lake));
+    let task = tokio::spawn(run(ctx, listener));
     Ok(BrokerHandle {
         local_addr,
         shutdown,
@@ -134,11 +138,14 @@ fn advertised_endpoint(advertised: Option<&str>, bound: SocketAddr) -> Result<(S
     Ok((host.trim_matches(['[', ']']).to_string(), i32::from(port)))
 }
 
-async fn run(ctx: Arc<Context>, listener: TcpListener, lake: strata_lake::Lake) {
+async fn run(ctx: Arc<Context>, listener: TcpListener) {
     let tracker = TaskTracker::new();
     let maintenance = tokio::spawn(maintain(Arc::clone(&ctx)));
     let group_timers = tokio::spawn(tick_groups(Arc::clone(&ctx)));
-    let offloader = tokio::spawn(crate::offload::run(Arc::clone(&ctx.manager), lake));
+    let offloader = tokio::spawn(crate::offload::run(
+        Arc::clone(&ctx.manager),
+        Arc::clone(&ctx.lake),
+    ));
     let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
     loop {
         let permit = tokio::select! {

@@ -43,7 +43,7 @@ pub(crate) async fn handle(
         .map(|p| p.watch_high_watermark())
         .collect();
     loop {
-        let (response, bytes, errors) = read_once(version, &request, &partitions);
+        let (response, bytes, errors) = read_once(ctx, version, &request, &partitions).await;
         let done = bytes >= request.min_bytes.max(0) as usize
             || errors
             || watchers.is_empty()
@@ -86,7 +86,8 @@ fn resolve(ctx: &Context, request: &FetchRequest) -> Vec<Vec<Option<Arc<Partitio
 
 /// One pass over the partitions: the response, the record bytes in it, and whether any partition
 /// has an error (which answers at once).
-fn read_once(
+async fn read_once(
+    ctx: &Context,
     version: i16,
     request: &FetchRequest,
     partitions: &Resolved,
@@ -100,12 +101,14 @@ fn read_once(
         for (wanted, partition) in topic.partitions.iter().zip(resolved) {
             let limit = (wanted.partition_max_bytes.max(0) as usize).min(budget);
             let data = read_partition(
+                ctx,
                 partition.as_deref(),
                 wanted.partition,
                 wanted.fetch_offset,
                 limit,
                 total == 0,
-            );
+            )
+            .await;
             errors |= data.error_code != 0;
             let size = data.records.as_ref().map_or(0, Bytes::len);
             total += size;
@@ -126,7 +129,8 @@ fn read_once(
     )
 }
 
-fn read_partition(
+async fn read_partition(
+    ctx: &Context,
     partition: Option<&Partition>,
     index: i32,
     offset: i64,
@@ -137,12 +141,20 @@ fn read_partition(
     let Some(partition) = partition else {
         return data.with_error_code(ResponseError::UnknownTopicOrPartition.code());
     };
+    let local_start = partition.log_start_offset();
+    let log_start = ctx
+        .lake
+        .start_offset(partition.topic(), index)
+        .map_or(local_start, |s| s.min(local_start));
     let data = data
         .with_high_watermark(partition.high_watermark())
         .with_last_stable_offset(partition.high_watermark())
-        .with_log_start_offset(partition.log_start_offset());
+        .with_log_start_offset(log_start);
     if offset == partition.high_watermark() || (limit == 0 && !first) {
         return data.with_records(Some(Bytes::new()));
+    }
+    if offset < local_start && offset >= log_start {
+        return read_lake(ctx, partition, data, offset, limit, first).await;
     }
     match partition.read(offset, limit) {
         Ok(read) => {
@@ -152,7 +164,6 @@ fn read_partition(
                 .unwrap_or_default();
             data.with_high_watermark(read.high_watermark)
                 .with_last_stable_offset(read.high_watermark)
-                .with_log_start_offset(read.log_start_offset)
                 .with_records(Some(records))
         }
         Err(e) => {
@@ -160,6 +171,30 @@ fn read_partition(
                 tracing::warn!(topic = partition.topic(), partition = index, offset, error = %e, "fetch failed");
             }
             data.with_error_code(e.code().code())
+        }
+    }
+}
+
+/// A historic read from the lake. While object storage is unreachable the client gets
+/// KAFKA_STORAGE_ERROR, which it retries; a file that is missing or corrupt is named in the log.
+async fn read_lake(
+    ctx: &Context,
+    partition: &Partition,
+    data: PartitionData,
+    offset: i64,
+    limit: usize,
+    first: bool,
+) -> PartitionData {
+    match ctx
+        .lake
+        .read(partition.topic(), partition.index(), offset, limit)
+        .await
+    {
+        Ok(Some(records)) => data.with_records(Some(fit(records, limit, first))),
+        Ok(None) => data.with_error_code(ResponseError::OffsetOutOfRange.code()),
+        Err(e) => {
+            tracing::warn!(topic = partition.topic(), partition = partition.index(), offset, error = %e, "lake read failed");
+            data.with_error_code(ResponseError::KafkaStorageError.code())
         }
     }
 }

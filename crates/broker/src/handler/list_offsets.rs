@@ -38,7 +38,7 @@ pub(super) fn handle(
                         return answer
                             .with_error_code(ResponseError::UnknownTopicOrPartition.code());
                     };
-                    match lookup(&partition, wanted.timestamp) {
+                    match lookup(ctx, &partition, wanted.timestamp) {
                         Ok((offset, timestamp)) => {
                             let mut answer = answer.with_offset(offset).with_timestamp(timestamp);
                             if version >= 4 {
@@ -59,12 +59,20 @@ pub(super) fn handle(
 }
 
 /// `(offset, timestamp)` for a ListOffsets timestamp; `(-1, -1)` when no record qualifies.
-fn lookup(partition: &Partition, timestamp: i64) -> Result<(i64, i64)> {
+fn lookup(ctx: &Context, partition: &Partition, timestamp: i64) -> Result<(i64, i64)> {
+    let local_start = partition.log_start_offset();
+    let (topic, index) = (partition.topic(), partition.index());
     Ok(match timestamp {
         LATEST => (partition.high_watermark(), -1),
-        EARLIEST | EARLIEST_LOCAL => (partition.log_start_offset(), -1),
-        // Nothing is tiered yet.
-        LATEST_TIERED => (-1, -1),
+        // The whole log starts in the lake when it holds older offsets.
+        EARLIEST => (
+            ctx.lake
+                .start_offset(topic, index)
+                .map_or(local_start, |s| s.min(local_start)),
+            -1,
+        ),
+        EARLIEST_LOCAL => (local_start, -1),
+        LATEST_TIERED => (ctx.lake.last_offset(topic, index).unwrap_or(-1), -1),
         MAX_TIMESTAMP => partition.max_timestamp()?.unwrap_or((-1, -1)),
         t if t >= 0 => partition.offset_for_timestamp(t)?.unwrap_or((-1, -1)),
         _ => (-1, -1),
