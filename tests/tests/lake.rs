@@ -404,3 +404,37 @@ async fn consumers_read_offloaded_history_from_the_lake() {
     broker.stop().await;
     s3.stop().await;
 }
+
+/// A broker that lost a partition folder, then its whole data folder, recovers from the lake:
+/// topics come back, history is served from the lake, new records continue at the next offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_data_folder_is_recovered_from_the_lake() {
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3Server::start(&dir.path().join("s3"), "127.0.0.1:0".parse().unwrap()).await;
+    let tier = (S3Server::tier_url(), s3.env());
+    let data = dir.path().join("data");
+    let broker = TestBroker::start_tiered(&data, TIERED, Some(tier.clone())).await;
+    let lake = lake_of(&tier);
+    let mut sent = produce_varied(&broker.bootstrap, "recover", "zstd", 0, 200).await;
+    wait_offloaded(&lake, "recover", 200).await;
+    broker.stop().await;
+
+    // One partition folder lost.
+    std::fs::remove_dir_all(data.join("topics").join("recover-0")).unwrap();
+    let broker = TestBroker::start_tiered(&data, TIERED, Some(tier.clone())).await;
+    sent.extend(produce_varied(&broker.bootstrap, "recover", "zstd", 200, 20).await);
+    wait_offloaded(&lake, "recover", 220).await;
+    broker.stop().await;
+
+    // The whole data folder lost.
+    std::fs::remove_dir_all(&data).unwrap();
+    let broker = TestBroker::start_tiered(&data, TIERED, Some(tier.clone())).await;
+    sent.extend(produce_varied(&broker.bootstrap, "recover", "zstd", 220, 10).await);
+    let got = read(&broker.bootstrap, "recover", &[0], Offset::Beginning, 230);
+    for (i, (record, (key, value, _))) in got.iter().zip(&sent).enumerate() {
+        assert_eq!(record.offset, i as i64);
+        assert_eq!((&record.key, &record.value), (key, value), "record {i}");
+    }
+    broker.stop().await;
+    s3.stop().await;
+}

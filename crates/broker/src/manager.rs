@@ -34,6 +34,15 @@ pub struct Topic {
     pub config: TopicConfig,
 }
 
+/// What the lake holds, read at start-up for recovery.
+#[derive(Debug, Clone, Default)]
+pub struct LakeState {
+    /// Topics recorded in the lake.
+    pub topics: Vec<strata_lake::TopicMetadata>,
+    /// `(topic, partition)` → offset after the last one in the lake.
+    pub next_offsets: HashMap<(String, i32), i64>,
+}
+
 /// Checks a topic name as Kafka does.
 pub fn validate_topic_name(name: &str) -> Result<()> {
     let reason = if name.is_empty() {
@@ -76,7 +85,60 @@ pub struct PartitionManager {
 impl PartitionManager {
     /// Loads the metadata and opens every partition, recovering logs after a crash.
     pub fn open(config: BrokerConfig, store: Box<dyn MetadataStore>, now_ms: i64) -> Result<Self> {
-        let metadata = store.load()?;
+        Self::open_with_lake(config, store, &LakeState::default(), now_ms)
+    }
+
+    /// As [`PartitionManager::open`], first restoring from the lake what the data folder lost:
+    /// topics the lake knows and the metadata does not, and the start offset of partition folders
+    /// that are missing (new records continue after the lake's last offset).
+    pub fn open_with_lake(
+        config: BrokerConfig,
+        store: Box<dyn MetadataStore>,
+        lake: &LakeState,
+        now_ms: i64,
+    ) -> Result<Self> {
+        let mut metadata = store.load()?;
+        let mut restored = false;
+        for t in &lake.topics {
+            if metadata.topics.contains_key(&t.topic) || validate_topic_name(&t.topic).is_err() {
+                continue;
+            }
+            let Ok(topic_id) = t.topic_id.parse() else {
+                continue;
+            };
+            tracing::info!(topic = %t.topic, partitions = t.partitions, "restoring topic from the lake");
+            metadata.topics.insert(
+                t.topic.clone(),
+                TopicRecord {
+                    topic_id,
+                    partitions: t.partitions,
+                    configs: t.configs.clone(),
+                },
+            );
+            restored = true;
+        }
+        if restored {
+            store.store(&metadata)?;
+        }
+        for ((topic, partition), next_offset) in &lake.next_offsets {
+            let dir = partition_dir(&config, topic, *partition);
+            if metadata.topics.contains_key(topic) && !dir.exists() && *next_offset > 0 {
+                tracing::info!(
+                    topic,
+                    partition,
+                    next_offset,
+                    "partition folder missing: continuing after the lake"
+                );
+                std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
+                    what: dir.display().to_string(),
+                    source,
+                })?;
+                strata_log::log::write_atomic(
+                    &dir.join("log-start-offset"),
+                    next_offset.to_string().as_bytes(),
+                )?;
+            }
+        }
         let mut topics = HashMap::new();
         for (name, record) in &metadata.topics {
             let topic = open_topic(&config, name, record, 0, now_ms)?;

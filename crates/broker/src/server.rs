@@ -75,15 +75,13 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
         config.lake_read_cache_bytes(),
     ));
     let advertised = config.advertised.clone();
+    let lake_state = read_lake_state(&lake).await;
     let (manager, coordinator) = tokio::task::spawn_blocking(move || -> Result<_> {
         let offsets_dir = data_dir.join("internal").join("__consumer_offsets-0");
         let coordinator =
             GroupCoordinator::open(&offsets_dir, config.coordinator_config(), now_ms())?;
-        let manager = PartitionManager::open(
-            config,
-            Box::new(LocalMetadataStore::new(&data_dir)),
-            now_ms(),
-        )?;
+        let store = Box::new(LocalMetadataStore::new(&data_dir));
+        let manager = PartitionManager::open_with_lake(config, store, &lake_state, now_ms())?;
         Ok((manager, coordinator))
     })
     .await
@@ -115,6 +113,43 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
         shutdown,
         task,
     })
+}
+
+/// How long start-up waits for object storage before going on without the lake's state.
+const LAKE_STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Reads the lake's topics and manifests (and hands the manifests to the read path), so that a
+/// broker that lost its data folder recovers its topics and continues their offsets.
+async fn read_lake_state(view: &crate::lake_view::LakeView) -> crate::manager::LakeState {
+    let lake = view.lake();
+    let read = async {
+        let topics = lake.topics().await?;
+        let mut next_offsets = std::collections::HashMap::new();
+        for (topic, partition) in lake.partitions().await? {
+            let manifest = lake.manifest(&topic, partition).await?;
+            view.set_manifest(&topic, partition, &manifest);
+            if let Some(next) = manifest.next_offset() {
+                next_offsets.insert((topic, partition), next);
+            }
+        }
+        Ok::<_, strata_lake::Error>(crate::manager::LakeState {
+            topics,
+            next_offsets,
+        })
+    };
+    match tokio::time::timeout(LAKE_STARTUP_TIMEOUT, read).await {
+        Ok(Ok(state)) => state,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "could not read the lake at start-up; starting from the local data only");
+            crate::manager::LakeState::default()
+        }
+        Err(_) => {
+            tracing::warn!(
+                "object storage did not answer at start-up; starting from the local data only"
+            );
+            crate::manager::LakeState::default()
+        }
+    }
 }
 
 fn advertised_endpoint(advertised: Option<&str>, bound: SocketAddr) -> Result<(String, i32)> {

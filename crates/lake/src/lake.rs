@@ -117,6 +117,32 @@ impl Lake {
         }
     }
 
+    /// Every topic recorded in the lake.
+    pub async fn topics(&self) -> Result<Vec<TopicMetadata>> {
+        use futures::TryStreamExt;
+        let listed: Vec<_> = self
+            .store
+            .list(Some(&Path::from("_strata/topics")))
+            .try_collect()
+            .await
+            .map_err(storage)?;
+        let mut out = Vec::new();
+        for o in listed {
+            let bytes = self
+                .store
+                .get(&o.location)
+                .await
+                .map_err(storage)?
+                .bytes()
+                .await
+                .map_err(storage)?;
+            let metadata: TopicMetadata = serde_json::from_slice(&bytes)
+                .map_err(|e| Error::Corrupt(format!("{} does not parse: {e}", o.location)))?;
+            out.push(metadata);
+        }
+        Ok(out)
+    }
+
     /// Deletes a partition from the lake: its manifest first, then its files.
     pub async fn delete_partition(&self, topic: &str, partition: i32) -> Result<()> {
         match self.store.delete(&manifest_path(topic, partition)).await {
