@@ -438,3 +438,43 @@ async fn a_lost_data_folder_is_recovered_from_the_lake() {
     broker.stop().await;
     s3.stop().await;
 }
+
+/// Object storage stops during a replay from the lake: the consumer gets retriable errors, hot
+/// partitions keep working, and the replay completes once storage is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_survives_an_object_storage_outage() {
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3Server::start(&dir.path().join("s3"), "127.0.0.1:0".parse().unwrap()).await;
+    let tier = (S3Server::tier_url(), s3.env());
+    let data = dir.path().join("data");
+    // No read cache: every historic read goes to object storage.
+    let mut settings = TIERED.to_vec();
+    settings.push(("lake.read.cache.bytes", "0"));
+    let broker = TestBroker::start_tiered(&data, &settings, Some(tier.clone())).await;
+    let lake = lake_of(&tier);
+    let sent = produce_varied(&broker.bootstrap, "replay", "lz4", 0, 300).await;
+    wait_offloaded(&lake, "replay", 300).await;
+    wait_for("local segments to go", || {
+        (local_segments(&data, "replay") == 1).then_some(())
+    });
+
+    let (root, addr) = s3.stop().await;
+    let bootstrap = broker.bootstrap.clone();
+    let replay = tokio::task::spawn_blocking(move || {
+        read(&bootstrap, "replay", &[0], Offset::Beginning, 300)
+    });
+    // Hot data is served meanwhile.
+    produce_varied(&broker.bootstrap, "hot", "none", 0, 5).await;
+    assert_eq!(
+        read(&broker.bootstrap, "hot", &[0], Offset::Beginning, 5).len(),
+        5
+    );
+    let s3 = S3Server::start(&root, addr).await;
+    let got = replay.await.unwrap();
+    for (i, (record, (_, value, _))) in got.iter().zip(&sent).enumerate() {
+        assert_eq!(record.offset, i as i64);
+        assert_eq!(&record.value, value);
+    }
+    broker.stop().await;
+    s3.stop().await;
+}

@@ -209,6 +209,50 @@ mod tests {
         assert!(batches_from(&file, 30, 100).is_empty());
     }
 
+    #[tokio::test]
+    async fn a_corrupt_lake_file_is_an_error_naming_it_never_wrong_records() {
+        use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let lake = Lake::new(Arc::clone(&store));
+        let segment = strata_lake::segment::encode(&[record(0, 0), record(1, 0)]);
+        let manifest = lake
+            .offload(
+                "t",
+                0,
+                &Manifest::default(),
+                Bytes::from(segment.to_vec()),
+                0,
+            )
+            .await
+            .unwrap();
+        let path = manifest.files[0].path.clone();
+        let view = LakeView::new(lake, 0);
+        view.set_manifest("t", 0, &manifest);
+        assert_eq!(
+            strata_lake::segment::decode(&view.read("t", 0, 1, 1 << 20).await.unwrap().unwrap())
+                .unwrap()
+                .len(),
+            2
+        );
+        store
+            .put(
+                &object_store::path::Path::from(path.as_str()),
+                PutPayload::from_static(b"not parquet at all"),
+            )
+            .await
+            .unwrap();
+        let error = view.read("t", 0, 1, 1 << 20).await.unwrap_err().to_string();
+        assert!(error.contains(&path), "{error}");
+        store
+            .delete(&object_store::path::Path::from(path.as_str()))
+            .await
+            .unwrap();
+        assert!(
+            view.read("t", 0, 1, 1 << 20).await.is_err(),
+            "a missing file is an error too"
+        );
+    }
+
     #[test]
     fn the_cache_evicts_the_least_recently_used_file() {
         let mut cache = FileCache {

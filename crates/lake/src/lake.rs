@@ -57,6 +57,7 @@ fn manifest_path(topic: &str, partition: i32) -> Path {
 }
 
 fn storage(e: object_store::Error) -> Error {
+    // object_store errors name the path.
     Error::Storage(e.to_string())
 }
 
@@ -331,7 +332,12 @@ impl Lake {
             .bytes()
             .await
             .map_err(storage)?;
-        parquet_file::read(bytes)
+        let path = path.to_string();
+        tokio::task::spawn_blocking(move || {
+            parquet_file::read(bytes).map_err(|e| Error::Corrupt(format!("lake file {path}: {e}")))
+        })
+        .await
+        .map_err(|e| Error::Corrupt(format!("decoding task failed: {e}")))?
     }
 }
 

@@ -194,7 +194,12 @@ async fn read_lake(
         Ok(None) => data.with_error_code(ResponseError::OffsetOutOfRange.code()),
         Err(e) => {
             tracing::warn!(topic = partition.topic(), partition = partition.index(), offset, error = %e, "lake read failed");
-            data.with_error_code(ResponseError::KafkaStorageError.code())
+            // Unreachable storage is retriable; a corrupt file is not, and never yields records.
+            let code = match e {
+                strata_lake::Error::Storage(_) => ResponseError::KafkaStorageError,
+                _ => ResponseError::CorruptMessage,
+            };
+            data.with_error_code(code.code())
         }
     }
 }
