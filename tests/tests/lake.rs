@@ -401,6 +401,25 @@ async fn consumers_read_offloaded_history_from_the_lake() {
         assert_eq!(&record.headers, headers, "headers {i}");
         assert!(record.timestamp_ms.is_some_and(|t| t > 1_700_000_000_000));
     }
+    // Seeking by timestamp searches the lake too: the first record at or after the target.
+    for probe in [0usize, 57, 150, 299, 320] {
+        let target = got[probe].timestamp_ms.unwrap();
+        let expected = got
+            .iter()
+            .position(|r| r.timestamp_ms.unwrap() >= target)
+            .unwrap() as i64;
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset("history", 0, Offset::Offset(target))
+            .unwrap();
+        let found = consumer
+            .offsets_for_times(tpl, Duration::from_secs(30))
+            .unwrap();
+        assert_eq!(
+            found.find_partition("history", 0).unwrap().offset(),
+            Offset::Offset(expected),
+            "probe {probe}"
+        );
+    }
     broker.stop().await;
     s3.stop().await;
 }

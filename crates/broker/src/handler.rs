@@ -190,7 +190,16 @@ fn route(
         RequestKind::DescribeGroups(r) => describe_groups::handle(ctx, version, r).into(),
         RequestKind::DeleteGroups(r) => delete_groups::handle(ctx, r).into(),
         RequestKind::OffsetDelete(r) => offset_delete::handle(ctx, r).into(),
-        RequestKind::ListOffsets(r) => list_offsets::handle(ctx, version, r).into(),
+        RequestKind::ListOffsets(r) => {
+            // A timestamp search may read the lake: it runs apart like a waiting fetch.
+            let ctx = Arc::clone(ctx);
+            return Ok(later(
+                ApiKey::ListOffsets,
+                version,
+                correlation_id,
+                async move { list_offsets::handle(&ctx, version, r).await.into() },
+            ));
+        }
         RequestKind::CreateTopics(r) => create_topics::handle(ctx, version, r).into(),
         RequestKind::DeleteTopics(r) => delete_topics::handle(ctx, version, r).into(),
         RequestKind::CreatePartitions(r) => create_partitions::handle(ctx, r).into(),

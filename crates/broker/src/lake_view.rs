@@ -126,6 +126,50 @@ impl LakeView {
             .map(|f| f.path.clone())
     }
 
+    /// The first lake record at or after `timestamp_ms`: `(offset, timestamp)`.
+    pub(crate) async fn offset_for_timestamp(
+        &self,
+        topic: &str,
+        partition: i32,
+        timestamp_ms: i64,
+    ) -> strata_lake::Result<Option<(i64, i64)>> {
+        let path = {
+            let manifests = self.manifests.read().expect("manifests lock");
+            let Some(manifest) = manifests.get(&(topic.to_string(), partition)) else {
+                return Ok(None);
+            };
+            // Earlier files end before the target: the first file reaching it holds the answer.
+            match manifest
+                .files
+                .iter()
+                .find(|f| f.max_timestamp_ms >= timestamp_ms)
+            {
+                Some(f) => f.path.clone(),
+                None => return Ok(None),
+            }
+        };
+        let file = self.file(&path).await?;
+        Ok(file
+            .iter()
+            .find(|r| r.timestamp_ms >= timestamp_ms)
+            .map(|r| (r.offset, r.timestamp_ms)))
+    }
+
+    async fn file(&self, path: &str) -> strata_lake::Result<Arc<Vec<LakeRecord>>> {
+        let cached = self.cache.lock().expect("cache lock").get(path);
+        match cached {
+            Some(file) => Ok(file),
+            None => {
+                let file = Arc::new(self.lake.read_file(path).await?);
+                self.cache
+                    .lock()
+                    .expect("cache lock")
+                    .insert(path, Arc::clone(&file));
+                Ok(file)
+            }
+        }
+    }
+
     /// Batches from the one holding `offset`: at most `max_bytes`, but at least one whole batch.
     /// `Ok(None)` when the lake does not hold the offset.
     pub(crate) async fn read(
@@ -138,18 +182,7 @@ impl LakeView {
         let Some(path) = self.file_for(topic, partition, offset) else {
             return Ok(None);
         };
-        let cached = self.cache.lock().expect("cache lock").get(&path);
-        let file = match cached {
-            Some(file) => file,
-            None => {
-                let file = Arc::new(self.lake.read_file(&path).await?);
-                self.cache
-                    .lock()
-                    .expect("cache lock")
-                    .insert(&path, Arc::clone(&file));
-                file
-            }
-        };
+        let file = self.file(&path).await?;
         Ok(Some(batches_from(&file, offset, max_bytes)))
     }
 }

@@ -7,7 +7,6 @@ use kafka_protocol::messages::list_offsets_response::{
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
 use super::Context;
-use crate::error::Result;
 use crate::partition::Partition;
 
 /// Kafka's special timestamps.
@@ -17,49 +16,49 @@ const MAX_TIMESTAMP: i64 = -3;
 const EARLIEST_LOCAL: i64 = -4;
 const LATEST_TIERED: i64 = -5;
 
-pub(super) fn handle(
+pub(super) async fn handle(
     ctx: &Context,
     version: i16,
     request: ListOffsetsRequest,
 ) -> ListOffsetsResponse {
-    let topics = request
-        .topics
-        .into_iter()
-        .map(|topic| {
-            let partitions = topic
-                .partitions
-                .iter()
-                .map(|wanted| {
-                    let answer = ListOffsetsPartitionResponse::default()
-                        .with_partition_index(wanted.partition_index);
-                    let Some(partition) =
-                        ctx.manager.partition(&topic.name, wanted.partition_index)
-                    else {
-                        return answer
-                            .with_error_code(ResponseError::UnknownTopicOrPartition.code());
-                    };
-                    match lookup(ctx, &partition, wanted.timestamp) {
-                        Ok((offset, timestamp)) => {
-                            let mut answer = answer.with_offset(offset).with_timestamp(timestamp);
-                            if version >= 4 {
-                                answer.leader_epoch = partition.leader_epoch();
-                            }
-                            answer
-                        }
-                        Err(e) => answer.with_error_code(e.code().code()),
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for topic in request.topics {
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for wanted in &topic.partitions {
+            let answer = ListOffsetsPartitionResponse::default()
+                .with_partition_index(wanted.partition_index);
+            let Some(partition) = ctx.manager.partition(&topic.name, wanted.partition_index) else {
+                partitions
+                    .push(answer.with_error_code(ResponseError::UnknownTopicOrPartition.code()));
+                continue;
+            };
+            let answer = match lookup(ctx, &partition, wanted.timestamp).await {
+                Ok((offset, timestamp)) => {
+                    let mut answer = answer.with_offset(offset).with_timestamp(timestamp);
+                    if version >= 4 {
+                        answer.leader_epoch = partition.leader_epoch();
                     }
-                })
-                .collect();
+                    answer
+                }
+                Err(code) => answer.with_error_code(code.code()),
+            };
+            partitions.push(answer);
+        }
+        topics.push(
             ListOffsetsTopicResponse::default()
                 .with_name(topic.name)
-                .with_partitions(partitions)
-        })
-        .collect();
+                .with_partitions(partitions),
+        );
+    }
     ListOffsetsResponse::default().with_topics(topics)
 }
 
 /// `(offset, timestamp)` for a ListOffsets timestamp; `(-1, -1)` when no record qualifies.
-fn lookup(ctx: &Context, partition: &Partition, timestamp: i64) -> Result<(i64, i64)> {
+async fn lookup(
+    ctx: &Context,
+    partition: &Partition,
+    timestamp: i64,
+) -> Result<(i64, i64), ResponseError> {
     let local_start = partition.log_start_offset();
     let (topic, index) = (partition.topic(), partition.index());
     Ok(match timestamp {
@@ -73,8 +72,24 @@ fn lookup(ctx: &Context, partition: &Partition, timestamp: i64) -> Result<(i64, 
         ),
         EARLIEST_LOCAL => (local_start, -1),
         LATEST_TIERED => (ctx.lake.last_offset(topic, index).unwrap_or(-1), -1),
-        MAX_TIMESTAMP => partition.max_timestamp()?.unwrap_or((-1, -1)),
-        t if t >= 0 => partition.offset_for_timestamp(t)?.unwrap_or((-1, -1)),
+        MAX_TIMESTAMP => partition
+            .max_timestamp()
+            .map_err(|e| e.code())?
+            .unwrap_or((-1, -1)),
+        // Both tiers: the lake holds the older offsets, so it is searched first.
+        t if t >= 0 => {
+            let in_lake = ctx.lake.offset_for_timestamp(topic, index, t).await.map_err(|e| {
+                tracing::warn!(topic, partition = index, error = %e, "lake timestamp search failed");
+                ResponseError::KafkaStorageError
+            })?;
+            match in_lake {
+                Some(found) => found,
+                None => partition
+                    .offset_for_timestamp(t)
+                    .map_err(|e| e.code())?
+                    .unwrap_or((-1, -1)),
+            }
+        }
         _ => (-1, -1),
     })
 }
