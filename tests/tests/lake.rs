@@ -497,3 +497,59 @@ async fn a_replay_survives_an_object_storage_outage() {
     broker.stop().await;
     s3.stop().await;
 }
+
+/// `remote.storage.enable=false` keeps a topic out of the lake, and its local data under
+/// `retention.*` (unlimited here), while other topics are offloaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_storage_can_be_turned_off_per_topic() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let dir = tempfile::tempdir().unwrap();
+    let tier = (
+        format!("file://{}", dir.path().join("lake").display()),
+        BTreeMap::new(),
+    );
+    let data = dir.path().join("data");
+    let broker = TestBroker::start_tiered(&data, TIERED, Some(tier.clone())).await;
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .create()
+        .unwrap();
+    let topic = NewTopic::new("a-untiered", 1, TopicReplication::Fixed(1))
+        .set("remote.storage.enable", "false");
+    assert!(
+        admin
+            .create_topics([&topic], &AdminOptions::new())
+            .await
+            .unwrap()[0]
+            .is_ok()
+    );
+    produce_varied(&broker.bootstrap, "a-untiered", "none", 0, 200).await;
+    wait_for("the untiered topic to roll", || {
+        (local_segments(&data, "a-untiered") >= 3).then_some(())
+    });
+    // A tiered topic sealed later is offloaded in a pass that also visited the untiered one.
+    produce_varied(&broker.bootstrap, "b-tiered", "none", 0, 200).await;
+    let lake = lake_of(&tier);
+    wait_offloaded(&lake, "b-tiered", 200).await;
+    assert!(
+        lake.manifest("a-untiered", 0)
+            .await
+            .unwrap()
+            .files
+            .is_empty()
+    );
+    assert!(local_segments(&data, "a-untiered") >= 3, "local data kept");
+    assert_eq!(
+        read(
+            &broker.bootstrap,
+            "a-untiered",
+            &[0],
+            Offset::Beginning,
+            200
+        )
+        .len(),
+        200
+    );
+    broker.stop().await;
+}
