@@ -63,13 +63,9 @@ fn local_lag(dir: &Path, next: i64) -> (usize, u64) {
         })
         .collect();
     segments.sort_unstable();
+    // A sealed segment is waiting if the one after it (sealed or active) starts past `next`.
+    let bases: Vec<i64> = segments.iter().map(|s| s.0).collect();
     segments.pop(); // the active segment is not offloaded until it is sealed
-    // A segment is waiting if the one after it starts past `next`.
-    let bases: Vec<i64> = segments
-        .iter()
-        .map(|s| s.0)
-        .chain(std::iter::once(i64::MAX))
-        .collect();
     let waiting: Vec<&(i64, u64)> = segments
         .iter()
         .enumerate()
