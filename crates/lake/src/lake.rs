@@ -322,6 +322,20 @@ impl Lake {
         Ok(crate::manifest::verify(&manifest, &objects))
     }
 
+    /// Opens a data file for ranged reads: its footer only.
+    pub async fn open_file(&self, entry: &FileEntry) -> Result<crate::reader::OpenFile> {
+        crate::reader::open(&self.store, entry).await
+    }
+
+    /// Reads chunk `k` of an opened file: only the row groups it needs.
+    pub async fn read_chunk(
+        &self,
+        file: &Arc<crate::reader::OpenFile>,
+        k: usize,
+    ) -> Result<crate::reader::Chunk> {
+        crate::reader::read_chunk(&self.store, file, k).await
+    }
+
     /// Reads a whole data file.
     pub async fn read_file(&self, path: &str) -> Result<Vec<crate::LakeRecord>> {
         let bytes = self

@@ -26,6 +26,7 @@ pub mod error;
 pub mod lake;
 pub mod manifest;
 pub mod parquet_file;
+pub mod reader;
 pub mod records;
 pub mod segment;
 pub mod store;

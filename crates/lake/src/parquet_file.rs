@@ -23,6 +23,8 @@ use crate::records::LakeRecord;
 /// Rows per row group: small enough for a ranged read to fetch little beyond what a consumer
 /// asks, large enough for scans and compression.
 pub const ROW_GROUP_ROWS: usize = 64 * 1024;
+/// Keys and values per row group: a consumer's first ranged read of a cold file stays small.
+pub const ROW_GROUP_BYTES: usize = 16 * 1024 * 1024;
 
 fn header_fields() -> Fields {
     Fields::from(vec![
@@ -120,13 +122,24 @@ pub fn to_arrow(records: &[LakeRecord]) -> RecordBatch {
     RecordBatch::try_new(schema(), columns).expect("columns match the schema")
 }
 
-/// Writes records (in offset order) as a Parquet file.
+/// Writes records (in offset order) as a Parquet file whose row groups end at batch boundaries,
+/// once they hold [`ROW_GROUP_ROWS`] records or [`ROW_GROUP_BYTES`] of keys and values.
 pub fn write(records: &[LakeRecord]) -> Result<Vec<u8>> {
+    write_with(records, ROW_GROUP_ROWS, true)
+}
+
+/// Records per row group: [`ROW_GROUP_ROWS`] as a rule, ended at the next batch boundary when
+/// `align` (otherwise exactly `rows_per_group`, batches straddling groups).
+pub fn write_with(records: &[LakeRecord], rows_per_group: usize, align: bool) -> Result<Vec<u8>> {
     let properties = WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(3).expect("valid level"),
         ))
-        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_max_row_group_row_count(Some(if align {
+            rows_per_group.saturating_mul(4)
+        } else {
+            rows_per_group
+        }))
         .set_statistics_enabled(EnabledStatistics::Page)
         // Min/max of whole keys, values and headers cost space and prune nothing.
         .set_column_statistics_enabled(ColumnPath::from("key"), EnabledStatistics::None)
@@ -158,11 +171,33 @@ pub fn write(records: &[LakeRecord]) -> Result<Vec<u8>> {
         .build();
     let mut out = Vec::new();
     let mut writer = ArrowWriter::try_new(&mut out, schema(), Some(properties))?;
-    for chunk in records.chunks(ROW_GROUP_ROWS) {
-        writer.write(&to_arrow(chunk))?;
+    for group in row_groups(records, rows_per_group, align) {
+        writer.write(&to_arrow(group))?;
+        writer.flush()?;
     }
     writer.close()?;
     Ok(out)
+}
+
+/// Splits records into row groups.
+fn row_groups(records: &[LakeRecord], rows: usize, align: bool) -> Vec<&[LakeRecord]> {
+    if !align {
+        return records.chunks(rows.max(1)).collect();
+    }
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, r) in records.iter().enumerate() {
+        let full = i - start >= rows || bytes >= ROW_GROUP_BYTES;
+        if full && r.batch_offset != records[i - 1].batch_offset {
+            out.push(&records[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += r.key.as_ref().map_or(0, Bytes::len) + r.value.as_ref().map_or(0, Bytes::len);
+    }
+    if start < records.len() {
+        out.push(&records[start..]);
+    }
+    out
 }
 
 /// Reads every record of a lake file.

@@ -192,6 +192,15 @@ async fn read_lake(
     {
         Ok(Some(records)) => data.with_records(Some(fit(records, limit, first))),
         Ok(None) => data.with_error_code(ResponseError::OffsetOutOfRange.code()),
+        Err(_)
+            if ctx
+                .lake
+                .start_offset(partition.topic(), partition.index())
+                .is_none_or(|start| offset < start) =>
+        {
+            // Remote retention removed the file while it was read.
+            data.with_error_code(ResponseError::OffsetOutOfRange.code())
+        }
         Err(e) => {
             tracing::warn!(topic = partition.topic(), partition = partition.index(), offset, error = %e, "lake read failed");
             // Unreachable storage is retriable; a corrupt file is not, and never yields records.
