@@ -1,0 +1,573 @@
+//! `loadgen`: drives any Kafka-compatible broker through librdkafka (the `rdkafka` crate) and
+//! reports throughput and latency percentiles, after verifying what it read.
+//!
+//! ```console
+//! $ cargo run -p strata-benches --release --bin loadgen -- produce --brokers 127.0.0.1:9092 \
+//!       --topic bench --partitions 6 --count 1000000 --size 1024 --acks 1
+//! $ cargo run -p strata-benches --release --bin loadgen -- consume --brokers 127.0.0.1:9092 \
+//!       --topic bench --partitions 6 --count 1000000 --consumers 3
+//! $ cargo run -p strata-benches --release --bin loadgen -- e2e --brokers 127.0.0.1:9092 \
+//!       --topic e2e --partitions 6 --count 300000 --rate-mb 50
+//! ```
+//!
+//! Every value carries its sequence number, its partition, its send time and a payload cut from a
+//! fixed pool, so a consumer checks each record (count, order per partition, content) and a fast
+//! wrong answer never counts.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use hdrhistogram::Histogram;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{DeliveryResult, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use serde::Serialize;
+
+#[derive(Parser, Debug)]
+#[command(about = "Load generator for Kafka-compatible brokers")]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand, Debug)]
+enum Mode {
+    /// Produce `count` records and report throughput and acknowledgement latency.
+    Produce(Common),
+    /// Read `count` records from the start of the topic (with `consumers` independent readers)
+    /// and verify them.
+    Consume(Common),
+    /// Produce at `rate-mb` while a consumer reads: end-to-end latency.
+    E2e(Common),
+}
+
+#[derive(Args, Debug, Clone)]
+struct Common {
+    /// Bootstrap servers.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    brokers: String,
+    /// Topic (created with `partitions` partitions when missing).
+    #[arg(long, default_value = "loadgen")]
+    topic: String,
+    /// Partitions; records go round-robin, record `n` to partition `n % partitions`.
+    #[arg(long, default_value_t = 6)]
+    partitions: i32,
+    /// Records to produce or to read.
+    #[arg(long, default_value_t = 100_000)]
+    count: u64,
+    /// Value size in bytes (at least 24).
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// Producer acks: 0, 1 or all.
+    #[arg(long, default_value = "1")]
+    acks: String,
+    /// Compression codec.
+    #[arg(long, value_enum, default_value_t = Codec::None)]
+    compression: Codec,
+    /// Producer linger.ms.
+    #[arg(long, default_value_t = 5)]
+    linger_ms: u32,
+    /// Producer batch.size in bytes.
+    #[arg(long, default_value_t = 1_000_000)]
+    batch_size: u32,
+    /// Values are JSON-like text (compressible) instead of random bytes.
+    #[arg(long)]
+    text: bool,
+    /// Independent consumers reading the whole history at once (consume mode).
+    #[arg(long, default_value_t = 1)]
+    consumers: usize,
+    /// Produce rate in MB/s (e2e mode).
+    #[arg(long, default_value_t = 50.0)]
+    rate_mb: f64,
+    /// Topic settings when the topic is created, `key=value` (repeatable).
+    #[arg(long = "topic-config", value_parser = parse_setting)]
+    topic_configs: Vec<(String, String)>,
+    /// Extra client settings, `key=value`, for producers and consumers alike.
+    #[arg(short = 'X', value_parser = parse_setting)]
+    settings: Vec<(String, String)>,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout_s: u64,
+}
+
+fn parse_setting(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("`{s}` is not key=value"))
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+enum Codec {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl Codec {
+    fn name(self) -> &'static str {
+        match self {
+            Codec::None => "none",
+            Codec::Gzip => "gzip",
+            Codec::Snappy => "snappy",
+            Codec::Lz4 => "lz4",
+            Codec::Zstd => "zstd",
+        }
+    }
+}
+
+/// Bytes of a value before its payload: sequence, partition, send time (µs since the epoch).
+const HEADER: usize = 24;
+/// The pool payloads are cut from.
+const POOL_BYTES: usize = 64 << 20;
+
+/// Values: a header and a slice of a fixed pool chosen by the sequence number.
+struct Payloads {
+    pool: Vec<u8>,
+    size: usize,
+}
+
+impl Payloads {
+    fn new(size: usize, text: bool) -> Self {
+        let mut pool = Vec::with_capacity(POOL_BYTES + size);
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut n = 0u64;
+        while pool.len() < POOL_BYTES + size {
+            if text {
+                n += 1;
+                pool.extend_from_slice(
+                    format!(
+                        "{{\"user\":{},\"event\":\"view\",\"page\":\"/item/{}\"}}",
+                        n % 9973,
+                        n % 131
+                    )
+                    .as_bytes(),
+                );
+            } else {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                pool.extend_from_slice(&x.to_le_bytes());
+            }
+        }
+        Self { pool, size }
+    }
+
+    fn slice(&self, seq: u64) -> &[u8] {
+        let len = self.size - HEADER;
+        let start = (seq.wrapping_mul(7919) % POOL_BYTES as u64) as usize;
+        &self.pool[start..start + len]
+    }
+
+    fn value(&self, seq: u64, partition: i32, buf: &mut Vec<u8>) {
+        buf.clear();
+        buf.extend_from_slice(&seq.to_le_bytes());
+        buf.extend_from_slice(&i64::from(partition).to_le_bytes());
+        buf.extend_from_slice(&now_micros().to_le_bytes());
+        buf.extend_from_slice(self.slice(seq));
+    }
+
+    /// The sequence number and send time of a value, after checking its content.
+    fn check(&self, value: &[u8], partition: i32) -> Result<(u64, u64)> {
+        ensure!(
+            value.len() == self.size,
+            "a value of {} bytes, not {}",
+            value.len(),
+            self.size
+        );
+        let word = |i: usize| u64::from_le_bytes(value[i..i + 8].try_into().expect("8 bytes"));
+        let (seq, sent) = (word(0), word(16));
+        ensure!(
+            word(8) == partition as u64,
+            "record {seq} was sent to partition {} but read from {partition}",
+            word(8)
+        );
+        ensure!(
+            &value[HEADER..] == self.slice(seq),
+            "record {seq} has wrong content"
+        );
+        Ok((seq, sent))
+    }
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")
+}
+
+/// Percentiles of a histogram of microseconds, in milliseconds.
+#[derive(Debug, Serialize)]
+struct Latency {
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    max_ms: f64,
+}
+
+impl Latency {
+    fn of(h: &Histogram<u64>) -> Option<Self> {
+        (!h.is_empty()).then(|| Self {
+            p50_ms: h.value_at_quantile(0.50) as f64 / 1000.0,
+            p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+            p999_ms: h.value_at_quantile(0.999) as f64 / 1000.0,
+            max_ms: h.max() as f64 / 1000.0,
+        })
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    mode: &'static str,
+    topic: String,
+    partitions: i32,
+    record_bytes: usize,
+    compression: &'static str,
+    acks: String,
+    records: u64,
+    seconds: f64,
+    records_per_s: f64,
+    mb_per_s: f64,
+    produce_latency: Option<Latency>,
+    end_to_end_latency: Option<Latency>,
+    consumers: Vec<ConsumerReport>,
+}
+
+#[derive(Debug, Serialize)]
+struct ConsumerReport {
+    records: u64,
+    seconds: f64,
+    mb_per_s: f64,
+    first_record_ms: f64,
+    verified: bool,
+}
+
+fn client_config(c: &Common) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &c.brokers);
+    for (k, v) in &c.settings {
+        config.set(k, v);
+    }
+    config
+}
+
+fn create_topic(c: &Common) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client_config(c).create()?;
+    let mut topic = NewTopic::new(&c.topic, c.partitions, TopicReplication::Fixed(1));
+    for (k, v) in &c.topic_configs {
+        topic = topic.set(k, v);
+    }
+    let results = futures::executor::block_on(admin.create_topics(
+        [&topic],
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+    ))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, e)) => bail!("creating topic {t}: {e}"),
+        }
+    }
+    Ok(())
+}
+
+struct Acks {
+    latency: Mutex<Histogram<u64>>,
+    failed: AtomicBool,
+}
+
+impl ClientContext for Acks {}
+
+impl ProducerContext for Acks {
+    type DeliveryOpaque = Box<Instant>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, sent: Box<Instant>) {
+        match result {
+            Ok(_) => {
+                let micros = sent.elapsed().as_micros().max(1) as u64;
+                let _ = self.latency.lock().expect("histogram").record(micros);
+            }
+            Err((e, _)) => {
+                eprintln!("delivery failed: {e}");
+                self.failed.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Produces `count` records, paced to `rate` bytes/s when given. Returns seconds and latencies.
+fn produce(c: &Common, payloads: &Payloads, rate: Option<f64>) -> Result<(f64, Histogram<u64>)> {
+    let acks = Acks {
+        latency: Mutex::new(histogram()),
+        failed: AtomicBool::new(false),
+    };
+    let producer: BaseProducer<Acks> = client_config(c)
+        .set("acks", &c.acks)
+        .set("compression.type", c.compression.name())
+        .set("linger.ms", c.linger_ms.to_string())
+        .set("batch.size", c.batch_size.to_string())
+        .set("queue.buffering.max.kbytes", "1048576")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("enable.idempotence", "false")
+        .create_with_context(acks)?;
+    let deadline = Instant::now() + Duration::from_secs(c.timeout_s);
+    let start = Instant::now();
+    let mut value = Vec::with_capacity(c.size);
+    for seq in 0..c.count {
+        if let Some(rate) = rate {
+            let due = start + Duration::from_secs_f64((seq * c.size as u64) as f64 / rate);
+            while Instant::now() < due {
+                producer.poll(
+                    due.saturating_duration_since(Instant::now())
+                        .min(Duration::from_millis(1)),
+                );
+            }
+        }
+        let partition = (seq % c.partitions as u64) as i32;
+        payloads.value(seq, partition, &mut value);
+        let mut record = BaseRecord::with_opaque_to(&c.topic, Box::new(Instant::now()))
+            .partition(partition)
+            .payload(&value[..]);
+        loop {
+            match producer.send::<(), [u8]>(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    ensure!(Instant::now() < deadline, "timed out producing");
+                    producer.poll(Duration::from_millis(5));
+                    record = back;
+                }
+                Err((e, _)) => bail!("send failed: {e}"),
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer
+        .flush(deadline.saturating_duration_since(Instant::now()))
+        .context("flushing the producer")?;
+    let seconds = start.elapsed().as_secs_f64();
+    ensure!(
+        !producer.context().failed.load(Ordering::Relaxed),
+        "some records were not acknowledged"
+    );
+    let latency = producer
+        .context()
+        .latency
+        .lock()
+        .expect("histogram")
+        .clone();
+    Ok((seconds, latency))
+}
+
+/// Reads `count` records from the start of every partition, checking each. With `latency`,
+/// records the end-to-end latency of each.
+fn consume(
+    c: &Common,
+    payloads: &Payloads,
+    latency: Option<&Mutex<Histogram<u64>>>,
+) -> Result<ConsumerReport> {
+    let consumer: BaseConsumer = client_config(c)
+        .set("group.id", format!("loadgen-{}", now_micros()))
+        .set("enable.auto.commit", "false")
+        .set("fetch.max.bytes", "52428800")
+        .set("max.partition.fetch.bytes", "10485760")
+        .set("queued.max.messages.kbytes", "262144")
+        .set("fetch.wait.max.ms", "100")
+        .create()?;
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..c.partitions {
+        assignment.add_partition_offset(&c.topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    let deadline = Instant::now() + Duration::from_secs(c.timeout_s);
+    let start = Instant::now();
+    let mut first = None;
+    let mut next: HashMap<i32, u64> = HashMap::new();
+    let (mut records, mut bytes) = (0u64, 0u64);
+    while records < c.count {
+        ensure!(
+            Instant::now() < deadline,
+            "timed out after {records} of {} records",
+            c.count
+        );
+        let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let message = message.context("consuming")?;
+        first.get_or_insert_with(Instant::now);
+        let partition = message.partition();
+        let value = message.payload().unwrap_or_default();
+        let (seq, sent) = payloads.check(value, partition)?;
+        let expected = next.entry(partition).or_insert(partition as u64);
+        ensure!(
+            seq == *expected,
+            "partition {partition}: record {seq} where {expected} was due (lost, duplicated or reordered)"
+        );
+        *expected += c.partitions as u64;
+        if let Some(h) = latency {
+            let micros = now_micros().saturating_sub(sent).max(1);
+            let _ = h.lock().expect("histogram").record(micros);
+        }
+        records += 1;
+        bytes += value.len() as u64;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(ConsumerReport {
+        records,
+        seconds,
+        mb_per_s: bytes as f64 / seconds / 1e6,
+        first_record_ms: first.map_or(0.0, |f| (f - start).as_secs_f64() * 1000.0),
+        verified: true,
+    })
+}
+
+fn run(mode: &Mode) -> Result<Report> {
+    let (name, c) = match mode {
+        Mode::Produce(c) => ("produce", c),
+        Mode::Consume(c) => ("consume", c),
+        Mode::E2e(c) => ("e2e", c),
+    };
+    ensure!(c.size >= HEADER, "--size must be at least {HEADER} bytes");
+    ensure!(c.partitions > 0, "--partitions must be positive");
+    let payloads = Payloads::new(c.size, c.text);
+    let mut report = Report {
+        mode: name,
+        topic: c.topic.clone(),
+        partitions: c.partitions,
+        record_bytes: c.size,
+        compression: c.compression.name(),
+        acks: c.acks.clone(),
+        records: c.count,
+        seconds: 0.0,
+        records_per_s: 0.0,
+        mb_per_s: 0.0,
+        produce_latency: None,
+        end_to_end_latency: None,
+        consumers: Vec::new(),
+    };
+    match mode {
+        Mode::Produce(_) => {
+            create_topic(c)?;
+            let (seconds, latency) = produce(c, &payloads, None)?;
+            report.seconds = seconds;
+            report.produce_latency = Latency::of(&latency);
+        }
+        Mode::Consume(_) => {
+            let start = Instant::now();
+            let results: Vec<Result<ConsumerReport>> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..c.consumers.max(1))
+                    .map(|_| s.spawn(|| consume(c, &payloads, None)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err(anyhow::anyhow!("a consumer panicked")))
+                    })
+                    .collect()
+            });
+            report.seconds = start.elapsed().as_secs_f64();
+            report.records = c.count * c.consumers.max(1) as u64;
+            report.consumers = results.into_iter().collect::<Result<_>>()?;
+        }
+        Mode::E2e(_) => {
+            create_topic(c)?;
+            let e2e = Mutex::new(histogram());
+            let start = Instant::now();
+            let (produced, consumed) = std::thread::scope(|s| {
+                let reader = s.spawn(|| consume(c, &payloads, Some(&e2e)));
+                let produced = produce(c, &payloads, Some(c.rate_mb * 1e6));
+                let consumed = reader
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("the consumer panicked")));
+                (produced, consumed)
+            });
+            let (_, latency) = produced?;
+            report.consumers.push(consumed?);
+            report.seconds = start.elapsed().as_secs_f64();
+            report.produce_latency = Latency::of(&latency);
+            report.end_to_end_latency = Latency::of(&e2e.lock().expect("histogram"));
+        }
+    }
+    report.records_per_s = report.records as f64 / report.seconds;
+    report.mb_per_s = report.records_per_s * c.size as f64 / 1e6;
+    Ok(report)
+}
+
+fn print_table(r: &Report) {
+    println!(
+        "{} {} ({} partitions, {} B records, {}, acks={})",
+        r.mode, r.topic, r.partitions, r.record_bytes, r.compression, r.acks
+    );
+    println!(
+        "  {} records in {:.2} s: {:.0} records/s, {:.1} MB/s",
+        r.records, r.seconds, r.records_per_s, r.mb_per_s
+    );
+    for (what, l) in [
+        ("produce", &r.produce_latency),
+        ("end-to-end", &r.end_to_end_latency),
+    ] {
+        if let Some(l) = l {
+            println!(
+                "  {what} latency ms: p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+                l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms
+            );
+        }
+    }
+    for (i, c) in r.consumers.iter().enumerate() {
+        println!(
+            "  consumer {i}: {} records verified in {:.2} s, {:.1} MB/s, first record after {:.1} ms",
+            c.records, c.seconds, c.mb_per_s, c.first_record_ms
+        );
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let json = match &cli.mode {
+        Mode::Produce(c) | Mode::Consume(c) | Mode::E2e(c) => c.json,
+    };
+    let report = run(&cli.mode)?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_check_their_own_content() {
+        for text in [false, true] {
+            let p = Payloads::new(100, text);
+            let mut v = Vec::new();
+            p.value(12345, 3, &mut v);
+            assert_eq!(v.len(), 100);
+            assert_eq!(p.check(&v, 3).unwrap().0, 12345);
+            assert!(p.check(&v, 2).is_err(), "wrong partition");
+            let mut damaged = v.clone();
+            damaged[99] ^= 1;
+            assert!(p.check(&damaged, 3).is_err(), "wrong content");
+            assert!(p.check(&v[..99], 3).is_err(), "wrong size");
+        }
+    }
+}
