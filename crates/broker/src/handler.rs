@@ -221,7 +221,12 @@ pub(crate) fn encode(
     correlation_id: i32,
     response: &ResponseKind,
 ) -> Result<BytesMut, Refusal> {
-    let mut body = BytesMut::with_capacity(256);
+    // A fetch answer carries megabytes of records: size the buffer once instead of doubling it.
+    let records = match response {
+        ResponseKind::Fetch(fetch) => fetch.compute_size(version).unwrap_or(0),
+        _ => 0,
+    };
+    let mut body = BytesMut::with_capacity(256 + records);
     body.extend_from_slice(&[0; 4]);
     ResponseHeader::default()
         .with_correlation_id(correlation_id)
