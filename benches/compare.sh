@@ -17,6 +17,7 @@ SIZE=${SIZE:-1024}
 PARTITIONS=${PARTITIONS:-6}
 E2E_RATE_MB=${E2E_RATE_MB:-50}
 E2E_RECORDS=${E2E_RECORDS:-500000}
+ROUNDS=${ROUNDS:-3}
 WORK=$(mktemp -d /tmp/strata-compare.XXXXXX)
 RESULTS=$WORK/results.jsonl
 STRATA_PORT=19192
@@ -58,6 +59,7 @@ drive() { # broker name, port
   local common=(--brokers "127.0.0.1:$port" --partitions "$PARTITIONS" --size "$SIZE" --json)
   record "$name produce" "$("$LOADGEN" produce "${common[@]}" --topic bench --count "$RECORDS" --acks 1)"
   record "$name consume" "$("$LOADGEN" consume "${common[@]}" --topic bench --count "$RECORDS")"
+  sync # the latency run starts without the throughput runs' dirty pages being written back
   record "$name e2e" "$("$LOADGEN" e2e "${common[@]}" --topic e2e --count "$E2E_RECORDS" \
     --rate-mb "$E2E_RATE_MB" --linger-ms 1 --acks 1)"
 }
@@ -73,51 +75,65 @@ record "disk write (dd, 4 GiB, fdatasync)" "{\"mb_per_s\":$disk_mb}"
 if command -v iperf3 >/dev/null; then
   iperf3 -s -p "$IPERF_PORT" >/dev/null 2>&1 &
   pid=$!
+  tcp_mb=
   for _ in $(seq 1 100); do # until the server accepts a test
-    iperf3 -c 127.0.0.1 -p "$IPERF_PORT" -t 5 -J >"$WORK/iperf.json" 2>/dev/null && break
+    tcp_mb=$(iperf3 -c 127.0.0.1 -p "$IPERF_PORT" -t 5 -J 2>/dev/null | python3 -c 'import json,sys
+print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 8e6)' 2>/dev/null) && break
     sleep 0.1
   done
   stop
-  tcp_mb=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 8e6)' <"$WORK/iperf.json")
   record "loopback TCP (iperf3, 5 s)" "{\"mb_per_s\":$tcp_mb}"
 else
   tcp_mb=
   echo "iperf3 missing: no loopback figure" >&2
 fi
 
-# Strata on its defaults, data in a temporary folder.
-RUST_LOG=warn target/release/strata serve --data-dir "$WORK/strata" --listen "127.0.0.1:$STRATA_PORT" \
-  >"$WORK/strata.log" 2>&1 &
-pid=$!
-wait_port "$STRATA_PORT"
-drive strata "$STRATA_PORT"
-stop
+# Each broker ROUNDS times, alternating, each round on fresh storage; the table takes medians.
+for round in $(seq 1 "$ROUNDS"); do
+  echo "round $round of $ROUNDS" >&2
+  # Strata on its defaults, data in a temporary folder.
+  RUST_LOG=warn target/release/strata serve --data-dir "$WORK/strata" --listen "127.0.0.1:$STRATA_PORT" \
+    >>"$WORK/strata.log" 2>&1 &
+  pid=$!
+  wait_port "$STRATA_PORT"
+  drive strata "$STRATA_PORT"
+  stop
+  rm -rf "$WORK/strata"
+  sync
+  # Tansu with in-memory storage.
+  "$TANSU" broker --listener-url "tcp://127.0.0.1:$TANSU_PORT" \
+    --advertised-listener-url "tcp://127.0.0.1:$TANSU_PORT" --storage-engine memory://tansu/ \
+    >>"$WORK/tansu.log" 2>&1 &
+  pid=$!
+  wait_port "$TANSU_PORT"
+  drive tansu "$TANSU_PORT"
+  stop
+done
 
-# Tansu with in-memory storage.
-"$TANSU" broker --listener-url "tcp://127.0.0.1:$TANSU_PORT" \
-  --advertised-listener-url "tcp://127.0.0.1:$TANSU_PORT" --storage-engine memory://tansu/ \
-  >"$WORK/tansu.log" 2>&1 &
-pid=$!
-wait_port "$TANSU_PORT"
-drive tansu "$TANSU_PORT"
-stop
-
-python3 - "$RESULTS" "$disk_mb" "${tcp_mb:-0}" <<'EOF'
-import json, sys
-rows = {r["label"]: r for r in map(json.loads, open(sys.argv[1]))}
-disk, tcp = float(sys.argv[2]), float(sys.argv[3])
+python3 - "$RESULTS" "$disk_mb" "${tcp_mb:-0}" "$ROUNDS" "$E2E_RATE_MB" <<'EOF'
+import json, statistics, sys
+from collections import defaultdict
+runs = defaultdict(list)
+for r in map(json.loads, open(sys.argv[1])):
+    runs[r["label"]].append(r)
+disk, tcp, rounds, rate = float(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5]
+def median(label, get):
+    return statistics.median(get(r) for r in runs[label])
 def mbs(name, mode):
-    return rows[f"{name} {mode}"]["mb_per_s"]
+    return median(f"{name} {mode}", lambda r: r["mb_per_s"])
 def p99(name, key):
-    return rows[f"{name} e2e"][key]["p99_ms"]
-print(f"\nmachine: disk {disk:.0f} MB/s sequential write, loopback TCP {tcp:.0f} MB/s\n")
-print("| measure | Strata | Tansu | Strata / Tansu | Strata / machine limit |")
-print("|---|---|---|---|---|")
+    return median(f"{name} e2e", lambda r: r[key]["p99_ms"])
+def spread(name, mode, get=lambda r: r["mb_per_s"]):
+    return " / ".join(f"{v:.0f}" for v in sorted(get(r) for r in runs[f"{name} {mode}"]))
+print(f"\nmachine: disk {disk:.0f} MB/s sequential write, loopback TCP {tcp:.0f} MB/s; medians of {rounds} rounds\n")
+print("| measure | Strata | Tansu | Strata / Tansu | Strata / machine limit | Strata runs | Tansu runs |")
+print("|---|---|---|---|---|---|---|")
 s, t = mbs("strata", "produce"), mbs("tansu", "produce")
-print(f"| produce MB/s (acks=1, 6 partitions) | {s:.0f} | {t:.0f} | {s/t:.2f} | {s/disk:.2f} of disk |")
+print(f"| produce MB/s (acks=1, 6 partitions) | {s:.0f} | {t:.0f} | {s/t:.2f} | {s/disk:.2f} of disk | {spread('strata', 'produce')} | {spread('tansu', 'produce')} |")
 s, t = mbs("strata", "consume"), mbs("tansu", "consume")
-print(f"| consume MB/s (from the start) | {s:.0f} | {t:.0f} | {s/t:.2f} | {s/tcp if tcp else 0:.2f} of loopback |")
+print(f"| consume MB/s (from the start) | {s:.0f} | {t:.0f} | {s/t:.2f} | {s/tcp if tcp else 0:.2f} of loopback | {spread('strata', 'consume')} | {spread('tansu', 'consume')} |")
 for key, what in [("produce_latency", "produce"), ("end_to_end_latency", "end-to-end")]:
     s, t = p99("strata", key), p99("tansu", key)
-    print(f"| {what} p99 ms at a steady rate | {s:.1f} | {t:.1f} | {t/s:.2f} (lower is better) | - |")
+    get = lambda r: r[key]["p99_ms"]
+    print(f"| {what} p99 ms at {rate} MB/s | {s:.1f} | {t:.1f} | {t/s:.1f}x lower | - | {spread('strata', 'e2e', get)} | {spread('tansu', 'e2e', get)} |")
 EOF

@@ -283,12 +283,11 @@ impl LakeView {
         let file = self.footer(&entry).await?;
         for k in file.chunks_for(offset) {
             let chunk = self.chunk(&file, k).await?;
-            let (bytes, reach) = chunk.slice_from(offset, max_bytes);
+            let bytes = chunk.slice_from(offset, max_bytes);
             if !bytes.is_empty() {
-                // A consumer past the middle of a chunk will want the next one soon.
-                if reach >= 0.5 {
-                    self.prefetch(&file, k, next);
-                }
+                // A consumer reading on will want the next chunk: it loads while this one is
+                // served (once; a load in flight or done is shared).
+                self.prefetch(&file, k, next);
                 return Ok(Some(bytes));
             }
         }

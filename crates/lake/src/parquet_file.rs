@@ -232,6 +232,21 @@ pub fn from_arrow(batch: &RecordBatch) -> Result<Vec<LakeRecord>> {
     let leader_epochs = column::<Int32Array>(batch, "partition_leader_epoch")?;
     let binary =
         |a: &BinaryArray, i: usize| (!a.is_null(i)).then(|| Bytes::copy_from_slice(a.value(i)));
+    // Keys and values: one copy of each column's data, shared by the records' slices.
+    let shared = |a: &BinaryArray| {
+        let offsets = a.value_offsets();
+        let start = offsets.first().map_or(0, |&o| o as usize);
+        let end = offsets.last().map_or(0, |&o| o as usize);
+        (Bytes::copy_from_slice(&a.value_data()[start..end]), start)
+    };
+    let sliced = |a: &BinaryArray, data: &(Bytes, usize), i: usize| {
+        (!a.is_null(i)).then(|| {
+            let offsets = a.value_offsets();
+            data.0
+                .slice(offsets[i] as usize - data.1..offsets[i + 1] as usize - data.1)
+        })
+    };
+    let (key_data, value_data) = (shared(keys), shared(values));
     (0..batch.num_rows())
         .map(|i| {
             let entries = headers.value(i);
@@ -247,8 +262,8 @@ pub fn from_arrow(batch: &RecordBatch) -> Result<Vec<LakeRecord>> {
             Ok(LakeRecord {
                 offset: offsets.value(i),
                 timestamp_ms: timestamps.value(i),
-                key: binary(keys, i),
-                value: binary(values, i),
+                key: sliced(keys, &key_data, i),
+                value: sliced(values, &value_data, i),
                 headers: (0..entries.len())
                     .map(|j| (hk.value(j).to_string(), binary(hv, j)))
                     .collect(),

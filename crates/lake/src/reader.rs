@@ -194,10 +194,16 @@ pub struct Chunk {
 impl Chunk {
     /// Encodes records (whole batches, in offset order) for serving.
     pub fn from_records(records: &[LakeRecord]) -> Self {
-        let mut data = BytesMut::new();
+        let payload: usize = records
+            .iter()
+            .map(|r| {
+                r.key.as_ref().map_or(0, Bytes::len) + r.value.as_ref().map_or(0, Bytes::len) + 24
+            })
+            .sum();
+        let mut data = BytesMut::with_capacity(payload + 64 * records.len().min(1 << 16));
         let mut batches = Vec::new();
         for batch in records.chunk_by(|a, b| a.batch_offset == b.batch_offset) {
-            data.extend_from_slice(&records::encode_batch(batch));
+            records::encode_batch_into(batch, &mut data);
             let last = batch.last().expect("chunks are not empty");
             let max_ts = batch.iter().map(|r| r.timestamp_ms).max().unwrap_or(-1);
             batches.push((batch[0].batch_offset, last.offset, max_ts, data.len()));
@@ -214,12 +220,11 @@ impl Chunk {
     }
 
     /// Whole batches from the one holding `offset` (or the first after it), up to `max_bytes`
-    /// but at least one: empty when the chunk ends before `offset`. The second value is how far
-    /// into the chunk the answer reaches, as a fraction.
-    pub fn slice_from(&self, offset: i64, max_bytes: usize) -> (Bytes, f64) {
+    /// but at least one: empty when the chunk ends before `offset`.
+    pub fn slice_from(&self, offset: i64, max_bytes: usize) -> Bytes {
         let first = self.batches.partition_point(|b| b.1 < offset);
         if first == self.batches.len() {
-            return (Bytes::new(), 1.0);
+            return Bytes::new();
         }
         let start = if first == 0 {
             0
@@ -233,10 +238,7 @@ impl Chunk {
             }
             end = b.3;
         }
-        (
-            self.data.slice(start..end),
-            end as f64 / self.data.len() as f64,
-        )
+        self.data.slice(start..end)
     }
 
     /// The first record at or after `timestamp_ms`: `(offset, timestamp)`.
@@ -466,7 +468,7 @@ mod tests {
     ) -> Vec<LakeRecord> {
         for k in file.chunks_for(offset) {
             let chunk = read_chunk(store, file, k).await.unwrap();
-            let (bytes, _) = chunk.slice_from(offset, 1);
+            let bytes = chunk.slice_from(offset, 1);
             if !bytes.is_empty() {
                 return crate::segment::decode(&bytes).unwrap();
             }
@@ -494,7 +496,7 @@ mod tests {
         let mut together = Vec::new();
         for k in 0..file.chunk_count() {
             let chunk = read_chunk(&store, &file, k).await.unwrap();
-            let (bytes, _) = chunk.slice_from(0, usize::MAX);
+            let bytes = chunk.slice_from(0, usize::MAX);
             together.extend(crate::segment::decode(&bytes).unwrap());
         }
         assert_eq!(together, all);

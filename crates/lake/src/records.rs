@@ -129,6 +129,13 @@ fn parse_record(header: &BatchHeader, buf: &mut Bytes) -> Option<LakeRecord> {
 /// Encodes records of one batch (same `batch_offset`, in offset order) as an uncompressed
 /// RecordBatch v2 with a valid CRC.
 pub fn encode_batch(records: &[LakeRecord]) -> BytesMut {
+    let mut out = BytesMut::new();
+    encode_batch_into(records, &mut out);
+    out
+}
+
+/// [`encode_batch`] appending to `out`: each record is written once, in place.
+pub fn encode_batch_into(records: &[LakeRecord], out: &mut BytesMut) {
     let first = records.first().expect("a batch has a record");
     let base_offset = first.batch_offset;
     let log_append_time = first.batch_attributes & ATTR_LOG_APPEND_TIME != 0;
@@ -138,33 +145,38 @@ pub fn encode_batch(records: &[LakeRecord]) -> BytesMut {
     } else {
         first.timestamp_ms
     };
-    let mut body = BytesMut::new();
-    for r in records {
-        let mut one = BytesMut::new();
-        one.put_i8(0);
-        put_varlong(
-            &mut one,
-            if log_append_time {
-                0
-            } else {
-                r.timestamp_ms - base_timestamp
-            },
-        );
-        put_varint(&mut one, (r.offset - base_offset) as i32);
-        put_nullable(&mut one, r.key.as_deref());
-        put_nullable(&mut one, r.value.as_deref());
-        put_varint(&mut one, r.headers.len() as i32);
-        for (k, v) in &r.headers {
-            put_nullable(&mut one, Some(k.as_bytes()));
-            put_nullable(&mut one, v.as_deref());
+    let timestamp_delta = |r: &LakeRecord| {
+        if log_append_time {
+            0
+        } else {
+            r.timestamp_ms - base_timestamp
         }
-        put_varint(&mut body, one.len() as i32);
-        body.put_slice(&one);
-    }
+    };
+    let record_len = |r: &LakeRecord| {
+        let headers: usize = r
+            .headers
+            .iter()
+            .map(|(k, v)| nullable_len(Some(k.as_bytes())) + nullable_len(v.as_deref()))
+            .sum();
+        1 + varlong_len(timestamp_delta(r))
+            + varlong_len(r.offset - base_offset)
+            + nullable_len(r.key.as_deref())
+            + nullable_len(r.value.as_deref())
+            + varlong_len(r.headers.len() as i64)
+            + headers
+    };
+    let body_len: usize = records
+        .iter()
+        .map(|r| {
+            let len = record_len(r);
+            varlong_len(len as i64) + len
+        })
+        .sum();
     let last = records.last().expect("a batch has a record");
-    let mut out = BytesMut::with_capacity(HEADER_BYTES + body.len());
+    let start = out.len();
+    out.reserve(HEADER_BYTES + body_len);
     out.put_i64(base_offset);
-    out.put_i32((HEADER_BYTES - batch::LOG_OVERHEAD + body.len()) as i32);
+    out.put_i32((HEADER_BYTES - batch::LOG_OVERHEAD + body_len) as i32);
     out.put_i32(first.partition_leader_epoch);
     out.put_i8(batch::MAGIC_V2);
     out.put_u32(0); // CRC, below
@@ -176,10 +188,35 @@ pub fn encode_batch(records: &[LakeRecord]) -> BytesMut {
     out.put_i16(first.producer_epoch);
     out.put_i32(first.sequence);
     out.put_i32(records.len() as i32);
-    out.put_slice(&body);
-    let crc = crc32c::crc32c(&out[21..]);
-    out[17..21].copy_from_slice(&crc.to_be_bytes());
-    out
+    for r in records {
+        put_varint(out, record_len(r) as i32);
+        out.put_i8(0);
+        put_varlong(out, timestamp_delta(r));
+        put_varint(out, (r.offset - base_offset) as i32);
+        put_nullable(out, r.key.as_deref());
+        put_nullable(out, r.value.as_deref());
+        put_varint(out, r.headers.len() as i32);
+        for (k, v) in &r.headers {
+            put_nullable(out, Some(k.as_bytes()));
+            put_nullable(out, v.as_deref());
+        }
+    }
+    debug_assert_eq!(out.len() - start, HEADER_BYTES + body_len);
+    let crc = crc32c::crc32c(&out[start + 21..]);
+    out[start + 17..start + 21].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// Bytes of a zig-zag varint.
+fn varlong_len(v: i64) -> usize {
+    let raw = ((v << 1) ^ (v >> 63)) as u64;
+    (64 - raw.leading_zeros() as usize).div_ceil(7).max(1)
+}
+
+fn nullable_len(bytes: Option<&[u8]>) -> usize {
+    match bytes {
+        None => 1,
+        Some(b) => varlong_len(b.len() as i64) + b.len(),
+    }
 }
 
 fn varint(buf: &mut Bytes) -> Option<i32> {

@@ -30,7 +30,7 @@ pub fn decode(segment: &[u8]) -> Result<Vec<LakeRecord>> {
 pub fn encode(records: &[LakeRecord]) -> BytesMut {
     let mut out = BytesMut::new();
     for batch in records.chunk_by(|a, b| a.batch_offset == b.batch_offset) {
-        out.extend_from_slice(&records::encode_batch(batch));
+        records::encode_batch_into(batch, &mut out);
     }
     out
 }
