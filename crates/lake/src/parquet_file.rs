@@ -232,21 +232,17 @@ pub fn from_arrow(batch: &RecordBatch) -> Result<Vec<LakeRecord>> {
     let leader_epochs = column::<Int32Array>(batch, "partition_leader_epoch")?;
     let binary =
         |a: &BinaryArray, i: usize| (!a.is_null(i)).then(|| Bytes::copy_from_slice(a.value(i)));
-    // Keys and values: one copy of each column's data, shared by the records' slices.
-    let shared = |a: &BinaryArray| {
-        let offsets = a.value_offsets();
-        let start = offsets.first().map_or(0, |&o| o as usize);
-        let end = offsets.last().map_or(0, |&o| o as usize);
-        (Bytes::copy_from_slice(&a.value_data()[start..end]), start)
-    };
-    let sliced = |a: &BinaryArray, data: &(Bytes, usize), i: usize| {
+    // Keys and values: slices of the columns' own buffers, no copy.
+    let (key_data, value_data) = (
+        Bytes::from_owner(keys.values().clone()),
+        Bytes::from_owner(values.values().clone()),
+    );
+    let sliced = |a: &BinaryArray, data: &Bytes, i: usize| {
         (!a.is_null(i)).then(|| {
             let offsets = a.value_offsets();
-            data.0
-                .slice(offsets[i] as usize - data.1..offsets[i + 1] as usize - data.1)
+            data.slice(offsets[i] as usize..offsets[i + 1] as usize)
         })
     };
-    let (key_data, value_data) = (shared(keys), shared(values));
     (0..batch.num_rows())
         .map(|i| {
             let entries = headers.value(i);
