@@ -222,11 +222,11 @@ pub(crate) fn encode(
     response: &ResponseKind,
 ) -> Result<BytesMut, Refusal> {
     // A fetch answer carries megabytes of records: size the buffer once instead of doubling it.
-    let records = match response {
+    let size = match response {
         ResponseKind::Fetch(fetch) => fetch.compute_size(version).unwrap_or(0),
         _ => 0,
     };
-    let mut body = BytesMut::with_capacity(256 + records);
+    let mut body = BytesMut::with_capacity(256 + size);
     body.extend_from_slice(&[0; 4]);
     ResponseHeader::default()
         .with_correlation_id(correlation_id)
