@@ -121,11 +121,6 @@ impl OpenFile {
         &self.entry
     }
 
-    /// Its row groups.
-    pub fn groups(&self) -> &[GroupSpan] {
-        &self.groups
-    }
-
     /// Memory the footer takes, for cache accounting.
     pub fn memory_bytes(&self) -> usize {
         self.metadata.metadata().memory_size() + self.groups.len() * size_of::<GroupSpan>()
