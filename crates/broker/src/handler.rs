@@ -41,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 use crate::coordinator::GroupCoordinator;
 use crate::frame::{self, RequestPrefix};
 use crate::manager::PartitionManager;
+use crate::outgoing::Outgoing;
 
 #[cfg(test)]
 pub(crate) use api_versions::SUPPORTED_APIS;
@@ -69,8 +70,8 @@ impl Context {
 /// A response to write, now or when a waiting fetch completes. `Ready(None)` is acks=0.
 #[derive(Debug)]
 pub(crate) enum Reply {
-    Ready(Option<BytesMut>),
-    Waiting(JoinHandle<Result<BytesMut, String>>),
+    Ready(Option<Outgoing>),
+    Waiting(JoinHandle<Result<Outgoing, Refusal>>),
 }
 
 /// Why a connection must be closed instead of answered.
@@ -108,7 +109,7 @@ pub(crate) fn dispatch(
         if api_key == ApiKey::ApiVersions {
             // KIP-511: answer in the v0 layout so the client can retry at a version we support.
             return Ok(Reply::Ready(Some(
-                api_versions::unsupported_version_response(prefix.correlation_id),
+                api_versions::unsupported_version_response(prefix.correlation_id).into(),
             )));
         }
         return Err(format!(
@@ -134,7 +135,7 @@ where
 {
     Reply::Waiting(tokio::spawn(async move {
         let response = finish.await;
-        encode(api_key, version, correlation_id, &response)
+        encode(api_key, version, correlation_id, &response).map(Outgoing::from)
     }))
 }
 
@@ -156,9 +157,11 @@ fn route(
         },
         RequestKind::Fetch(r) => {
             let ctx = Arc::clone(ctx);
-            return Ok(later(ApiKey::Fetch, version, correlation_id, async move {
-                fetch::handle(&ctx, version, r).await.into()
-            }));
+            return Ok(Reply::Waiting(tokio::spawn(async move {
+                fetch::handle(&ctx, version, r)
+                    .await
+                    .encode(version, correlation_id)
+            })));
         }
         RequestKind::JoinGroup(r) => {
             // The group state changes now, in request order; only the wait runs apart.
@@ -211,7 +214,7 @@ fn route(
         other => return Err(format!("no handler for {other:?}")),
     };
     let api_key = ApiKey::try_from(prefix.api_key).expect("checked in dispatch");
-    encode(api_key, version, correlation_id, &response).map(|b| Reply::Ready(Some(b)))
+    encode(api_key, version, correlation_id, &response).map(|b| Reply::Ready(Some(b.into())))
 }
 
 /// Encodes a response with its header and length prefix.
@@ -221,12 +224,7 @@ pub(crate) fn encode(
     correlation_id: i32,
     response: &ResponseKind,
 ) -> Result<BytesMut, Refusal> {
-    // A fetch answer carries megabytes of records: size the buffer once instead of doubling it.
-    let size = match response {
-        ResponseKind::Fetch(fetch) => fetch.compute_size(version).unwrap_or(0),
-        _ => 0,
-    };
-    let mut body = BytesMut::with_capacity(256 + size);
+    let mut body = BytesMut::with_capacity(256);
     body.extend_from_slice(&[0; 4]);
     ResponseHeader::default()
         .with_correlation_id(correlation_id)
@@ -301,12 +299,12 @@ pub(crate) mod tests {
                 request.encode(&mut frame, version).unwrap();
                 let reply = dispatch(&ctx, PEER, frame.freeze())
                     .unwrap_or_else(|e| panic!("{key:?} v{version}: {e}"));
-                let bytes = match reply {
-                    Reply::Ready(Some(b)) => b,
+                let frame = match reply {
+                    Reply::Ready(Some(frame)) => frame,
                     Reply::Ready(None) => continue,
                     Reply::Waiting(task) => task.await.unwrap().unwrap(),
                 };
-                let mut body = bytes.freeze().slice(4..);
+                let mut body = Bytes::from(frame.to_vec().unwrap()).slice(4..);
                 let header =
                     ResponseHeader::decode(&mut body, key.response_header_version(version))
                         .unwrap();

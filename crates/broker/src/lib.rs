@@ -36,6 +36,7 @@ mod lake_view;
 pub mod manager;
 pub mod metadata;
 mod offload;
+mod outgoing;
 pub mod partition;
 pub mod server;
 

@@ -7,7 +7,6 @@ use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use bytes::Bytes;
 use strata_log::{AppendInfo, FileSlice, Log, LogConfig, Maintenance, SealedSegment};
 use tokio::sync::watch;
 
@@ -29,8 +28,9 @@ pub struct Partition {
 /// What a read found.
 #[derive(Debug, Clone)]
 pub struct ReadResult {
-    /// Stored batches, `None` at the high watermark.
-    pub records: Option<Bytes>,
+    /// The range of a segment holding the stored batches, `None` at the high watermark. Fetch
+    /// answers send it from the page cache without reading it.
+    pub records: Option<FileSlice>,
     /// Offset after the last committed record.
     pub high_watermark: i64,
     /// First readable offset.
@@ -122,15 +122,11 @@ impl Partition {
         Ok(info)
     }
 
-    /// Reads stored batches from `offset`: at most `max_bytes`, but the whole first batch. The file
-    /// is read after the lock is released, so appends are not held up by reads.
+    /// Locates stored batches from `offset`: at most `max_bytes`, but the whole first batch. The
+    /// file is read (or sent) after the lock is released, so appends are not held up by reads.
     pub fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult> {
-        let (slice, log_start_offset): (Option<FileSlice>, i64) =
+        let (records, log_start_offset): (Option<FileSlice>, i64) =
             self.with_log(|log| Ok((log.read(offset, max_bytes)?, log.log_start_offset())))?;
-        let records = match slice {
-            Some(slice) => Some(Bytes::from(slice.read()?)),
-            None => None,
-        };
         Ok(ReadResult {
             records,
             high_watermark: self.high_watermark(),

@@ -271,10 +271,10 @@ async fn serve_connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr
     let (queue, mut replies) = mpsc::channel::<Pending>(IN_FLIGHT_PER_CONNECTION_MAX);
     let write_task = tokio::spawn(async move {
         while let Some(reply) = replies.recv().await {
-            let bytes = match reply {
-                Reply::Ready(bytes) => bytes,
+            let frame = match reply {
+                Reply::Ready(frame) => frame,
                 Reply::Waiting(task) => match task.await {
-                    Ok(Ok(bytes)) => Some(bytes),
+                    Ok(Ok(frame)) => Some(frame),
                     Ok(Err(problem)) => {
                         tracing::error!(%peer, problem, "closing connection");
                         break;
@@ -285,9 +285,10 @@ async fn serve_connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr
                     }
                 },
             };
-            if let Some(bytes) = bytes
-                && writer.write_all(&bytes).await.is_err()
+            if let Some(frame) = frame
+                && let Err(e) = frame.write_to(writer.as_ref()).await
             {
+                tracing::debug!(%peer, error = %e, "closing connection");
                 break;
             }
         }

@@ -74,6 +74,21 @@ impl FileSlice {
         Ok(buf)
     }
 
+    /// The segment file, for zero-copy sends (`sendfile(2)`) of the range.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The segment file's path, for errors.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Where the range starts in the file.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
     /// Bytes in the range.
     pub fn len(&self) -> usize {
         self.len

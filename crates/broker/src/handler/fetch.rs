@@ -3,34 +3,190 @@
 //! Limits (KIP-74): the response stops growing at `max_bytes`, each partition at
 //! `partition_max_bytes`, but the first batch of the first partition with data is returned whole
 //! even when larger, so a big record never stalls a consumer.
+//!
+//! Records are not copied into the answer: local ones are ranges of segment files that the
+//! connection sends with `sendfile(2)`, lake ones are slices of cached chunks. The answer is
+//! encoded here around them ([`Answer::encode`]); everything but the records is encoded with
+//! `kafka-protocol`, and a unit test checks the frame against its encoding byte for byte.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use futures::future::select_all;
 use kafka_protocol::ResponseError;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{FetchRequest, FetchResponse};
+use kafka_protocol::messages::fetch_request::FetchTopic;
+use kafka_protocol::messages::fetch_response::PartitionData;
+use kafka_protocol::messages::{ApiKey, FetchRequest, ResponseHeader, TopicName};
+use kafka_protocol::protocol::Encodable;
+use strata_log::FileSlice;
 use strata_log::batch::{LOG_OVERHEAD, peek_offset_and_size};
 use tokio::sync::watch;
 
-use super::Context;
+use super::{Context, Refusal};
 use crate::error::Error;
+use crate::outgoing::{FrameBuilder, Outgoing};
 use crate::partition::Partition;
 
 /// Longest a fetch may wait, whatever the client asks: bounds how long a task is held.
 pub(crate) const FETCH_WAIT_MS_MAX: i32 = 30_000;
 
-pub(crate) async fn handle(
-    ctx: &Arc<Context>,
+/// A partition's records in an answer.
+#[derive(Debug, Clone)]
+pub(crate) enum Records {
+    /// From the lake's read cache.
+    Bytes(Bytes),
+    /// A range of a local segment.
+    File(FileSlice),
+}
+
+impl Records {
+    fn len(&self) -> usize {
+        match self {
+            Records::Bytes(b) => b.len(),
+            Records::File(f) => f.len(),
+        }
+    }
+}
+
+/// A fetch answer: a FetchResponse whose records are held apart, to be written without copies.
+#[derive(Debug, Default)]
+pub(crate) struct Answer {
+    error_code: i16,
+    topics: Vec<TopicAnswer>,
+}
+
+#[derive(Debug)]
+struct TopicAnswer {
+    topic: TopicName,
+    topic_id: uuid::Uuid,
+    /// Each partition's fields (`records` left unset) and its records.
+    partitions: Vec<(PartitionData, Records)>,
+}
+
+impl Answer {
+    fn error(error: ResponseError) -> Self {
+        Self {
+            error_code: error.code(),
+            topics: Vec::new(),
+        }
+    }
+
+    /// Record bytes in the answer.
+    fn record_bytes(&self) -> usize {
+        self.topics
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .map(|(_, r)| r.len())
+            .sum()
+    }
+
+    /// The response frame at `version`, in the layout of kafka-protocol's `FetchResponse`.
+    pub(crate) fn encode(&self, version: i16, correlation_id: i32) -> Result<Outgoing, Refusal> {
+        self.encode_frame(version, correlation_id)
+            .map_err(|e| format!("encoding the Fetch v{version} response: {e}"))
+    }
+
+    fn encode_frame(&self, version: i16, correlation_id: i32) -> anyhow::Result<Outgoing> {
+        let flexible = version >= 12;
+        let mut frame = FrameBuilder::new();
+        ResponseHeader::default()
+            .with_correlation_id(correlation_id)
+            .encode(frame.buf(), ApiKey::Fetch.response_header_version(version))?;
+        let buf = frame.buf();
+        if version >= 1 {
+            buf.put_i32(0); // throttle_time_ms
+        }
+        if version >= 7 {
+            buf.put_i16(self.error_code);
+            buf.put_i32(0); // session_id: no fetch sessions
+        }
+        put_len(buf, self.topics.len(), flexible)?;
+        for topic in &self.topics {
+            let buf = frame.buf();
+            if version >= 13 {
+                buf.put_slice(topic.topic_id.as_bytes());
+            } else {
+                let name = topic.topic.as_bytes();
+                if flexible {
+                    put_uvarint(buf, u32::try_from(name.len() + 1)?);
+                } else {
+                    buf.put_i16(i16::try_from(name.len())?);
+                }
+                buf.put_slice(name);
+            }
+            put_len(buf, topic.partitions.len(), flexible)?;
+            for (data, records) in &topic.partitions {
+                encode_partition(&mut frame, data, records, version)?;
+            }
+            if flexible {
+                frame.buf().put_u8(0); // the topic's tagged fields
+            }
+        }
+        if flexible {
+            frame.buf().put_u8(0); // the response's tagged fields
+        }
+        frame.finish().map_err(anyhow::Error::msg)
+    }
+}
+
+/// One partition: its fields encoded by kafka-protocol with empty records, whose encoding (and,
+/// from v12, the empty tagged fields after it) is then replaced by the real length and the
+/// records themselves.
+fn encode_partition(
+    frame: &mut FrameBuilder,
+    data: &PartitionData,
+    records: &Records,
     version: i16,
-    request: FetchRequest,
-) -> FetchResponse {
+) -> anyhow::Result<()> {
+    let flexible = version >= 12;
+    let buf = frame.buf();
+    let mut fields = data.clone();
+    fields.records = Some(Bytes::new());
+    fields.encode(buf, version)?;
+    // Empty records: i32 length 0; flexible: varint length+1 = 1, then no tagged fields.
+    let tail: &[u8] = if flexible { &[1, 0] } else { &[0, 0, 0, 0] };
+    anyhow::ensure!(
+        buf.ends_with(tail),
+        "partition {} has fields after its records",
+        data.partition_index
+    );
+    buf.truncate(buf.len() - tail.len());
+    let len = records.len();
+    put_len(buf, len, flexible)?;
+    match records {
+        Records::Bytes(bytes) => frame.push_bytes(bytes.clone()),
+        Records::File(slice) => frame.push_file(slice.clone()),
+    }
+    if flexible {
+        frame.buf().put_u8(0);
+    }
+    Ok(())
+}
+
+/// An array's or a byte string's length: i32, or from v12 an unsigned varint of length + 1.
+fn put_len(buf: &mut BytesMut, len: usize, flexible: bool) -> anyhow::Result<()> {
+    if flexible {
+        put_uvarint(buf, u32::try_from(len + 1)?);
+    } else {
+        buf.put_i32(i32::try_from(len)?);
+    }
+    Ok(())
+}
+
+/// An unsigned varint (LEB128), as the flexible versions encode lengths.
+fn put_uvarint(buf: &mut BytesMut, mut value: u32) {
+    while value >= 0x80 {
+        buf.put_u8((value as u8 & 0x7f) | 0x80);
+        value >>= 7;
+    }
+    buf.put_u8(value as u8);
+}
+
+pub(crate) async fn handle(ctx: &Arc<Context>, version: i16, request: FetchRequest) -> Answer {
     // Fetch sessions (KIP-227) are not kept: session id 0 tells the client to send full requests.
     if version >= 7 && request.session_id != 0 {
-        return FetchResponse::default()
-            .with_error_code(ResponseError::FetchSessionIdNotFound.code());
+        return Answer::error(ResponseError::FetchSessionIdNotFound);
     }
     let wait = Duration::from_millis(request.max_wait_ms.clamp(0, FETCH_WAIT_MS_MAX) as u64);
     let deadline = tokio::time::Instant::now() + wait;
@@ -43,19 +199,19 @@ pub(crate) async fn handle(
         .map(|p| p.watch_high_watermark())
         .collect();
     loop {
-        let (response, bytes, errors) = read_once(ctx, version, &request, &partitions).await;
-        let done = bytes >= request.min_bytes.max(0) as usize
+        let (answer, errors) = read_once(ctx, version, &request, &partitions).await;
+        let done = answer.record_bytes() >= request.min_bytes.max(0) as usize
             || errors
             || watchers.is_empty()
             || tokio::time::Instant::now() >= deadline;
         if done {
-            return response;
+            return answer;
         }
         let changed = select_all(watchers.iter_mut().map(|w| Box::pin(w.changed())));
         tokio::select! {
-            (result, _, _) = changed => if result.is_err() { return response },
+            (result, _, _) = changed => if result.is_err() { return answer },
             () = tokio::time::sleep_until(deadline) => {}
-            () = ctx.shutdown.cancelled() => return response,
+            () = ctx.shutdown.cancelled() => return answer,
         }
     }
 }
@@ -63,7 +219,7 @@ pub(crate) async fn handle(
 /// Each requested partition, `None` when unknown: topics × partitions in request order.
 type Resolved = Vec<Vec<Option<Arc<Partition>>>>;
 
-fn resolve(ctx: &Context, request: &FetchRequest) -> Vec<Vec<Option<Arc<Partition>>>> {
+fn resolve(ctx: &Context, request: &FetchRequest) -> Resolved {
     request
         .topics
         .iter()
@@ -84,23 +240,23 @@ fn resolve(ctx: &Context, request: &FetchRequest) -> Vec<Vec<Option<Arc<Partitio
         .collect()
 }
 
-/// One pass over the partitions: the response, the record bytes in it, and whether any partition
-/// has an error (which answers at once).
+/// One pass over the partitions: the answer, and whether any partition has an error (which
+/// answers at once).
 async fn read_once(
     ctx: &Context,
     version: i16,
     request: &FetchRequest,
     partitions: &Resolved,
-) -> (FetchResponse, usize, bool) {
+) -> (Answer, bool) {
     let mut budget = request.max_bytes.max(0) as usize;
     let mut total = 0usize;
     let mut errors = false;
-    let mut responses = Vec::with_capacity(request.topics.len());
+    let mut topics = Vec::with_capacity(request.topics.len());
     for (topic, resolved) in request.topics.iter().zip(partitions) {
         let mut datas = Vec::with_capacity(topic.partitions.len());
         for (wanted, partition) in topic.partitions.iter().zip(resolved) {
             let limit = (wanted.partition_max_bytes.max(0) as usize).min(budget);
-            let data = read_partition(
+            let (data, records) = read_partition(
                 ctx,
                 partition.as_deref(),
                 wanted.partition,
@@ -110,24 +266,36 @@ async fn read_once(
             )
             .await;
             errors |= data.error_code != 0;
-            let size = data.records.as_ref().map_or(0, Bytes::len);
-            total += size;
-            budget = budget.saturating_sub(size);
-            datas.push(data);
+            total += records.len();
+            budget = budget.saturating_sub(records.len());
+            datas.push((data, records));
         }
-        let mut response = FetchableTopicResponse::default().with_partitions(datas);
-        response.topic = topic.topic.clone();
-        if version >= 13 {
-            response.topic_id = topic.topic_id;
-        }
-        responses.push(response);
+        topics.push(topic_answer(version, topic, datas));
     }
-    (
-        FetchResponse::default().with_responses(responses),
-        total,
-        errors,
-    )
+    let answer = Answer {
+        error_code: 0,
+        topics,
+    };
+    (answer, errors)
 }
+
+fn topic_answer(
+    version: i16,
+    topic: &FetchTopic,
+    partitions: Vec<(PartitionData, Records)>,
+) -> TopicAnswer {
+    TopicAnswer {
+        topic: topic.topic.clone(),
+        topic_id: if version >= 13 {
+            topic.topic_id
+        } else {
+            uuid::Uuid::nil()
+        },
+        partitions,
+    }
+}
+
+const NO_RECORDS: Records = Records::Bytes(Bytes::new());
 
 async fn read_partition(
     ctx: &Context,
@@ -136,10 +304,11 @@ async fn read_partition(
     offset: i64,
     limit: usize,
     first: bool,
-) -> PartitionData {
+) -> (PartitionData, Records) {
     let data = PartitionData::default().with_partition_index(index);
     let Some(partition) = partition else {
-        return data.with_error_code(ResponseError::UnknownTopicOrPartition.code());
+        let data = data.with_error_code(ResponseError::UnknownTopicOrPartition.code());
+        return (data, NO_RECORDS);
     };
     let local_start = partition.log_start_offset();
     let log_start = ctx
@@ -151,26 +320,28 @@ async fn read_partition(
         .with_last_stable_offset(partition.high_watermark())
         .with_log_start_offset(log_start);
     if offset == partition.high_watermark() || (limit == 0 && !first) {
-        return data.with_records(Some(Bytes::new()));
+        return (data, NO_RECORDS);
     }
     if offset < local_start && offset >= log_start {
         return read_lake(ctx, partition, data, offset, limit, first).await;
     }
     match partition.read(offset, limit) {
         Ok(read) => {
-            let records = read
-                .records
-                .map(|r| fit(r, limit, first))
-                .unwrap_or_default();
-            data.with_high_watermark(read.high_watermark)
-                .with_last_stable_offset(read.high_watermark)
-                .with_records(Some(records))
+            // The slice holds at most `limit` bytes unless its first batch alone is larger.
+            let records = match read.records {
+                Some(slice) if slice.len() <= limit || first => Records::File(slice),
+                _ => NO_RECORDS,
+            };
+            let data = data
+                .with_high_watermark(read.high_watermark)
+                .with_last_stable_offset(read.high_watermark);
+            (data, records)
         }
         Err(e) => {
             if !matches!(e, Error::Log(strata_log::Error::OffsetOutOfRange { .. })) {
                 tracing::warn!(topic = partition.topic(), partition = index, offset, error = %e, "fetch failed");
             }
-            data.with_error_code(e.code().code())
+            (data.with_error_code(e.code().code()), NO_RECORDS)
         }
     }
 }
@@ -184,14 +355,14 @@ async fn read_lake(
     offset: i64,
     limit: usize,
     first: bool,
-) -> PartitionData {
-    match ctx
+) -> (PartitionData, Records) {
+    let code = match ctx
         .lake
         .read(partition.topic(), partition.index(), offset, limit)
         .await
     {
-        Ok(Some(records)) => data.with_records(Some(fit(records, limit, first))),
-        Ok(None) => data.with_error_code(ResponseError::OffsetOutOfRange.code()),
+        Ok(Some(records)) => return (data, Records::Bytes(fit(records, limit, first))),
+        Ok(None) => ResponseError::OffsetOutOfRange,
         Err(_)
             if ctx
                 .lake
@@ -199,18 +370,18 @@ async fn read_lake(
                 .is_none_or(|start| offset < start) =>
         {
             // Remote retention removed the file while it was read.
-            data.with_error_code(ResponseError::OffsetOutOfRange.code())
+            ResponseError::OffsetOutOfRange
         }
         Err(e) => {
             tracing::warn!(topic = partition.topic(), partition = partition.index(), offset, error = %e, "lake read failed");
             // Unreachable storage is retriable; a corrupt file is not, and never yields records.
-            let code = match e {
+            match e {
                 strata_lake::Error::Storage(_) => ResponseError::KafkaStorageError,
                 _ => ResponseError::CorruptMessage,
-            };
-            data.with_error_code(code.code())
+            }
         }
-    }
+    };
+    (data.with_error_code(code.code()), NO_RECORDS)
 }
 
 /// Keeps the stored bytes within `limit`, except the whole first batch of the first partition
@@ -264,5 +435,153 @@ mod tests {
             "partial trailing batch"
         );
         assert_eq!(fit(Bytes::from(two), 500, false).len(), 200);
+    }
+
+    /// A segment range holding one batch of `values`.
+    fn stored(dir: &std::path::Path, values: &[&[u8]]) -> FileSlice {
+        use kafka_protocol::records::{
+            Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+        };
+        let records: Vec<Record> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| Record {
+                transactional: false,
+                control: false,
+                partition_leader_epoch: 0,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: i as i64,
+                // The encoder starts a new batch where sequences are not consecutive.
+                sequence: i as i32 - 1,
+                timestamp: 1_000,
+                key: None,
+                value: Some(Bytes::copy_from_slice(v)),
+                headers: Default::default(),
+                delete_horizon: false,
+            })
+            .collect();
+        let mut batch = BytesMut::new();
+        let options = RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        };
+        RecordBatchEncoder::encode(&mut batch, records.iter(), &options).unwrap();
+        let mut log = strata_log::Log::open(dir, Default::default(), 1_000).unwrap();
+        log.append(&mut batch, 0, 1_000).unwrap();
+        log.read(0, 1 << 20).unwrap().unwrap()
+    }
+
+    /// The frame written around the records equals kafka-protocol's encoding of the same
+    /// response with the records in it, at every version the broker may answer.
+    #[test]
+    fn answers_encode_exactly_as_kafka_protocol_would() {
+        use kafka_protocol::messages::FetchResponse;
+        use kafka_protocol::messages::fetch_response::{
+            AbortedTransaction, FetchableTopicResponse,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let big = vec![7u8; 70_000];
+        let file = stored(dir.path(), &[b"first", &big, b"third"]);
+        let lake = Bytes::from(vec![3u8; 9_000]);
+        let small = Bytes::from_static(b"tiny records");
+        let partition = |i: i32| {
+            PartitionData::default()
+                .with_partition_index(i)
+                .with_high_watermark(1_000 + i64::from(i))
+                .with_last_stable_offset(900)
+                .with_log_start_offset(i64::from(i))
+        };
+        let aborted = vec![
+            AbortedTransaction::default()
+                .with_producer_id(kafka_protocol::messages::ProducerId(5))
+                .with_first_offset(6),
+        ];
+        let topics = || {
+            vec![
+                (
+                    "orders",
+                    uuid::Uuid::from_u128(1),
+                    vec![
+                        (partition(0), Records::File(file.clone())),
+                        (partition(1), Records::Bytes(lake.clone())),
+                        (partition(2).with_error_code(1), NO_RECORDS),
+                    ],
+                ),
+                ("empty", uuid::Uuid::from_u128(2), vec![]),
+                (
+                    "t",
+                    uuid::Uuid::from_u128(3),
+                    vec![(
+                        partition(3).with_aborted_transactions(Some(aborted.clone())),
+                        Records::Bytes(small.clone()),
+                    )],
+                ),
+            ]
+        };
+        let stored = file.read().unwrap();
+        for version in 4..=15 {
+            let answer = Answer {
+                error_code: 0,
+                topics: topics()
+                    .into_iter()
+                    .map(|(name, id, partitions)| TopicAnswer {
+                        topic: TopicName(name.into()),
+                        topic_id: if version >= 13 { id } else { uuid::Uuid::nil() },
+                        partitions,
+                    })
+                    .collect(),
+            };
+            let expected = FetchResponse::default().with_responses(
+                topics()
+                    .into_iter()
+                    .map(|(name, id, partitions)| {
+                        let mut t = FetchableTopicResponse::default().with_partitions(
+                            partitions
+                                .into_iter()
+                                .map(|(data, records)| {
+                                    let bytes = match records {
+                                        Records::Bytes(b) => b,
+                                        Records::File(_) => Bytes::from(stored.clone()),
+                                    };
+                                    data.with_records(Some(bytes))
+                                })
+                                .collect(),
+                        );
+                        if version >= 13 {
+                            t.topic_id = id;
+                        } else {
+                            t.topic = TopicName(name.into());
+                        }
+                        t
+                    })
+                    .collect(),
+            );
+            let expected = crate::handler::encode(
+                ApiKey::Fetch,
+                version,
+                42,
+                &kafka_protocol::messages::ResponseKind::Fetch(expected),
+            )
+            .unwrap();
+            let frame = answer.encode(version, 42).unwrap().to_vec().unwrap();
+            assert_eq!(frame, &expected[..], "Fetch v{version}");
+            let error = Answer::error(ResponseError::FetchSessionIdNotFound);
+            let expected = FetchResponse::default()
+                .with_error_code(ResponseError::FetchSessionIdNotFound.code());
+            let expected = crate::handler::encode(
+                ApiKey::Fetch,
+                version,
+                9,
+                &kafka_protocol::messages::ResponseKind::Fetch(expected),
+            )
+            .unwrap();
+            assert_eq!(
+                error.encode(version, 9).unwrap().to_vec().unwrap(),
+                &expected[..],
+                "Fetch v{version} error"
+            );
+        }
     }
 }
