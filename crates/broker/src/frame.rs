@@ -55,6 +55,11 @@ pub fn parse_prefix(frame: &[u8]) -> Option<RequestPrefix> {
     })
 }
 
+/// Buffer for a frame before any of it has arrived.
+const FRAME_START_BYTES: usize = 64 * 1024;
+/// How much larger than its received bytes a frame's buffer may grow.
+const FRAME_GROWTH: usize = 16;
+
 /// Reads one frame. `Ok(None)` when the peer closed the connection between frames.
 pub async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
@@ -74,10 +79,15 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         });
     }
     let expected = size as usize;
-    // Grow with what arrives rather than trusting the peer's length up front.
-    let mut frame = BytesMut::with_capacity(expected.min(64 * 1024));
+    // Grow with what arrives rather than trusting the peer's length up front: at most sixteen
+    // times what was received, in few steps, so a large frame is copied once or twice at most.
+    let mut frame = BytesMut::with_capacity(expected.min(FRAME_START_BYTES));
     while frame.len() < expected {
-        let want = (expected - frame.len()).min(1024 * 1024);
+        if frame.len() == frame.capacity() {
+            let target = expected.min(frame.len() * FRAME_GROWTH);
+            frame.reserve(target - frame.len());
+        }
+        let want = (expected - frame.len()).min(frame.capacity() - frame.len());
         let read = (&mut *reader)
             .take(want as u64)
             .read_buf(&mut frame)

@@ -109,7 +109,7 @@ impl Partition {
     }
 
     /// Appends one produced batch and moves the high watermark.
-    pub fn append(&self, records: &mut [u8], now_ms: i64) -> Result<AppendInfo> {
+    pub fn append(&self, records: &[u8], now_ms: i64) -> Result<AppendInfo> {
         let (info, end) = self.with_log(|log| {
             let info = log.append(records, self.leader_epoch, now_ms)?;
             Ok((info, log.log_end_offset()))

@@ -284,15 +284,15 @@ pub fn set_partition_leader_epoch(batch: &mut [u8], epoch: i32) {
 }
 
 /// Marks a batch as LogAppendTime with `timestamp_ms` as its max timestamp and recomputes the CRC,
-/// as a broker does for topics with `message.timestamp.type=LogAppendTime`.
-pub fn set_log_append_time(batch: &mut [u8], timestamp_ms: i64) {
-    let header = BatchHeader::parse(batch).expect("set_log_append_time on a validated batch");
-    let attributes = header.attributes | ATTR_LOG_APPEND_TIME;
-    batch[OFF_ATTRIBUTES..OFF_ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
-    batch[OFF_MAX_TIMESTAMP..OFF_MAX_TIMESTAMP + 8].copy_from_slice(&timestamp_ms.to_be_bytes());
-    let total = header.total_bytes();
-    let crc = crc32c::crc32c(&batch[CRC_START..total]);
-    batch[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_be_bytes());
+/// as a broker does for topics with `message.timestamp.type=LogAppendTime`. The batch is given as
+/// its header, changed in place, and the records after it, unchanged: a produced batch is never
+/// copied to be stored.
+pub fn set_log_append_time(head: &mut [u8; HEADER_BYTES], records: &[u8], timestamp_ms: i64) {
+    let attributes = get_i16(head, OFF_ATTRIBUTES) | ATTR_LOG_APPEND_TIME;
+    head[OFF_ATTRIBUTES..OFF_ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
+    head[OFF_MAX_TIMESTAMP..OFF_MAX_TIMESTAMP + 8].copy_from_slice(&timestamp_ms.to_be_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&head[CRC_START..]), records);
+    head[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
 /// Reads `baseOffset` and `batchLength` from the first [`LOG_OVERHEAD`] bytes of a batch.
@@ -386,8 +386,10 @@ pub(crate) mod tests {
 
     #[test]
     fn log_append_time_recomputes_the_crc() {
-        let mut batch = encode_batch(&[b"x", b"y"], 5, Compression::None);
-        set_log_append_time(&mut batch, 99_999);
+        let batch = encode_batch(&[b"x", b"y"], 5, Compression::None);
+        let mut head: [u8; HEADER_BYTES] = batch[..HEADER_BYTES].try_into().unwrap();
+        set_log_append_time(&mut head, &batch[HEADER_BYTES..], 99_999);
+        let batch = [&head[..], &batch[HEADER_BYTES..]].concat();
         let h = validate_batch(&batch).unwrap();
         assert_eq!(h.max_timestamp, 99_999);
         assert_ne!(h.attributes & ATTR_LOG_APPEND_TIME, 0);

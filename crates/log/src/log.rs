@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::batch::{self, BatchError, BatchHeader};
+use crate::batch::{self, BatchError, BatchHeader, HEADER_BYTES};
 use crate::config::{LogConfig, TimestampType};
 use crate::error::{Error, IoContext, Result};
 use crate::policy;
@@ -229,12 +229,9 @@ impl Log {
     /// Validates and appends one produced record set (exactly one RecordBatch v2, as Kafka requires
     /// of produce requests v3+), assigning its offsets and leader epoch. A retry of a batch of an
     /// idempotent producer already in the log returns the original offsets without appending.
-    pub fn append(
-        &mut self,
-        records: &mut [u8],
-        leader_epoch: i32,
-        now_ms: i64,
-    ) -> Result<AppendInfo> {
+    /// Only the batch's header is rewritten (offsets, leader epoch, LogAppendTime and its CRC), in
+    /// a copy of its own: the records are written from the request's buffer.
+    pub fn append(&mut self, records: &[u8], leader_epoch: i32, now_ms: i64) -> Result<AppendInfo> {
         let headers = batch::validate_produce(records, self.config.max_message_bytes)?;
         let [header] = headers[..] else {
             return Err(BatchError::InvalidField(
@@ -257,16 +254,19 @@ impl Log {
         }
         let base_offset = self.log_end_offset();
         let last_offset = base_offset + i64::from(header.last_offset_delta);
-        batch::set_base_offset(records, base_offset);
-        batch::set_partition_leader_epoch(records, leader_epoch);
+        let total = header.total_bytes();
+        let (head, body) = records[..total].split_at(HEADER_BYTES);
+        let mut head: [u8; HEADER_BYTES] = head.try_into().expect("a validated batch");
+        batch::set_base_offset(&mut head, base_offset);
+        batch::set_partition_leader_epoch(&mut head, leader_epoch);
         let log_append_time_ms = match self.config.timestamp_type {
             TimestampType::LogAppendTime => {
-                batch::set_log_append_time(records, now_ms);
+                batch::set_log_append_time(&mut head, body, now_ms);
                 now_ms
             }
             TimestampType::CreateTime => -1,
         };
-        let stored = BatchHeader::parse(records)?;
+        let stored = BatchHeader::parse(&head)?;
         if policy::should_roll(
             &self.active().stat(),
             records.len() as u64,
@@ -276,7 +276,7 @@ impl Log {
         ) {
             self.roll(now_ms)?;
         }
-        self.active_mut().append(records, &stored)?;
+        self.active_mut().append(&head, body, &stored)?;
         self.producers.record(&stored);
         self.unflushed_messages += i64::from(stored.record_count);
         if policy::should_flush(

@@ -309,11 +309,19 @@ impl Segment {
 
     /// Appends one batch that already carries its offsets. The bytes reach the page cache before
     /// this returns, so they survive a crash of the process.
-    pub(crate) fn append(&mut self, bytes: &[u8], header: &BatchHeader) -> Result<()> {
-        debug_assert_eq!(bytes.len(), header.total_bytes());
+    pub(crate) fn append(
+        &mut self,
+        head: &[u8; HEADER_BYTES],
+        body: &[u8],
+        header: &BatchHeader,
+    ) -> Result<()> {
+        debug_assert_eq!(HEADER_BYTES + body.len(), header.total_bytes());
         let position = self.size_bytes;
-        self.file.write_all_at(bytes, position).at(&self.log_path)?;
-        self.size_bytes += bytes.len() as u64;
+        self.file.write_all_at(head, position).at(&self.log_path)?;
+        self.file
+            .write_all_at(body, position + HEADER_BYTES as u64)
+            .at(&self.log_path)?;
+        self.size_bytes += (HEADER_BYTES + body.len()) as u64;
         let (offsets_before, times_before) = (self.offset_index.len(), self.time_index.len());
         self.note_batch(position, header, true)?;
         if self.offset_index.len() > offsets_before {

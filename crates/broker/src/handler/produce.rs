@@ -1,6 +1,5 @@
 //! Produce: validate each partition's batch, append it, answer with its base offset.
 
-use bytes::BytesMut;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
@@ -60,8 +59,7 @@ fn produce_partition(
             .manager
             .partition(topic, index)
             .ok_or_else(|| Error::UnknownTopic(format!("{topic}-{index}")))?;
-        let mut batch = BytesMut::from(records.unwrap_or_default());
-        let info = partition.append(&mut batch, now_ms())?;
+        let info = partition.append(records.unwrap_or_default(), now_ms())?;
         Ok((info, partition.log_start_offset()))
     });
     match result {
