@@ -139,6 +139,34 @@ fn stored_batches_carry_offsets_and_leader_epoch() {
 }
 
 #[test]
+fn log_append_time_batches_are_stored_with_a_valid_crc() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        timestamp_type: strata_log::config::TimestampType::LogAppendTime,
+        ..LogConfig::default()
+    };
+    let mut log = Log::open(dir.path(), config, 0).unwrap();
+    log.append(&client_batch(0, 3, 5, 100), 0, 0).unwrap();
+    let info = log.append(&client_batch(3, 2, 5, 100), 0, 77_000).unwrap();
+    assert_eq!(info.log_append_time_ms, 77_000);
+    let stored = log.read(3, 1 << 20).unwrap().unwrap().read().unwrap();
+    let header = strata_log::batch::validate_batch(&stored).unwrap();
+    assert_eq!((header.base_offset, header.max_timestamp), (3, 77_000));
+    assert_ne!(
+        header.attributes & strata_log::batch::ATTR_LOG_APPEND_TIME,
+        0
+    );
+    let decoded = RecordBatchDecoder::decode(&mut Bytes::from(stored)).unwrap();
+    assert_eq!(decoded.records.len(), 2);
+    assert!(
+        decoded
+            .records
+            .iter()
+            .all(|r| r.timestamp_type == TimestampType::LogAppend)
+    );
+}
+
+#[test]
 fn rolls_segments_and_reads_across_them() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = Log::open(dir.path(), small_segments(), 0).unwrap();
