@@ -59,6 +59,9 @@ drive() { # broker name, port
   local common=(--brokers "127.0.0.1:$port" --partitions "$PARTITIONS" --size "$SIZE" --json)
   record "$name produce" "$("$LOADGEN" produce "${common[@]}" --topic bench --count "$RECORDS" --acks 1)"
   record "$name consume" "$("$LOADGEN" consume "${common[@]}" --topic bench --count "$RECORDS")"
+  # Two consumers at once (one client thread each): what the broker serves beyond one client.
+  record "$name consume2" "$("$LOADGEN" consume "${common[@]}" --topic bench --count "$RECORDS" \
+    --consumers 2)"
   sync # the latency run starts without the throughput runs' dirty pages being written back
   record "$name e2e" "$("$LOADGEN" e2e "${common[@]}" --topic e2e --count "$E2E_RECORDS" \
     --rate-mb "$E2E_RATE_MB" --linger-ms 1 --acks 1)"
@@ -132,6 +135,8 @@ s, t = mbs("strata", "produce"), mbs("tansu", "produce")
 print(f"| produce MB/s (acks=1, 6 partitions) | {s:.0f} | {t:.0f} | {s/t:.2f} | {s/disk:.2f} of disk | {spread('strata', 'produce')} | {spread('tansu', 'produce')} |")
 s, t = mbs("strata", "consume"), mbs("tansu", "consume")
 print(f"| consume MB/s (from the start) | {s:.0f} | {t:.0f} | {s/t:.2f} | {s/tcp if tcp else 0:.2f} of loopback | {spread('strata', 'consume')} | {spread('tansu', 'consume')} |")
+s, t = mbs("strata", "consume2"), mbs("tansu", "consume2")
+print(f"| consume MB/s, 2 consumers at once (total) | {s:.0f} | {t:.0f} | {s/t:.2f} | {s/tcp if tcp else 0:.2f} of loopback | {spread('strata', 'consume2')} | {spread('tansu', 'consume2')} |")
 for key, what in [("produce_latency", "produce"), ("end_to_end_latency", "end-to-end")]:
     s, t = p99("strata", key), p99("tansu", key)
     get = lambda r: r[key]["p99_ms"]

@@ -135,11 +135,20 @@ impl Codec {
 const HEADER: usize = 24;
 /// The pool payloads are cut from.
 const POOL_BYTES: usize = 64 << 20;
+/// Distinct payloads: record `seq` carries slice `seq % SLICES` of the pool.
+const SLICES: usize = 16_369;
+/// Bytes between the starts of consecutive slices (more than a 1 KiB record, so neighbours in a
+/// batch share no bytes and random values stay incompressible).
+const SLICE_STRIDE: usize = 4_099;
+const _: () = assert!(SLICES * SLICE_STRIDE <= POOL_BYTES);
 
 /// Values: a header and a slice of a fixed pool chosen by the sequence number.
 struct Payloads {
     pool: Vec<u8>,
     size: usize,
+    /// CRC-32C of each slice, computed once: the producer's per-record cost stays small, so the
+    /// load generator measures the broker rather than itself.
+    crcs: Vec<std::sync::OnceLock<u32>>,
 }
 
 impl Payloads {
@@ -165,21 +174,25 @@ impl Payloads {
                 pool.extend_from_slice(&x.to_le_bytes());
             }
         }
-        Self { pool, size }
+        let crcs = (0..SLICES).map(|_| std::sync::OnceLock::new()).collect();
+        Self { pool, size, crcs }
     }
 
-    fn slice(&self, seq: u64) -> &[u8] {
+    fn slice(&self, seq: u64) -> (&[u8], u32) {
         let len = self.size - HEADER;
-        let start = (seq.wrapping_mul(7919) % POOL_BYTES as u64) as usize;
-        &self.pool[start..start + len]
+        let index = (seq % SLICES as u64) as usize;
+        let start = index * SLICE_STRIDE;
+        let payload = &self.pool[start..start + len];
+        let crc = *self.crcs[index].get_or_init(|| crc32c::crc32c(payload));
+        (payload, crc)
     }
 
     fn value(&self, seq: u64, partition: i32, buf: &mut Vec<u8>) {
-        let payload = self.slice(seq);
+        let (payload, crc) = self.slice(seq);
         buf.clear();
         buf.extend_from_slice(&seq.to_le_bytes());
         buf.extend_from_slice(&(partition as u32).to_le_bytes());
-        buf.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+        buf.extend_from_slice(&crc.to_le_bytes());
         buf.extend_from_slice(&now_micros().to_le_bytes());
         buf.extend_from_slice(payload);
     }
@@ -202,7 +215,7 @@ impl Payloads {
             "record {seq} was sent to partition {sent_to} but read from {partition}"
         );
         ensure!(
-            crc32c::crc32c(&value[HEADER..]) == crc,
+            crc32c::crc32c(&value[HEADER..]) == crc && self.slice(seq).1 == crc,
             "record {seq} has wrong content"
         );
         Ok((seq, sent))
