@@ -122,6 +122,10 @@ pub fn to_arrow(records: &[LakeRecord]) -> RecordBatch {
     RecordBatch::try_new(schema(), columns).expect("columns match the schema")
 }
 
+/// zstd level of every column. Level 1 converts JSON-like values about a quarter faster than
+/// level 3 for files 1.5% larger (`cargo bench --bench lake`), so offload keeps up with produce.
+pub const ZSTD_LEVEL: i32 = 1;
+
 /// Writes records (in offset order) as a Parquet file whose row groups end at batch boundaries,
 /// once they hold [`ROW_GROUP_ROWS`] records or [`ROW_GROUP_BYTES`] of keys and values.
 pub fn write(records: &[LakeRecord]) -> Result<Vec<u8>> {
@@ -133,7 +137,7 @@ pub fn write(records: &[LakeRecord]) -> Result<Vec<u8>> {
 pub fn write_with(records: &[LakeRecord], rows_per_group: usize, align: bool) -> Result<Vec<u8>> {
     let properties = WriterProperties::builder()
         .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(3).expect("valid level"),
+            ZstdLevel::try_new(ZSTD_LEVEL).expect("valid level"),
         ))
         .set_max_row_group_row_count(Some(if align {
             rows_per_group.saturating_mul(4)
