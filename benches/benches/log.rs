@@ -47,7 +47,7 @@ fn read(c: &mut Criterion) {
     let mut log = Log::open(dir.path(), LogConfig::default(), 0).unwrap();
     let batches = 4096;
     for _ in 0..batches {
-        log.append(&mut one.clone(), 0, 0).unwrap();
+        log.append(&one.clone(), 0, 0).unwrap();
     }
     let end = log.log_end_offset();
     let fetch_bytes = 1024 * 1024;

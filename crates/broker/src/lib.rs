@@ -6,6 +6,7 @@
 //! Data flows from the socket down to the log:
 //! - [`server`]: accept loop, per-connection reader and in-order writer, maintenance, shutdown.
 //! - [`frame`]: length-prefixed frames, bounded by `socket.request.max.bytes`.
+//! - `outgoing`: responses as written: encoded bytes, and segment ranges sent with `sendfile(2)`.
 //! - `handler`: decodes a request with the `kafka-protocol` crate and routes it to one file per
 //!   Kafka API (`handler/produce.rs`, `handler/fetch.rs`, …).
 //! - [`manager`]: topics and their partitions, created, altered and deleted through the

@@ -21,7 +21,7 @@
 //! let dir = std::path::Path::new("/tmp/strata-example/orders-0");
 //! let mut log = Log::open(dir, LogConfig::default(), 0)?;
 //! let mut batch = batch_from_a_client();
-//! let info = log.append(&mut batch, 0, 1_000)?;
+//! let info = log.append(&batch, 0, 1_000)?;
 //! let slice = log.read(info.base_offset, 1 << 20)?.expect("just appended");
 //! assert_eq!(slice.read()?, batch);
 //! log.close(2_000)?;

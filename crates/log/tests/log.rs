@@ -100,8 +100,8 @@ fn appends_assign_consecutive_offsets_and_read_back() {
     let mut log = Log::open(dir.path(), LogConfig::default(), 0).unwrap();
     let mut next = 0;
     for i in 0..10 {
-        let mut batch = client_batch(next, 3, 1000 + i, 10);
-        let info = log.append(&mut batch, 5, 10).unwrap();
+        let batch = client_batch(next, 3, 1000 + i, 10);
+        let info = log.append(&batch, 5, 10).unwrap();
         assert_eq!(
             (info.base_offset, info.last_offset),
             (next as i64, next as i64 + 2)
@@ -132,7 +132,7 @@ fn appends_assign_consecutive_offsets_and_read_back() {
 fn stored_batches_carry_offsets_and_leader_epoch() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = Log::open(dir.path(), LogConfig::default(), 0).unwrap();
-    log.append(&mut client_batch(0, 2, 0, 1), 9, 0).unwrap();
+    log.append(&client_batch(0, 2, 0, 1), 9, 0).unwrap();
     let stored = log.read(0, 1 << 20).unwrap().unwrap().read().unwrap();
     let header = strata_log::batch::validate_batch(&stored).unwrap();
     assert_eq!((header.base_offset, header.partition_leader_epoch), (0, 9));
@@ -171,7 +171,7 @@ fn rolls_segments_and_reads_across_them() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = Log::open(dir.path(), small_segments(), 0).unwrap();
     for i in 0..100 {
-        log.append(&mut client_batch(i * 2, 2, i as i64, 200), 0, 0)
+        log.append(&client_batch(i * 2, 2, i as i64, 200), 0, 0)
             .unwrap();
     }
     assert!(log.segment_count() > 5, "segments: {}", log.segment_count());
@@ -190,8 +190,8 @@ fn rolls_segments_and_reads_across_them() {
 fn a_batch_larger_than_max_bytes_is_returned_whole() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = Log::open(dir.path(), LogConfig::default(), 0).unwrap();
-    let mut big = client_batch(0, 1, 0, 10_000);
-    log.append(&mut big, 0, 0).unwrap();
+    let big = client_batch(0, 1, 0, 10_000);
+    log.append(&big, 0, 0).unwrap();
     let slice = log.read(0, 100).unwrap().unwrap();
     assert_eq!(slice.len(), big.len());
 }
@@ -205,10 +205,10 @@ fn time_roll_and_retention_by_time_and_size() {
         ..LogConfig::default()
     };
     let mut log = Log::open(dir.path(), config.clone(), 0).unwrap();
-    log.append(&mut client_batch(0, 5, 100, 10), 0, 0).unwrap();
+    log.append(&client_batch(0, 5, 100, 10), 0, 0).unwrap();
     assert!(!log.maintain(999, true).unwrap().rolled);
     assert!(log.maintain(1000, true).unwrap().rolled);
-    log.append(&mut client_batch(5, 5, 20_000, 10), 0, 1000)
+    log.append(&client_batch(5, 5, 20_000, 10), 0, 1000)
         .unwrap();
     // The first segment's newest record (t=104) is older than 10 s at t=10_105.
     let done = log.maintain(10_105, true).unwrap();
@@ -234,7 +234,7 @@ fn time_roll_and_retention_by_time_and_size() {
     };
     let mut log = Log::open(dir.path(), config, 0).unwrap();
     for i in 0..100 {
-        log.append(&mut client_batch(i, 1, 0, 300), 0, 0).unwrap();
+        log.append(&client_batch(i, 1, 0, 300), 0, 0).unwrap();
     }
     log.maintain(1, true).unwrap();
     assert!(log.size_bytes() <= 8192 + 4096, "size {}", log.size_bytes());
@@ -251,7 +251,7 @@ fn offsets_by_timestamp() {
     let mut log = Log::open(dir.path(), small_segments(), 0).unwrap();
     for i in 0..50 {
         // Batch i holds timestamps 1000*i .. 1000*i + 3.
-        log.append(&mut client_batch(i * 4, 4, 1000 * i as i64, 100), 0, 0)
+        log.append(&client_batch(i * 4, 4, 1000 * i as i64, 100), 0, 0)
             .unwrap();
     }
     assert_eq!(log.offset_for_timestamp(0).unwrap(), Some((0, 0)));
@@ -270,15 +270,15 @@ fn idempotent_retries_are_not_appended_twice() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = Log::open(dir.path(), small_segments(), 0).unwrap();
     let first = log
-        .append(&mut client_batch_with(0, 3, 0, 1, 42, 0, 0), 0, 0)
+        .append(&client_batch_with(0, 3, 0, 1, 42, 0, 0), 0, 0)
         .unwrap();
     let retry = log
-        .append(&mut client_batch_with(0, 3, 0, 1, 42, 0, 0), 0, 0)
+        .append(&client_batch_with(0, 3, 0, 1, 42, 0, 0), 0, 0)
         .unwrap();
     assert!(retry.duplicate);
     assert_eq!(retry.base_offset, first.base_offset);
     assert_eq!(log.log_end_offset(), 3);
-    let gap = log.append(&mut client_batch_with(3, 1, 0, 1, 42, 0, 7), 0, 0);
+    let gap = log.append(&client_batch_with(3, 1, 0, 1, 42, 0, 7), 0, 0);
     assert!(matches!(
         gap,
         Err(Error::OutOfOrderSequence {
@@ -287,22 +287,22 @@ fn idempotent_retries_are_not_appended_twice() {
             ..
         })
     ));
-    log.append(&mut client_batch_with(3, 1, 0, 1, 42, 0, 3), 0, 0)
+    log.append(&client_batch_with(3, 1, 0, 1, 42, 0, 3), 0, 0)
         .unwrap();
     // The state is rebuilt after a crash (no clean close): the retry is still recognised.
     drop(log);
     let mut log = Log::open(dir.path(), small_segments(), 0).unwrap();
     assert!(
-        log.append(&mut client_batch_with(3, 1, 0, 1, 42, 0, 3), 0, 0)
+        log.append(&client_batch_with(3, 1, 0, 1, 42, 0, 3), 0, 0)
             .unwrap()
             .duplicate
     );
-    log.append(&mut client_batch_with(4, 1, 0, 1, 42, 0, 4), 0, 0)
+    log.append(&client_batch_with(4, 1, 0, 1, 42, 0, 4), 0, 0)
         .unwrap();
     log.close(0).unwrap();
     let mut log = Log::open(dir.path(), small_segments(), 0).unwrap();
     assert!(
-        log.append(&mut client_batch_with(4, 1, 0, 1, 42, 0, 4), 0, 0)
+        log.append(&client_batch_with(4, 1, 0, 1, 42, 0, 4), 0, 0)
             .unwrap()
             .duplicate
     );
@@ -315,7 +315,7 @@ fn a_set_of_two_batches_is_refused() {
     let mut two = client_batch(0, 1, 0, 1);
     two.extend_from_slice(&client_batch(1, 1, 0, 1));
     assert!(matches!(
-        log.append(&mut two, 0, 0),
+        log.append(&two, 0, 0),
         Err(Error::InvalidBatch(_))
     ));
     assert_eq!(log.log_end_offset(), 0);
@@ -326,7 +326,7 @@ fn clean_close_and_reopen_keeps_everything() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = Log::open(dir.path(), small_segments(), 0).unwrap();
     for i in 0..40 {
-        log.append(&mut client_batch(i, 1, 0, 300), 0, 0).unwrap();
+        log.append(&client_batch(i, 1, 0, 300), 0, 0).unwrap();
     }
     log.close(0).unwrap();
     let log = Log::open(dir.path(), small_segments(), 0).unwrap();
@@ -362,7 +362,7 @@ fn write_fixtures() {
         let _ = std::fs::remove_dir_all(&dir);
         let mut log = Log::open(&dir, small_segments(), 0).unwrap();
         for i in 0..30 {
-            log.append(&mut client_batch(i * 2, 2, 1000 + i as i64, 100), 0, 0)
+            log.append(&client_batch(i * 2, 2, 1000 + i as i64, 100), 0, 0)
                 .unwrap();
         }
         drop(log); // no clean close: the fixtures are crashed logs
@@ -420,7 +420,7 @@ fn recovery_cuts_a_torn_tail() {
     assert_eq!(read_all(&log, 0).len(), 58);
     // New appends continue after the last whole batch.
     assert_eq!(
-        log.append(&mut client_batch(58, 1, 0, 1), 0, 0)
+        log.append(&client_batch(58, 1, 0, 1), 0, 0)
             .unwrap()
             .base_offset,
         58
@@ -462,8 +462,7 @@ fn reopening_in_a_loop_after_crashes_never_loses_appended_batches() {
         let mut log = Log::open(dir.path(), small_segments(), 0).unwrap();
         assert_eq!(log.log_end_offset() as usize, expected, "round {round}");
         for _ in 0..7 {
-            log.append(&mut client_batch(expected, 3, 0, 50), 0, 0)
-                .unwrap();
+            log.append(&client_batch(expected, 3, 0, 50), 0, 0).unwrap();
             expected += 3;
         }
         if round % 3 == 0 {
@@ -494,7 +493,7 @@ proptest! {
         let mut log = Log::open(dir.path(), config, 0).unwrap();
         let mut next = 0;
         for (count, value_bytes) in &sizes {
-            log.append(&mut client_batch(next, *count, 0, *value_bytes), 0, 0).unwrap();
+            log.append(&client_batch(next, *count, 0, *value_bytes), 0, 0).unwrap();
             next += count;
         }
         let records = read_all(&log, 0);

@@ -101,8 +101,8 @@ impl OffsetStore {
         now_ms: i64,
     ) -> Result<()> {
         for chunk in records.chunks(SNAPSHOT_BATCH_RECORDS) {
-            let mut batch = encode(chunk, now_ms);
-            self.log.append(&mut batch, 0, now_ms)?;
+            let batch = encode(chunk, now_ms);
+            self.log.append(&batch, 0, now_ms)?;
         }
         Ok(())
     }

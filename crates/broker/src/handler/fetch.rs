@@ -469,7 +469,7 @@ mod tests {
         };
         RecordBatchEncoder::encode(&mut batch, records.iter(), &options).unwrap();
         let mut log = strata_log::Log::open(dir, Default::default(), 1_000).unwrap();
-        log.append(&mut batch, 0, 1_000).unwrap();
+        log.append(&batch, 0, 1_000).unwrap();
         log.read(0, 1 << 20).unwrap().unwrap()
     }
 
