@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::stream::{self, StreamExt};
 use strata_lake::{Lake, Manifest, TopicMetadata};
 
 use crate::lake_view::LakeView;
@@ -19,6 +20,8 @@ use crate::partition::Partition;
 
 /// How often the pipeline looks for sealed segments.
 pub(crate) const OFFLOAD_INTERVAL: Duration = Duration::from_secs(1);
+/// Most partitions converted at once: each holds a segment and its Parquet file in memory.
+const OFFLOAD_PARALLEL_MAX: usize = 4;
 /// Longest wait between retries of a failing partition.
 const BACKOFF_MAX_MS: i64 = 30_000;
 
@@ -32,15 +35,21 @@ struct PartitionState {
     retry_at_ms: i64,
 }
 
-/// Runs the pipeline until the task is aborted.
+/// Runs the pipeline until the task is aborted. Partitions are offloaded concurrently, as many at
+/// once as the machine has cores (at most [`OFFLOAD_PARALLEL_MAX`]), so conversion to Parquet (a
+/// blocking task per segment) uses every core when several partitions have sealed segments.
 pub(crate) async fn run(manager: Arc<PartitionManager>, view: Arc<LakeView>) {
     let lake = view.lake().clone();
+    let parallel = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(OFFLOAD_PARALLEL_MAX);
     let mut states: HashMap<(Uuid, i32), PartitionState> = HashMap::new();
     let mut described: HashMap<Uuid, (i32, String)> = HashMap::new();
     let mut ticks = tokio::time::interval(OFFLOAD_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
+        let mut due = Vec::new();
         for topic in manager.topics() {
             if topic.config.get("remote.storage.enable") != "true" {
                 continue;
@@ -49,27 +58,39 @@ pub(crate) async fn run(manager: Arc<PartitionManager>, view: Arc<LakeView>) {
                 tracing::warn!(topic = %topic.name, error = %e, "writing topic metadata to the lake failed; retrying");
                 continue;
             }
+            let now = now_ms();
             for partition in &topic.partitions {
-                let state = states
-                    .entry((topic.topic_id, partition.index()))
-                    .or_default();
-                let now = now_ms();
+                let key = (topic.topic_id, partition.index());
+                let state = states.remove(&key).unwrap_or_default();
                 if now < state.retry_at_ms {
+                    states.insert(key, state);
                     continue;
                 }
-                match offload_partition(&lake, &view, &topic, partition, state).await {
-                    Ok(()) => state.failures = 0,
-                    Err(e) => {
-                        state.failures += 1;
-                        let backoff = (1000i64 << state.failures.min(5)).min(BACKOFF_MAX_MS);
-                        state.retry_at_ms = now + backoff;
-                        // The manifest is reloaded on retry: the failed step may have committed.
-                        state.manifest = None;
-                        tracing::warn!(topic = %topic.name, partition = partition.index(), error = %e,
-                            failures = state.failures, retry_in_ms = backoff, "offload failed; local data kept");
-                    }
+                due.push((key, Arc::clone(&topic), Arc::clone(partition), state));
+            }
+        }
+        let (lake, view) = (&lake, &view);
+        let mut finished = stream::iter(due.into_iter().map(
+            |(key, topic, partition, mut state)| async move {
+                let result = offload_partition(lake, view, &topic, &partition, &mut state).await;
+                (key, topic, partition, state, result)
+            },
+        ))
+        .buffer_unordered(parallel);
+        while let Some((key, topic, partition, mut state, result)) = finished.next().await {
+            match result {
+                Ok(()) => state.failures = 0,
+                Err(e) => {
+                    state.failures += 1;
+                    let backoff = (1000i64 << state.failures.min(5)).min(BACKOFF_MAX_MS);
+                    state.retry_at_ms = now_ms() + backoff;
+                    // The manifest is reloaded on retry: the failed step may have committed.
+                    state.manifest = None;
+                    tracing::warn!(topic = %topic.name, partition = partition.index(), error = %e,
+                        failures = state.failures, retry_in_ms = backoff, "offload failed; local data kept");
                 }
             }
+            states.insert(key, state);
         }
     }
 }
