@@ -9,7 +9,7 @@ use rdkafka::Offset;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
-use strata_lake::{Lake, LakeRecord};
+use strata_lake::{Lake, LakeRecord, OffloadError};
 use strata_tests::{ChildBroker, S3Server, TestBroker, Tier, free_port, producer, read, wait_for};
 
 /// Small segments that roll quickly and leave the local disk once offloaded.
@@ -186,12 +186,29 @@ async fn object_storage_outage_loses_nothing_and_duplicates_nothing() {
     // The hot tier keeps serving, and nothing written during the outage was deleted locally.
     let got = read(&broker.bootstrap, "outage", &[0], Offset::Offset(200), 300);
     assert_eq!(got.first().map(|r| r.offset), Some(200));
+    // The failing offload is recorded beside the partition, for `strata lake ls`.
+    let partition_dir = data.join("topics").join("outage-0");
+    let shown = wait_for("the failing offload to be recorded", || {
+        OffloadError::read(&partition_dir)
+    });
+    assert!(
+        shown.failures >= 1 && !shown.error.is_empty() && shown.retry_at_ms > shown.since_ms,
+        "{shown:?}"
+    );
 
     let s3 = S3Server::start(&root, addr).await;
     let rows = wait_offloaded(&lake, "outage", 500).await;
     let offsets: Vec<i64> = rows.iter().map(|r| r.offset).collect();
     assert_eq!(offsets, (0..500).collect::<Vec<_>>());
     assert!(lake.verify("outage", 0).await.unwrap().is_clean());
+    wait_for("the offload error to be cleared", || {
+        OffloadError::read(&partition_dir).is_none().then_some(())
+    });
+    let listing = strata::lake::ls(&lake, &data, Some("outage"))
+        .await
+        .unwrap();
+    assert_eq!(listing.len(), 1);
+    assert_eq!(listing[0].offload_error, None);
     broker.stop().await;
     s3.stop().await;
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
-use strata_lake::{Lake, Manifest, TopicMetadata};
+use strata_lake::{Lake, Manifest, OffloadError, TopicMetadata};
 
 use crate::lake_view::LakeView;
 use uuid::Uuid;
@@ -33,6 +33,10 @@ struct PartitionState {
     /// Consecutive failures, for the backoff.
     failures: u32,
     retry_at_ms: i64,
+    /// When the current run of failures began.
+    failing_since_ms: i64,
+    /// Whether the partition's folder may hold an offload error file (unknown at start).
+    error_shown: Option<bool>,
 }
 
 /// Runs the pipeline until the task is aborted. Partitions are offloaded concurrently, as many at
@@ -81,17 +85,49 @@ pub(crate) async fn run(manager: Arc<PartitionManager>, view: Arc<LakeView>) {
             match result {
                 Ok(()) => state.failures = 0,
                 Err(e) => {
+                    let now = now_ms();
+                    if state.failures == 0 {
+                        state.failing_since_ms = now;
+                    }
                     state.failures += 1;
                     let backoff = (1000i64 << state.failures.min(5)).min(BACKOFF_MAX_MS);
-                    state.retry_at_ms = now_ms() + backoff;
+                    state.retry_at_ms = now + backoff;
                     // The manifest is reloaded on retry: the failed step may have committed.
                     state.manifest = None;
                     tracing::warn!(topic = %topic.name, partition = partition.index(), error = %e,
                         failures = state.failures, retry_in_ms = backoff, "offload failed; local data kept");
+                    show_error(&partition, &mut state, e);
                 }
+            }
+            if state.failures == 0 && state.error_shown != Some(false) {
+                show_error(&partition, &mut state, String::new());
             }
             states.insert(key, state);
         }
+    }
+}
+
+/// Writes (or, with no failures, removes) the partition's offload error file, which
+/// `strata lake ls` shows.
+fn show_error(partition: &Partition, state: &mut PartitionState, error: String) {
+    let written = partition.dir().map_err(|e| e.to_string()).and_then(|dir| {
+        let result = if state.failures == 0 {
+            OffloadError::clear(&dir)
+        } else {
+            OffloadError {
+                failures: state.failures,
+                error,
+                since_ms: state.failing_since_ms,
+                retry_at_ms: state.retry_at_ms,
+            }
+            .write(&dir)
+        };
+        result.map_err(|e| e.to_string())
+    });
+    match written {
+        Ok(()) => state.error_shown = Some(state.failures > 0),
+        Err(e) => tracing::warn!(topic = partition.topic(), partition = partition.index(),
+            error = %e, "recording the offload's state failed"),
     }
 }
 

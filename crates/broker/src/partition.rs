@@ -108,6 +108,11 @@ impl Partition {
         }
     }
 
+    /// The partition's folder.
+    pub fn dir(&self) -> Result<std::path::PathBuf> {
+        self.with_log(|log| Ok(log.dir().to_path_buf()))
+    }
+
     /// Appends one produced batch and moves the high watermark.
     pub fn append(&self, records: &[u8], now_ms: i64) -> Result<AppendInfo> {
         let (info, end) = self.with_log(|log| {

@@ -10,6 +10,7 @@
 //! - [`manifest`]: which files hold which offsets; contiguity, retention and verification.
 //! - [`lake`]: the layout in object storage, offload (upload, then manifest commit), listing.
 //! - [`store`]: the object store a tier URL names (`file://`, `s3://`).
+//! - [`status`]: a partition's failing offload, as the broker last saw it.
 //!
 //! ## Example
 //! ```
@@ -29,9 +30,11 @@ pub mod parquet_file;
 pub mod reader;
 pub mod records;
 pub mod segment;
+pub mod status;
 pub mod store;
 
 pub use crate::error::{Error, Result};
 pub use crate::lake::{Lake, TopicMetadata};
 pub use crate::manifest::{FileEntry, Manifest, VerifyReport};
 pub use crate::records::LakeRecord;
+pub use crate::status::OffloadError;

@@ -341,6 +341,19 @@ fn lake(args: LakeArgs) -> Result<()> {
                     p.topic, p.partition, p.lag_segments, p.lag_bytes
                 );
             }
+            for p in &listing {
+                if let Some(e) = &p.offload_error {
+                    println!(
+                        "offload of {}-{} failing since {} ({} attempt(s), next at {}): {}",
+                        p.topic,
+                        p.partition,
+                        crate::lake::time_text(e.since_ms),
+                        e.failures,
+                        crate::lake::time_text(e.retry_at_ms),
+                        e.error
+                    );
+                }
+            }
             Ok(())
         }
         LakeCommand::Verify { .. } => {

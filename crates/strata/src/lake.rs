@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::Result;
 use serde::Serialize;
-use strata_lake::{FileEntry, Lake};
+use strata_lake::{FileEntry, Lake, OffloadError};
 
 /// One partition in `strata lake ls`.
 #[derive(Debug, Serialize)]
@@ -21,6 +21,8 @@ pub struct PartitionListing {
     pub lag_segments: usize,
     /// Their bytes.
     pub lag_bytes: u64,
+    /// Why the broker's offload of this partition is failing, when it is.
+    pub offload_error: Option<OffloadError>,
 }
 
 /// `strata lake ls`.
@@ -30,23 +32,61 @@ pub async fn ls(
     topic: Option<&str>,
 ) -> Result<Vec<PartitionListing>> {
     let mut out = Vec::new();
+    let topics = data_dir.join("topics");
     for (t, p) in lake.partitions().await? {
         if topic.is_some_and(|wanted| wanted != t) {
             continue;
         }
         let manifest = lake.manifest(&t, p).await?;
         let next = manifest.next_offset().unwrap_or(0);
-        let (lag_segments, lag_bytes) =
-            local_lag(&data_dir.join("topics").join(format!("{t}-{p}")), next);
+        let dir = topics.join(format!("{t}-{p}"));
+        let (lag_segments, lag_bytes) = local_lag(&dir, next);
         out.push(PartitionListing {
             topic: t,
             partition: p,
             files: manifest.files,
             lag_segments,
             lag_bytes,
+            offload_error: OffloadError::read(&dir),
         });
     }
+    // Partitions whose offload fails before their first file is in the lake.
+    for (t, p, dir) in local_partitions(&topics) {
+        if topic.is_some_and(|wanted| wanted != t)
+            || out.iter().any(|l| l.topic == t && l.partition == p)
+        {
+            continue;
+        }
+        if let Some(error) = OffloadError::read(&dir) {
+            let (lag_segments, lag_bytes) = local_lag(&dir, 0);
+            out.push(PartitionListing {
+                topic: t,
+                partition: p,
+                files: Vec::new(),
+                lag_segments,
+                lag_bytes,
+                offload_error: Some(error),
+            });
+        }
+    }
     Ok(out)
+}
+
+/// The partition folders of the local data folder: `(topic, partition, folder)`.
+fn local_partitions(topics: &Path) -> Vec<(String, i32, std::path::PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(topics) else {
+        return Vec::new();
+    };
+    let mut found: Vec<_> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let (topic, partition) = name.rsplit_once('-')?;
+            Some((topic.to_string(), partition.parse().ok()?, e.path()))
+        })
+        .collect();
+    found.sort();
+    found
 }
 
 /// Sealed segment files (every `.log` but the newest) that hold offsets at or after `next`.
@@ -141,5 +181,19 @@ mod tests {
             "the active segment does not count"
         );
         assert_eq!(local_lag(&dir.path().join("missing"), 0), (0, 0));
+    }
+
+    #[test]
+    fn partition_folders_are_named_topic_dash_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["my-topic-3", "t-0", "not_a_partition", "t-x"] {
+            std::fs::create_dir(dir.path().join(name)).unwrap();
+        }
+        let found: Vec<(String, i32)> = local_partitions(dir.path())
+            .into_iter()
+            .map(|(t, p, _)| (t, p))
+            .collect();
+        assert_eq!(found, [("my-topic".into(), 3), ("t".into(), 0)]);
+        assert!(local_partitions(&dir.path().join("missing")).is_empty());
     }
 }
