@@ -186,6 +186,13 @@ pub struct Record {
 
 const MAGIC_BYTE_OFFSET: usize = 16;
 
+/// Strata: the fewest bytes a record takes once it decodes: its length, attributes, timestamp
+/// delta, offset delta, key length, value length and header count are one byte each at least.
+const RECORD_BYTES_MIN: usize = 7;
+
+/// Strata: the fewest bytes a record header takes: its key length and value length.
+const HEADER_BYTES_MIN: usize = 2;
+
 impl RecordBatchEncoder {
     /// Encode records into given buffer, using provided encoding options that select the encoding
     /// strategy based on version.
@@ -514,7 +521,22 @@ impl RecordBatchDecoder {
         version: i8,
         records: &mut Vec<Record>,
     ) -> Result<()> {
-        records.reserve(batch_decode_info.record_count as usize);
+        // Strata: `buf` holds the batch's records (decompressed when the batch is), and a record
+        // that decodes takes at least RECORD_BYTES_MIN of it: a count those bytes cannot hold is
+        // refused before looping, and the reservation is bounded by those bytes and by
+        // types::PREALLOC_BYTES_MAX, never by the count the peer wrote.
+        let record_count = batch_decode_info.record_count as usize;
+        let remaining = bytes::Buf::remaining(buf);
+        if record_count > remaining / RECORD_BYTES_MIN {
+            bail!(
+                "Record count {record_count} exceeds what the {remaining} bytes of records can hold"
+            );
+        }
+        records.reserve(types::prealloc_len::<Record>(
+            record_count,
+            remaining,
+            RECORD_BYTES_MIN,
+        ));
         for _ in 0..batch_decode_info.record_count {
             records.push(Record::decode_new(buf, batch_decode_info, version)?);
         }
@@ -893,8 +915,19 @@ impl Record {
         }
         let num_headers = num_headers as usize;
 
-        // Strata: bounded by the bytes left, not by the peer's count.
-        let mut headers = IndexMap::with_capacity(num_headers.min(bytes::Buf::remaining(buf)));
+        // Strata: a header takes at least HEADER_BYTES_MIN of the record's bytes: a count they
+        // cannot hold is refused, and the reservation is bounded by them and by
+        // types::PREALLOC_BYTES_MAX, never by the count the peer wrote.
+        let remaining = bytes::Buf::remaining(buf);
+        if num_headers > remaining / HEADER_BYTES_MIN {
+            bail!("Record header count {num_headers} exceeds what the {remaining} bytes left can hold");
+        }
+        let mut headers =
+            IndexMap::with_capacity(types::prealloc_len::<(StrBytes, Option<Bytes>)>(
+                num_headers,
+                remaining,
+                HEADER_BYTES_MIN,
+            ));
         for _ in 0..num_headers {
             // Key len
             let key_len: i32 = types::VarInt.decode(buf)?;

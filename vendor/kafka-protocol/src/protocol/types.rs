@@ -10,6 +10,25 @@ use anyhow::{bail, Result};
 use std::convert::TryFrom;
 use std::string::String as StdString;
 
+/// Strata: the most a decoder reserves up front for the elements a peer announced. Past it, the
+/// vector grows as elements actually decode, so a declared count cannot size an allocation before
+/// the bytes that back it have been checked.
+pub(crate) const PREALLOC_BYTES_MAX: usize = 64 * 1024;
+
+/// Strata: how many `T`s to reserve for `declared` announced elements when each takes at least
+/// `min_encoded_bytes` of the `remaining` bytes: never more than those bytes can hold, and never
+/// more than [`PREALLOC_BYTES_MAX`] of memory.
+pub(crate) fn prealloc_len<T>(
+    declared: usize,
+    remaining: usize,
+    min_encoded_bytes: usize,
+) -> usize {
+    debug_assert!(min_encoded_bytes > 0);
+    declared
+        .min(remaining / min_encoded_bytes)
+        .min(PREALLOC_BYTES_MAX / std::mem::size_of::<T>().max(1))
+}
+
 macro_rules! define_copy_impl {
     ($e:ident, $t:ty) => (
         impl Encoder<$t> for $e {
@@ -359,8 +378,12 @@ impl Decoder<Option<StdString>> for String {
         match Int16.decode(buf)? {
             -1 => Ok(None),
             n if n >= 0 => {
+                // Strata: check the declared length against the bytes left before allocating it.
                 if buf.remaining() < n as usize {
-                    bail!("String length {n} exceeds the {} bytes left", buf.remaining());
+                    bail!(
+                        "String length {n} exceeds the {} bytes left",
+                        buf.remaining()
+                    );
                 }
                 let mut strbuf = vec![0; n as usize];
                 buf.try_copy_to_slice(&mut strbuf)?;
@@ -514,8 +537,13 @@ impl Decoder<Option<StdString>> for CompactString {
         match UnsignedVarInt.decode(buf)? {
             0 => Ok(None),
             n => {
+                // Strata: check the declared length against the bytes left before allocating it.
                 if buf.remaining() < (n - 1) as usize {
-                    bail!("String length {} exceeds the {} bytes left", n - 1, buf.remaining());
+                    bail!(
+                        "String length {} exceeds the {} bytes left",
+                        n - 1,
+                        buf.remaining()
+                    );
                 }
                 let mut strbuf = vec![0; (n - 1) as usize];
                 buf.try_copy_to_slice(&mut strbuf)?;
@@ -661,6 +689,7 @@ impl Decoder<Option<Vec<u8>>> for Bytes {
         match Int32.decode(buf)? {
             -1 => Ok(None),
             n if n >= 0 => {
+                // Strata: check the declared length against the bytes left before allocating it.
                 if buf.remaining() < n as usize {
                     bail!("Data length {n} exceeds the {} bytes left", buf.remaining());
                 }
@@ -813,8 +842,13 @@ impl Decoder<Option<Vec<u8>>> for CompactBytes {
         match UnsignedVarInt.decode(buf)? {
             0 => Ok(None),
             n => {
+                // Strata: check the declared length against the bytes left before allocating it.
                 if buf.remaining() < (n - 1) as usize {
-                    bail!("Data length {} exceeds the {} bytes left", n - 1, buf.remaining());
+                    bail!(
+                        "Data length {} exceeds the {} bytes left",
+                        n - 1,
+                        buf.remaining()
+                    );
                 }
                 let mut data = vec![0; (n - 1) as usize];
                 buf.try_copy_to_slice(&mut data)?;
@@ -997,9 +1031,18 @@ impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for Array<E> {
         match Int32.decode(buf)? {
             -1 => Ok(None),
             n if n >= 0 => {
-                // Strata: every element takes at least one byte, so never reserve more than the
-                // bytes left; a peer must not size this allocation.
-                let mut result = Vec::with_capacity((n as usize).min(buf.remaining()));
+                // Strata: every element of every array in the generated messages takes at least one
+                // byte at the versions where the array is present (checked for all of them), so a
+                // count over the bytes left cannot decode: refuse it before looping, and reserve
+                // no more than those bytes and PREALLOC_BYTES_MAX allow.
+                let n = n as usize;
+                if n > buf.remaining() {
+                    bail!(
+                        "Array of {n} elements exceeds the {} bytes left",
+                        buf.remaining()
+                    );
+                }
+                let mut result = Vec::with_capacity(prealloc_len::<T>(n, buf.remaining(), 1));
                 for _ in 0..n {
                     result.push(self.0.decode(buf)?);
                 }
@@ -1107,8 +1150,16 @@ impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for CompactArray<E> {
         match UnsignedVarInt.decode(buf)? {
             0 => Ok(None),
             n => {
-                // Strata: as above, bounded by the bytes left.
-                let mut result = Vec::with_capacity(((n - 1) as usize).min(buf.remaining()));
+                // Strata: as for Array above: a count over the bytes left is refused, and the
+                // reservation is bounded by those bytes and PREALLOC_BYTES_MAX.
+                let len = (n - 1) as usize;
+                if len > buf.remaining() {
+                    bail!(
+                        "CompactArray of {len} elements exceeds the {} bytes left",
+                        buf.remaining()
+                    );
+                }
+                let mut result = Vec::with_capacity(prealloc_len::<T>(len, buf.remaining(), 1));
                 for _ in 1..n {
                     result.push(self.0.decode(buf)?);
                 }
