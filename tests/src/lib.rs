@@ -197,8 +197,8 @@ impl ChildBroker {
         extra: &[&str],
         env: &BTreeMap<String, String>,
     ) -> Self {
-        let log = std::fs::File::create(data_dir.with_extension("log")).unwrap();
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
@@ -206,18 +206,35 @@ impl ChildBroker {
             .arg(listen.to_string())
             .args(extra)
             .env("STRATA_LOG", "info")
-            .envs(env)
+            .envs(env);
+        Self::spawn(command, listen, &data_dir.with_extension("log"))
+    }
+
+    /// Runs `command` (a `strata serve` set up by the caller: arguments, environment, working
+    /// directory) with its standard error into `log`, and waits until it accepts connections on
+    /// `listen`. Fails the test, with the log, if the process exits first.
+    pub fn spawn(mut command: Command, listen: SocketAddr, log: &Path) -> Self {
+        let mut child = command
             .stdout(Stdio::null())
-            .stderr(log)
+            .stderr(std::fs::File::create(log).unwrap())
             .spawn()
             .expect("strata starts");
         wait_for("the broker to accept connections", || {
+            if let Some(status) = child.try_wait().unwrap() {
+                let log = std::fs::read_to_string(log).unwrap_or_default();
+                panic!("strata serve exited with {status} before accepting connections:\n{log}");
+            }
             TcpStream::connect(listen).ok()
         });
         Self {
             child,
             bootstrap: listen.to_string(),
         }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Kills the process with SIGKILL: no shutdown code runs.
@@ -238,6 +255,48 @@ impl Drop for ChildBroker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Runs `command` to its end with its output captured, failing the test (after killing it) if it
+/// is still running at the deadline.
+pub fn run_to_exit(command: &mut Command) -> std::process::Output {
+    use std::io::Read as _;
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the command starts");
+    // Drained while it runs, so that a full pipe cannot stall it.
+    let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            pipe.read_to_end(&mut bytes).map(|_| bytes)
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() >= DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = stderr.join().unwrap().unwrap_or_default();
+            panic!(
+                "{command:?} still running after {DEADLINE:?}; stderr:\n{}",
+                String::from_utf8_lossy(&stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::process::Output {
+        status,
+        stdout: stdout.join().unwrap().unwrap(),
+        stderr: stderr.join().unwrap().unwrap(),
     }
 }
 

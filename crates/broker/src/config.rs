@@ -218,7 +218,8 @@ pub fn topic_config_def(name: &str) -> Option<&'static TopicConfigDef> {
 /// Everything the broker is started with.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
-    /// Where partitions, metadata and (by default) the lake live.
+    /// Where partitions, metadata and (by default) the lake live; always absolute (a relative
+    /// folder given to [`BrokerConfig::new`] is resolved against the working directory).
     pub data_dir: PathBuf,
     /// Address to listen on.
     pub listen: SocketAddr,
@@ -247,8 +248,17 @@ impl BrokerConfig {
                 .ok_or_else(|| Error::InvalidConfig(format!("unknown broker setting {name:?}")))?
                 .validate(name, value)?;
         }
-        let tier_url =
-            tier_url.unwrap_or_else(|| format!("file://{}", data_dir.join("lake").display()));
+        // A relative folder (the default `./strata-data` included) is the working directory's,
+        // made absolute once here so that the default tier URL is a valid `file://` URL and no
+        // later change of working directory moves the data.
+        let data_dir = std::path::absolute(&data_dir).map_err(|e| {
+            Error::InvalidConfig(format!("data folder {}: {e}", data_dir.display()))
+        })?;
+        let tier_url = match tier_url {
+            Some(url) => url,
+            None => strata_lake::store::file_url(&data_dir.join("lake"))
+                .map_err(|e| Error::InvalidConfig(format!("default tier URL: {e}")))?,
+        };
         Ok(Self {
             data_dir,
             listen,
@@ -473,6 +483,23 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         )
+    }
+
+    #[test]
+    fn a_relative_data_dir_is_the_working_directory_s() {
+        let listen = "127.0.0.1:9092".parse().unwrap();
+        let c =
+            BrokerConfig::new("./strata-data".into(), listen, None, None, BTreeMap::new()).unwrap();
+        let expected = std::env::current_dir().unwrap().join("strata-data");
+        assert_eq!(c.data_dir, expected);
+        assert_eq!(c.tier_url, format!("file://{}/lake", expected.display()));
+        // The default tier URL is one the lake opens (spaces and all).
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("my data");
+        let c = BrokerConfig::for_dir(data.clone(), listen);
+        assert!(c.tier_url.contains("my%20data"), "{}", c.tier_url);
+        strata_lake::store::open(&c.tier_url, &BTreeMap::new()).unwrap();
+        assert!(data.join("lake").is_dir());
     }
 
     #[test]

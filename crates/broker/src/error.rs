@@ -44,6 +44,19 @@ pub enum Error {
     /// The metadata store failed.
     #[error("metadata store: {0}")]
     Metadata(String),
+    /// Another broker holds the data folder's lock (`<data_dir>/.lock`): one broker per folder.
+    #[error(
+        "data folder {} is in use by another broker (pid {}; lock file {}/.lock)",
+        path.display(),
+        pid.map_or_else(|| "unknown".to_string(), |p| p.to_string()),
+        path.display()
+    )]
+    DataDirInUse {
+        /// The data folder.
+        path: std::path::PathBuf,
+        /// The holder's pid as it wrote it into the lock file, when it has.
+        pid: Option<u32>,
+    },
     /// A socket or file failed.
     #[error("I/O error on {what}: {source}")]
     Io {
@@ -65,7 +78,9 @@ impl Error {
             Self::UnknownTopic(_) => ResponseError::UnknownTopicOrPartition,
             Self::NotLeader(_) => ResponseError::NotLeaderOrFollower,
             Self::InvalidRequest { code, .. } => *code,
-            Self::Metadata(_) | Self::Io { .. } => ResponseError::KafkaStorageError,
+            Self::Metadata(_) | Self::Io { .. } | Self::DataDirInUse { .. } => {
+                ResponseError::KafkaStorageError
+            }
         }
     }
 }

@@ -16,6 +16,7 @@
 //! - `offload`: the background pipeline that moves sealed segments into the lake.
 //! - [`config`]: broker settings and topic configs with Kafka's names.
 //! - [`error`]: the error type and the one mapping to Kafka error codes.
+//! - `dir_lock`: one broker per data folder (`<data_dir>/.lock`, as Kafka's).
 //!
 //! ## Example
 //! ```no_run
@@ -30,6 +31,7 @@
 
 pub mod config;
 pub mod coordinator;
+mod dir_lock;
 pub mod error;
 pub mod frame;
 mod handler;

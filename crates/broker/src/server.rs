@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::BrokerConfig;
 use crate::coordinator::GroupCoordinator;
+use crate::dir_lock::DataDirLock;
 use crate::error::{Error, Result};
 use crate::frame;
 use crate::handler::{self, Context, Reply, now_ms};
@@ -63,9 +64,13 @@ impl BrokerHandle {
     }
 }
 
-/// Opens the data folder (recovering logs after a crash), binds the listener and starts serving.
+/// Locks the data folder (one broker per folder: [`Error::DataDirInUse`] when another holds it),
+/// opens it (recovering logs after a crash), binds the listener and starts serving. The lock is
+/// released when the broker has stopped and closed its logs.
 pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
     let data_dir = config.data_dir.clone();
+    // Before anything in the folder is opened, the lake's default folder included.
+    let dir_lock = DataDirLock::acquire(&data_dir)?;
     let listen = config.listen;
     let lake = Arc::new(crate::lake_view::LakeView::new(
         strata_lake::Lake::new(
@@ -107,7 +112,7 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
         advertised_port,
         shutdown: shutdown.clone(),
     });
-    let task = tokio::spawn(run(ctx, listener));
+    let task = tokio::spawn(run(ctx, listener, dir_lock));
     Ok(BrokerHandle {
         local_addr,
         shutdown,
@@ -173,7 +178,7 @@ fn advertised_endpoint(advertised: Option<&str>, bound: SocketAddr) -> Result<(S
     Ok((host.trim_matches(['[', ']']).to_string(), i32::from(port)))
 }
 
-async fn run(ctx: Arc<Context>, listener: TcpListener) {
+async fn run(ctx: Arc<Context>, listener: TcpListener, dir_lock: DataDirLock) {
     let tracker = TaskTracker::new();
     let maintenance = tokio::spawn(maintain(Arc::clone(&ctx)));
     let group_timers = tokio::spawn(tick_groups(Arc::clone(&ctx)));
@@ -226,6 +231,7 @@ async fn run(ctx: Arc<Context>, listener: TcpListener) {
         manager.close(now_ms());
     })
     .await;
+    drop(dir_lock);
     tracing::info!("broker stopped; logs closed cleanly");
 }
 
@@ -321,4 +327,33 @@ async fn serve_connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr
     }
     drop(queue);
     let _ = write_task.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_second_broker_on_one_data_folder_is_refused_until_the_first_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = || BrokerConfig::for_dir(dir.path().into(), "127.0.0.1:0".parse().unwrap());
+        let first = start(config()).await.unwrap();
+        let err = start(config()).await.unwrap_err();
+        match &err {
+            Error::DataDirInUse { path, pid } => {
+                assert_eq!(path, dir.path());
+                assert_eq!(*pid, Some(std::process::id()));
+            }
+            other => panic!("expected DataDirInUse, got {other:?}"),
+        }
+        let message = err.to_string();
+        assert!(
+            message.contains(&dir.path().display().to_string())
+                && message.contains(&format!("pid {}", std::process::id())),
+            "{message}"
+        );
+        first.shutdown().await;
+        let again = start(config()).await.unwrap();
+        again.shutdown().await;
+    }
 }

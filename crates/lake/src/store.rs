@@ -1,11 +1,13 @@
-//! Object storage by URL: `file:///path` (the default, `<data-dir>/lake`) or `s3://bucket/prefix`
-//! (AWS S3 or MinIO). The endpoint and options come from the standard variables (`AWS_REGION` /
+//! Object storage by URL: `file:///path` (the default, `<data-dir>/lake`), a path relative to the
+//! working directory (`file:lake`, `file://./lake`), or `s3://bucket/prefix` (AWS S3 or MinIO).
+//! The endpoint and options come from the standard variables (`AWS_REGION` /
 //! `AWS_DEFAULT_REGION`, `AWS_ENDPOINT_URL` for MinIO, `AWS_ALLOW_HTTP=true` for plain HTTP).
 //! Credentials: `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN` when given,
 //! otherwise the standard AWS chain of `aws-config` (profile files, SSO, web identity, container
 //! credentials, instance metadata), refreshed before they expire.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -20,19 +22,21 @@ use crate::error::{Error, Result};
 /// Opens the object store a tier URL names, with `env` as the environment (pass
 /// `std::env::vars()`; tests pass their own).
 pub fn open(url: &str, env: &BTreeMap<String, String>) -> Result<Arc<dyn ObjectStore>> {
+    if let Some(reference) = relative_file_reference(url) {
+        return open_folder(url, &relative_folder(url, reference)?);
+    }
     let parsed =
         url::Url::parse(url).map_err(|e| Error::Config(format!("tier URL {url:?}: {e}")))?;
     match parsed.scheme() {
         "file" => {
-            let path = parsed
-                .to_file_path()
-                .map_err(|()| Error::Config(format!("tier URL {url:?} is not a local path")))?;
-            std::fs::create_dir_all(&path)
-                .map_err(|e| Error::Config(format!("creating {}: {e}", path.display())))?;
-            let store = LocalFileSystem::new_with_prefix(&path)
-                .map_err(|e| Error::Config(format!("tier URL {url:?}: {e}")))?
-                .with_automatic_cleanup(true);
-            Ok(Arc::new(store))
+            let path = parsed.to_file_path().map_err(|()| {
+                Error::Config(format!(
+                    "tier URL {url:?} is not a local path (it names host {:?}): write \
+                     file:///absolute/path, or file:path for a folder under the working directory",
+                    parsed.host_str().unwrap_or_default()
+                ))
+            })?;
+            open_folder(url, &path)
         }
         "s3" => {
             let bucket = parsed
@@ -74,6 +78,65 @@ pub fn open(url: &str, env: &BTreeMap<String, String>) -> Result<Arc<dyn ObjectS
             "tier URL {url:?}: scheme {other:?} is not supported (use file:// or s3://)"
         ))),
     }
+}
+
+/// The `file://` URL of an absolute local folder, percent-encoded where a URL must be, so that
+/// [`open`] reads the same folder back.
+pub fn file_url(folder: &Path) -> Result<String> {
+    url::Url::from_file_path(folder)
+        .map(String::from)
+        .map_err(|()| Error::Config(format!("{} is not an absolute path", folder.display())))
+}
+
+/// The path part of a `file:` URL that names a folder relative to the working directory:
+/// `file:lake`, `file:./lake`, `file://./lake`, `file://../lake`. `None` for every other URL
+/// (`file:///abs`, `file://localhost/abs`, other schemes), which the URL parser reads.
+///
+/// A URL parser would read `file:lake` as `/lake` and `file://./lake` as the host `.`; a relative
+/// `--data-dir` resolves against the working directory, and so does a relative tier folder.
+fn relative_file_reference(url: &str) -> Option<&str> {
+    let rest = url
+        .get(.."file:".len())
+        .filter(|scheme| scheme.eq_ignore_ascii_case("file:"))
+        .map(|_| &url["file:".len()..])?;
+    match rest.strip_prefix("//") {
+        Some(path) => {
+            let dotted =
+                [".", ".."].contains(&path) || path.starts_with("./") || path.starts_with("../");
+            dotted.then_some(path)
+        }
+        None => (!rest.starts_with('/')).then_some(rest),
+    }
+}
+
+/// Resolves a relative folder reference against the working directory, decoding it as a URL
+/// path (`my%20lake` is `my lake`).
+fn relative_folder(url: &str, reference: &str) -> Result<PathBuf> {
+    if reference.is_empty() {
+        return Err(Error::Config(format!("tier URL {url:?} names no folder")));
+    }
+    let cwd = std::env::current_dir()
+        .map_err(|e| Error::Config(format!("tier URL {url:?}: the working directory: {e}")))?;
+    let base = url::Url::from_directory_path(&cwd).map_err(|()| {
+        Error::Config(format!(
+            "tier URL {url:?}: working directory {} is not absolute",
+            cwd.display()
+        ))
+    })?;
+    base.join(reference)
+        .map_err(|e| Error::Config(format!("tier URL {url:?}: {e}")))?
+        .to_file_path()
+        .map_err(|()| Error::Config(format!("tier URL {url:?} is not a local path")))
+}
+
+/// A local folder as an object store (created if missing).
+fn open_folder(url: &str, path: &Path) -> Result<Arc<dyn ObjectStore>> {
+    std::fs::create_dir_all(path)
+        .map_err(|e| Error::Config(format!("creating {}: {e}", path.display())))?;
+    let store = LocalFileSystem::new_with_prefix(path)
+        .map_err(|e| Error::Config(format!("tier URL {url:?}: {e}")))?
+        .with_automatic_cleanup(true);
+    Ok(Arc::new(store))
 }
 
 /// Refresh credentials this long before they expire.
@@ -144,5 +207,57 @@ mod tests {
         let url = format!("file://{}", dir.path().join("lake").display());
         open(&url, &env).unwrap();
         assert!(dir.path().join("lake").is_dir());
+        let err = open("file://lakehost/lake", &env).unwrap_err().to_string();
+        assert!(
+            err.contains("not a local path") && err.contains("lakehost"),
+            "{err}"
+        );
+        assert!(
+            open("file:", &env)
+                .unwrap_err()
+                .to_string()
+                .contains("names no folder")
+        );
+    }
+
+    #[test]
+    fn file_urls_of_folders_read_back_as_the_same_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("a lake #1 100%");
+        let url = file_url(&folder).unwrap();
+        assert!(url.starts_with("file:///"), "{url}");
+        assert_eq!(relative_file_reference(&url), None);
+        open(&url, &BTreeMap::new()).unwrap();
+        assert!(folder.is_dir());
+        assert!(file_url(Path::new("relative/lake")).is_err());
+    }
+
+    #[test]
+    fn relative_file_urls_name_folders_under_the_working_directory() {
+        for (url, reference) in [
+            ("file:lake", Some("lake")),
+            ("file:./lake", Some("./lake")),
+            ("FILE:lake", Some("lake")),
+            ("file://./lake", Some("./lake")),
+            ("file://../lake", Some("../lake")),
+            ("file://.", Some(".")),
+            ("file:///abs/lake", None),
+            ("file:/abs/lake", None),
+            ("file://localhost/abs/lake", None),
+            ("file://host/lake", None),
+            ("s3://bucket/lake", None),
+            ("lake", None),
+        ] {
+            assert_eq!(relative_file_reference(url), reference, "{url}");
+        }
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            relative_folder("file:./my%20data/lake", "./my%20data/lake").unwrap(),
+            cwd.join("my data").join("lake")
+        );
+        assert_eq!(
+            relative_folder("file://../lake", "../lake").unwrap(),
+            cwd.parent().unwrap().join("lake")
+        );
     }
 }

@@ -73,9 +73,10 @@ enum LakeCommand {
 /// Options of `strata groups`.
 #[derive(Debug, Args)]
 pub struct GroupsArgs {
-    /// Broker to ask.
-    #[arg(long, env = "STRATA_BOOTSTRAP", default_value = DEFAULT_LISTEN, global = true)]
-    bootstrap: String,
+    /// Broker to ask, HOST:PORT [default: the `strata serve` listen address STRATA_LISTEN when
+    /// set, else 127.0.0.1:9092].
+    #[arg(long, env = "STRATA_BOOTSTRAP", global = true)]
+    bootstrap: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
@@ -384,9 +385,34 @@ fn lake(args: LakeArgs) -> Result<()> {
     }
 }
 
+/// The broker `strata groups` asks: `--bootstrap` (or `STRATA_BOOTSTRAP`), else the address a
+/// `strata serve` in the same environment listens on (`STRATA_LISTEN`, an unspecified address
+/// reached on loopback), else the default listen address.
+fn bootstrap(given: Option<String>, env: &BTreeMap<String, String>) -> String {
+    if let Some(given) = given {
+        return given;
+    }
+    let Some(listen) = env.get("STRATA_LISTEN") else {
+        return DEFAULT_LISTEN.to_string();
+    };
+    match listen.parse::<SocketAddr>() {
+        Ok(mut addr) if addr.ip().is_unspecified() => {
+            let loopback = match addr {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            };
+            addr.set_ip(loopback);
+            addr.to_string()
+        }
+        // Not an address `strata serve` would take; the connection error will name it.
+        _ => listen.clone(),
+    }
+}
+
 fn groups(args: GroupsArgs) -> Result<()> {
     use crate::groups::{or_dash, table};
-    let mut client = crate::admin::AdminClient::connect(&args.bootstrap)?;
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let mut client = crate::admin::AdminClient::connect(&bootstrap(args.bootstrap, &env))?;
     let output = match args.command {
         GroupsCommand::List => {
             let rows = crate::groups::list(&mut client)?;
@@ -530,9 +556,51 @@ mod tests {
     #[test]
     fn defaults() {
         let config = broker_config(&args(&[]), &BTreeMap::new()).unwrap();
-        assert_eq!(config.data_dir, PathBuf::from("./strata-data"));
+        let data_dir = std::env::current_dir().unwrap().join("strata-data");
+        assert_eq!(config.data_dir, data_dir);
         assert_eq!(config.listen.to_string(), "127.0.0.1:9092");
-        assert_eq!(config.tier_url, "file://./strata-data/lake");
+        assert_eq!(
+            config.tier_url,
+            format!("file://{}", data_dir.join("lake").display())
+        );
+    }
+
+    #[test]
+    fn relative_folders_are_the_working_directory_s() {
+        let config = broker_config(&args(&["--data-dir", "data/../d"]), &BTreeMap::new()).unwrap();
+        assert!(config.data_dir.is_absolute());
+        assert_eq!(
+            config.data_dir,
+            std::env::current_dir().unwrap().join("data/../d")
+        );
+        let config = broker_config(&args(&["--tier-url", "file:lake"]), &BTreeMap::new()).unwrap();
+        assert_eq!(
+            config.tier_url, "file:lake",
+            "resolved when the lake is opened"
+        );
+    }
+
+    #[test]
+    fn groups_ask_the_configured_broker() {
+        let env = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(bootstrap(None, &env(&[])), DEFAULT_LISTEN);
+        let listen = env(&[("STRATA_LISTEN", "127.0.0.1:4000")]);
+        assert_eq!(bootstrap(None, &listen), "127.0.0.1:4000");
+        assert_eq!(
+            bootstrap(Some("10.0.0.1:9092".into()), &listen),
+            "10.0.0.1:9092"
+        );
+        let all = env(&[("STRATA_LISTEN", "0.0.0.0:4000")]);
+        assert_eq!(bootstrap(None, &all), "127.0.0.1:4000");
+        let all6 = env(&[("STRATA_LISTEN", "[::]:4000")]);
+        assert_eq!(bootstrap(None, &all6), "[::1]:4000");
+        let unparsable = env(&[("STRATA_LISTEN", "broker:4000")]);
+        assert_eq!(bootstrap(None, &unparsable), "broker:4000");
     }
 
     #[test]

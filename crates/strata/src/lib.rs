@@ -1,6 +1,7 @@
 //! # strata
 //!
-//! The `strata` command: `strata serve` runs the broker; admin subcommands come with their issues.
+//! The `strata` command: `strata serve` runs the broker, `strata groups` manages the consumer
+//! groups of a running broker, and `strata lake` lists and checks what the lake holds.
 //!
 //! ## Layout
 //! - [`cli`]: argument parsing (clap), configuration layering (file < `STRATA_*` environment <
@@ -13,6 +14,7 @@
 //! ```text
 //! strata serve --data-dir ./strata-data --listen 127.0.0.1:9092
 //! strata groups describe my-group --bootstrap 127.0.0.1:9092
+//! strata lake ls --topic clicks
 //! ```
 
 pub mod admin;
