@@ -12,6 +12,8 @@
 //! - [`manager`]: topics and their partitions, created, altered and deleted through the
 //!   [`metadata`] store.
 //! - [`partition`]: one partition's log, high watermark and leader epoch.
+//! - `lake_view`: historic reads below the local log start, served from the lake through shared
+//!   footer and row-group caches (`lake.read.cache.bytes`).
 //! - [`coordinator`]: consumer groups and their committed offsets (an internal log).
 //! - `offload`: the background pipeline that moves sealed segments into the lake.
 //! - [`config`]: broker settings and topic configs with Kafka's names.

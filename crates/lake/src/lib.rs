@@ -9,8 +9,11 @@
 //! - [`segment`]: a whole segment's bytes ↔ records, and records ↔ batches for serving.
 //! - [`manifest`]: which files hold which offsets; contiguity, retention and verification.
 //! - [`lake`]: the layout in object storage, offload (upload, then manifest commit), listing.
+//! - [`reader`]: ranged reads of lake files for serving consumers: the footer, then only the row
+//!   groups holding the wanted offsets, as whole RecordBatch v2 batches.
 //! - [`store`]: the object store a tier URL names (`file://`, `s3://`).
 //! - [`status`]: a partition's failing offload, as the broker last saw it.
+//! - [`error`]: the crate's one error type.
 //!
 //! ## Example
 //! ```
