@@ -224,12 +224,134 @@ fn hostile(bootstrap: &str) {
 }
 
 fn create_topic(s: &mut TcpStream, name: &str) -> (i16, String) {
+    create_topic_with(s, name, 1)
+}
+
+/// The batch of the integrity issue: a valid CRC around one record of 40 bytes of `0x7f`, with a
+/// good batch for a second partition in the same request.
+fn poisoned(good: &BytesMut) -> Bytes {
+    let mut out = good[..61].to_vec();
+    out.extend_from_slice(&[0x7f; 40]);
+    let length = (out.len() - 12) as i32;
+    out[8..12].copy_from_slice(&length.to_be_bytes());
+    out[57..61].copy_from_slice(&1i32.to_be_bytes());
+    out[23..27].copy_from_slice(&0i32.to_be_bytes());
+    let crc = crc32c::crc32c(&out[21..]);
+    out[17..21].copy_from_slice(&crc.to_be_bytes());
+    Bytes::from(out)
+}
+
+/// Produce v`version` of `records` to partition 0 and a good batch to partition 1 of `topic`:
+/// both partition answers.
+fn produce_two(
+    stream: &mut TcpStream,
+    version: i16,
+    topic: &str,
+    records: Bytes,
+) -> Vec<kafka_protocol::messages::produce_response::PartitionProduceResponse> {
+    let request_body = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_partition_data(vec![
+                    PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(records)),
+                    PartitionProduceData::default()
+                        .with_index(1)
+                        .with_records(Some(batch(10).freeze())),
+                ]),
+        ]);
+    stream
+        .write_all(&request(ApiKey::Produce, version, &request_body))
+        .unwrap();
+    let mut body = response(stream, ApiKey::Produce, version);
+    let mut decoded = ProduceResponse::decode(&mut body, version).unwrap();
+    decoded.responses.remove(0).partition_responses
+}
+
+/// Issue 10: a batch whose CRC is right but whose records are garbage is refused whole with
+/// INVALID_RECORD and a record error; nothing of it is stored, the other partition of the same
+/// request appends, the connection stays open, a consumer of the partition reads the good records
+/// from offset 0 and the partition's segments still reach the lake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_records_with_a_valid_crc_never_reach_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = TestBroker::start_in(
+        dir.path(),
+        &[("log.segment.bytes", "300"), ("num.partitions", "2")],
+    )
+    .await;
+    let bootstrap = broker.bootstrap.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut s = connect(&bootstrap);
+        assert_eq!(create_topic_with(&mut s, "poison", 2).0, 0);
+        for version in [3, 8] {
+            let answers = produce_two(&mut s, version, "poison", poisoned(&batch(10)));
+            assert_eq!(answers[0].error_code, 87, "INVALID_RECORD at v{version}");
+            assert_eq!(answers[0].base_offset, -1);
+            assert_eq!(answers[1].error_code, 0, "the other partition appends");
+            if version >= 8 {
+                let message = answers[0].error_message.as_deref().unwrap_or_default();
+                assert!(message.contains("record 0"), "{message}");
+                assert_eq!(answers[0].record_errors.len(), 1);
+                assert_eq!(answers[0].record_errors[0].batch_index, 0);
+            }
+        }
+        // The same connection goes on: good batches land at offsets 0, 1, 2…
+        for i in 0..8 {
+            let answers = produce_two(&mut s, 8, "poison", batch(100).freeze());
+            assert_eq!(answers[0].error_code, 0);
+            assert_eq!(
+                answers[0].base_offset, i,
+                "nothing of the refused batch was stored"
+            );
+        }
+    })
+    .await
+    .unwrap();
+
+    let got = read(&broker.bootstrap, "poison", &[0], Offset::Beginning, 8);
+    let offsets: Vec<i64> = got.iter().map(|r| r.offset).collect();
+    assert_eq!(offsets, (0..8).collect::<Vec<_>>());
+    assert!(
+        got.iter()
+            .all(|r| r.value.as_deref() == Some(&[b'v'; 100][..]))
+    );
+
+    // Sealed segments of the partition convert and reach the lake.
+    let lake = strata_lake::Lake::new(
+        strata_lake::store::open(
+            &format!("file://{}", dir.path().join("lake").display()),
+            &Default::default(),
+        )
+        .unwrap(),
+    );
+    let start = std::time::Instant::now();
+    loop {
+        let manifest = lake.manifest("poison", 0).await.unwrap_or_default();
+        if manifest.next_offset().is_some_and(|n| n >= 4) {
+            break;
+        }
+        assert!(
+            start.elapsed() < strata_tests::DEADLINE,
+            "the partition never offloaded: {:?}",
+            manifest.next_offset()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    broker.stop().await;
+}
+
+fn create_topic_with(s: &mut TcpStream, name: &str, partitions: i32) -> (i16, String) {
     let create = CreateTopicsRequest::default()
         .with_timeout_ms(5000)
         .with_topics(vec![
             kafka_protocol::messages::create_topics_request::CreatableTopic::default()
                 .with_name(TopicName(StrBytes::from_string(name.to_string())))
-                .with_num_partitions(1)
+                .with_num_partitions(partitions)
                 .with_replication_factor(1),
         ]);
     s.write_all(&request(ApiKey::CreateTopics, 5, &create))

@@ -89,6 +89,12 @@ pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
         ConfigType::Choice(&["delete"]),
     ),
     def(
+        "compression.type",
+        "compression.type",
+        "producer",
+        ConfigType::Choice(&["producer", "uncompressed", "gzip", "snappy", "lz4", "zstd"]),
+    ),
+    def(
         "flush.messages",
         "log.flush.interval.messages",
         "9223372036854775807",
@@ -123,6 +129,18 @@ pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
         "message.max.bytes",
         "1048588",
         ConfigType::Int(0),
+    ),
+    def(
+        "message.timestamp.after.max.ms",
+        "log.message.timestamp.after.max.ms",
+        "3600000",
+        ConfigType::Long(0),
+    ),
+    def(
+        "message.timestamp.before.max.ms",
+        "log.message.timestamp.before.max.ms",
+        "9223372036854775807",
+        ConfigType::Long(0),
     ),
     def(
         "message.timestamp.type",
@@ -177,6 +195,48 @@ const fn def(
     }
 }
 
+/// Kafka topic configs that clients and tools set but that change nothing here: deprecated in
+/// Kafka 3.x, or about features Strata does not have (compaction tuning, throttles, file
+/// preallocation). Accepted with a warning, as Kafka 3.x accepts its deprecated configs, and
+/// never shown by DescribeConfigs. Every other unknown name is refused.
+pub const IGNORED_TOPIC_CONFIGS: &[(&str, &str)] = &[
+    ("delete.retention.ms", "log compaction is not supported"),
+    ("file.delete.delay.ms", "segments are deleted at once"),
+    (
+        "follower.replication.throttled.replicas",
+        "replication throttles are not supported",
+    ),
+    (
+        "leader.replication.throttled.replicas",
+        "replication throttles are not supported",
+    ),
+    ("max.compaction.lag.ms", "log compaction is not supported"),
+    (
+        "message.downconversion.enable",
+        "deprecated in Kafka 3.x: only magic 2 is served",
+    ),
+    (
+        "message.format.version",
+        "deprecated in Kafka 3.x: the format is always magic 2",
+    ),
+    (
+        "message.timestamp.difference.max.ms",
+        "deprecated by KIP-937: use message.timestamp.before.max.ms / after.max.ms",
+    ),
+    (
+        "min.cleanable.dirty.ratio",
+        "log compaction is not supported",
+    ),
+    ("min.compaction.lag.ms", "log compaction is not supported"),
+    ("preallocate", "segments are not preallocated"),
+    ("segment.index.bytes", "indexes grow with their segment"),
+    ("segment.jitter.ms", "segments roll at segment.ms exactly"),
+    (
+        "unclean.leader.election.enable",
+        "a single broker has no other replica to elect",
+    ),
+];
+
 /// Broker settings that are not topic defaults.
 pub const BROKER_SETTINGS: &[(&str, &str, ConfigType)] = &[
     ("auto.create.topics.enable", "true", ConfigType::Boolean),
@@ -207,6 +267,7 @@ pub const BROKER_SETTINGS: &[(&str, &str, ConfigType)] = &[
         ConfigType::Long(1),
     ),
     ("offsets.retention.minutes", "10080", ConfigType::Int(1)),
+    ("queued.max.request.bytes", "536870912", ConfigType::Long(1)),
     ("socket.request.max.bytes", "104857600", ConfigType::Int(1)),
 ];
 
@@ -329,6 +390,11 @@ impl BrokerConfig {
         self.long("socket.request.max.bytes") as usize
     }
 
+    /// `queued.max.request.bytes`: request bytes read but not yet answered, broker-wide.
+    pub fn queued_max_request_bytes(&self) -> usize {
+        self.long("queued.max.request.bytes") as usize
+    }
+
     /// `log.retention.check.interval.ms`.
     pub fn retention_check_interval_ms(&self) -> i64 {
         self.long("log.retention.check.interval.ms")
@@ -408,6 +474,10 @@ fn broker_setting_type(name: &str) -> Option<ConfigType> {
 /// Checks topic overrides: known names, valid values, supported features.
 pub fn validate_topic_overrides(overrides: &BTreeMap<String, String>) -> Result<()> {
     for (name, value) in overrides {
+        if let Some((_, why)) = IGNORED_TOPIC_CONFIGS.iter().find(|(n, _)| n == name) {
+            tracing::warn!(config = %name, value = %value, "topic config accepted and ignored: {why}");
+            continue;
+        }
         let def = topic_config_def(name)
             .ok_or_else(|| Error::InvalidConfig(format!("unknown topic config {name:?}")))?;
         if name == "cleanup.policy" && value.split(',').any(|p| p.trim() == "compact") {
@@ -454,6 +524,10 @@ impl TopicConfig {
                 "LogAppendTime" => TimestampType::LogAppendTime,
                 _ => TimestampType::CreateTime,
             },
+            timestamp_before_max_ms: self.long("message.timestamp.before.max.ms"),
+            timestamp_after_max_ms: self.long("message.timestamp.after.max.ms"),
+            compression: strata_log::CompressionType::parse(self.get("compression.type"))
+                .unwrap_or_default(),
             remote_storage: self.get("remote.storage.enable") == "true",
             // Kafka: -2 means "the same as retention.ms / retention.bytes".
             local_retention_ms: match self.long("local.retention.ms") {

@@ -7,9 +7,9 @@
 pub mod group;
 pub mod store;
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::Mutex;
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
@@ -104,8 +104,8 @@ impl GroupCoordinator {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().expect("coordinator lock poisoned")
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Inner> {
+        self.inner.lock()
     }
 
     /// JoinGroup.

@@ -100,6 +100,10 @@ pub fn log_error_code(error: &strata_log::Error) -> ResponseError {
             ResponseError::InvalidRecord
         }
         strata_log::Error::InvalidBatch(_) => ResponseError::CorruptMessage,
+        strata_log::Error::InvalidRecords(e) => match e.kind {
+            strata_log::record::RecordErrorKind::Invalid => ResponseError::InvalidRecord,
+            strata_log::record::RecordErrorKind::Timestamp => ResponseError::InvalidTimestamp,
+        },
         strata_log::Error::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
         strata_log::Error::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
         strata_log::Error::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,

@@ -1,8 +1,11 @@
 //! Framing: a 4-byte big-endian length, then the request. Pure functions over bytes, plus the one
 //! async read of a frame from a socket, bounded by `socket.request.max.bytes`.
 
+use std::sync::Arc;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Bytes of `api_key`, `api_version` and `correlation_id`, the part of every request header that
 /// can be read before knowing the header version.
@@ -60,11 +63,63 @@ const FRAME_START_BYTES: usize = 64 * 1024;
 /// How much larger than its received bytes a frame's buffer may grow.
 const FRAME_GROWTH: usize = 16;
 
+/// The broker-wide budget of request bytes read but not yet answered
+/// (`queued.max.request.bytes`). A frame is admitted before its body is read and holds its share
+/// until its response is written, so when answers do not drain, reading stops on every
+/// connection instead of memory growing.
+#[derive(Debug, Clone)]
+pub struct RequestBudget {
+    bytes: Arc<Semaphore>,
+    total: usize,
+}
+
+/// A frame's share of the [`RequestBudget`], given back when dropped.
+pub type Admission = OwnedSemaphorePermit;
+
+impl RequestBudget {
+    /// A budget of `total` bytes.
+    pub fn new(total: usize) -> Self {
+        let total = total.clamp(1, Semaphore::MAX_PERMITS);
+        Self {
+            bytes: Arc::new(Semaphore::new(total)),
+            total,
+        }
+    }
+
+    /// Waits until `size` bytes fit. A frame larger than the whole budget waits until nothing
+    /// else is in flight and then goes alone, so no frame `socket.request.max.bytes` allows is
+    /// refused for it.
+    pub async fn admit(&self, size: usize) -> Admission {
+        let share = size.clamp(1, self.total) as u32;
+        Arc::clone(&self.bytes)
+            .acquire_many_owned(share)
+            .await
+            .expect("the budget's semaphore is never closed")
+    }
+
+    /// Bytes not lent out now.
+    pub fn available(&self) -> usize {
+        self.bytes.available_permits()
+    }
+}
+
 /// Reads one frame. `Ok(None)` when the peer closed the connection between frames.
 pub async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
     max_bytes: usize,
 ) -> Result<Option<Bytes>, FrameError> {
+    let budget = RequestBudget::new(Semaphore::MAX_PERMITS);
+    Ok(read_admitted_frame(reader, max_bytes, &budget)
+        .await?
+        .map(|(frame, _)| frame))
+}
+
+/// Reads one frame once the budget admits it: the frame and its admission.
+pub async fn read_admitted_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max_bytes: usize,
+    budget: &RequestBudget,
+) -> Result<Option<(Bytes, Admission)>, FrameError> {
     let mut length = [0u8; 4];
     match reader.read_exact(&mut length).await {
         Ok(_) => {}
@@ -79,6 +134,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         });
     }
     let expected = size as usize;
+    let admission = budget.admit(expected).await;
     // Grow with what arrives rather than trusting the peer's length up front: at most sixteen
     // times what was received, in few steps, so a large frame is copied once or twice at most.
     let mut frame = BytesMut::with_capacity(expected.min(FRAME_START_BYTES));
@@ -100,7 +156,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             });
         }
     }
-    Ok(Some(frame.freeze()))
+    Ok(Some((frame.freeze(), admission)))
 }
 
 /// Prefixes an encoded response with its length.
@@ -141,6 +197,42 @@ mod tests {
                 expected: 5
             })
         );
+    }
+
+    #[tokio::test]
+    async fn the_budget_holds_frames_back_until_answers_drain() {
+        let budget = RequestBudget::new(10);
+        let mut two: &[u8] = &[0, 0, 0, 6, 1, 2, 3, 4, 5, 6, 0, 0, 0, 6, 1, 2, 3, 4, 5, 6];
+        let (_, first) = read_admitted_frame(&mut two, 100, &budget)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(budget.available(), 4);
+        // The second frame does not fit while the first is unanswered.
+        let blocked = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            read_admitted_frame(&mut two, 100, &budget),
+        )
+        .await;
+        assert!(blocked.is_err(), "a frame past the budget was read");
+        drop(first);
+        let mut again: &[u8] = &[0, 0, 0, 6, 1, 2, 3, 4, 5, 6];
+        let (frame, second) = read_admitted_frame(&mut again, 100, &budget)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(frame.len(), 6);
+        assert_eq!(budget.available(), 4);
+        drop(second);
+        // A frame larger than the whole budget goes alone.
+        let mut big: &[u8] = &[
+            0, 0, 0, 20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        let (frame, _alone) = read_admitted_frame(&mut big, 100, &budget)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((frame.len(), budget.available()), (20, 0));
     }
 
     #[test]

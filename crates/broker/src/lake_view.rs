@@ -7,8 +7,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+
+use parking_lot::{Mutex, RwLock};
 
 use bytes::Bytes;
 use strata_lake::reader::{Chunk, OpenFile};
@@ -82,8 +84,8 @@ impl<K: Clone + Eq + Hash, V> SharedCache<K, V> {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, CacheInner<K, V>> {
-        self.inner.lock().expect("cache lock")
+    fn lock(&self) -> parking_lot::MutexGuard<'_, CacheInner<K, V>> {
+        self.inner.lock()
     }
 
     /// The cached value, or the one `load` (or a load already in flight) produces.
@@ -154,23 +156,18 @@ impl LakeView {
     pub(crate) fn set_manifest(&self, topic: &str, partition: i32, manifest: &Manifest) {
         self.manifests
             .write()
-            .expect("manifests lock")
             .insert((topic.to_string(), partition), manifest.clone());
     }
 
     /// Forgets a partition (its topic was deleted).
     pub(crate) fn forget_topic(&self, topic: &str) {
-        self.manifests
-            .write()
-            .expect("manifests lock")
-            .retain(|(t, _), _| t != topic);
+        self.manifests.write().retain(|(t, _), _| t != topic);
     }
 
     /// The first offset in the lake, if it holds any.
     pub(crate) fn start_offset(&self, topic: &str, partition: i32) -> Option<i64> {
         self.manifests
             .read()
-            .expect("manifests lock")
             .get(&(topic.to_string(), partition))?
             .start_offset()
     }
@@ -179,7 +176,6 @@ impl LakeView {
     pub(crate) fn last_offset(&self, topic: &str, partition: i32) -> Option<i64> {
         self.manifests
             .read()
-            .expect("manifests lock")
             .get(&(topic.to_string(), partition))?
             .next_offset()
             .map(|n| n - 1)
@@ -192,7 +188,7 @@ impl LakeView {
         partition: i32,
         keep: impl Fn(&FileEntry) -> bool,
     ) -> Option<(FileEntry, Option<FileEntry>)> {
-        let manifests = self.manifests.read().expect("manifests lock");
+        let manifests = self.manifests.read();
         let files = &manifests.get(&(topic.to_string(), partition))?.files;
         let i = files.iter().position(keep)?;
         Some((files[i].clone(), files.get(i + 1).cloned()))

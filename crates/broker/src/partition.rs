@@ -3,9 +3,9 @@
 //! The high watermark is the log end offset: with a single replica every appended record is
 //! committed. Replication will move it to the in-sync replicas' minimum; readers already use it.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Mutex, MutexGuard};
 
 use strata_log::{AppendInfo, FileSlice, Log, LogConfig, Maintenance, SealedSegment};
 use tokio::sync::watch;
@@ -98,7 +98,7 @@ impl Partition {
     }
 
     fn with_log<T>(&self, f: impl FnOnce(&mut Log) -> Result<T>) -> Result<T> {
-        let mut guard: MutexGuard<'_, Option<Log>> = self.log.lock().expect("log lock poisoned");
+        let mut guard: MutexGuard<'_, Option<Log>> = self.log.lock();
         match guard.as_mut() {
             Some(log) => f(log),
             None => Err(Error::NotLeader(format!(
@@ -188,7 +188,7 @@ impl Partition {
 
     /// Flushes and closes the log cleanly; later calls get NOT_LEADER_OR_FOLLOWER.
     pub fn close(&self, now_ms: i64) -> Result<()> {
-        let log = self.log.lock().expect("log lock poisoned").take();
+        let log = self.log.lock().take();
         match log {
             Some(log) => Ok(log.close(now_ms)?),
             None => Ok(()),

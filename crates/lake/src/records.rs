@@ -4,11 +4,11 @@
 //! Decoding decompresses the batch (any codec) and parses the records; encoding writes an
 //! uncompressed batch with a fresh CRC. Pure functions over bytes.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kafka_protocol::compression::{Decompressor, Gzip, Lz4, Snappy, Zstd};
+use bytes::{BufMut, Bytes, BytesMut};
 use strata_log::batch::{
     self, ATTR_COMPRESSION_MASK, ATTR_LOG_APPEND_TIME, BatchHeader, HEADER_BYTES,
 };
+use strata_log::record;
 
 use crate::error::{Error, Result};
 
@@ -39,79 +39,54 @@ pub struct LakeRecord {
     pub partition_leader_epoch: i32,
 }
 
-/// Decodes every record of one whole, valid batch.
+/// Decodes every record of one whole, valid batch. Compressed records are decompressed with the
+/// log's bound ([`record::DECOMPRESSED_BATCH_BYTES_MAX`]) and parsed by the log's record parser,
+/// the same code that checked them when they were produced.
 pub fn decode_batch(bytes: &[u8]) -> Result<Vec<LakeRecord>> {
     let header = batch::validate_batch(bytes)?;
-    let body = Bytes::copy_from_slice(&bytes[HEADER_BYTES..header.total_bytes()]);
-    let records = decompress(header.compression(), body, header.base_offset)?;
-    parse_records(&header, records)
-}
-
-fn decompress(codec: i16, mut body: Bytes, base_offset: i64) -> Result<Bytes> {
-    let identity = |b: &mut Bytes| Ok(b.split_to(b.len()));
-    let result = match codec {
-        0 => return Ok(body),
-        1 => Gzip::decompress(&mut body, identity),
-        2 => Snappy::decompress(&mut body, identity),
-        3 => Lz4::decompress(&mut body, identity),
-        4 => Zstd::decompress(&mut body, identity),
-        other => {
-            return Err(Error::Corrupt(format!(
-                "batch at offset {base_offset}: unknown codec {other}"
-            )));
-        }
-    };
-    result.map_err(|e| {
-        Error::Corrupt(format!(
-            "batch at offset {base_offset}: decompression failed: {e}"
-        ))
-    })
-}
-
-fn parse_records(header: &BatchHeader, mut buf: Bytes) -> Result<Vec<LakeRecord>> {
     let corrupt =
-        |what: &str| Error::Corrupt(format!("batch at offset {}: {what}", header.base_offset));
-    let count =
-        usize::try_from(header.record_count).map_err(|_| corrupt("negative record count"))?;
-    let mut out = Vec::with_capacity(count.min(buf.len()));
-    for _ in 0..count {
-        let length = varint(&mut buf).ok_or_else(|| corrupt("truncated record length"))?;
-        let length = usize::try_from(length).map_err(|_| corrupt("negative record length"))?;
-        if length > buf.len() {
-            return Err(corrupt("record longer than the batch"));
-        }
-        let mut record = buf.split_to(length);
-        out.push(parse_record(header, &mut record).ok_or_else(|| corrupt("malformed record"))?);
+        |what: String| Error::Corrupt(format!("batch at offset {}: {what}", header.base_offset));
+    let raw = &bytes[HEADER_BYTES..header.total_bytes()];
+    let body = if header.compression() == record::codec::NONE {
+        Bytes::copy_from_slice(raw)
+    } else {
+        let mut out = Vec::new();
+        record::decompress_into(
+            header.compression(),
+            raw,
+            &mut out,
+            record::DECOMPRESSED_BATCH_BYTES_MAX,
+        )
+        .map_err(|e| corrupt(e.to_string()))?;
+        Bytes::from(out)
+    };
+    let count = usize::try_from(header.record_count)
+        .map_err(|_| corrupt("negative record count".into()))?;
+    let mut out = Vec::with_capacity(count.min(body.len()));
+    for view in record::records(&body, header.record_count) {
+        let view = view.map_err(|e| corrupt(e.to_string()))?;
+        out.push(lake_record(&header, &body, &view));
     }
     Ok(out)
 }
 
-fn parse_record(header: &BatchHeader, buf: &mut Bytes) -> Option<LakeRecord> {
-    if !buf.has_remaining() {
-        return None;
-    }
-    let _attributes = buf.get_i8();
-    let timestamp_delta = varlong(buf)?;
-    let offset_delta = varint(buf)?;
-    let key = nullable_bytes(buf)?;
-    let value = nullable_bytes(buf)?;
-    let header_count = usize::try_from(varint(buf)?).ok()?;
-    let mut headers = Vec::with_capacity(header_count.min(buf.len()));
-    for _ in 0..header_count {
-        let key = nullable_bytes(buf)?.unwrap_or_default();
-        let value = nullable_bytes(buf)?;
-        headers.push((String::from_utf8_lossy(&key).into_owned(), value));
-    }
+/// One record as a lake row; keys, values and header values share `body`'s buffer.
+fn lake_record(header: &BatchHeader, body: &Bytes, view: &record::RecordView<'_>) -> LakeRecord {
+    let shared = |slice: Option<&[u8]>| slice.map(|s| body.slice_ref(s));
+    let headers = view
+        .headers()
+        .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), shared(v)))
+        .collect();
     let log_append_time = header.attributes & ATTR_LOG_APPEND_TIME != 0;
-    Some(LakeRecord {
-        offset: header.base_offset + i64::from(offset_delta),
+    LakeRecord {
+        offset: header.base_offset + i64::from(view.offset_delta),
         timestamp_ms: if log_append_time {
             header.max_timestamp
         } else {
-            header.base_timestamp + timestamp_delta
+            header.base_timestamp + view.timestamp_delta
         },
-        key,
-        value,
+        key: shared(view.key),
+        value: shared(view.value),
         headers,
         batch_offset: header.base_offset,
         batch_attributes: header.attributes & !ATTR_COMPRESSION_MASK,
@@ -120,10 +95,10 @@ fn parse_record(header: &BatchHeader, buf: &mut Bytes) -> Option<LakeRecord> {
         sequence: if header.base_sequence < 0 {
             -1
         } else {
-            header.base_sequence.wrapping_add(offset_delta)
+            header.base_sequence.wrapping_add(view.offset_delta)
         },
         partition_leader_epoch: header.partition_leader_epoch,
-    })
+    }
 }
 
 /// Encodes records of one batch (same `batch_offset`, in offset order) as an uncompressed
@@ -217,36 +192,6 @@ fn nullable_len(bytes: Option<&[u8]>) -> usize {
         None => 1,
         Some(b) => varlong_len(b.len() as i64) + b.len(),
     }
-}
-
-fn varint(buf: &mut Bytes) -> Option<i32> {
-    let v = varlong(buf)?;
-    i32::try_from(v).ok()
-}
-
-/// A zig-zag varint of up to 10 bytes.
-fn varlong(buf: &mut Bytes) -> Option<i64> {
-    let mut raw: u64 = 0;
-    for shift in (0..70).step_by(7) {
-        if !buf.has_remaining() {
-            return None;
-        }
-        let byte = buf.get_u8();
-        raw |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Some(((raw >> 1) as i64) ^ -((raw & 1) as i64));
-        }
-    }
-    None
-}
-
-fn nullable_bytes(buf: &mut Bytes) -> Option<Option<Bytes>> {
-    let len = varint(buf)?;
-    if len < 0 {
-        return Some(None);
-    }
-    let len = len as usize;
-    (len <= buf.len()).then(|| Some(buf.split_to(len)))
 }
 
 fn put_varlong(out: &mut BytesMut, v: i64) {

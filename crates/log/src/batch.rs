@@ -295,6 +295,17 @@ pub fn set_log_append_time(head: &mut [u8; HEADER_BYTES], records: &[u8], timest
     head[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
+/// Sets the codec bits of a whole batch whose records part already holds records in that codec,
+/// and recomputes `batchLength` and the CRC.
+pub fn set_compression(batch: &mut [u8], codec: i16) {
+    let attributes = (get_i16(batch, OFF_ATTRIBUTES) & !ATTR_COMPRESSION_MASK) | codec;
+    batch[OFF_ATTRIBUTES..OFF_ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
+    let length = (batch.len() - LOG_OVERHEAD) as i32;
+    batch[OFF_LENGTH..OFF_LENGTH + 4].copy_from_slice(&length.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[CRC_START..]);
+    batch[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
 /// Reads `baseOffset` and `batchLength` from the first [`LOG_OVERHEAD`] bytes of a batch.
 pub fn peek_offset_and_size(prefix: &[u8; LOG_OVERHEAD]) -> (i64, i32) {
     (

@@ -10,6 +10,52 @@ pub enum TimestampType {
     LogAppendTime,
 }
 
+/// The codec the broker stores batches in (`compression.type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CompressionType {
+    /// Keep the producer's codec (`producer`).
+    #[default]
+    Producer,
+    /// Store uncompressed (`uncompressed`).
+    Uncompressed,
+    /// `gzip`.
+    Gzip,
+    /// `snappy`.
+    Snappy,
+    /// `lz4`.
+    Lz4,
+    /// `zstd`.
+    Zstd,
+}
+
+impl CompressionType {
+    /// Kafka's name of the setting value.
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "producer" => Self::Producer,
+            "uncompressed" | "none" => Self::Uncompressed,
+            "gzip" => Self::Gzip,
+            "snappy" => Self::Snappy,
+            "lz4" => Self::Lz4,
+            "zstd" => Self::Zstd,
+            _ => return None,
+        })
+    }
+
+    /// The batch codec id to store in, `None` for the producer's.
+    pub fn codec(self) -> Option<i16> {
+        use crate::record::codec;
+        match self {
+            Self::Producer => None,
+            Self::Uncompressed => Some(codec::NONE),
+            Self::Gzip => Some(codec::GZIP),
+            Self::Snappy => Some(codec::SNAPPY),
+            Self::Lz4 => Some(codec::LZ4),
+            Self::Zstd => Some(codec::ZSTD),
+        }
+    }
+}
+
 /// Settings of one partition's log. Field names follow Kafka's topic configs, units last.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
@@ -31,6 +77,12 @@ pub struct LogConfig {
     pub max_message_bytes: usize,
     /// `message.timestamp.type`.
     pub timestamp_type: TimestampType,
+    /// `message.timestamp.before.max.ms`: how far in the past a CreateTime timestamp may be.
+    pub timestamp_before_max_ms: i64,
+    /// `message.timestamp.after.max.ms`: how far in the future a CreateTime timestamp may be.
+    pub timestamp_after_max_ms: i64,
+    /// `compression.type`: the codec batches are stored in.
+    pub compression: CompressionType,
     /// `remote.storage.enable`: sealed segments are offloaded to the lake, and deleted locally only
     /// once offloaded, under `local_retention_*`.
     pub remote_storage: bool,
@@ -53,9 +105,23 @@ impl Default for LogConfig {
             index_interval_bytes: 4096,
             max_message_bytes: 1024 * 1024 + 12,
             timestamp_type: TimestampType::CreateTime,
+            timestamp_before_max_ms: i64::MAX,
+            timestamp_after_max_ms: 60 * 60 * 1000,
+            compression: CompressionType::Producer,
             remote_storage: false,
             local_retention_ms: 7 * 24 * 60 * 60 * 1000,
             local_retention_bytes: -1,
+        }
+    }
+}
+
+impl LogConfig {
+    /// What the records of a produced batch must satisfy.
+    pub fn record_rules(&self) -> crate::record::RecordRules {
+        crate::record::RecordRules {
+            timestamp_type: self.timestamp_type,
+            timestamp_before_max_ms: self.timestamp_before_max_ms,
+            timestamp_after_max_ms: self.timestamp_after_max_ms,
         }
     }
 }

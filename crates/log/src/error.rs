@@ -22,6 +22,10 @@ pub enum Error {
     /// A produced batch was refused.
     #[error(transparent)]
     InvalidBatch(#[from] BatchError),
+    /// A produced batch whose records cannot be read or break a rule (INVALID_RECORD,
+    /// INVALID_TIMESTAMP).
+    #[error("invalid records: {0}")]
+    InvalidRecords(#[from] crate::record::RecordError),
     /// A read outside `[log_start_offset, log_end_offset]` (OFFSET_OUT_OF_RANGE).
     #[error("offset {offset} is outside the log [{log_start_offset}, {log_end_offset}]")]
     OffsetOutOfRange {

@@ -1,7 +1,9 @@
 //! Produce: validate each partition's batch, append it, answer with its base offset.
 
 use kafka_protocol::ResponseError;
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 
 use super::{Context, message, now_ms, str_bytes};
@@ -77,8 +79,24 @@ fn produce_partition(
             let mut answer = answer.with_error_code(e.code().code()).with_base_offset(-1);
             if version >= 8 {
                 answer.error_message = message(&e).or_else(|| Some(str_bytes("")));
+                answer.record_errors = record_errors(&e);
             }
             answer
         }
     }
+}
+
+/// KIP-467: the record a refused batch was refused for, so the client can name it.
+fn record_errors(error: &Error) -> Vec<BatchIndexAndErrorMessage> {
+    let Error::Log(strata_log::Error::InvalidRecords(e)) = error else {
+        return Vec::new();
+    };
+    let Some(index) = e.index else {
+        return Vec::new();
+    };
+    vec![
+        BatchIndexAndErrorMessage::default()
+            .with_batch_index(index as i32)
+            .with_batch_index_error_message(Some(str_bytes(e.message.clone()))),
+    ]
 }
