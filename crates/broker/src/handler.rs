@@ -77,12 +77,7 @@ pub(crate) enum Reply {
 /// Why a connection must be closed instead of answered.
 pub(crate) type Refusal = String;
 
-/// The broker's clock.
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+pub(crate) use crate::clock::now_ms;
 
 /// Handles one frame.
 pub(crate) fn dispatch(

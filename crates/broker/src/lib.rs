@@ -16,6 +16,8 @@
 //!   footer and row-group caches (`lake.read.cache.bytes`).
 //! - [`coordinator`]: consumer groups and their committed offsets (an internal log).
 //! - `offload`: the background pipeline that moves sealed segments into the lake.
+//! - `open_files`: the open-files limit, raised at start and shared with the log's file cache.
+//! - `clock`: the wall clock, read at the edges; decisions take `now_ms` as an argument.
 //! - [`config`]: broker settings and topic configs with Kafka's names.
 //! - [`error`]: the error type and the one mapping to Kafka error codes.
 //! - `dir_lock`: one broker per data folder (`<data_dir>/.lock`, as Kafka's).
@@ -31,6 +33,7 @@
 //! # Ok(()) }
 //! ```
 
+mod clock;
 pub mod config;
 pub mod coordinator;
 mod dir_lock;
@@ -41,6 +44,7 @@ mod lake_view;
 pub mod manager;
 pub mod metadata;
 mod offload;
+mod open_files;
 mod outgoing;
 pub mod partition;
 pub mod server;

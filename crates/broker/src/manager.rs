@@ -3,7 +3,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
 
 use uuid::Uuid;
 
@@ -14,7 +16,8 @@ use crate::partition::Partition;
 
 /// Longest topic name Kafka accepts.
 pub const TOPIC_NAME_MAX_BYTES: usize = 249;
-/// Most partitions one topic may have: each is a folder with open files.
+/// Most partitions one topic may have: each is a folder, and creating it writes a few files
+/// (no file stays open: see `strata_log::file_cache`).
 pub const PARTITIONS_MAX: i32 = 10_000;
 /// Producer ids reserved in the metadata store at a time, so that not every InitProducerId writes.
 const PRODUCER_ID_BLOCK: i64 = 1000;
@@ -141,9 +144,13 @@ impl PartitionManager {
         }
         let mut topics = HashMap::new();
         for (name, record) in &metadata.topics {
-            let topic = open_topic(&config, name, record, 0, now_ms)?;
+            let (topic, folders) = open_topic(&config, name, record, 0, now_ms)?;
+            folders.keep();
             topics.insert(name.clone(), Arc::new(topic));
         }
+        crate::open_files::warn_if_partitions_exceed(
+            topics.values().map(|t| t.partitions.len()).sum(),
+        );
         let producer_ids = ProducerIds {
             next: metadata.producer_id_block_end,
             block_end: metadata.producer_id_block_end,
@@ -164,23 +171,18 @@ impl PartitionManager {
 
     /// The cluster id.
     pub fn cluster_id(&self) -> String {
-        self.metadata
-            .lock()
-            .expect("metadata lock")
-            .cluster_id
-            .clone()
+        self.metadata.lock().cluster_id.clone()
     }
 
     /// A topic by name.
     pub fn topic(&self, name: &str) -> Option<Arc<Topic>> {
-        self.topics.read().expect("topics lock").get(name).cloned()
+        self.topics.read().get(name).cloned()
     }
 
     /// A topic by id.
     pub fn topic_by_id(&self, topic_id: Uuid) -> Option<Arc<Topic>> {
         self.topics
             .read()
-            .expect("topics lock")
             .values()
             .find(|t| t.topic_id == topic_id)
             .cloned()
@@ -188,13 +190,7 @@ impl PartitionManager {
 
     /// Every topic, sorted by name.
     pub fn topics(&self) -> Vec<Arc<Topic>> {
-        let mut all: Vec<_> = self
-            .topics
-            .read()
-            .expect("topics lock")
-            .values()
-            .cloned()
-            .collect();
+        let mut all: Vec<_> = self.topics.read().values().cloned().collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }
@@ -257,7 +253,7 @@ impl PartitionManager {
             });
         }
         config::validate_topic_overrides(&overrides)?;
-        let mut metadata = self.metadata.lock().expect("metadata lock");
+        let mut metadata = self.metadata.lock();
         if metadata.topics.contains_key(name) {
             return Err(Error::TopicExists(name.to_string()));
         }
@@ -273,22 +269,31 @@ impl PartitionManager {
                 &record,
             )));
         }
-        let topic = Arc::new(open_topic(&self.config, name, &record, 0, now_ms)?);
+        // All or nothing: until the metadata records the topic, a failure (a partition that
+        // cannot be opened, the store) drops the new partitions and removes their folders.
+        let (topic, folders) = open_topic(&self.config, name, &record, 0, now_ms)?;
         let mut updated = metadata.clone();
         updated.topics.insert(name.to_string(), record);
         self.store.store(&updated)?;
+        folders.keep();
         *metadata = updated;
+        let topic = Arc::new(topic);
         self.topics
             .write()
-            .expect("topics lock")
             .insert(name.to_string(), Arc::clone(&topic));
+        self.warn_if_partitions_exceed();
         Ok(topic)
+    }
+
+    fn warn_if_partitions_exceed(&self) {
+        let partitions = self.topics().iter().map(|t| t.partitions.len()).sum();
+        crate::open_files::warn_if_partitions_exceed(partitions);
     }
 
     /// Deletes a topic: forgotten by the metadata store first, then its partitions closed and their
     /// folders removed. Returns its id.
     pub fn delete_topic(&self, name: &str, now_ms: i64) -> Result<Uuid> {
-        let mut metadata = self.metadata.lock().expect("metadata lock");
+        let mut metadata = self.metadata.lock();
         let Some(record) = metadata.topics.get(name).cloned() else {
             return Err(Error::UnknownTopic(name.to_string()));
         };
@@ -296,7 +301,7 @@ impl PartitionManager {
         updated.topics.remove(name);
         self.store.store(&updated)?;
         *metadata = updated;
-        let topic = self.topics.write().expect("topics lock").remove(name);
+        let topic = self.topics.write().remove(name);
         for partition in topic.iter().flat_map(|t| t.partitions.iter()) {
             if let Err(e) = partition.close(now_ms) {
                 tracing::warn!(topic = name, partition = partition.index(), error = %e, "closing a deleted partition");
@@ -318,7 +323,7 @@ impl PartitionManager {
         validate_only: bool,
         now_ms: i64,
     ) -> Result<()> {
-        let mut metadata = self.metadata.lock().expect("metadata lock");
+        let mut metadata = self.metadata.lock();
         let Some(record) = metadata.topics.get(name).cloned() else {
             return Err(Error::UnknownTopic(name.to_string()));
         };
@@ -342,10 +347,13 @@ impl PartitionManager {
             partitions: count,
             ..record
         };
-        let added = open_topic(&self.config, name, &new_record, record.partitions, now_ms)?;
+        // All or nothing, as in `create_topic`.
+        let (added, folders) =
+            open_topic(&self.config, name, &new_record, record.partitions, now_ms)?;
         let mut updated = metadata.clone();
         updated.topics.insert(name.to_string(), new_record);
         self.store.store(&updated)?;
+        folders.keep();
         *metadata = updated;
         let partitions = current
             .partitions
@@ -354,6 +362,7 @@ impl PartitionManager {
             .chain(added.partitions)
             .collect();
         self.replace_topic(&current, partitions, current.overrides.clone());
+        self.warn_if_partitions_exceed();
         Ok(())
     }
 
@@ -366,7 +375,7 @@ impl PartitionManager {
         validate_only: bool,
     ) -> Result<()> {
         config::validate_topic_overrides(&overrides)?;
-        let mut metadata = self.metadata.lock().expect("metadata lock");
+        let mut metadata = self.metadata.lock();
         let Some(record) = metadata.topics.get(name).cloned() else {
             return Err(Error::UnknownTopic(name.to_string()));
         };
@@ -408,16 +417,15 @@ impl PartitionManager {
         });
         self.topics
             .write()
-            .expect("topics lock")
             .insert(current.name.clone(), Arc::clone(&topic));
         topic
     }
 
     /// A new producer id, never handed out before (ids are reserved in blocks in the store).
     pub fn next_producer_id(&self) -> Result<i64> {
-        let mut ids = self.producer_ids.lock().expect("producer id lock");
+        let mut ids = self.producer_ids.lock();
         if ids.next >= ids.block_end {
-            let mut metadata = self.metadata.lock().expect("metadata lock");
+            let mut metadata = self.metadata.lock();
             let mut updated = metadata.clone();
             updated.producer_id_block_end = ids.next + PRODUCER_ID_BLOCK;
             self.store.store(&updated)?;
@@ -447,17 +455,36 @@ impl PartitionManager {
         }
     }
 
-    /// Closes every partition cleanly.
+    /// Closes every partition cleanly, [`CLOSE_THREADS`] at a time.
     pub fn close(&self, now_ms: i64) {
-        for topic in self.topics() {
-            for partition in &topic.partitions {
+        let partitions: Vec<Arc<Partition>> = self
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions.iter().cloned())
+            .collect();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let close_some = || {
+            while let Some(partition) =
+                partitions.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+            {
                 if let Err(e) = partition.close(now_ms) {
-                    tracing::error!(topic = %topic.name, partition = partition.index(), error = %e, "closing partition");
+                    tracing::error!(topic = partition.topic(), partition = partition.index(), error = %e, "closing partition");
                 }
             }
-        }
+        };
+        std::thread::scope(|scope| {
+            for _ in 1..CLOSE_THREADS.min(partitions.len()) {
+                scope.spawn(close_some);
+            }
+            close_some();
+        });
     }
 }
+
+/// Partitions closed at once at shutdown. A close waits on the disk (each written partition
+/// fsyncs its segment and state files), not on the CPU, and a disk serves concurrent fsyncs far
+/// faster than one at a time: on the development machine 16 at once took a sixth of the time.
+const CLOSE_THREADS: usize = 16;
 
 fn check_partition_count(count: i32) -> Result<()> {
     if (1..=PARTITIONS_MAX).contains(&count) {
@@ -487,22 +514,60 @@ fn topic_without_partitions(config: &BrokerConfig, name: &str, record: &TopicRec
     }
 }
 
-/// Opens partitions `first..record.partitions` of a topic.
+/// Opens partitions `first..record.partitions` of a topic, beside the folders this made. When one
+/// partition fails, the ones opened are dropped and the folders made removed before the error is
+/// returned; on success the caller keeps the folders ([`NewFolders::keep`]) once the topic is
+/// recorded, or lets them be removed.
 fn open_topic(
     config: &BrokerConfig,
     name: &str,
     record: &TopicRecord,
     first: i32,
     now_ms: i64,
-) -> Result<Topic> {
+) -> Result<(Topic, NewFolders)> {
+    let mut folders = NewFolders(Vec::new());
     let mut topic = topic_without_partitions(config, name, record);
     let log_config = topic.config.log_config();
     for index in first..record.partitions {
         let dir = partition_dir(config, name, index);
-        let partition = Partition::open(name, index, &dir, log_config.clone(), now_ms)?;
-        topic.partitions.push(Arc::new(partition));
+        if matches!(std::fs::symlink_metadata(&dir), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+        {
+            folders.0.push(dir.clone());
+        }
+        match Partition::open(name, index, &dir, log_config.clone(), now_ms) {
+            Ok(partition) => topic.partitions.push(Arc::new(partition)),
+            Err(e) => {
+                tracing::warn!(topic = name, partition = index, error = %e,
+                    folders = folders.0.len(), "opening a new partition failed; removing the folders made");
+                return Err(e);
+            }
+        }
     }
-    Ok(topic)
+    Ok((topic, folders))
+}
+
+/// Partition folders made by a topic creation still in progress: removed when dropped, unless
+/// [`NewFolders::keep`] was called. A folder that existed before the creation is never listed, so
+/// a failure leaves it as it was.
+#[derive(Debug)]
+#[must_use = "the folders are removed when this is dropped"]
+struct NewFolders(Vec<PathBuf>);
+
+impl NewFolders {
+    /// The creation is recorded: the folders stay.
+    fn keep(mut self) {
+        self.0.clear();
+    }
+}
+
+impl Drop for NewFolders {
+    fn drop(&mut self) {
+        for dir in self.0.drain(..) {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "removing the folder of a partition not created");
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -590,5 +655,108 @@ mod tests {
         m.delete_topic("gone", 0).unwrap();
         assert!(!partition_dir(m.config(), "gone", 0).exists());
         assert!(m.topic("gone").is_none());
+    }
+
+    /// The partition folders of `topic` under the data folder, by index.
+    fn folders(dir: &std::path::Path, topic: &str) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir.join("topics"))
+            .into_iter()
+            .flatten()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| {
+                n.strip_prefix(topic)
+                    .is_some_and(|rest| rest.starts_with('-'))
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_failed_creation_leaves_no_folder_and_no_topic() {
+        use kafka_protocol::ResponseError as E;
+        let dir = tempfile::tempdir().unwrap();
+        let m = manager(dir.path());
+        // A file where partition 3's folder should be: partitions 0 to 2 open, then 3 fails.
+        let in_the_way = partition_dir(m.config(), "t", 3);
+        std::fs::create_dir_all(in_the_way.parent().unwrap()).unwrap();
+        std::fs::write(&in_the_way, b"not a folder").unwrap();
+        let err = m
+            .create_topic("t", 6, -1, BTreeMap::new(), false, 0)
+            .unwrap_err();
+        assert_eq!(err.code(), E::KafkaStorageError, "{err}");
+        assert_eq!(
+            folders(dir.path(), "t"),
+            ["t-3"],
+            "only what was there before"
+        );
+        assert!(in_the_way.is_file(), "left as it was");
+        assert!(m.topic("t").is_none());
+        drop(m);
+        let m = manager(dir.path());
+        assert!(m.topic("t").is_none(), "not recorded in the metadata");
+        // Once the path is usable the same creation succeeds.
+        std::fs::remove_file(&in_the_way).unwrap();
+        m.create_topic("t", 6, -1, BTreeMap::new(), false, 0)
+            .unwrap();
+        assert_eq!(folders(dir.path(), "t").len(), 6);
+    }
+
+    #[test]
+    fn a_failed_partition_increase_leaves_the_topic_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = manager(dir.path());
+        m.create_topic("t", 2, -1, BTreeMap::new(), false, 0)
+            .unwrap();
+        std::fs::write(partition_dir(m.config(), "t", 4), b"not a folder").unwrap();
+        assert!(m.create_partitions("t", 6, false, 0).is_err());
+        assert_eq!(folders(dir.path(), "t"), ["t-0", "t-1", "t-4"]);
+        assert_eq!(m.topic("t").unwrap().partitions.len(), 2);
+        drop(m);
+        assert_eq!(manager(dir.path()).topic("t").unwrap().partitions.len(), 2);
+    }
+
+    /// A metadata store that refuses to store while `fail` is set.
+    #[derive(Debug)]
+    struct FailingStore {
+        inner: LocalMetadataStore,
+        fail: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl MetadataStore for FailingStore {
+        fn load(&self) -> Result<ClusterMetadata> {
+            self.inner.load()
+        }
+        fn store(&self, metadata: &ClusterMetadata) -> Result<()> {
+            if self.fail.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(Error::Metadata("the store is down".to_string()));
+            }
+            self.inner.store(metadata)
+        }
+    }
+
+    #[test]
+    fn a_creation_the_store_refuses_leaves_no_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let store = FailingStore {
+            inner: LocalMetadataStore::new(dir.path()),
+            fail: Arc::clone(&fail),
+        };
+        let config =
+            BrokerConfig::for_dir(dir.path().to_path_buf(), "127.0.0.1:0".parse().unwrap());
+        let m = PartitionManager::open(config, Box::new(store), 0).unwrap();
+        m.create_topic("kept", 2, -1, BTreeMap::new(), false, 0)
+            .unwrap();
+        fail.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            m.create_topic("t", 3, -1, BTreeMap::new(), false, 0)
+                .is_err()
+        );
+        assert!(m.create_partitions("kept", 4, false, 0).is_err());
+        assert_eq!(folders(dir.path(), "t"), Vec::<String>::new());
+        assert_eq!(folders(dir.path(), "kept"), ["kept-0", "kept-1"]);
+        assert!(m.topic("t").is_none());
+        assert_eq!(m.topic("kept").unwrap().partitions.len(), 2);
     }
 }

@@ -1,29 +1,50 @@
 //! The offload pipeline: in the background, sealed segments of topics with
 //! `remote.storage.enable=true` become Parquet files in the lake (upload first, manifest commit
-//! second); only then may local retention delete them. Uploads retry with backoff while object
-//! storage is down; produce and fetch never wait for it.
+//! second); only then may local retention delete them, and it runs for the partition right after
+//! the commit. Uploads retry with backoff while object storage is down; produce and fetch never
+//! wait for it.
+//!
+//! A segment whose bytes on disk are corrupt (bit rot) cannot be converted: it is reported (a
+//! warning per attempt, and `offload-error.json` for `strata lake ls`) and retried with backoff,
+//! never skipped, so the partition's later segments wait and nothing of it is deleted locally.
+//! Other partitions go on.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::stream::{self, StreamExt};
+use strata_lake::status::CorruptSegment;
 use strata_lake::{Lake, Manifest, OffloadError, TopicMetadata};
 
 use crate::lake_view::LakeView;
 use uuid::Uuid;
 
-use crate::handler::now_ms;
+use crate::clock::now_ms;
 use crate::manager::{PartitionManager, Topic};
 use crate::partition::Partition;
 
 /// How often the pipeline looks for sealed segments.
 pub(crate) const OFFLOAD_INTERVAL: Duration = Duration::from_secs(1);
-/// Most partitions converted at once: each holds a segment and its Parquet file in memory.
+/// Most partitions converted at once. Each conversion holds about a row group and three upload
+/// parts (see [`Lake::offload_segment`]), whatever the segment's size.
 const OFFLOAD_PARALLEL_MAX: usize = 4;
 /// Longest wait between retries of a failing partition.
 const BACKOFF_MAX_MS: i64 = 30_000;
+
+/// Why one partition's offload stopped.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    /// The lake: object storage, a manifest, or a segment that cannot be converted.
+    #[error(transparent)]
+    Lake(#[from] strata_lake::Error),
+    /// The partition: closed, or its log failed.
+    #[error(transparent)]
+    Partition(#[from] crate::error::Error),
+    /// Opening a segment to read it.
+    #[error(transparent)]
+    Log(#[from] strata_log::Error),
+}
 
 /// Per-partition pipeline state.
 #[derive(Debug, Default)]
@@ -84,43 +105,71 @@ pub(crate) async fn run(manager: Arc<PartitionManager>, view: Arc<LakeView>) {
         while let Some((key, topic, partition, mut state, result)) = finished.next().await {
             match result {
                 Ok(()) => state.failures = 0,
-                Err(e) => {
-                    let now = now_ms();
-                    if state.failures == 0 {
-                        state.failing_since_ms = now;
-                    }
-                    state.failures += 1;
-                    let backoff = (1000i64 << state.failures.min(5)).min(BACKOFF_MAX_MS);
-                    state.retry_at_ms = now + backoff;
-                    // The manifest is reloaded on retry: the failed step may have committed.
-                    state.manifest = None;
-                    tracing::warn!(topic = %topic.name, partition = partition.index(), error = %e,
-                        failures = state.failures, retry_in_ms = backoff, "offload failed; local data kept");
-                    show_error(&partition, &mut state, e);
-                }
+                Err(e) => record_failure(&topic, &partition, &mut state, &e),
             }
             if state.failures == 0 && state.error_shown != Some(false) {
-                show_error(&partition, &mut state, String::new());
+                show_error(&partition, &mut state, None);
             }
             states.insert(key, state);
         }
     }
 }
 
+/// Backs the partition off, logs the failure (once per attempt, so once per backoff) and shows it
+/// to `strata lake ls`.
+fn record_failure(topic: &Topic, partition: &Partition, state: &mut PartitionState, e: &Failure) {
+    let now = now_ms();
+    if state.failures == 0 {
+        state.failing_since_ms = now;
+    }
+    state.failures += 1;
+    let backoff = (1000i64 << state.failures.min(5)).min(BACKOFF_MAX_MS);
+    state.retry_at_ms = now + backoff;
+    // The manifest is reloaded on retry: the failed step may have committed.
+    state.manifest = None;
+    let corrupt = match e {
+        Failure::Lake(strata_lake::Error::CorruptSegment {
+            segment,
+            offset,
+            position,
+            ..
+        }) => {
+            tracing::warn!(topic = %topic.name, partition = partition.index(), segment = %segment,
+                offset, position, error = %e, failures = state.failures, retry_in_ms = backoff,
+                "a segment cannot be offloaded: its bytes on disk are corrupt; it and the partition's later segments are kept locally");
+            Some(CorruptSegment {
+                segment: segment.clone(),
+                offset: *offset,
+                position: *position,
+            })
+        }
+        _ => {
+            tracing::warn!(topic = %topic.name, partition = partition.index(), error = %e,
+                failures = state.failures, retry_in_ms = backoff, "offload failed; local data kept");
+            None
+        }
+    };
+    show_error(partition, state, Some((e.to_string(), corrupt)));
+}
+
 /// Writes (or, with no failures, removes) the partition's offload error file, which
 /// `strata lake ls` shows.
-fn show_error(partition: &Partition, state: &mut PartitionState, error: String) {
+fn show_error(
+    partition: &Partition,
+    state: &mut PartitionState,
+    error: Option<(String, Option<CorruptSegment>)>,
+) {
     let written = partition.dir().map_err(|e| e.to_string()).and_then(|dir| {
-        let result = if state.failures == 0 {
-            OffloadError::clear(&dir)
-        } else {
-            OffloadError {
+        let result = match error {
+            None => OffloadError::clear(&dir),
+            Some((error, corrupt_segment)) => OffloadError {
                 failures: state.failures,
                 error,
                 since_ms: state.failing_since_ms,
                 retry_at_ms: state.retry_at_ms,
+                corrupt_segment,
             }
-            .write(&dir)
+            .write(&dir),
         };
         result.map_err(|e| e.to_string())
     });
@@ -165,51 +214,41 @@ async fn describe_topic(
     Ok(())
 }
 
+/// Offloads the partition's sealed segments past its manifest, one at a time, each committed
+/// before the next; local retention runs after each commit. Then applies remote retention.
 async fn offload_partition(
     lake: &Lake,
     view: &LakeView,
     topic: &Topic,
-    partition: &Partition,
+    partition: &Arc<Partition>,
     state: &mut PartitionState,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let name = &topic.name;
     let index = partition.index();
     let mut manifest = match state.manifest.take() {
         Some(m) => m,
-        None => lake
-            .manifest(name, index)
-            .await
-            .map_err(|e| e.to_string())?,
+        None => lake.manifest(name, index).await?,
     };
     let start = partition.log_start_offset();
     let mut next = manifest.next_offset().unwrap_or(start).max(start);
-    partition
-        .set_offloaded_offset(manifest.next_offset().unwrap_or(-1))
-        .map_err(|e| e.to_string())?;
-    let segments = partition
-        .sealed_segments_from(next)
-        .map_err(|e| e.to_string())?;
+    partition.set_offloaded_offset(manifest.next_offset().unwrap_or(-1))?;
+    let segments = partition.sealed_segments_from(next)?;
     let waiting_bytes: usize = segments.iter().map(|s| s.slice.len()).sum();
     if segments.len() > 1 {
         tracing::info!(topic = %name, partition = index, segments = segments.len(), bytes = waiting_bytes, "offload lag");
     }
     for segment in segments {
-        let slice = segment.slice.clone();
-        let bytes = tokio::task::spawn_blocking(move || slice.read())
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        let updated = lake
-            .offload(name, index, &manifest, Bytes::from(bytes), next)
-            .await
-            .map_err(|e| e.to_string());
-        manifest = updated?;
+        let file = segment.slice.open()?;
+        let done = lake
+            .offload_segment(name, index, &manifest, file, next)
+            .await?;
+        manifest = done.manifest;
         view.set_manifest(name, index, &manifest);
         next = segment.next_offset;
-        partition
-            .set_offloaded_offset(next)
-            .map_err(|e| e.to_string())?;
-        tracing::debug!(topic = %name, partition = index, next_offset = next, "offloaded segment");
+        partition.set_offloaded_offset(next)?;
+        tracing::debug!(topic = %name, partition = index, next_offset = next,
+            peak_buffered_bytes = done.peak_buffered_bytes, "offloaded segment");
+        apply_local_retention(partition).await;
     }
     let config = topic.config.log_config();
     manifest = lake
@@ -221,9 +260,36 @@ async fn offload_partition(
             config.retention_ms,
             config.retention_bytes,
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     view.set_manifest(name, index, &manifest);
     state.manifest = Some(manifest);
     Ok(())
+}
+
+/// Local retention of one partition, right after a commit made segments eligible: disk is freed
+/// then, not at the next `log.retention.check.interval.ms`.
+async fn apply_local_retention(partition: &Arc<Partition>) {
+    let partition = Arc::clone(partition);
+    let done = tokio::task::spawn_blocking(move || {
+        let done = partition.maintain(now_ms(), true);
+        (partition, done)
+    })
+    .await;
+    match done {
+        Ok((partition, Ok(done))) if done.deleted_segments > 0 => {
+            tracing::info!(
+                topic = partition.topic(),
+                partition = partition.index(),
+                deleted = done.deleted_segments,
+                log_start_offset = partition.log_start_offset(),
+                "retention deleted offloaded segments"
+            )
+        }
+        Ok((_, Ok(_) | Err(crate::error::Error::NotLeader(_)))) => {}
+        Ok((partition, Err(e))) => {
+            tracing::error!(topic = partition.topic(), partition = partition.index(), error = %e,
+                "local retention after offload failed")
+        }
+        Err(e) => tracing::error!(error = %e, "local retention after offload panicked"),
+    }
 }

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kafka_protocol::messages::ApiKey;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
@@ -17,7 +18,8 @@ use crate::coordinator::GroupCoordinator;
 use crate::dir_lock::DataDirLock;
 use crate::error::{Error, Result};
 use crate::frame;
-use crate::handler::{self, Context, Reply, now_ms};
+use crate::clock::now_ms;
+use crate::handler::{self, Context, Reply};
 use crate::manager::PartitionManager;
 use crate::metadata::LocalMetadataStore;
 
@@ -81,6 +83,8 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
     ));
     let advertised = config.advertised.clone();
     let lake_state = read_lake_state(&lake).await;
+    // Before the partitions open: their segment files are cached within the limit found here.
+    crate::open_files::fit_to_limit();
     let (manager, coordinator) = tokio::task::spawn_blocking(move || -> Result<_> {
         let offsets_dir = data_dir.join("internal").join("__consumer_offsets-0");
         let coordinator =
@@ -187,6 +191,7 @@ async fn run(ctx: Arc<Context>, listener: TcpListener, dir_lock: DataDirLock) {
         Arc::clone(&ctx.lake),
     ));
     let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    let budget = frame::RequestBudget::new(ctx.manager.config().queued_max_request_bytes());
     loop {
         let permit = tokio::select! {
             permit = Arc::clone(&permits).acquire_owned() => permit.expect("never closed"),
@@ -198,9 +203,9 @@ async fn run(ctx: Arc<Context>, listener: TcpListener, dir_lock: DataDirLock) {
         };
         match accepted {
             Ok((stream, peer)) => {
-                let ctx = Arc::clone(&ctx);
+                let (ctx, budget) = (Arc::clone(&ctx), budget.clone());
                 tracker.spawn(async move {
-                    serve_connection(ctx, stream, peer).await;
+                    serve_connection(ctx, stream, peer, budget).await;
                     drop(permit);
                 });
             }
@@ -268,15 +273,64 @@ async fn tick_groups(ctx: Arc<Context>) {
     }
 }
 
-/// A queued response: ready bytes, or a waiting fetch.
-type Pending = Reply;
+/// A queued response (ready bytes, or a waiting fetch) and its request's share of the
+/// `queued.max.request.bytes` budget, given back once the response is written.
+type Pending = (Reply, frame::Admission);
 
-async fn serve_connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
+/// APIs whose handlers write files (appends with the fsyncs and rolls they trigger, metadata
+/// stores, partition folders): they run on tokio's blocking threads so that a slow disk never
+/// stalls the async workers that serve every other connection. The connection waits for each in
+/// turn, so its requests still take effect in arrival order.
+const BLOCKING_APIS: &[ApiKey] = &[
+    ApiKey::Produce,
+    ApiKey::OffsetCommit,
+    ApiKey::JoinGroup,
+    ApiKey::SyncGroup,
+    ApiKey::LeaveGroup,
+    ApiKey::CreateTopics,
+    ApiKey::DeleteTopics,
+    ApiKey::InitProducerId,
+    ApiKey::AlterConfigs,
+    ApiKey::CreatePartitions,
+    ApiKey::DeleteGroups,
+    ApiKey::IncrementalAlterConfigs,
+    ApiKey::OffsetDelete,
+];
+
+fn writes_files(frame: &[u8]) -> bool {
+    frame::parse_prefix(frame)
+        .and_then(|p| ApiKey::try_from(p.api_key).ok())
+        .is_some_and(|key| BLOCKING_APIS.contains(&key))
+}
+
+/// Handles one frame, on a blocking thread when its API writes files. A panic in a handler is
+/// contained: the connection is closed with an error, every other connection goes on (locks do
+/// not poison).
+async fn handle_frame(
+    ctx: &Arc<Context>,
+    peer: SocketAddr,
+    frame: bytes::Bytes,
+) -> Result<Reply, handler::Refusal> {
+    if !writes_files(&frame) {
+        return handler::dispatch(ctx, peer, frame);
+    }
+    let ctx = Arc::clone(ctx);
+    tokio::task::spawn_blocking(move || handler::dispatch(&ctx, peer, frame))
+        .await
+        .unwrap_or_else(|e| Err(format!("the request's handler failed: {e}")))
+}
+
+async fn serve_connection(
+    ctx: Arc<Context>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    budget: frame::RequestBudget,
+) {
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = stream.into_split();
     let (queue, mut replies) = mpsc::channel::<Pending>(IN_FLIGHT_PER_CONNECTION_MAX);
     let write_task = tokio::spawn(async move {
-        while let Some(reply) = replies.recv().await {
+        while let Some((reply, _admission)) = replies.recv().await {
             let frame = match reply {
                 Reply::Ready(frame) => frame,
                 Reply::Waiting(task) => match task.await {
@@ -303,10 +357,10 @@ async fn serve_connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr
     let max_bytes = ctx.manager.config().socket_request_max_bytes();
     loop {
         let frame = tokio::select! {
-            frame = frame::read_frame(&mut reader, max_bytes) => frame,
+            frame = frame::read_admitted_frame(&mut reader, max_bytes, &budget) => frame,
             () = ctx.shutdown.cancelled() => break,
         };
-        let frame = match frame {
+        let (frame, admission) = match frame {
             Ok(Some(frame)) => frame,
             Ok(None) => break,
             Err(e) => {
@@ -314,14 +368,14 @@ async fn serve_connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr
                 break;
             }
         };
-        let reply = match handler::dispatch(&ctx, peer, frame) {
+        let reply = match handle_frame(&ctx, peer, frame).await {
             Ok(reply) => reply,
             Err(problem) => {
                 tracing::warn!(%peer, problem, "closing connection");
                 break;
             }
         };
-        if queue.send(reply).await.is_err() {
+        if queue.send((reply, admission)).await.is_err() {
             break;
         }
     }

@@ -16,6 +16,20 @@ pub enum Error {
     /// Parquet encoding or decoding failed.
     #[error("parquet: {0}")]
     Parquet(#[from] parquet::errors::ParquetError),
+    /// A local segment that cannot be converted: a batch whose CRC does not match, whose records
+    /// cannot be parsed, or that breaks the segment's framing (bit rot, a torn write). Retrying
+    /// does not help until the file changes; the segment stays on local disk.
+    #[error("corrupt segment {segment} at offset {offset}: {reason} (byte {position} of the file)")]
+    CorruptSegment {
+        /// The segment's file name.
+        segment: String,
+        /// Base offset of the batch (of the next expected one when its header cannot be read).
+        offset: i64,
+        /// Where the batch starts in the file.
+        position: u64,
+        /// What is wrong.
+        reason: String,
+    },
     /// Object storage failed or is unreachable (retriable).
     #[error("object storage: {0}")]
     Storage(String),

@@ -1,6 +1,7 @@
 //! Why a partition's offload is failing, as the broker last saw it: a small JSON file beside the
-//! partition's segments while uploads fail, removed once one succeeds. `strata lake ls` reads it,
-//! so an operator sees a stuck offload without reading the broker's log.
+//! partition's segments while uploads fail, removed once one succeeds. `strata lake ls` reads it
+//! from the data folder alone (object storage may be down), so an operator sees a stuck offload,
+//! and which segment is corrupt when bit rot is the cause, without reading the broker's log.
 
 use std::io;
 use std::path::Path;
@@ -21,6 +22,21 @@ pub struct OffloadError {
     pub since_ms: i64,
     /// When the next attempt is due (ms since the epoch).
     pub retry_at_ms: i64,
+    /// The segment that cannot be converted, when corrupt bytes on disk are the cause.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corrupt_segment: Option<CorruptSegment>,
+}
+
+/// A local segment whose bytes are corrupt: it stays on disk, with the partition's later segments,
+/// until an operator repairs or removes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CorruptSegment {
+    /// The segment's file name in the partition's folder.
+    pub segment: String,
+    /// Base offset of the batch that cannot be read.
+    pub offset: i64,
+    /// Where that batch starts in the file.
+    pub position: u64,
 }
 
 impl OffloadError {
@@ -62,9 +78,30 @@ mod tests {
             error: "connection refused".into(),
             since_ms: 1,
             retry_at_ms: 9,
+            corrupt_segment: None,
         };
         e.write(dir.path()).unwrap();
         assert_eq!(OffloadError::read(dir.path()), Some(e));
+        // A file written before the field existed still reads.
+        std::fs::write(
+            dir.path().join(OFFLOAD_ERROR_FILE),
+            r#"{"failures":1,"error":"x","since_ms":1,"retry_at_ms":2}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            OffloadError::read(dir.path()).unwrap().corrupt_segment,
+            None
+        );
+        let corrupt = OffloadError {
+            corrupt_segment: Some(CorruptSegment {
+                segment: "00000000000000000000.log".into(),
+                offset: 7,
+                position: 300,
+            }),
+            ..OffloadError::read(dir.path()).unwrap()
+        };
+        corrupt.write(dir.path()).unwrap();
+        assert_eq!(OffloadError::read(dir.path()), Some(corrupt));
         OffloadError::clear(dir.path()).unwrap();
         assert_eq!(OffloadError::read(dir.path()), None);
         OffloadError::clear(dir.path()).unwrap();

@@ -3,8 +3,9 @@
 //! The offset index maps a relative offset to the byte position of the batch that starts there, one
 //! entry per `index.interval.bytes` of log. The time index maps the largest timestamp seen so far to
 //! the relative offset of the batch that carried it, one entry whenever that maximum grows past an
-//! interval. Both are kept in memory and appended to files so that a restart need not rescan the
-//! segment; a missing or damaged index file is rebuilt from the segment.
+//! interval. Both are kept in memory and written whole to files when the segment is sealed or its
+//! log closed (no file handle is held in between), so that a restart need not rescan the segment; a
+//! damaged index file is rebuilt from the segment.
 
 /// One offset index entry: `(offset - base_offset, byte position)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

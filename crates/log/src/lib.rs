@@ -7,8 +7,11 @@
 //! ## Layout
 //! - [`batch`]: RecordBatch v2 header parsing, validation (magic, sizes, CRC-32C) and the in-place
 //!   rewrites a broker makes (base offset, leader epoch, LogAppendTime).
+//! - [`record`]: the records inside a batch: bounded decompression, the record parser, and the
+//!   checks made before a produced batch is stored (Kafka's LogValidator).
 //! - [`index`]: sparse offset and time index lookups and their file encoding.
 //! - `segment`: one segment file with its indexes; scanning, recovery and reads.
+//! - [`file_cache`]: the process-wide, bounded set of open segment files (idle segments hold none).
 //! - [`log`]: a partition's run of segments: append, read, roll, retention, flush, recovery.
 //! - [`policy`]: roll, retention and flush decisions as pure functions of state and `now`.
 //! - [`producer`]: idempotent producer state (duplicate and sequence-gap detection).
@@ -31,13 +34,15 @@
 pub mod batch;
 pub mod config;
 pub mod error;
+pub mod file_cache;
 pub mod index;
 pub mod log;
 pub mod policy;
 pub mod producer;
+pub mod record;
 mod segment;
 
-pub use crate::config::{LogConfig, TimestampType};
+pub use crate::config::{CompressionType, LogConfig, TimestampType};
 pub use crate::error::{Error, Result};
 pub use crate::log::{AppendInfo, FlushJob, Log, Maintenance, RecoveryReport, SealedSegment};
-pub use crate::segment::FileSlice;
+pub use crate::segment::{FileSlice, SegmentContent};

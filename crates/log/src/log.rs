@@ -9,7 +9,6 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -18,7 +17,8 @@ use crate::config::{LogConfig, TimestampType};
 use crate::error::{Error, IoContext, Result};
 use crate::policy;
 use crate::producer::{ProducerStateTable, SequenceCheck};
-use crate::segment::{FileSlice, OpenMode, Segment};
+use crate::record;
+use crate::segment::{FileSlice, OpenMode, Segment, SegmentContent, SegmentFiles};
 
 const LOG_START_OFFSET_FILE: &str = "log-start-offset";
 const RECOVERY_POINT_FILE: &str = "recovery-point";
@@ -63,15 +63,16 @@ pub struct Maintenance {
 /// Sealed segments to fsync outside the log's lock; see [`Log::pending_flush`].
 #[derive(Debug)]
 pub struct FlushJob {
-    files: Vec<(PathBuf, Arc<File>)>,
+    files: Vec<SegmentFiles>,
     recovery_point: i64,
 }
 
 impl FlushJob {
-    /// Forces the files to stable storage. Safe to run without holding the log.
+    /// Forces the files to stable storage, through their cached handles or fresh ones (see
+    /// [`crate::file_cache`]). Safe to run without holding the log.
     pub fn run(&self) -> Result<()> {
-        for (path, file) in &self.files {
-            file.sync_data().at(path)?;
+        for files in &self.files {
+            files.sync()?;
         }
         Ok(())
     }
@@ -98,6 +99,20 @@ pub struct Log {
     recovery: RecoveryReport,
     /// Offsets below this are durable in the lake (tiered logs delete only those); -1 = none.
     offloaded_offset: i64,
+    /// What the small state files hold, so that none is rewritten (and fsynced) unchanged.
+    on_disk: StateFiles,
+}
+
+/// The values the partition folder's state files hold (`None`: missing, unreadable, or a snapshot
+/// that was not used). A close of an idle log then forces nothing to disk: with twenty thousand
+/// partitions, four fsyncs each took minutes.
+#[derive(Debug, Default)]
+struct StateFiles {
+    recovery_point: Option<i64>,
+    log_start_offset: Option<i64>,
+    /// The offset of the producer state snapshot. The table changes only with appends, which move
+    /// the log end, so a snapshot at the log end is current.
+    producer_snapshot: Option<i64>,
 }
 
 /// A sealed segment, for offloading.
@@ -107,8 +122,8 @@ pub struct SealedSegment {
     pub base_offset: i64,
     /// Offset after its last batch.
     pub next_offset: i64,
-    /// Its whole content.
-    pub slice: FileSlice,
+    /// Its whole content, opened only when read.
+    pub slice: SegmentContent,
 }
 
 impl Log {
@@ -121,7 +136,8 @@ impl Log {
         if !unclean {
             std::fs::remove_file(&clean_marker).at(&clean_marker)?;
         }
-        let recovery_point = read_i64(&dir.join(RECOVERY_POINT_FILE))?.unwrap_or(0);
+        let stored_recovery_point = read_i64(&dir.join(RECOVERY_POINT_FILE))?;
+        let recovery_point = stored_recovery_point.unwrap_or(0);
         let stored_start = read_i64(&dir.join(LOG_START_OFFSET_FILE))?;
         let mut recovery = RecoveryReport {
             unclean,
@@ -139,6 +155,11 @@ impl Log {
             producers: ProducerStateTable::default(),
             recovery,
             offloaded_offset: -1,
+            on_disk: StateFiles {
+                recovery_point: stored_recovery_point,
+                log_start_offset: stored_start,
+                producer_snapshot: None,
+            },
         };
         if log.segments.is_empty() {
             let base = stored_start.unwrap_or(0).max(0);
@@ -151,6 +172,10 @@ impl Log {
             .clamp(first_base, log.log_end_offset());
         log.recovery_point = log.recovery_point.min(log.log_end_offset());
         log.load_producer_state()?;
+        // An opened partition holds no file: the first append or read opens what it needs.
+        for segment in log.segments.values() {
+            segment.release();
+        }
         Ok(log)
     }
 
@@ -164,6 +189,7 @@ impl Log {
         let first_base = *self.segments.keys().next().expect("a log has a segment");
         let (mut table, from) = match snapshot {
             Some(s) if s.offset >= first_base && s.offset <= self.log_end_offset() => {
+                self.on_disk.producer_snapshot = Some(s.offset);
                 (s.producers, s.offset)
             }
             _ => (ProducerStateTable::default(), first_base),
@@ -229,8 +255,11 @@ impl Log {
     /// Validates and appends one produced record set (exactly one RecordBatch v2, as Kafka requires
     /// of produce requests v3+), assigning its offsets and leader epoch. A retry of a batch of an
     /// idempotent producer already in the log returns the original offsets without appending.
+    /// Every record is checked first ([`record::validate_records`]): a batch whose records cannot
+    /// be read or break the topic's rules is refused whole and nothing of it is stored.
     /// Only the batch's header is rewritten (offsets, leader epoch, LogAppendTime and its CRC), in
-    /// a copy of its own: the records are written from the request's buffer.
+    /// a copy of its own: the records are written from the request's buffer, unless the topic's
+    /// `compression.type` asks for another codec, when the batch is re-encoded first.
     pub fn append(&mut self, records: &[u8], leader_epoch: i32, now_ms: i64) -> Result<AppendInfo> {
         let headers = batch::validate_produce(records, self.config.max_message_bytes)?;
         let [header] = headers[..] else {
@@ -244,6 +273,18 @@ impl Log {
                 "transactional and control batches are not supported yet",
             ));
         }
+        // Every record is read before anything is stored (Kafka's LogValidator): a batch whose
+        // records cannot be parsed would stall its consumers and its offload for ever.
+        let mut scratch = (header.compression() != record::codec::NONE).then(record::Scratch::take);
+        let mut no_scratch = Vec::new();
+        let decompressed = scratch.as_mut().map_or(&mut no_scratch, |s| s.buf());
+        record::validate_records(
+            &header,
+            records,
+            &self.config.record_rules(),
+            now_ms,
+            decompressed,
+        )?;
         if let SequenceCheck::Duplicate { base_offset } = self.producers.check(&header)? {
             return Ok(AppendInfo {
                 base_offset,
@@ -252,6 +293,36 @@ impl Log {
                 duplicate: true,
             });
         }
+        let recompressed = match self.config.compression.codec() {
+            Some(target) if target != header.compression() => {
+                let plain = if header.compression() == record::codec::NONE {
+                    &records[HEADER_BYTES..header.total_bytes()]
+                } else {
+                    decompressed.as_slice()
+                };
+                Some(record::recompress(
+                    &records[..header.total_bytes()],
+                    plain,
+                    target,
+                )?)
+            }
+            _ => None,
+        };
+        drop(scratch);
+        // Kafka checks the batch it stores: a recompressed batch may have grown past the limit.
+        if let Some(converted) = &recompressed
+            && converted.len() > self.config.max_message_bytes
+        {
+            return Err(BatchError::TooLarge {
+                size: converted.len(),
+                max: self.config.max_message_bytes,
+            }
+            .into());
+        }
+        let (records, header) = match &recompressed {
+            Some(converted) => (converted.as_slice(), BatchHeader::parse(converted)?),
+            None => (records, header),
+        };
         let base_offset = self.log_end_offset();
         let last_offset = base_offset + i64::from(header.last_offset_delta);
         let total = header.total_bytes();
@@ -295,12 +366,14 @@ impl Log {
         })
     }
 
-    /// Seals the active segment and starts a new one at the log end offset.
+    /// Seals the active segment (its indexes are written out; the flush job forces them to stable
+    /// storage with the segment) and starts a new one at the log end offset.
     pub fn roll(&mut self, now_ms: i64) -> Result<()> {
         let base = self.log_end_offset();
         if self.active().size_bytes == 0 {
             return Ok(());
         }
+        self.active_mut().write_indexes(false)?;
         self.write_producer_snapshot()?;
         let segment = Segment::create(&self.dir, base, self.config.index_interval_bytes, now_ms)?;
         self.segments.insert(base, segment);
@@ -407,10 +480,7 @@ impl Log {
         let clamped = offset.clamp(self.log_start_offset, self.log_end_offset());
         if clamped > self.log_start_offset {
             self.log_start_offset = clamped;
-            write_atomic(
-                &self.dir.join(LOG_START_OFFSET_FILE),
-                self.log_start_offset.to_string().as_bytes(),
-            )?;
+            self.store_log_start_offset()?;
         }
         Ok(count)
     }
@@ -428,10 +498,35 @@ impl Log {
         }
         let first_base = *self.segments.keys().next().expect("a log has a segment");
         self.log_start_offset = self.log_start_offset.max(first_base);
+        self.store_log_start_offset()
+    }
+
+    /// Writes `log-start-offset` (durably) unless it holds the value already.
+    fn store_log_start_offset(&mut self) -> Result<()> {
+        if self.on_disk.log_start_offset == Some(self.log_start_offset) {
+            return Ok(());
+        }
+        self.on_disk.log_start_offset = None;
         write_atomic(
             &self.dir.join(LOG_START_OFFSET_FILE),
             self.log_start_offset.to_string().as_bytes(),
-        )
+        )?;
+        self.on_disk.log_start_offset = Some(self.log_start_offset);
+        Ok(())
+    }
+
+    /// Writes `recovery-point` (durably) unless it holds the value already.
+    fn store_recovery_point(&mut self) -> Result<()> {
+        if self.on_disk.recovery_point == Some(self.recovery_point) {
+            return Ok(());
+        }
+        self.on_disk.recovery_point = None;
+        write_atomic(
+            &self.dir.join(RECOVERY_POINT_FILE),
+            self.recovery_point.to_string().as_bytes(),
+        )?;
+        self.on_disk.recovery_point = Some(self.recovery_point);
+        Ok(())
     }
 
     /// Records that every offset below `offset` is durable in the lake.
@@ -448,7 +543,7 @@ impl Log {
             .map(|s| SealedSegment {
                 base_offset: s.base_offset,
                 next_offset: s.next_offset,
-                slice: s.whole(),
+                slice: s.content(),
             })
             .collect()
     }
@@ -464,7 +559,7 @@ impl Log {
             .segments
             .values()
             .filter(|s| s.base_offset < active_base && s.next_offset > self.recovery_point)
-            .flat_map(Segment::files)
+            .map(|s| s.files(true))
             .collect();
         Some(FlushJob {
             files,
@@ -476,50 +571,58 @@ impl Log {
     pub fn complete_flush(&mut self, job: &FlushJob) -> Result<()> {
         if job.recovery_point > self.recovery_point {
             self.recovery_point = job.recovery_point;
-            write_atomic(
-                &self.dir.join(RECOVERY_POINT_FILE),
-                self.recovery_point.to_string().as_bytes(),
-            )?;
+            self.store_recovery_point()?;
         }
         Ok(())
     }
 
     /// Forces every segment to stable storage and advances the recovery point to the log end.
     pub fn flush(&mut self, now_ms: i64) -> Result<()> {
+        let active_base = self.active().base_offset;
         for segment in self
             .segments
             .values()
             .filter(|s| s.next_offset > self.recovery_point)
         {
-            segment.flush()?;
+            segment.files(segment.base_offset < active_base).sync()?;
         }
         self.recovery_point = self.log_end_offset();
         self.unflushed_messages = 0;
         self.last_flush_ms = now_ms;
-        write_atomic(
-            &self.dir.join(RECOVERY_POINT_FILE),
-            self.recovery_point.to_string().as_bytes(),
-        )
+        self.store_recovery_point()
     }
 
-    fn write_producer_snapshot(&self) -> Result<()> {
+    /// Writes the producer state snapshot at the log end (durably) unless the one on disk is there.
+    fn write_producer_snapshot(&mut self) -> Result<()> {
+        let offset = self.log_end_offset();
+        if self.on_disk.producer_snapshot == Some(offset) {
+            return Ok(());
+        }
         let snapshot = ProducerSnapshot {
-            offset: self.log_end_offset(),
+            offset,
             producers: self.producers.clone(),
         };
         let bytes = serde_json::to_vec(&snapshot).expect("producer state serializes");
-        write_atomic(&self.dir.join(PRODUCER_STATE_FILE), &bytes)
+        self.on_disk.producer_snapshot = None;
+        write_atomic(&self.dir.join(PRODUCER_STATE_FILE), &bytes)?;
+        self.on_disk.producer_snapshot = Some(offset);
+        Ok(())
     }
 
-    /// Flushes everything and marks the shutdown clean, so the next open skips recovery.
+    /// Flushes everything and marks the shutdown clean, so the next open skips recovery and trusts
+    /// the index files (the active segment's are written and forced to stable storage here). State
+    /// files that already hold their values are not rewritten: closing an idle log forces nothing
+    /// to disk.
     pub fn close(mut self, now_ms: i64) -> Result<()> {
+        self.active_mut().write_indexes(true)?;
         self.flush(now_ms)?;
         self.write_producer_snapshot()?;
-        write_atomic(
-            &self.dir.join(LOG_START_OFFSET_FILE),
-            self.log_start_offset.to_string().as_bytes(),
-        )?;
-        write_atomic(&self.dir.join(CLEAN_SHUTDOWN_FILE), b"")
+        self.store_log_start_offset()?;
+        // Not fsynced: everything it vouches for is durable before it is created, and if it is lost
+        // the next open only recovers when it need not (the safe way round).
+        let marker = self.dir.join(CLEAN_SHUTDOWN_FILE);
+        File::create(&marker).at(&marker)?;
+        Ok(())
     }
 
     /// The partition folder.

@@ -2,6 +2,14 @@
 //! scan that checks or rebuilds them.
 //!
 //! Files: `<base offset, 20 digits>.log`, `.index` and `.timeindex`, as Kafka names them.
+//!
+//! Handles: the `.log` file is opened at its first append or read and kept in the process-wide
+//! [`crate::file_cache`], which closes the least recently used files beyond its cap; an idle segment
+//! holds no handle. The indexes live in memory and are written whole, each through a handle opened
+//! for that write only, when the segment is sealed (rolled), rebuilt at open, or the log closed.
+//! The active segment's index files on disk are therefore stale until then; nothing trusts them:
+//! after a crash the active segment (whose end is past any recovery point) is always scanned and its
+//! indexes rebuilt.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -13,10 +21,8 @@ use kafka_protocol::records::RecordBatchDecoder;
 
 use crate::batch::{self, BatchHeader, HEADER_BYTES, LOG_OVERHEAD};
 use crate::error::{Error, IoContext, Result};
-use crate::index::{
-    self, OFFSET_ENTRY_BYTES, OffsetEntry, TIME_ENTRY_BYTES, TimeEntry, decode_offset_index,
-    decode_time_index,
-};
+use crate::file_cache::{self, SegmentFile};
+use crate::index::{self, OffsetEntry, TimeEntry, decode_offset_index, decode_time_index};
 use crate::policy::SegmentStat;
 
 /// How a segment is opened.
@@ -35,19 +41,31 @@ pub(crate) struct Segment {
     log_path: PathBuf,
     index_path: PathBuf,
     time_index_path: PathBuf,
-    file: Arc<File>,
-    index_file: Arc<File>,
-    time_index_file: Arc<File>,
+    /// The `.log` file, open only while it is in the file cache.
+    file: Arc<SegmentFile>,
     pub(crate) size_bytes: u64,
     pub(crate) next_offset: i64,
     offset_index: Vec<OffsetEntry>,
     time_index: Vec<TimeEntry>,
+    /// What the index files hold (`None`: not known), so that a close with nothing new writes
+    /// nothing.
+    index_files: Option<IndexFiles>,
     bytes_since_index: u64,
     pub(crate) max_timestamp_ms: i64,
     /// Offset of the record batch holding `max_timestamp_ms`.
     pub(crate) offset_of_max_timestamp: i64,
     pub(crate) created_ms: i64,
     index_interval_bytes: u64,
+}
+
+/// What a segment's index files on disk hold: the first `offsets` and `times` entries, forced to
+/// stable storage when `synced`. Entries are only ever added in memory (a log cut by recovery
+/// rebuilds its indexes at open), so the counts tell whether the files are current.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct IndexFiles {
+    offsets: usize,
+    times: usize,
+    synced: bool,
 }
 
 /// The path of a segment file with the given extension.
@@ -102,6 +120,8 @@ impl FileSlice {
 
 impl Segment {
     /// Creates an empty segment.
+    /// Creates an empty segment. Its file stays closed until the first append: creating ten
+    /// thousand partitions opens and closes ten thousand files, and holds none.
     pub(crate) fn create(
         dir: &Path,
         base_offset: i64,
@@ -109,48 +129,48 @@ impl Segment {
         now_ms: i64,
     ) -> Result<Self> {
         let log_path = segment_path(dir, base_offset, "log");
-        let file = open_rw(&log_path, true)?;
-        let segment = Self::with_file(dir, base_offset, file, 0, index_interval_bytes, now_ms)?;
-        segment.index_file.set_len(0).at(&segment.index_path)?;
-        segment
-            .time_index_file
-            .set_len(0)
-            .at(&segment.time_index_path)?;
+        drop(open_rw(&log_path, true)?);
+        let mut segment = Self::closed(dir, base_offset, index_interval_bytes, now_ms);
+        // No index file is the empty index (a missing file loads as one); none is left behind by
+        // an earlier segment at this offset.
+        for path in [&segment.index_path, &segment.time_index_path] {
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).at(path),
+                _ => {}
+            }
+        }
+        segment.index_files = Some(IndexFiles {
+            offsets: 0,
+            times: 0,
+            synced: true,
+        });
         Ok(segment)
     }
 
-    fn with_file(
-        dir: &Path,
-        base_offset: i64,
-        file: File,
-        size_bytes: u64,
-        index_interval_bytes: u64,
-        now_ms: i64,
-    ) -> Result<Self> {
-        let index_path = segment_path(dir, base_offset, "index");
-        let time_index_path = segment_path(dir, base_offset, "timeindex");
-        Ok(Self {
+    fn closed(dir: &Path, base_offset: i64, index_interval_bytes: u64, now_ms: i64) -> Self {
+        let log_path = segment_path(dir, base_offset, "log");
+        Self {
             base_offset,
-            log_path: segment_path(dir, base_offset, "log"),
-            index_file: Arc::new(open_rw(&index_path, false)?),
-            time_index_file: Arc::new(open_rw(&time_index_path, false)?),
-            index_path,
-            time_index_path,
-            file: Arc::new(file),
-            size_bytes,
+            file: SegmentFile::new(log_path.clone(), &file_cache::GLOBAL),
+            log_path,
+            index_path: segment_path(dir, base_offset, "index"),
+            time_index_path: segment_path(dir, base_offset, "timeindex"),
+            size_bytes: 0,
             next_offset: base_offset,
             offset_index: Vec::new(),
             time_index: Vec::new(),
+            index_files: None,
             bytes_since_index: 0,
             max_timestamp_ms: -1,
             offset_of_max_timestamp: -1,
             created_ms: now_ms,
             index_interval_bytes,
-        })
+        }
     }
 
     /// Opens an existing segment. In [`OpenMode::Recover`] a torn or corrupt tail is cut off at the
-    /// last whole valid batch; the number of bytes cut is returned beside the segment.
+    /// last whole valid batch; the number of bytes cut is returned beside the segment. The file is
+    /// scanned through a handle of its own, closed before this returns.
     pub(crate) fn open(
         dir: &Path,
         base_offset: i64,
@@ -158,10 +178,10 @@ impl Segment {
         index_interval_bytes: u64,
         now_ms: i64,
     ) -> Result<(Self, u64)> {
-        let log_path = segment_path(dir, base_offset, "log");
+        let mut segment = Self::closed(dir, base_offset, index_interval_bytes, now_ms);
+        let log_path = segment.log_path.clone();
         let file = open_rw(&log_path, false)?;
         let file_bytes = file.metadata().at(&log_path)?.len();
-        let mut segment = Self::with_file(dir, base_offset, file, 0, index_interval_bytes, now_ms)?;
         let loaded = mode == OpenMode::Trusted && segment.load_indexes(file_bytes)?;
         let scan_from = segment
             .offset_index
@@ -172,14 +192,19 @@ impl Segment {
             segment.time_index.clear();
         }
         // Scan from the last indexed batch (or the start) to the end of the file.
-        let valid_end =
-            segment.scan_tail(scan_from, file_bytes, mode == OpenMode::Recover, !loaded)?;
+        let valid_end = segment.scan_tail(
+            &file,
+            scan_from,
+            file_bytes,
+            mode == OpenMode::Recover,
+            !loaded,
+        )?;
         let cut = file_bytes - valid_end;
         if cut > 0 {
-            segment.file.set_len(valid_end).at(&log_path)?;
+            file.set_len(valid_end).at(&log_path)?;
         }
         if !loaded {
-            segment.rewrite_indexes()?;
+            segment.write_indexes(false)?;
         }
         Ok((segment, cut))
     }
@@ -199,6 +224,12 @@ impl Segment {
             self.max_timestamp_ms = last.timestamp_ms;
             self.offset_of_max_timestamp = self.base_offset + i64::from(last.relative_offset);
         }
+        // Trusted only after a clean close or below the recovery point: both forced them to disk.
+        self.index_files = Some(IndexFiles {
+            offsets: offset_index.len(),
+            times: time_index.len(),
+            synced: true,
+        });
         self.offset_index = offset_index;
         self.time_index = time_index;
         Ok(true)
@@ -206,10 +237,17 @@ impl Segment {
 
     /// Walks the batches in `[from, end)`, updating the segment's state, and returns where the last
     /// whole (and, when `validate`, valid) batch ends.
-    fn scan_tail(&mut self, from: u64, end: u64, validate: bool, index: bool) -> Result<u64> {
+    fn scan_tail(
+        &mut self,
+        file: &File,
+        from: u64,
+        end: u64,
+        validate: bool,
+        index: bool,
+    ) -> Result<u64> {
         let mut position = from;
         let mut expected_offset = None;
-        while let Some(header) = self.header_at(position, end, validate)? {
+        while let Some(header) = self.header_at(file, position, end, validate)? {
             if header.base_offset < self.base_offset
                 || expected_offset.is_some_and(|o| header.base_offset < o)
             {
@@ -227,14 +265,18 @@ impl Segment {
 
     /// The header of the whole batch at `position`, or `None` at the end, at a torn batch or, when
     /// `validate`, at an invalid one.
-    fn header_at(&self, position: u64, end: u64, validate: bool) -> Result<Option<BatchHeader>> {
+    fn header_at(
+        &self,
+        file: &File,
+        position: u64,
+        end: u64,
+        validate: bool,
+    ) -> Result<Option<BatchHeader>> {
         if end.saturating_sub(position) < HEADER_BYTES as u64 {
             return Ok(None);
         }
         let mut head = [0u8; HEADER_BYTES];
-        self.file
-            .read_exact_at(&mut head, position)
-            .at(&self.log_path)?;
+        file.read_exact_at(&mut head, position).at(&self.log_path)?;
         let header = BatchHeader::parse(&head)?;
         let total = header.total_bytes() as u64;
         if header.magic != batch::MAGIC_V2 || total < HEADER_BYTES as u64 || position + total > end
@@ -243,8 +285,7 @@ impl Segment {
         }
         if validate {
             let mut whole = vec![0u8; total as usize];
-            self.file
-                .read_exact_at(&mut whole, position)
+            file.read_exact_at(&mut whole, position)
                 .at(&self.log_path)?;
             if let Err(e) = batch::validate_batch(&whole) {
                 tracing::warn!(path = %self.log_path.display(), position, error = %e, "invalid batch; cutting here");
@@ -283,7 +324,16 @@ impl Segment {
         Ok(())
     }
 
-    fn rewrite_indexes(&mut self) -> Result<()> {
+    /// Writes both index files whole from memory (and, when `sync`, forces them to stable storage
+    /// through the handle that wrote them), unless they already hold every entry. Called when the
+    /// segment is sealed, rebuilt at open, or its log closed.
+    pub(crate) fn write_indexes(&mut self, sync: bool) -> Result<()> {
+        let (offsets_len, times_len) = (self.offset_index.len(), self.time_index.len());
+        if self.index_files.is_some_and(|f| {
+            f.offsets == offsets_len && f.times == times_len && (f.synced || !sync)
+        }) {
+            return Ok(());
+        }
         let offsets: Vec<u8> = self
             .offset_index
             .iter()
@@ -296,14 +346,14 @@ impl Segment {
             .copied()
             .flat_map(index::encode_time_entry)
             .collect();
-        self.index_file.set_len(0).at(&self.index_path)?;
-        self.index_file
-            .write_all_at(&offsets, 0)
-            .at(&self.index_path)?;
-        self.time_index_file.set_len(0).at(&self.time_index_path)?;
-        self.time_index_file
-            .write_all_at(&times, 0)
-            .at(&self.time_index_path)?;
+        self.index_files = None;
+        write_file(&self.index_path, &offsets, sync)?;
+        write_file(&self.time_index_path, &times, sync)?;
+        self.index_files = Some(IndexFiles {
+            offsets: offsets_len,
+            times: times_len,
+            synced: sync,
+        });
         Ok(())
     }
 
@@ -317,40 +367,25 @@ impl Segment {
     ) -> Result<()> {
         debug_assert_eq!(HEADER_BYTES + body.len(), header.total_bytes());
         let position = self.size_bytes;
-        self.file.write_all_at(head, position).at(&self.log_path)?;
-        self.file
-            .write_all_at(body, position + HEADER_BYTES as u64)
+        // The cached handle: `open(2)` only at the first append or after an eviction.
+        let file = self.file.get()?;
+        file.write_all_at(head, position).at(&self.log_path)?;
+        file.write_all_at(body, position + HEADER_BYTES as u64)
             .at(&self.log_path)?;
         self.size_bytes += (HEADER_BYTES + body.len()) as u64;
-        let (offsets_before, times_before) = (self.offset_index.len(), self.time_index.len());
-        self.note_batch(position, header, true)?;
-        if self.offset_index.len() > offsets_before {
-            let entry = index::encode_offset_entry(self.offset_index[offsets_before]);
-            let at = (offsets_before * OFFSET_ENTRY_BYTES) as u64;
-            self.index_file
-                .write_all_at(&entry, at)
-                .at(&self.index_path)?;
-        }
-        if self.time_index.len() > times_before {
-            let entry = index::encode_time_entry(self.time_index[times_before]);
-            let at = (times_before * TIME_ENTRY_BYTES) as u64;
-            self.time_index_file
-                .write_all_at(&entry, at)
-                .at(&self.time_index_path)?;
-        }
-        Ok(())
+        // Index entries go to memory only; see `write_indexes`.
+        self.note_batch(position, header, true)
     }
 
-    /// Position of the batch holding `offset`, or `None` when the offset is past this segment.
-    pub(crate) fn position_of(&self, offset: i64) -> Result<Option<u64>> {
-        if offset >= self.next_offset {
-            return Ok(None);
-        }
+    /// Position of the batch holding `offset` (at or after `self.next_offset` is not here: the
+    /// caller checks first), read through `file`.
+    fn position_of(&self, file: &File, offset: i64) -> Result<Option<u64>> {
+        debug_assert!(offset < self.next_offset);
         let relative =
             (offset.max(self.base_offset) - self.base_offset).min(i64::from(u32::MAX)) as u32;
         let mut position =
             index::floor_offset(&self.offset_index, relative).map_or(0, |e| u64::from(e.position));
-        while let Some(header) = self.header_at(position, self.size_bytes, false)? {
+        while let Some(header) = self.header_at(file, position, self.size_bytes, false)? {
             if header.last_offset() >= offset {
                 return Ok(Some(position));
             }
@@ -362,30 +397,32 @@ impl Segment {
     /// A slice starting at the batch holding `offset`, of at most `max_bytes`, but always holding the
     /// whole first batch (KIP-74). `None` when the offset is past this segment.
     pub(crate) fn slice_from(&self, offset: i64, max_bytes: usize) -> Result<Option<FileSlice>> {
-        let Some(position) = self.position_of(offset)? else {
+        if offset >= self.next_offset {
+            // Past the end: a long-polling fetch at the log end opens nothing.
+            return Ok(None);
+        }
+        let file = self.file.get()?;
+        let Some(position) = self.position_of(&file, offset)? else {
             return Ok(None);
         };
         let mut prefix = [0u8; LOG_OVERHEAD];
-        self.file
-            .read_exact_at(&mut prefix, position)
+        file.read_exact_at(&mut prefix, position)
             .at(&self.log_path)?;
         let first_batch = LOG_OVERHEAD + batch::peek_offset_and_size(&prefix).1.max(0) as usize;
         let available = (self.size_bytes - position) as usize;
         let len = max_bytes.max(first_batch).min(available);
         Ok(Some(FileSlice {
-            file: Arc::clone(&self.file),
+            file,
             path: self.log_path.clone(),
             position,
             len,
         }))
     }
 
-    /// The whole segment as a slice.
-    pub(crate) fn whole(&self) -> FileSlice {
-        FileSlice {
+    /// The whole segment, opened only when it is read.
+    pub(crate) fn content(&self) -> SegmentContent {
+        SegmentContent {
             file: Arc::clone(&self.file),
-            path: self.log_path.clone(),
-            position: 0,
             len: self.size_bytes as usize,
         }
     }
@@ -396,15 +433,18 @@ impl Segment {
             return Ok(None);
         }
         let start_relative = index::scan_start_for_timestamp(&self.time_index, timestamp_ms);
-        let Some(mut position) = self.position_of(self.base_offset + i64::from(start_relative))?
-        else {
+        let start = self.base_offset + i64::from(start_relative);
+        if start >= self.next_offset {
+            return Ok(None);
+        }
+        let file = self.file.get()?;
+        let Some(mut position) = self.position_of(&file, start)? else {
             return Ok(None);
         };
-        while let Some(header) = self.header_at(position, self.size_bytes, false)? {
+        while let Some(header) = self.header_at(&file, position, self.size_bytes, false)? {
             if header.max_timestamp >= timestamp_ms {
                 let mut whole = vec![0u8; header.total_bytes()];
-                self.file
-                    .read_exact_at(&mut whole, position)
+                file.read_exact_at(&mut whole, position)
                     .at(&self.log_path)?;
                 return Ok(Some(self.first_record_at_or_after(
                     &whole,
@@ -445,34 +485,33 @@ impl Segment {
 
     /// Every batch header from `offset` on, in order (used to rebuild producer state).
     pub(crate) fn headers_from(&self, offset: i64) -> Result<Vec<BatchHeader>> {
-        let Some(mut position) = self.position_of(offset)? else {
+        if offset >= self.next_offset {
+            return Ok(Vec::new());
+        }
+        let file = self.file.get()?;
+        let Some(mut position) = self.position_of(&file, offset)? else {
             return Ok(Vec::new());
         };
         let mut headers = Vec::new();
-        while let Some(header) = self.header_at(position, self.size_bytes, false)? {
+        while let Some(header) = self.header_at(&file, position, self.size_bytes, false)? {
             position += header.total_bytes() as u64;
             headers.push(header);
         }
         Ok(headers)
     }
 
-    /// Forces the segment and its indexes to stable storage.
-    pub(crate) fn flush(&self) -> Result<()> {
-        self.file.sync_data().at(&self.log_path)?;
-        self.index_file.sync_data().at(&self.index_path)?;
-        self.time_index_file.sync_data().at(&self.time_index_path)
+    /// The segment's files to force to stable storage: the `.log` file, and the index files when
+    /// `sealed` (an active segment's are written only at its seal or close).
+    pub(crate) fn files(&self, sealed: bool) -> SegmentFiles {
+        SegmentFiles {
+            log: Arc::clone(&self.file),
+            indexes: sealed.then(|| [self.index_path.clone(), self.time_index_path.clone()]),
+        }
     }
 
-    /// The segment's files, for a [`crate::FlushJob`].
-    pub(crate) fn files(&self) -> Vec<(PathBuf, Arc<File>)> {
-        vec![
-            (self.log_path.clone(), Arc::clone(&self.file)),
-            (self.index_path.clone(), Arc::clone(&self.index_file)),
-            (
-                self.time_index_path.clone(),
-                Arc::clone(&self.time_index_file),
-            ),
-        ]
+    /// Closes the `.log` file's handle; the next append or read opens it again.
+    pub(crate) fn release(&self) {
+        self.file.release();
     }
 
     /// The figures roll and retention decisions need.
@@ -487,6 +526,7 @@ impl Segment {
     }
 
     /// Removes the segment's files. Readers holding a [`FileSlice`] keep reading the open file.
+    /// Dropping the segment retires its handle.
     pub(crate) fn delete(self) -> Result<()> {
         for path in [&self.log_path, &self.index_path, &self.time_index_path] {
             match std::fs::remove_file(path) {
@@ -496,6 +536,80 @@ impl Segment {
         }
         Ok(())
     }
+}
+
+impl Drop for Segment {
+    /// The segment was deleted or its log closed or dropped: its file leaves the cache for good,
+    /// and a later read of its [`SegmentContent`] fails instead of finding another file at the same
+    /// path.
+    fn drop(&mut self) {
+        self.file.retire();
+    }
+}
+
+/// A whole sealed segment (see [`crate::SealedSegment`]), opened only when it is read: the
+/// offloader may list many waiting segments of a partition and holds no file for them.
+#[derive(Debug, Clone)]
+pub struct SegmentContent {
+    file: Arc<SegmentFile>,
+    len: usize,
+}
+
+impl SegmentContent {
+    /// Bytes in the segment.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the segment is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The segment's bytes as a slice of its (now open) file.
+    pub fn open(&self) -> Result<FileSlice> {
+        Ok(FileSlice {
+            file: self.file.get()?,
+            path: self.file.path().to_path_buf(),
+            position: 0,
+            len: self.len,
+        })
+    }
+
+    /// Reads the whole segment (from the page cache when it is warm). Fails once the segment was
+    /// deleted or its log closed.
+    pub fn read(&self) -> Result<Vec<u8>> {
+        self.open()?.read()
+    }
+}
+
+/// The files of one segment a flush forces to stable storage, usable without the log's lock.
+#[derive(Debug)]
+pub(crate) struct SegmentFiles {
+    log: Arc<SegmentFile>,
+    indexes: Option<[PathBuf; 2]>,
+}
+
+impl SegmentFiles {
+    /// `fsync`s the data of each file. A segment deleted or closed meanwhile is skipped: deletion
+    /// leaves nothing to keep and a close flushes first.
+    pub(crate) fn sync(&self) -> Result<()> {
+        self.log.sync_data()?;
+        for path in self.indexes.iter().flatten() {
+            file_cache::sync_path(path)?;
+        }
+        Ok(())
+    }
+}
+
+/// Replaces a file's content (`sync`: and forces it to stable storage).
+fn write_file(path: &Path, bytes: &[u8], sync: bool) -> Result<()> {
+    let mut file = File::create(path).at(path)?;
+    std::io::Write::write_all(&mut file, bytes).at(path)?;
+    if sync {
+        file.sync_data().at(path)?;
+    }
+    Ok(())
 }
 
 fn open_rw(path: &Path, create_new: bool) -> Result<File> {

@@ -505,3 +505,188 @@ proptest! {
         }
     }
 }
+
+/// Files under `dir` this process holds open, from `/proc/self/fd` (exact for one log's folder
+/// even while other tests run: each test has its own folder).
+fn open_files_under(dir: &Path) -> Vec<PathBuf> {
+    let dir = dir.canonicalize().unwrap();
+    let mut open: Vec<PathBuf> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.starts_with(&dir))
+        .collect();
+    open.sort();
+    open
+}
+
+#[test]
+fn idle_segments_hold_no_file_and_a_read_opens_only_its_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small_segments(), 0).unwrap();
+    for i in 0..60 {
+        log.append(&client_batch(i, 1, 0, 300), 0, 0).unwrap();
+    }
+    assert!(log.segment_count() > 4, "segments: {}", log.segment_count());
+    let open = open_files_under(dir.path());
+    assert!(
+        open.iter()
+            .all(|p| p.extension().is_some_and(|e| e == "log")),
+        "index files are never held open: {open:?}"
+    );
+    log.close(0).unwrap();
+
+    let log = Log::open(dir.path(), small_segments(), 0).unwrap();
+    assert_eq!(
+        open_files_under(dir.path()),
+        Vec::<PathBuf>::new(),
+        "an opened log holds no file"
+    );
+    let slice = log.read(0, 1).unwrap().unwrap();
+    assert_eq!(
+        open_files_under(dir.path()),
+        vec![segment_file(dir.path(), 0).canonicalize().unwrap()],
+        "a read opens its segment only"
+    );
+    drop(slice);
+    // A read at the log end (a long-polling fetch) opens nothing more.
+    assert!(log.read(log.log_end_offset(), 1).unwrap().is_none());
+    // (At most the one: another test may lower the process-wide cap and evict it meanwhile.)
+    assert!(open_files_under(dir.path()).len() <= 1);
+    drop(log);
+    assert_eq!(
+        open_files_under(dir.path()),
+        Vec::<PathBuf>::new(),
+        "a dropped log leaves its files closed"
+    );
+}
+
+#[test]
+fn open_segment_files_stay_under_the_cap_and_evicted_ones_reopen() {
+    // The cap is process-wide: other tests running meanwhile only see their files closed sooner,
+    // which they cannot tell apart from a cold cache.
+    let cap = 3;
+    strata_log::file_cache::set_open_files_max(cap);
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small_segments(), 0).unwrap();
+    for i in 0..120 {
+        log.append(&client_batch(i, 1, 0, 300), 0, 0).unwrap();
+        assert!(
+            open_files_under(dir.path()).len() <= cap,
+            "after append {i}"
+        );
+    }
+    assert!(log.segment_count() > 2 * cap);
+    // Reading everything twice walks every segment, reopening the evicted ones.
+    for _ in 0..2 {
+        let records = read_all(&log, 0);
+        assert_eq!(records.len(), 120);
+        assert!(open_files_under(dir.path()).len() <= cap);
+    }
+    // Sealed segments handed to an offloader are opened only when read.
+    let sealed = log.sealed_segments_from(0);
+    assert!(sealed.len() > cap);
+    assert!(open_files_under(dir.path()).len() <= cap);
+    for segment in &sealed {
+        let bytes = segment.slice.read().unwrap();
+        assert_eq!(bytes.len(), segment.slice.len());
+        assert_eq!(
+            BatchHeader::parse(&bytes).unwrap().base_offset,
+            segment.base_offset
+        );
+    }
+    strata_log::file_cache::set_open_files_max(strata_log::file_cache::OPEN_FILES_MAX_DEFAULT);
+    // Once the log is closed a sealed segment is not read again (nor another file at its path).
+    log.close(0).unwrap();
+    assert!(sealed[0].slice.read().is_err());
+}
+
+#[test]
+fn sealed_and_closed_segments_have_their_index_files_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small_segments(), 0).unwrap();
+    for i in 0..40 {
+        log.append(&client_batch(i, 1, 1000 + i as i64, 300), 0, 0)
+            .unwrap();
+    }
+    // The flush job fsyncs sealed segments through handles the cache may have closed.
+    let job = log.pending_flush().expect("sealed segments to flush");
+    job.run().unwrap();
+    log.complete_flush(&job).unwrap();
+    let index_entries = |base: i64| {
+        let bytes = std::fs::read(dir.path().join(format!("{base:020}.index"))).unwrap_or_default();
+        let size = std::fs::metadata(segment_file(dir.path(), base))
+            .unwrap()
+            .len();
+        strata_log::index::decode_offset_index(&bytes, size).expect("a valid index")
+    };
+    let sealed = log.sealed_segments_from(0);
+    assert!(sealed.len() >= 2);
+    for segment in &sealed {
+        let entries = index_entries(segment.base_offset);
+        assert!(
+            !entries.is_empty(),
+            "segment {} sealed with its index",
+            segment.base_offset
+        );
+        // Each entry points at the batch holding its offset.
+        let bytes = segment.slice.read().unwrap();
+        for e in entries {
+            let header = BatchHeader::parse(&bytes[e.position as usize..]).unwrap();
+            assert_eq!(
+                header.base_offset,
+                segment.base_offset + i64::from(e.relative_offset)
+            );
+        }
+    }
+    let active_base = sealed.last().unwrap().next_offset;
+    log.close(0).unwrap();
+    assert!(
+        !index_entries(active_base).is_empty(),
+        "the active segment's index written at close"
+    );
+    let log = Log::open(dir.path(), small_segments(), 0).unwrap();
+    assert!(!log.recovery_report().unclean);
+    assert_eq!(read_all(&log, 0).len(), 40);
+    assert_eq!(log.offset_for_timestamp(1025).unwrap(), Some((25, 1025)));
+}
+
+#[test]
+fn closing_an_idle_log_rewrites_no_state_file() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small_segments(), 0).unwrap();
+    for i in 0..30 {
+        log.append(&client_batch(i, 1, 0, 300), 0, 0).unwrap();
+    }
+    log.close(0).unwrap();
+    // Each state file is replaced by a rename: a rewrite shows as a new inode.
+    let files = ["recovery-point", "log-start-offset", "producer-state.json"];
+    let inodes = || -> Vec<u64> {
+        files
+            .iter()
+            .map(|f| std::fs::metadata(dir.path().join(f)).unwrap().ino())
+            .collect()
+    };
+    let before = inodes();
+    for _ in 0..3 {
+        let log = Log::open(dir.path(), small_segments(), 0).unwrap();
+        assert!(!log.recovery_report().unclean);
+        log.close(0).unwrap();
+    }
+    assert_eq!(
+        inodes(),
+        before,
+        "an idle open and close rewrote a state file"
+    );
+    // After an append they move on, and the next open sees the new records and state.
+    let mut log = Log::open(dir.path(), small_segments(), 0).unwrap();
+    log.append(&client_batch(30, 1, 0, 300), 0, 0).unwrap();
+    log.close(0).unwrap();
+    let after = inodes();
+    assert_ne!(after[0], before[0], "recovery point");
+    assert_eq!(after[1], before[1], "log start offset did not move");
+    assert_ne!(after[2], before[2], "producer state");
+    let log = Log::open(dir.path(), small_segments(), 0).unwrap();
+    assert!(!log.recovery_report().unclean);
+    assert_eq!(read_all(&log, 0).len(), 31);
+}

@@ -1,12 +1,19 @@
 //! `strata lake ls` and `strata lake verify`: what the lake holds, and whether its manifests and
-//! objects agree. They read the tier URL directly (and the local data folder for the offload lag).
+//! objects agree. They read the tier URL directly (and the local data folder for the offload lag
+//! and errors). `ls` still answers from the data folder alone when object storage does not.
 
+use std::future::Future;
 use std::io::IsTerminal;
 use std::path::Path;
+use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::Serialize;
 use strata_lake::{FileEntry, Lake, OffloadError};
+
+/// How long `strata lake ls` waits for one answer of object storage (which retries failed
+/// requests for minutes on its own) before listing from the data folder alone.
+pub const LAKE_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One partition in `strata lake ls`.
 #[derive(Debug, Serialize)]
@@ -23,21 +30,62 @@ pub struct PartitionListing {
     pub lag_bytes: u64,
     /// Why the broker's offload of this partition is failing, when it is.
     pub offload_error: Option<OffloadError>,
+    /// Why the lake could not be read, when it could not: then `files` is empty and the lag
+    /// counts every sealed local segment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lake_error: Option<String>,
 }
 
-/// `strata lake ls`.
+/// `strata lake ls`: every partition of the lake with its files, local lag and offload error,
+/// and the local partitions whose offload fails before their first file. When object storage
+/// fails or does not answer within [`LAKE_CALL_TIMEOUT`], the partitions whose offload is failing
+/// are listed from the data folder alone (a warning on stderr says why).
 pub async fn ls(
     lake: &Lake,
     data_dir: &Path,
     topic: Option<&str>,
 ) -> Result<Vec<PartitionListing>> {
-    let mut out = Vec::new();
     let topics = data_dir.join("topics");
-    for (t, p) in lake.partitions().await? {
+    let (mut out, lake_error) = match from_lake(lake, &topics, topic).await {
+        Ok(out) => (out, None),
+        Err(e) => {
+            let reason = format!("{e:#}");
+            eprintln!(
+                "warning: the lake cannot be read ({reason}); listing the failing offloads of {} alone",
+                data_dir.display()
+            );
+            (Vec::new(), Some(reason))
+        }
+    };
+    add_local_failures(&mut out, &topics, topic, lake_error.as_deref());
+    Ok(out)
+}
+
+/// One call to object storage, given up after [`LAKE_CALL_TIMEOUT`].
+async fn call<T>(what: &str, f: impl Future<Output = strata_lake::Result<T>>) -> Result<T> {
+    tokio::time::timeout(LAKE_CALL_TIMEOUT, f)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within {LAKE_CALL_TIMEOUT:?}"))
+        .and_then(|r| r.map_err(anyhow::Error::from))
+        .with_context(|| what.to_string())
+}
+
+/// The lake's partitions with their manifests and the local lag.
+async fn from_lake(
+    lake: &Lake,
+    topics: &Path,
+    topic: Option<&str>,
+) -> Result<Vec<PartitionListing>> {
+    let mut out = Vec::new();
+    for (t, p) in call("listing the manifests", lake.partitions()).await? {
         if topic.is_some_and(|wanted| wanted != t) {
             continue;
         }
-        let manifest = lake.manifest(&t, p).await?;
+        let manifest = call(
+            &format!("reading the manifest of {t}-{p}"),
+            lake.manifest(&t, p),
+        )
+        .await?;
         let next = manifest.next_offset().unwrap_or(0);
         let dir = topics.join(format!("{t}-{p}"));
         let (lag_segments, lag_bytes) = local_lag(&dir, next);
@@ -48,10 +96,22 @@ pub async fn ls(
             lag_segments,
             lag_bytes,
             offload_error: OffloadError::read(&dir),
+            lake_error: None,
         });
     }
-    // Partitions whose offload fails before their first file is in the lake.
-    for (t, p, dir) in local_partitions(&topics) {
+    Ok(out)
+}
+
+/// Adds the local partitions with an offload error that `out` lacks: those whose offload fails
+/// before their first file is in the lake, or all of them when the lake could not be read
+/// (`lake_error`).
+fn add_local_failures(
+    out: &mut Vec<PartitionListing>,
+    topics: &Path,
+    topic: Option<&str>,
+    lake_error: Option<&str>,
+) {
+    for (t, p, dir) in local_partitions(topics) {
         if topic.is_some_and(|wanted| wanted != t)
             || out.iter().any(|l| l.topic == t && l.partition == p)
         {
@@ -66,10 +126,10 @@ pub async fn ls(
                 lag_segments,
                 lag_bytes,
                 offload_error: Some(error),
+                lake_error: lake_error.map(str::to_string),
             });
         }
     }
-    Ok(out)
 }
 
 /// The partition folders of the local data folder: `(topic, partition, folder)`.
