@@ -8,9 +8,18 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+use kafka_protocol::messages::leave_group_request::MemberIdentity;
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
+use kafka_protocol::messages::offset_delete_request::{
+    OffsetDeleteRequestPartition, OffsetDeleteRequestTopic,
+};
 use kafka_protocol::messages::{
-    ApiKey, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse,
-    RequestHeader, SyncGroupRequest, SyncGroupResponse,
+    ApiKey, DeleteGroupsRequest, DeleteGroupsResponse, GroupId, HeartbeatRequest,
+    HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse,
+    OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse,
+    RequestHeader, SyncGroupRequest, SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -406,6 +415,114 @@ async fn stale_generations_and_unknown_members_are_refused() {
         assert_eq!(unknown.error_code, 25, "UNKNOWN_MEMBER_ID");
         let rejoin_unknown: JoinGroupResponse = call(&mut s, &join("made-up-member"), 5);
         assert_eq!(rejoin_unknown.error_code, 25, "UNKNOWN_MEMBER_ID");
+    })
+    .await
+    .unwrap();
+    broker.stop().await;
+}
+
+/// Raw protocol: the codes of commits, leaves and deletions the coordinator refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_commits_leaves_and_deletions_get_kafka_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = TestBroker::start_in(dir.path(), GROUP_SETTINGS).await;
+    create_topic(&broker.bootstrap, "refusals", 1).await;
+    let bootstrap = broker.bootstrap.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(&bootstrap).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let group = |name: &'static str| GroupId(StrBytes::from_static_str(name));
+        let delete = |s: &mut TcpStream, name: &'static str| -> i16 {
+            let request = DeleteGroupsRequest::default().with_groups_names(vec![group(name)]);
+            let response: DeleteGroupsResponse = call(s, &request, 2);
+            response.results[0].error_code
+        };
+        assert_eq!(delete(&mut s, "nope"), 69, "GROUP_ID_NOT_FOUND");
+        let leave_unknown: LeaveGroupResponse = call(
+            &mut s,
+            &LeaveGroupRequest::default()
+                .with_group_id(group("nope"))
+                .with_members(vec![
+                    MemberIdentity::default().with_member_id(StrBytes::from_static_str("m")),
+                ]),
+            3,
+        );
+        assert_eq!(leave_unknown.error_code, 25, "UNKNOWN_MEMBER_ID");
+        let offset_delete: OffsetDeleteResponse = call(
+            &mut s,
+            &OffsetDeleteRequest::default()
+                .with_group_id(group("nope"))
+                .with_topics(vec![
+                    OffsetDeleteRequestTopic::default()
+                        .with_name(TopicName(StrBytes::from_static_str("refusals")))
+                        .with_partitions(vec![
+                            OffsetDeleteRequestPartition::default().with_partition_index(0),
+                        ]),
+                ]),
+            0,
+        );
+        assert_eq!(offset_delete.error_code, 69, "GROUP_ID_NOT_FOUND");
+
+        // A member joins "busy" and is waiting for its assignment.
+        let join = |member: &StrBytes| {
+            JoinGroupRequest::default()
+                .with_group_id(group("busy"))
+                .with_session_timeout_ms(10_000)
+                .with_rebalance_timeout_ms(10_000)
+                .with_member_id(member.clone())
+                .with_protocol_type(StrBytes::from_static_str("consumer"))
+                .with_protocols(vec![
+                    JoinGroupRequestProtocol::default()
+                        .with_name(StrBytes::from_static_str("range"))
+                        .with_metadata(Bytes::from_static(b"\0\0")),
+                ])
+        };
+        let first: JoinGroupResponse = call(&mut s, &join(&StrBytes::default()), 5);
+        assert_eq!(first.error_code, 79, "MEMBER_ID_REQUIRED");
+        let joined: JoinGroupResponse = call(&mut s, &join(&first.member_id), 5);
+        assert_eq!((joined.error_code, joined.generation_id), (0, 1));
+        assert_eq!(delete(&mut s, "busy"), 68, "NON_EMPTY_GROUP");
+        let commit = |s: &mut TcpStream, name: &'static str, generation_id: i32| -> i16 {
+            let request = OffsetCommitRequest::default()
+                .with_group_id(group(name))
+                .with_generation_id_or_member_epoch(generation_id)
+                .with_member_id(joined.member_id.clone())
+                .with_topics(vec![
+                    OffsetCommitRequestTopic::default()
+                        .with_name(TopicName(StrBytes::from_static_str("refusals")))
+                        .with_partitions(vec![
+                            OffsetCommitRequestPartition::default()
+                                .with_partition_index(0)
+                                .with_committed_offset(1),
+                        ]),
+                ]);
+            let response: OffsetCommitResponse = call(s, &request, 8);
+            response.topics[0].partitions[0].error_code
+        };
+        assert_eq!(commit(&mut s, "busy", 7), 22, "ILLEGAL_GENERATION");
+        assert_eq!(commit(&mut s, "busy", 1), 27, "REBALANCE_IN_PROGRESS");
+        assert_eq!(commit(&mut s, "", 1), 24, "INVALID_GROUP_ID");
+
+        let left: LeaveGroupResponse = call(
+            &mut s,
+            &LeaveGroupRequest::default()
+                .with_group_id(group("busy"))
+                .with_members(vec![
+                    MemberIdentity::default().with_member_id(joined.member_id.clone()),
+                ]),
+            3,
+        );
+        assert_eq!(
+            (left.error_code, left.members[0].error_code),
+            (0, 0),
+            "{left:?}"
+        );
+        assert_eq!(delete(&mut s, "busy"), 0, "an empty group is deleted");
+        assert_eq!(
+            delete(&mut s, "busy"),
+            69,
+            "GROUP_ID_NOT_FOUND once deleted"
+        );
     })
     .await
     .unwrap();

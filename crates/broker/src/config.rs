@@ -411,9 +411,9 @@ impl BrokerConfig {
     }
 
     /// Group and offset settings for the coordinator.
-    pub fn coordinator_config(&self) -> crate::coordinator::CoordinatorConfig {
-        crate::coordinator::CoordinatorConfig {
-            timeouts: crate::coordinator::group::GroupTimeouts {
+    pub fn coordinator_config(&self) -> strata_coordinator::CoordinatorConfig {
+        strata_coordinator::CoordinatorConfig {
+            timeouts: strata_coordinator::group::GroupTimeouts {
                 initial_rebalance_delay_ms: self.long("group.initial.rebalance.delay.ms"),
                 min_session_timeout_ms: self.long("group.min.session.timeout.ms") as i32,
                 max_session_timeout_ms: self.long("group.max.session.timeout.ms") as i32,

@@ -12,6 +12,9 @@ pub enum Error {
     /// The local log failed or refused a batch.
     #[error(transparent)]
     Log(#[from] strata_log::Error),
+    /// The group coordinator refused a request or its offsets log failed.
+    #[error(transparent)]
+    Coordinator(#[from] strata_coordinator::Error),
     /// A broker setting or topic config is unknown or invalid (INVALID_CONFIG).
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
@@ -72,6 +75,7 @@ impl Error {
     pub fn code(&self) -> ResponseError {
         match self {
             Self::Log(e) => log_error_code(e),
+            Self::Coordinator(e) => coordinator_error_code(e),
             Self::InvalidConfig(_) => ResponseError::InvalidConfig,
             Self::InvalidTopic { .. } => ResponseError::InvalidTopicException,
             Self::TopicExists(_) => ResponseError::TopicAlreadyExists,
@@ -108,6 +112,20 @@ pub fn log_error_code(error: &strata_log::Error) -> ResponseError {
         strata_log::Error::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
         strata_log::Error::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
         strata_log::Error::Unsupported(_) => ResponseError::InvalidRecord,
+        _ => ResponseError::KafkaStorageError,
+    }
+}
+
+/// The Kafka error code of a group coordinator error.
+pub fn coordinator_error_code(error: &strata_coordinator::Error) -> ResponseError {
+    use strata_coordinator::Error as E;
+    match error {
+        E::InvalidGroupId => ResponseError::InvalidGroupId,
+        E::GroupNotFound { .. } => ResponseError::GroupIdNotFound,
+        E::NonEmptyGroup { .. } => ResponseError::NonEmptyGroup,
+        E::Refused { code, .. } => *code,
+        // The offsets log failed, is corrupt, or was closed at shutdown: the commit or deletion
+        // was not stored.
         _ => ResponseError::KafkaStorageError,
     }
 }

@@ -35,10 +35,10 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use strata_coordinator::GroupCoordinator;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::coordinator::GroupCoordinator;
 use crate::frame::{self, RequestPrefix};
 use crate::manager::PartitionManager;
 use crate::outgoing::Outgoing;

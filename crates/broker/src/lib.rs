@@ -14,7 +14,9 @@
 //! - [`partition`]: one partition's log, high watermark and leader epoch.
 //! - `lake_view`: historic reads below the local log start, served from the lake through shared
 //!   footer and row-group caches (`lake.read.cache.bytes`).
-//! - [`coordinator`]: consumer groups and their committed offsets (an internal log).
+//! - consumer groups and their committed offsets live in their own crate, `strata-coordinator`:
+//!   the group handlers (`handler/join_group.rs`, `handler/offset_commit.rs`, …) call its
+//!   `GroupCoordinator`, and [`error`] maps its errors to Kafka codes.
 //! - `offload`: the background pipeline that moves sealed segments into the lake.
 //! - `open_files`: the open-files limit, raised at start and shared with the log's file cache.
 //! - `clock`: the wall clock, read at the edges; decisions take `now_ms` as an argument.
@@ -35,7 +37,6 @@
 
 mod clock;
 pub mod config;
-pub mod coordinator;
 mod dir_lock;
 pub mod error;
 pub mod frame;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kafka_protocol::messages::ApiKey;
+use strata_coordinator::GroupCoordinator;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
@@ -13,12 +14,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::clock::now_ms;
 use crate::config::BrokerConfig;
-use crate::coordinator::GroupCoordinator;
 use crate::dir_lock::DataDirLock;
 use crate::error::{Error, Result};
 use crate::frame;
-use crate::clock::now_ms;
 use crate::handler::{self, Context, Reply};
 use crate::manager::PartitionManager;
 use crate::metadata::LocalMetadataStore;

@@ -4,6 +4,7 @@ use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::{DeleteGroupsRequest, DeleteGroupsResponse};
 
 use super::{Context, now_ms};
+use crate::error::coordinator_error_code;
 
 pub(super) fn handle(ctx: &Context, request: DeleteGroupsRequest) -> DeleteGroupsResponse {
     let results = request
@@ -14,7 +15,7 @@ pub(super) fn handle(ctx: &Context, request: DeleteGroupsRequest) -> DeleteGroup
                 .coordinator
                 .delete_group(&group_id, now_ms())
                 .err()
-                .map_or(0, |e| e.code());
+                .map_or(0, |e| coordinator_error_code(&e).code());
             DeletableGroupResult::default()
                 .with_group_id(group_id)
                 .with_error_code(code)

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::{JoinGroupRequest, JoinGroupResponse, RequestHeader};
+use strata_coordinator::group::{Answer, JoinRequest, JoinResult};
 
 use super::{Context, now_ms, str_bytes};
-use crate::coordinator::group::{Answer, JoinRequest, JoinResult};
 
 pub(super) fn start(
     ctx: &Context,

@@ -4,6 +4,7 @@ use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::{LeaveGroupRequest, LeaveGroupResponse};
 
 use super::{Context, now_ms};
+use crate::error::coordinator_error_code;
 
 pub(super) fn handle(
     ctx: &Context,
@@ -25,7 +26,7 @@ pub(super) fn handle(
         vec![(request.member_id.to_string(), None)]
     };
     match ctx.coordinator.leave(&request.group_id, &members, now_ms()) {
-        Err(code) => LeaveGroupResponse::default().with_error_code(code.code()),
+        Err(e) => LeaveGroupResponse::default().with_error_code(coordinator_error_code(&e).code()),
         Ok(codes) if version >= 3 => {
             let responses = request
                 .members

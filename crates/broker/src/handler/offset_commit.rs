@@ -5,9 +5,10 @@ use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
 use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse};
+use strata_coordinator::store::CommittedOffset;
 
 use super::{Context, now_ms};
-use crate::coordinator::store::CommittedOffset;
+use crate::error::coordinator_error_code;
 
 pub(super) fn handle(
     ctx: &Context,
@@ -60,7 +61,7 @@ pub(super) fn handle(
             return ResponseError::UnknownTopicOrPartition.code();
         }
         match &outcome {
-            Err(code) => code.code(),
+            Err(e) => coordinator_error_code(e).code(),
             Ok(codes) => keys
                 .iter()
                 .position(|(t, p)| t == topic && *p == partition)

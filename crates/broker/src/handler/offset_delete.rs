@@ -6,6 +6,7 @@ use kafka_protocol::messages::offset_delete_response::{
 use kafka_protocol::messages::{OffsetDeleteRequest, OffsetDeleteResponse};
 
 use super::{Context, now_ms};
+use crate::error::coordinator_error_code;
 
 pub(super) fn handle(ctx: &Context, request: OffsetDeleteRequest) -> OffsetDeleteResponse {
     let partitions: Vec<(String, i32)> = request
@@ -22,7 +23,10 @@ pub(super) fn handle(ctx: &Context, request: OffsetDeleteRequest) -> OffsetDelet
         .delete_offsets(&request.group_id, &partitions, now_ms())
     {
         Ok(codes) => codes,
-        Err(code) => return OffsetDeleteResponse::default().with_error_code(code.code()),
+        Err(e) => {
+            return OffsetDeleteResponse::default()
+                .with_error_code(coordinator_error_code(&e).code());
+        }
     };
     let mut codes = codes.into_iter();
     let topics = request

@@ -6,9 +6,9 @@ use kafka_protocol::messages::offset_fetch_response::{
 };
 use kafka_protocol::messages::{OffsetFetchRequest, OffsetFetchResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
+use strata_coordinator::PartitionOffsets;
 
 use super::{Context, str_bytes};
-use crate::coordinator::PartitionOffsets;
 
 pub(super) fn handle(
     ctx: &Context,

@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::{SyncGroupRequest, SyncGroupResponse};
+use strata_coordinator::group::{Answer, SyncResult};
 
 use super::{Context, now_ms, str_bytes};
-use crate::coordinator::group::{Answer, SyncResult};
 
 pub(super) fn start(ctx: &Context, version: i16, request: SyncGroupRequest) -> Answer<SyncResult> {
     let instance = request.group_instance_id.as_ref().map(|s| s.to_string());

@@ -1,11 +1,5 @@
-//! The group coordinator: consumer groups (membership, rebalances, assignments) and their committed
-//! offsets, kept durably in an internal log. This broker coordinates every group.
-//!
-//! - `group`: the classic-protocol state machine of one group, pure and driven by `now`.
-//! - `store`: the offsets log, replayed at start and compacted as it grows.
-
-pub mod group;
-pub mod store;
+//! The coordinator of every group: one lock over the groups' state machines and their committed
+//! offsets, each change written to the offsets log before it is answered.
 
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
@@ -14,9 +8,9 @@ use std::path::Path;
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
 
-use self::group::{Answer, Group, GroupState, GroupTimeouts, JoinRequest, JoinResult, SyncResult};
-use self::store::{CommittedOffset, GroupRecord, OffsetStore, StoreKey, StoreState, StoreValue};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::group::{Answer, Group, GroupState, GroupTimeouts, JoinRequest, JoinResult, SyncResult};
+use crate::store::{CommittedOffset, GroupRecord, OffsetStore, StoreKey, StoreState, StoreValue};
 
 /// Group and offset settings, from Kafka's broker settings.
 #[derive(Debug, Clone, Copy)]
@@ -175,10 +169,13 @@ impl GroupCoordinator {
         group_id: &str,
         members: &[(String, Option<String>)],
         now_ms: i64,
-    ) -> Result<Vec<i16>, ResponseError> {
+    ) -> Result<Vec<i16>> {
         let mut inner = self.lock();
         let Some(e) = inner.groups.get_mut(group_id) else {
-            return Err(ResponseError::UnknownMemberId);
+            return Err(Error::Refused {
+                group: group_id.into(),
+                code: ResponseError::UnknownMemberId,
+            });
         };
         let (codes, completed) = e.group.leave(members, self.config.timeouts, now_ms);
         if let Some(generation_id) = completed {
@@ -196,14 +193,18 @@ impl GroupCoordinator {
         generation_id: i32,
         offsets: Vec<(String, i32, CommittedOffset)>,
         now_ms: i64,
-    ) -> Result<Vec<i16>, ResponseError> {
+    ) -> Result<Vec<i16>> {
         if group_id.is_empty() {
-            return Err(ResponseError::InvalidGroupId);
+            return Err(Error::InvalidGroupId);
         }
         let mut inner = self.lock();
         entry(&mut inner.groups, group_id, 0, now_ms)
             .group
-            .check_commit(member_id, instance, generation_id)?;
+            .check_commit(member_id, instance, generation_id)
+            .map_err(|code| Error::Refused {
+                group: group_id.into(),
+                code,
+            })?;
         let codes: Vec<i16> = offsets
             .iter()
             .map(|(_, _, o)| {
@@ -229,9 +230,8 @@ impl GroupCoordinator {
                 )
             })
             .collect();
-        inner.write(&records, now_ms).map_err(|e| {
+        inner.write(&records, now_ms).inspect_err(|e| {
             tracing::error!(group = group_id, error = %e, "writing committed offsets");
-            ResponseError::KafkaStorageError
         })?;
         let entry = inner.groups.get_mut(group_id).expect("created above");
         for (topic, partition, o) in accepted {
@@ -315,13 +315,18 @@ impl GroupCoordinator {
     }
 
     /// DeleteGroups: only empty groups; their offsets go too.
-    pub fn delete_group(&self, group_id: &str, now_ms: i64) -> Result<(), ResponseError> {
+    pub fn delete_group(&self, group_id: &str, now_ms: i64) -> Result<()> {
         let mut inner = self.lock();
         let Some(e) = inner.groups.get(group_id) else {
-            return Err(ResponseError::GroupIdNotFound);
+            return Err(Error::GroupNotFound {
+                group: group_id.into(),
+            });
         };
         if e.group.state != GroupState::Empty {
-            return Err(ResponseError::NonEmptyGroup);
+            return Err(Error::NonEmptyGroup {
+                group: group_id.into(),
+                state: e.group.state.name(),
+            });
         }
         let mut records: Vec<_> = e
             .offsets
@@ -334,9 +339,7 @@ impl GroupCoordinator {
             },
             None,
         ));
-        inner
-            .write(&records, now_ms)
-            .map_err(|_| ResponseError::KafkaStorageError)?;
+        inner.write(&records, now_ms)?;
         inner.groups.remove(group_id);
         Ok(())
     }
@@ -347,10 +350,12 @@ impl GroupCoordinator {
         group_id: &str,
         partitions: &[(String, i32)],
         now_ms: i64,
-    ) -> Result<Vec<i16>, ResponseError> {
+    ) -> Result<Vec<i16>> {
         let mut inner = self.lock();
         let Some(e) = inner.groups.get(group_id) else {
-            return Err(ResponseError::GroupIdNotFound);
+            return Err(Error::GroupNotFound {
+                group: group_id.into(),
+            });
         };
         let subscribed = e.group.subscribed_topics();
         let codes: Vec<i16> = partitions
@@ -373,9 +378,7 @@ impl GroupCoordinator {
             .iter()
             .map(|(t, p)| (offset_key(group_id, t, *p), None))
             .collect();
-        inner
-            .write(&records, now_ms)
-            .map_err(|_| ResponseError::KafkaStorageError)?;
+        inner.write(&records, now_ms)?;
         let e = inner.groups.get_mut(group_id).expect("checked");
         for key in doomed {
             e.offsets.remove(&key);
@@ -421,10 +424,7 @@ impl Inner {
         if records.is_empty() {
             return Ok(());
         }
-        let store = self
-            .store
-            .as_mut()
-            .ok_or_else(|| crate::error::Error::NotLeader("the coordinator is closed".into()))?;
+        let store = self.store.as_mut().ok_or(Error::Closed)?;
         store.append(records, now_ms)?;
         for (key, value) in records {
             match value {
@@ -569,15 +569,83 @@ mod tests {
     fn deleting_a_group_needs_it_empty() {
         let dir = tempfile::tempdir().unwrap();
         let c = GroupCoordinator::open(dir.path(), CONFIG, 0).unwrap();
-        assert_eq!(
+        assert!(matches!(
             c.delete_group("nope", 0),
-            Err(ResponseError::GroupIdNotFound)
-        );
+            Err(Error::GroupNotFound { group }) if group == "nope"
+        ));
         c.commit("g", "", None, -1, vec![("t".into(), 0, committed(1, 0))], 0)
             .unwrap();
-        assert_eq!(c.delete_group("g", 0), Ok(()));
+        c.delete_group("g", 0).unwrap();
         drop(c);
         let c = GroupCoordinator::open(dir.path(), CONFIG, 0).unwrap();
         assert!(c.fetch_offsets("g", None).is_empty());
+    }
+
+    /// A member joins "g" and waits in CompletingRebalance for the leader's assignment.
+    fn join_member(c: &GroupCoordinator) -> String {
+        let join = |member_id: &str| JoinRequest {
+            member_id: member_id.into(),
+            group_instance_id: None,
+            client_id: "c".into(),
+            client_host: "/127.0.0.1".into(),
+            session_timeout_ms: 10_000,
+            rebalance_timeout_ms: 30_000,
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), Bytes::from_static(b"m"))],
+            requires_known_member_id: true,
+        };
+        let Answer::Now(first) = c.join("g", join(""), 0) else {
+            panic!("the first join is answered with a member id");
+        };
+        let Answer::Later(mut joined) = c.join("g", join(&first.member_id), 0) else {
+            panic!("the second join waits for the rebalance");
+        };
+        c.tick(0, false);
+        assert_eq!(joined.try_recv().unwrap().error, 0);
+        first.member_id
+    }
+
+    #[test]
+    fn refusals_name_the_group_and_writes_after_close_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = GroupCoordinator::open(dir.path(), CONFIG, 0).unwrap();
+        let member = join_member(&c);
+        assert!(matches!(
+            c.delete_group("g", 0),
+            Err(Error::NonEmptyGroup { group, state: "CompletingRebalance" }) if group == "g"
+        ));
+        let commit = |generation_id| {
+            let offsets = vec![("t".into(), 0, committed(1, 0))];
+            c.commit("g", &member, None, generation_id, offsets, 0)
+        };
+        assert!(matches!(
+            commit(7),
+            Err(Error::Refused { group, code: ResponseError::IllegalGeneration }) if group == "g"
+        ));
+        assert!(matches!(
+            commit(1),
+            Err(Error::Refused {
+                code: ResponseError::RebalanceInProgress,
+                ..
+            })
+        ));
+        assert!(matches!(
+            c.leave("nope", &[(member.clone(), None)], 0),
+            Err(Error::Refused { group, code: ResponseError::UnknownMemberId }) if group == "nope"
+        ));
+        assert!(matches!(
+            c.delete_offsets("nope", &[("t".into(), 0)], 0),
+            Err(Error::GroupNotFound { group }) if group == "nope"
+        ));
+        assert!(matches!(
+            c.commit("", "", None, -1, vec![("t".into(), 0, committed(1, 0))], 0),
+            Err(Error::InvalidGroupId)
+        ));
+        c.close(0);
+        assert!(matches!(
+            c.commit("h", "", None, -1, vec![("t".into(), 0, committed(1, 0))], 0),
+            Err(Error::Closed)
+        ));
+        assert!(c.fetch_offsets("h", None).is_empty(), "nothing was stored");
     }
 }

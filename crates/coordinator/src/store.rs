@@ -4,7 +4,7 @@
 //! The log is compacted by writing the live state anew and dropping the segments before it.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::records::{
@@ -78,6 +78,7 @@ pub type StoreState = BTreeMap<StoreKey, StoreValue>;
 /// The offsets log.
 #[derive(Debug)]
 pub struct OffsetStore {
+    dir: PathBuf,
     log: Log,
 }
 
@@ -89,9 +90,10 @@ impl OffsetStore {
             retention_ms: -1,
             ..LogConfig::default()
         };
-        let log = Log::open(dir, config, now_ms)?;
-        let state = replay(&log)?;
-        Ok((Self { log }, state))
+        let log = Log::open(dir, config, now_ms).map_err(log_error(dir))?;
+        let state = replay(dir, &log)?;
+        let dir = dir.to_path_buf();
+        Ok((Self { dir, log }, state))
     }
 
     /// Appends records durably in the page cache (as produce does): they survive a process crash.
@@ -102,7 +104,9 @@ impl OffsetStore {
     ) -> Result<()> {
         for chunk in records.chunks(SNAPSHOT_BATCH_RECORDS) {
             let batch = encode(chunk, now_ms);
-            self.log.append(&batch, 0, now_ms)?;
+            self.log
+                .append(&batch, 0, now_ms)
+                .map_err(log_error(&self.dir))?;
         }
         Ok(())
     }
@@ -114,15 +118,17 @@ impl OffsetStore {
         if self.log.segment_count() < SEGMENTS_BEFORE_COMPACTION {
             return Ok(());
         }
-        self.log.roll(now_ms)?;
+        let dir = self.dir.clone();
+        let log_error = log_error(&dir);
+        self.log.roll(now_ms).map_err(&log_error)?;
         let start = self.log.log_end_offset();
         let live: Vec<(StoreKey, Option<StoreValue>)> = state
             .iter()
             .map(|(k, v)| (k.clone(), Some(v.clone())))
             .collect();
         self.append(&live, now_ms)?;
-        self.log.flush(now_ms)?;
-        let deleted = self.log.delete_segments_before(start)?;
+        self.log.flush(now_ms).map_err(&log_error)?;
+        let deleted = self.log.delete_segments_before(start).map_err(&log_error)?;
         tracing::debug!(
             records = live.len(),
             deleted_segments = deleted,
@@ -133,7 +139,15 @@ impl OffsetStore {
 
     /// Flushes and closes the log.
     pub fn close(self, now_ms: i64) -> Result<()> {
-        Ok(self.log.close(now_ms)?)
+        self.log.close(now_ms).map_err(log_error(&self.dir))
+    }
+}
+
+/// Wraps a log error with the offsets log's folder.
+fn log_error(dir: &Path) -> impl Fn(strata_log::Error) -> Error + '_ {
+    move |source| Error::Log {
+        dir: dir.to_path_buf(),
+        source,
     }
 }
 
@@ -181,18 +195,20 @@ fn encode(records: &[(StoreKey, Option<StoreValue>)], now_ms: i64) -> BytesMut {
     buf
 }
 
-fn replay(log: &Log) -> Result<StoreState> {
+fn replay(dir: &Path, log: &Log) -> Result<StoreState> {
     let mut state = StoreState::new();
     let mut offset = log.log_start_offset();
-    while let Some(slice) = log.read(offset, 1024 * 1024)? {
-        let mut bytes = Bytes::from(slice.read()?);
+    while let Some(slice) = log.read(offset, 1024 * 1024).map_err(log_error(dir))? {
+        let mut bytes = Bytes::from(slice.read().map_err(log_error(dir))?);
         while let Ok(header) = BatchHeader::parse(&bytes) {
             if header.total_bytes() > bytes.len() {
                 break;
             }
             let mut batch = bytes.split_to(header.total_bytes());
-            let set = RecordBatchDecoder::decode(&mut batch).map_err(|e| {
-                Error::Metadata(format!("offsets log batch at {}: {e}", header.base_offset))
+            let set = RecordBatchDecoder::decode(&mut batch).map_err(|e| Error::Corrupt {
+                dir: dir.to_path_buf(),
+                offset: header.base_offset,
+                reason: e.to_string(),
             })?;
             for record in set.records.iter().filter(|r| r.offset >= offset) {
                 apply(&mut state, record);
