@@ -395,3 +395,73 @@ pub fn read(
     }
     out
 }
+
+/// One RecordBatch v2 as a producer sends it: `records` records keyed `key-<i>` with values of
+/// `value_bytes` bytes `v`, one header `h=x`, CreateTime timestamps from 1000 ms.
+pub fn client_batch(
+    records: usize,
+    value_bytes: usize,
+    compression: kafka_protocol::records::Compression,
+) -> bytes::Bytes {
+    use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+    let all: Vec<Record> = (0..records)
+        .map(|i| Record {
+            transactional: false,
+            control: false,
+            partition_leader_epoch: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            // The encoder keeps one batch while offset - sequence stays constant.
+            sequence: i as i32 - 1,
+            timestamp: 1_000 + i as i64,
+            key: Some(bytes::Bytes::from(format!("key-{i}"))),
+            value: Some(bytes::Bytes::from(vec![b'v'; value_bytes])),
+            headers: [(
+                kafka_protocol::protocol::StrBytes::from_static_str("h"),
+                Some(bytes::Bytes::from_static(b"x")),
+            )]
+            .into_iter()
+            .collect(),
+            delete_horizon: false,
+        })
+        .collect();
+    let mut buf = bytes::BytesMut::new();
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression,
+    };
+    RecordBatchEncoder::encode(&mut buf, all.iter(), &options).expect("encodable records");
+    buf.freeze()
+}
+
+/// The default lake of a broker started on `dir` (`file://<dir>/lake`).
+pub fn default_lake(dir: &Path) -> strata_lake::Lake {
+    let url = strata_lake::store::file_url(&dir.join("lake")).expect("an absolute folder");
+    strata_lake::Lake::new(
+        strata_lake::store::open(&url, &BTreeMap::new()).expect("the lake opens"),
+    )
+}
+
+/// Waits until the lake holds a partition's offsets below `offset` at least; returns where its
+/// manifest ends.
+pub async fn wait_offloaded_to(
+    lake: &strata_lake::Lake,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> i64 {
+    let start = Instant::now();
+    loop {
+        let manifest = lake.manifest(topic, partition).await.unwrap_or_default();
+        match manifest.next_offset() {
+            Some(next) if next >= offset => return next,
+            reached => assert!(
+                start.elapsed() < DEADLINE,
+                "{topic}-{partition}: the lake reached {reached:?}, not {offset}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -9,17 +9,15 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::Compression;
 use rdkafka::Offset;
-use strata_tests::{TestBroker, read};
+use strata_tests::{TestBroker, client_batch, default_lake, read, wait_offloaded_to};
 
 /// Panics anywhere in the process (broker tasks included), counted by a panic hook.
 static PANICS: AtomicUsize = AtomicUsize::new(0);
@@ -156,40 +154,7 @@ fn api_key(request: &RequestKind) -> ApiKey {
 }
 
 fn good_batch(records: usize, compression: Compression) -> Bytes {
-    let records: Vec<Record> = (0..records)
-        .map(|i| Record {
-            transactional: false,
-            control: false,
-            partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            // The encoder starts a new batch where sequences break off.
-            sequence: i as i32 - 1,
-            timestamp: 1_000 + i as i64,
-            key: Some(Bytes::from(format!("key-{i}"))),
-            value: Some(Bytes::from(vec![b'v'; 20 + i])),
-            headers: [(
-                StrBytes::from_static_str("h"),
-                Some(Bytes::from_static(b"x")),
-            )]
-            .into_iter()
-            .collect(),
-            delete_horizon: false,
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        records.iter(),
-        &RecordEncodeOptions {
-            version: 2,
-            compression,
-        },
-    )
-    .unwrap();
-    buf.freeze()
+    client_batch(records, 20, compression)
 }
 
 /// A frame: the request header of `key`/`version`, then `body`.
@@ -579,13 +544,6 @@ async fn fuzzed_frames_and_batches_never_hurt_the_broker() {
     }
 
     // The partition still offloads: its sealed segments reach the lake.
-    let lake = strata_lake::Lake::new(
-        strata_lake::store::open(
-            &format!("file://{}", dir.path().join("lake").display()),
-            &Default::default(),
-        )
-        .unwrap(),
-    );
     let sealed_end = {
         let mut bases: Vec<i64> = std::fs::read_dir(&partition_dir)
             .unwrap()
@@ -597,19 +555,7 @@ async fn fuzzed_frames_and_batches_never_hurt_the_broker() {
         bases.sort();
         bases.last().copied().unwrap_or(0)
     };
-    let start = Instant::now();
-    loop {
-        let manifest = lake.manifest(TOPIC, 0).await.unwrap_or_default();
-        if manifest.next_offset().unwrap_or(0) >= sealed_end {
-            break;
-        }
-        assert!(
-            start.elapsed() < strata_tests::DEADLINE,
-            "seed {seed}: the lake reached {:?}, sealed segments end at {sealed_end}",
-            manifest.next_offset()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_offloaded_to(&default_lake(dir.path()), TOPIC, 0, sealed_end).await;
     assert_eq!(PANICS.load(Ordering::SeqCst), 0, "seed {seed}");
     broker.stop().await;
 }

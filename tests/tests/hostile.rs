@@ -12,12 +12,10 @@ use kafka_protocol::messages::{
     RequestHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::Compression;
 use rdkafka::Offset;
 use rdkafka::producer::FutureRecord;
-use strata_tests::{TestBroker, producer, read};
+use strata_tests::{TestBroker, client_batch, default_lake, producer, read, wait_offloaded_to};
 
 fn connect(bootstrap: &str) -> TcpStream {
     let stream = TcpStream::connect(bootstrap).unwrap();
@@ -67,28 +65,7 @@ fn response(stream: &mut TcpStream, api_key: ApiKey, version: i16) -> Bytes {
 }
 
 fn batch(value_bytes: usize) -> BytesMut {
-    let record = Record {
-        transactional: false,
-        control: false,
-        partition_leader_epoch: 0,
-        producer_id: -1,
-        producer_epoch: -1,
-        timestamp_type: TimestampType::Creation,
-        offset: 0,
-        sequence: -1,
-        timestamp: 0,
-        key: None,
-        value: Some(Bytes::from(vec![b'v'; value_bytes])),
-        headers: Default::default(),
-        delete_horizon: false,
-    };
-    let mut buf = BytesMut::new();
-    let options = RecordEncodeOptions {
-        version: 2,
-        compression: Compression::None,
-    };
-    RecordBatchEncoder::encode(&mut buf, [record].iter(), &options).unwrap();
-    buf
+    BytesMut::from(client_batch(1, value_bytes, Compression::None))
 }
 
 fn produce(stream: &mut TcpStream, topic: &str, records: Bytes) -> i16 {
@@ -322,26 +299,7 @@ async fn garbage_records_with_a_valid_crc_never_reach_the_log() {
     );
 
     // Sealed segments of the partition convert and reach the lake.
-    let lake = strata_lake::Lake::new(
-        strata_lake::store::open(
-            &format!("file://{}", dir.path().join("lake").display()),
-            &Default::default(),
-        )
-        .unwrap(),
-    );
-    let start = std::time::Instant::now();
-    loop {
-        let manifest = lake.manifest("poison", 0).await.unwrap_or_default();
-        if manifest.next_offset().is_some_and(|n| n >= 4) {
-            break;
-        }
-        assert!(
-            start.elapsed() < strata_tests::DEADLINE,
-            "the partition never offloaded: {:?}",
-            manifest.next_offset()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_offloaded_to(&default_lake(dir.path()), "poison", 0, 4).await;
     broker.stop().await;
 }
 
