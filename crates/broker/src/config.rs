@@ -17,6 +17,8 @@ use crate::error::{Error, Result};
 pub enum ConfigType {
     /// A 32-bit integer at or above a minimum.
     Int(i64),
+    /// A 32-bit integer within `min..=max`.
+    IntBetween(i64, i64),
     /// A 64-bit integer at or above a minimum.
     Long(i64),
     /// `true` or `false`.
@@ -31,7 +33,7 @@ impl ConfigType {
         match self {
             Self::Boolean => 1,
             Self::Choice(_) => 2,
-            Self::Int(_) => 3,
+            Self::Int(_) | Self::IntBetween(..) => 3,
             Self::Long(_) => 5,
         }
     }
@@ -43,6 +45,11 @@ impl ConfigType {
             Self::Int(min) => match value.trim().parse::<i32>() {
                 Ok(v) if i64::from(v) >= min => Ok(()),
                 Ok(_) => bad(format!("must be at least {min}")),
+                Err(_) => bad("not a 32-bit integer".into()),
+            },
+            Self::IntBetween(min, max) => match value.trim().parse::<i32>() {
+                Ok(v) if (min..=max).contains(&i64::from(v)) => Ok(()),
+                Ok(_) => bad(format!("must be between {min} and {max}")),
                 Err(_) => bad("not a 32-bit integer".into()),
             },
             Self::Long(min) => match value.trim().parse::<i64>() {
@@ -124,11 +131,13 @@ pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
         WEEK_MS,
         ConfigType::Long(-2),
     ),
+    // At most the largest batch the lake's segment reader takes (64 MiB): a stored batch must
+    // always be convertible.
     def(
         "max.message.bytes",
         "message.max.bytes",
         "1048588",
-        ConfigType::Int(0),
+        ConfigType::IntBetween(0, strata_lake::segment::BATCH_BYTES_MAX as i64),
     ),
     def(
         "message.timestamp.after.max.ms",
@@ -644,5 +653,15 @@ mod tests {
                 .to_string()
                 .contains("true or false")
         );
+    }
+
+    #[test]
+    fn max_message_bytes_stays_within_what_the_lake_converts() {
+        assert!(config(&[("message.max.bytes", "67108864")]).is_ok());
+        let e = config(&[("message.max.bytes", "67108865")]).unwrap_err();
+        assert!(e.to_string().contains("between 0 and 67108864"), "{e}");
+        let overrides =
+            BTreeMap::from([("max.message.bytes".to_string(), "100000000".to_string())]);
+        assert!(validate_topic_overrides(&overrides).is_err());
     }
 }
