@@ -6,7 +6,8 @@
 //! ## Layout
 //! - [`records`]: RecordBatch v2 ↔ records, every codec, duplicate headers kept.
 //! - [`parquet_file`]: the lake's Parquet schema, writer and reader.
-//! - [`segment`]: a whole segment's bytes ↔ records, and records ↔ batches for serving.
+//! - [`segment`]: a segment's batches read one at a time through a bounded window (the offload
+//!   streams them), a whole segment's bytes ↔ records, and records ↔ batches for serving.
 //! - [`manifest`]: which files hold which offsets; contiguity, retention and verification.
 //! - [`lake`]: the layout in object storage, offload (upload, then manifest commit), listing.
 //! - [`reader`]: ranged reads of lake files for serving consumers: the footer, then only the row

@@ -336,6 +336,10 @@ fn lake(args: LakeArgs) -> Result<()> {
                     &rows
                 )
             );
+            // Every partition carries the same reason when the lake could not be read.
+            if let Some(e) = listing.iter().find_map(|p| p.lake_error.as_ref()) {
+                println!("the lake could not be read ({e}): local lag and offload errors only");
+            }
             for p in listing.iter().filter(|p| p.lag_segments > 0) {
                 println!(
                     "offload lag {}-{}: {} segment(s), {} bytes waiting",
