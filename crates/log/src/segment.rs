@@ -16,9 +16,6 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bytes::Bytes;
-use kafka_protocol::records::RecordBatchDecoder;
-
 use crate::batch::{self, BatchHeader, HEADER_BYTES, LOG_OVERHEAD};
 use crate::error::{Error, IoContext, Result};
 use crate::file_cache::{self, SegmentFile};
@@ -466,21 +463,38 @@ impl Segment {
         if header.attributes & batch::ATTR_LOG_APPEND_TIME != 0 {
             return Ok((header.base_offset, header.max_timestamp));
         }
-        let mut buf = Bytes::copy_from_slice(whole);
-        let set = RecordBatchDecoder::decode(&mut buf).map_err(|e| Error::Corrupt {
+        let corrupt = |e: crate::record::RecordError| Error::Corrupt {
             path: self.log_path.clone(),
             reason: format!(
                 "batch at offset {} does not decode: {e}",
                 header.base_offset
             ),
-        })?;
-        Ok(set
-            .records
-            .iter()
-            .find(|r| r.timestamp >= timestamp_ms)
-            .map_or((header.base_offset, header.max_timestamp), |r| {
-                (r.offset, r.timestamp)
-            }))
+        };
+        // The log's own bounded decompression and record parser, as on produce.
+        let mut decompressed = Vec::new();
+        let body = if header.compression() == crate::record::codec::NONE {
+            &whole[batch::HEADER_BYTES..header.total_bytes()]
+        } else {
+            crate::record::decompress_into(
+                header.compression(),
+                &whole[batch::HEADER_BYTES..header.total_bytes()],
+                &mut decompressed,
+                crate::record::DECOMPRESSED_BATCH_BYTES_MAX,
+            )
+            .map_err(corrupt)?;
+            &decompressed[..]
+        };
+        for record in crate::record::records(body, header.record_count) {
+            let record = record.map_err(corrupt)?;
+            let timestamp = header.base_timestamp.saturating_add(record.timestamp_delta);
+            if timestamp >= timestamp_ms {
+                return Ok((
+                    header.base_offset + i64::from(record.offset_delta),
+                    timestamp,
+                ));
+            }
+        }
+        Ok((header.base_offset, header.max_timestamp))
     }
 
     /// Every batch header from `offset` on, in order (used to rebuild producer state).
