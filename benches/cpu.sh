@@ -7,7 +7,7 @@
 # an end-to-end run at a steady 50 MB/s (linger 1 ms) for its p99. Prints one JSON line per run.
 #
 #   benches/cpu.sh                                  # this tree's release build
-#   STRATA_BINS="old=/path/to/old/strata new=target/release/strata" ROUNDS=3 benches/cpu.sh
+#   BROKER_BINS="old=/path/to/old/strata new=target/release/strata" ROUNDS=3 benches/cpu.sh
 #
 # Needs the Rust toolchain; uses temporary folders and port 19195.
 set -euo pipefail
@@ -18,9 +18,9 @@ E2E_RECORDS=${E2E_RECORDS:-500000}
 ROUNDS=${ROUNDS:-3}
 PORT=19195
 LOADGEN=${LOADGEN:-target/release/loadgen}
-if [ -z "${STRATA_BINS:-}" ]; then
+if [ -z "${BROKER_BINS:-}" ]; then
   cargo build --release -q -p strata -p strata-benches --bin strata --bin loadgen
-  STRATA_BINS="tree=target/release/strata"
+  BROKER_BINS="tree=target/release/strata"
 fi
 WORK=$(mktemp -d /tmp/strata-cpu.XXXXXX)
 pid=
@@ -34,11 +34,12 @@ wait_port() {
     (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && return
     sleep 0.1
   done
-  echo "nothing listens on port $PORT" >&2
+  echo "nothing listens on port $PORT; the broker said:" >&2
+  tail -5 "$WORK/log" >&2
   exit 1
 }
 for round in $(seq 1 "$ROUNDS"); do
-  for entry in $STRATA_BINS; do
+  for entry in $BROKER_BINS; do
     name=${entry%%=*}
     bin=${entry#*=}
     rm -rf "$WORK/data"
