@@ -109,10 +109,8 @@ pub fn decompress_into(
         codec::GZIP => read_bounded(flate2::read::MultiGzDecoder::new(input), out, limit)
             .map_err(|e| e.unwrap_or_else(|e| fail("gzip", &e))),
         codec::SNAPPY => snappy_into(input, out, limit),
-        codec::LZ4 => {
-            let decoder = lz4::Decoder::new(input).map_err(|e| fail("lz4", &e))?;
-            read_bounded(decoder, out, limit).map_err(|e| e.unwrap_or_else(|e| fail("lz4", &e)))
-        }
+        codec::LZ4 => read_bounded(lz4_flex::frame::FrameDecoder::new(input), out, limit)
+            .map_err(|e| e.unwrap_or_else(|e| fail("lz4", &e))),
         codec::ZSTD => {
             let mut decoder =
                 zstd::stream::read::Decoder::with_buffer(input).map_err(|e| fail("zstd", &e))?;
