@@ -14,6 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RECORDS=${RECORDS:-1000000}
+# Which runs: produce, e2e, or both (each on a fresh broker when only one is chosen).
+RUNS=${RUNS:-produce e2e}
 E2E_RECORDS=${E2E_RECORDS:-500000}
 ROUNDS=${ROUNDS:-3}
 PORT=19195
@@ -43,11 +45,15 @@ for round in $(seq 1 "$ROUNDS"); do
     name=${entry%%=*}
     bin=${entry#*=}
     rm -rf "$WORK/data"
+    # Each run starts level: no dirty pages of the previous one being written back meanwhile.
+    sync
+    [ -w /proc/sys/vm/drop_caches ] && echo 1 >/proc/sys/vm/drop_caches
     "$bin" serve --data-dir "$WORK/data" --listen "127.0.0.1:$PORT" 2>"$WORK/log" &
     pid=$!
     wait_port
     common=(--brokers "127.0.0.1:$PORT" --partitions 6 --size 1024 --json)
     for codec in none lz4; do
+      case " $RUNS " in *" produce "*) ;; *) continue ;; esac
       # lz4 runs send JSON-like text: random bytes do not compress, and librdkafka then sends
       # the batch uncompressed.
       text=()
@@ -61,6 +67,7 @@ for round in $(seq 1 "$ROUNDS"); do
       echo "$out" | sed "s/^{/{\"label\":\"$name produce $codec round $round\",\"broker_cpu_s_per_gb\":$per_gb,/"
     done
     sync
+    case " $RUNS " in *" e2e "*) ;; *) kill "$pid"; wait "$pid" 2>/dev/null || true; continue ;; esac
     out=$("$LOADGEN" e2e "${common[@]}" --topic e2e --count "$E2E_RECORDS" --rate-mb 50 \
       --linger-ms 1 --acks 1)
     echo "$out" | sed "s/^{/{\"label\":\"$name e2e round $round\",/"

@@ -25,11 +25,17 @@ fn validation(c: &mut Criterion) {
     // Every record walked, as on produce; lz4 decompressed into a reused buffer first.
     let rules = LogConfig::default().record_rules();
     let mut group = c.benchmark_group("record");
-    for (name, compression) in [("none", Compression::None), ("lz4", Compression::Lz4)] {
-        let batch_bytes = client_batch(RECORDS, VALUE_BYTES, compression);
+    // 16 x 1 KiB, and 1,024 x 1 KiB (the 1 MB batches librdkafka sends at full rate).
+    for (name, records, compression) in [
+        ("16 none", RECORDS, Compression::None),
+        ("16 lz4", RECORDS, Compression::Lz4),
+        ("1024 lz4", 1024, Compression::Lz4),
+        ("1024 zstd", 1024, Compression::Zstd),
+    ] {
+        let batch_bytes = client_batch(records, VALUE_BYTES, compression);
         let header = batch::validate_batch(&batch_bytes).unwrap();
         let mut scratch = Vec::new();
-        group.throughput(Throughput::Bytes((RECORDS * VALUE_BYTES) as u64));
+        group.throughput(Throughput::Bytes((records * VALUE_BYTES) as u64));
         group.bench_function(format!("validate_records {name}"), |b| {
             b.iter(|| {
                 record::validate_records(&header, &batch_bytes, &rules, BATCH_TIME_MS, &mut scratch)
