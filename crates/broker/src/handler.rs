@@ -79,6 +79,20 @@ pub(crate) type Refusal = String;
 
 pub(crate) use crate::clock::now_ms;
 
+/// Runs `work`, which may block on the disk, with this worker thread's other tasks handed to
+/// another thread first (`block_in_place`): no hop to another thread and back for the request
+/// itself. A runtime with one thread (some unit tests) has nowhere to hand them, and runs it
+/// inline.
+pub(crate) fn off_the_workers<T>(work: impl FnOnce() -> T) -> T {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi_thread {
+        tokio::task::block_in_place(work)
+    } else {
+        work()
+    }
+}
+
 /// Handles one frame.
 pub(crate) fn dispatch(
     ctx: &Arc<Context>,

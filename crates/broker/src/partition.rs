@@ -113,6 +113,13 @@ impl Partition {
         self.with_log(|log| Ok(log.dir().to_path_buf()))
     }
 
+    /// Whether an append of `batch_bytes` now would roll or fsync (see
+    /// [`Log::append_would_block`]); a closed partition answers `false` (its append fails fast).
+    pub fn append_would_block(&self, batch_bytes: usize, now_ms: i64) -> bool {
+        self.with_log(|log| Ok(log.append_would_block(batch_bytes, now_ms)))
+            .unwrap_or(false)
+    }
+
     /// Appends one produced batch and moves the high watermark.
     pub fn append(&self, records: &[u8], now_ms: i64) -> Result<AppendInfo> {
         let (info, end) = self.with_log(|log| {

@@ -278,11 +278,12 @@ async fn tick_groups(ctx: Arc<Context>) {
 type Pending = (Reply, frame::Admission);
 
 /// APIs whose handlers write files (appends with the fsyncs and rolls they trigger, metadata
-/// stores, partition folders): they run on tokio's blocking threads so that a slow disk never
-/// stalls the async workers that serve every other connection. The connection waits for each in
-/// turn, so its requests still take effect in arrival order.
+/// stores, partition folders): they run outside tokio's async scheduling so that a slow disk
+/// never stalls the tasks of every other connection. The connection waits for each in turn, so
+/// its requests still take effect in arrival order.
+/// Produce is not among them: it moves only the appends that roll or fsync
+/// (`handler/produce.rs`).
 const BLOCKING_APIS: &[ApiKey] = &[
-    ApiKey::Produce,
     ApiKey::OffsetCommit,
     ApiKey::JoinGroup,
     ApiKey::SyncGroup,
@@ -303,21 +304,19 @@ fn writes_files(frame: &[u8]) -> bool {
         .is_some_and(|key| BLOCKING_APIS.contains(&key))
 }
 
-/// Handles one frame, on a blocking thread when its API writes files. A panic in a handler is
-/// contained: the connection is closed with an error, every other connection goes on (locks do
-/// not poison).
-async fn handle_frame(
+/// Handles one frame; when its API writes files, off tokio's async scheduling
+/// ([`handler::off_the_workers`]). A panic in a handler is contained: that connection is closed,
+/// every other goes on (locks do not poison).
+fn handle_frame(
     ctx: &Arc<Context>,
     peer: SocketAddr,
     frame: bytes::Bytes,
 ) -> Result<Reply, handler::Refusal> {
-    if !writes_files(&frame) {
-        return handler::dispatch(ctx, peer, frame);
+    if writes_files(&frame) {
+        handler::off_the_workers(|| handler::dispatch(ctx, peer, frame))
+    } else {
+        handler::dispatch(ctx, peer, frame)
     }
-    let ctx = Arc::clone(ctx);
-    tokio::task::spawn_blocking(move || handler::dispatch(&ctx, peer, frame))
-        .await
-        .unwrap_or_else(|e| Err(format!("the request's handler failed: {e}")))
 }
 
 async fn serve_connection(
@@ -368,7 +367,7 @@ async fn serve_connection(
                 break;
             }
         };
-        let reply = match handle_frame(&ctx, peer, frame).await {
+        let reply = match handle_frame(&ctx, peer, frame) {
             Ok(reply) => reply,
             Err(problem) => {
                 tracing::warn!(%peer, problem, "closing connection");

@@ -252,6 +252,23 @@ impl Log {
             .expect("a log has a segment")
     }
 
+    /// Whether appending a batch of `batch_bytes` now would do more than write to the page
+    /// cache: roll the active segment (new files; the sealed one's indexes written), or fsync
+    /// (`flush.messages` / `flush.ms` set). The broker moves only such appends off its async
+    /// threads: a hop to another thread for every append costs more tail latency than a
+    /// page-cache write (docs/performance.md).
+    pub fn append_would_block(&self, batch_bytes: usize, now_ms: i64) -> bool {
+        self.config.flush_messages != i64::MAX
+            || self.config.flush_ms != i64::MAX
+            || policy::should_roll(
+                &self.active().stat(),
+                batch_bytes as u64,
+                self.log_end_offset(),
+                now_ms,
+                &self.config,
+            )
+    }
+
     /// Validates and appends one produced record set (exactly one RecordBatch v2, as Kafka requires
     /// of produce requests v3+), assigning its offsets and leader epoch. A retry of a batch of an
     /// idempotent producer already in the log returns the original offsets without appending.

@@ -6,7 +6,7 @@ use kafka_protocol::messages::produce_response::{
 };
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 
-use super::{Context, message, now_ms, str_bytes};
+use super::{Context, message, now_ms, off_the_workers, str_bytes};
 use crate::error::Error;
 use crate::manager::validate_topic_name;
 
@@ -61,7 +61,14 @@ fn produce_partition(
             .manager
             .partition(topic, index)
             .ok_or_else(|| Error::UnknownTopic(format!("{topic}-{index}")))?;
-        let info = partition.append(records.unwrap_or_default(), now_ms())?;
+        let records = records.unwrap_or_default();
+        let now = now_ms();
+        // Page-cache writes stay on this thread; a roll or an fsync leaves the async workers.
+        let info = if partition.append_would_block(records.len(), now) {
+            off_the_workers(|| partition.append(records, now))?
+        } else {
+            partition.append(records, now)?
+        };
         Ok((info, partition.log_start_offset()))
     });
     match result {
