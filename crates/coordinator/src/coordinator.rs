@@ -583,17 +583,7 @@ mod tests {
 
     /// A member joins "g" and waits in CompletingRebalance for the leader's assignment.
     fn join_member(c: &GroupCoordinator) -> String {
-        let join = |member_id: &str| JoinRequest {
-            member_id: member_id.into(),
-            group_instance_id: None,
-            client_id: "c".into(),
-            client_host: "/127.0.0.1".into(),
-            session_timeout_ms: 10_000,
-            rebalance_timeout_ms: 30_000,
-            protocol_type: "consumer".into(),
-            protocols: vec![("range".into(), Bytes::from_static(b"m"))],
-            requires_known_member_id: true,
-        };
+        let join = |member_id: &str| crate::group::tests::request(member_id, None);
         let Answer::Now(first) = c.join("g", join(""), 0) else {
             panic!("the first join is answered with a member id");
         };

@@ -817,7 +817,7 @@ impl Group {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const TIMEOUTS: GroupTimeouts = GroupTimeouts {
@@ -826,7 +826,8 @@ mod tests {
         max_session_timeout_ms: 60_000,
     };
 
-    fn request(member_id: &str, instance: Option<&str>) -> JoinRequest {
+    /// A consumer's join, as the coordinator's tests send it too.
+    pub(crate) fn request(member_id: &str, instance: Option<&str>) -> JoinRequest {
         JoinRequest {
             member_id: member_id.into(),
             group_instance_id: instance.map(str::to_string),
