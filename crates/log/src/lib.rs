@@ -14,6 +14,7 @@
 //! - [`file_cache`]: the process-wide, bounded set of open segment files (idle segments hold none).
 //! - [`log`]: a partition's run of segments: append, read, roll, retention, flush, recovery.
 //! - [`policy`]: roll, retention and flush decisions as pure functions of state and `now`.
+//! - [`epochs`]: the leader epoch cache (`leader-epoch-checkpoint`), for replica truncation.
 //! - [`producer`]: idempotent producer state (duplicate and sequence-gap detection).
 //! - [`config`]: per-log settings with Kafka's names and defaults.
 //!
@@ -33,6 +34,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod epochs;
 pub mod error;
 pub mod file_cache;
 pub mod index;

@@ -4,6 +4,7 @@
 //! - `log-start-offset`: the first offset still readable, moved forward by retention;
 //! - `recovery-point`: every offset below it was fsynced, so recovery checks only what follows;
 //! - `producer-state.json`: a snapshot of the idempotent producer state at an offset;
+//! - `leader-epoch-checkpoint`: the first offset of each leader epoch ([`crate::epochs`]);
 //! - `.clean-shutdown`: present only after a clean close, so a crash is noticed at the next open.
 
 use std::collections::BTreeMap;
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::batch::{self, BatchError, BatchHeader, HEADER_BYTES};
 use crate::config::{LogConfig, TimestampType};
+use crate::epochs::LeaderEpochCache;
 use crate::error::{Error, IoContext, Result};
 use crate::policy;
 use crate::producer::{ProducerStateTable, SequenceCheck};
@@ -101,6 +103,8 @@ pub struct Log {
     offloaded_offset: i64,
     /// What the small state files hold, so that none is rewritten (and fsynced) unchanged.
     on_disk: StateFiles,
+    /// The first offset of each leader epoch.
+    epochs: LeaderEpochCache,
 }
 
 /// The values the partition folder's state files hold (`None`: missing, unreadable, or a snapshot
@@ -160,6 +164,7 @@ impl Log {
                 log_start_offset: stored_start,
                 producer_snapshot: None,
             },
+            epochs: LeaderEpochCache::load(dir)?,
         };
         if log.segments.is_empty() {
             let base = stored_start.unwrap_or(0).max(0);
@@ -171,6 +176,9 @@ impl Log {
             .unwrap_or(first_base)
             .clamp(first_base, log.log_end_offset());
         log.recovery_point = log.recovery_point.min(log.log_end_offset());
+        // Recovery may have cut batches whose epochs were recorded.
+        let end = log.log_end_offset();
+        log.epochs.truncate_from(end)?;
         log.load_producer_state()?;
         // An opened partition holds no file: the first append or read opens what it needs.
         for segment in log.segments.values() {
@@ -355,6 +363,7 @@ impl Log {
             TimestampType::CreateTime => -1,
         };
         let stored = BatchHeader::parse(&head)?;
+        self.epochs.assign(leader_epoch, base_offset)?;
         if policy::should_roll(
             &self.active().stat(),
             records.len() as u64,
@@ -383,6 +392,121 @@ impl Log {
         })
     }
 
+    /// Appends batches copied from the partition leader, as they are: their offsets, leader
+    /// epochs and timestamps were assigned there (and their records validated there). Each batch
+    /// must continue the log: one that starts below the log end was appended already and is
+    /// skipped; a gap is an error. A torn last batch (a fetch answer cut at its size limit) is
+    /// left for the next fetch. Returns the new log end offset.
+    pub fn append_replicated(&mut self, batches: &[u8], now_ms: i64) -> Result<i64> {
+        let mut rest = batches;
+        while rest.len() >= batch::LOG_OVERHEAD {
+            let prefix: &[u8; batch::LOG_OVERHEAD] = rest[..batch::LOG_OVERHEAD]
+                .try_into()
+                .expect("length checked");
+            let (_, size) = batch::peek_offset_and_size(prefix);
+            let total = batch::LOG_OVERHEAD + usize::try_from(size).unwrap_or(0);
+            if size <= 0 || rest.len() < total {
+                break;
+            }
+            let header = batch::validate_batch(&rest[..total])?;
+            let (bytes, tail) = rest.split_at(total);
+            rest = tail;
+            let end = self.log_end_offset();
+            if header.next_offset() <= end {
+                continue;
+            }
+            if header.base_offset != end {
+                return Err(BatchError::InvalidField(
+                    "a replicated batch does not continue the log (offset gap or overlap)",
+                )
+                .into());
+            }
+            self.epochs
+                .assign(header.partition_leader_epoch, header.base_offset)?;
+            if policy::should_roll(
+                &self.active().stat(),
+                bytes.len() as u64,
+                header.last_offset(),
+                now_ms,
+                &self.config,
+            ) {
+                self.roll(now_ms)?;
+            }
+            let (head, body) = bytes.split_at(HEADER_BYTES);
+            let head: &[u8; HEADER_BYTES] = head.try_into().expect("a validated batch");
+            self.active_mut().append(head, body, &header)?;
+            self.producers.record(&header);
+            self.unflushed_messages += i64::from(header.record_count);
+        }
+        if policy::should_flush(
+            self.unflushed_messages,
+            self.last_flush_ms,
+            now_ms,
+            &self.config,
+        ) {
+            self.flush(now_ms)?;
+        }
+        Ok(self.log_end_offset())
+    }
+
+    /// Removes every batch at or after `offset` (a replica dropping what the partition leader does
+    /// not have). Segments past it are deleted, the one holding it is cut, the leader epoch cache
+    /// and the idempotent producer state follow. Truncating below the log start empties the log
+    /// and restarts it at `offset`.
+    pub fn truncate_to(&mut self, offset: i64, now_ms: i64) -> Result<()> {
+        if offset >= self.log_end_offset() {
+            return Ok(());
+        }
+        tracing::info!(dir = %self.dir.display(), offset, log_end_offset = self.log_end_offset(),
+            "truncating the log");
+        let restart = offset <= self.log_start_offset;
+        let doomed: Vec<i64> = self
+            .segments
+            .keys()
+            .copied()
+            .filter(|&base| base >= offset || (restart && base <= offset))
+            .collect();
+        for base in doomed {
+            if let Some(segment) = self.segments.remove(&base) {
+                segment.delete()?;
+            }
+        }
+        if self.segments.is_empty() {
+            let base = if restart { offset.max(0) } else { offset };
+            let segment =
+                Segment::create(&self.dir, base, self.config.index_interval_bytes, now_ms)?;
+            self.segments.insert(base, segment);
+        } else {
+            self.active_mut().truncate_to(offset)?;
+        }
+        if restart {
+            self.log_start_offset = offset.max(0);
+            self.store_log_start_offset()?;
+        }
+        self.recovery_point = self.recovery_point.min(self.log_end_offset());
+        self.store_recovery_point()?;
+        self.epochs.truncate_from(offset)?;
+        // The snapshot may hold producers of the removed batches: rebuild from the batches kept.
+        let snapshot = self.dir.join(PRODUCER_STATE_FILE);
+        match std::fs::remove_file(&snapshot) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).at(&snapshot),
+            _ => {}
+        }
+        self.on_disk.producer_snapshot = None;
+        self.load_producer_state()
+    }
+
+    /// Where leader epoch `epoch` ended in this log (OffsetForLeaderEpoch): the largest epoch at
+    /// or below it and the first offset after it. `None` when the log knows no such epoch.
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> Option<(i32, i64)> {
+        self.epochs.end_offset_for(epoch, self.log_end_offset())
+    }
+
+    /// The leader epoch of the last batch written, if any.
+    pub fn latest_epoch(&self) -> Option<i32> {
+        self.epochs.latest_epoch()
+    }
+
     /// Seals the active segment (its indexes are written out; the flush job forces them to stable
     /// storage with the segment) and starts a new one at the log end offset.
     pub fn roll(&mut self, now_ms: i64) -> Result<()> {
@@ -401,6 +525,12 @@ impl Log {
     /// Stored bytes from the batch holding `offset`: at most `max_bytes`, but always the whole first
     /// batch. `None` at the log end. The slice is read outside any lock with [`FileSlice::read`].
     pub fn read(&self, offset: i64, max_bytes: usize) -> Result<Option<FileSlice>> {
+        self.read_upto(offset, max_bytes, i64::MAX)
+    }
+
+    /// As [`Log::read`], leaving out the batches from `upto` on (a batch boundary: consumers read
+    /// below the high watermark only, followers up to the log end).
+    pub fn read_upto(&self, offset: i64, max_bytes: usize, upto: i64) -> Result<Option<FileSlice>> {
         let log_end_offset = self.log_end_offset();
         if offset < self.log_start_offset || offset > log_end_offset {
             return Err(Error::OffsetOutOfRange {
@@ -417,7 +547,7 @@ impl Log {
             .map(|(_, s)| s)
             .chain(self.segments.range(offset + 1..).map(|(_, s)| s))
         {
-            if let Some(slice) = segment.slice_from(offset, max_bytes)? {
+            if let Some(slice) = segment.slice_from(offset, max_bytes, upto)? {
                 return Ok(Some(slice));
             }
         }

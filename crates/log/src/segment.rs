@@ -393,8 +393,14 @@ impl Segment {
 
     /// A slice starting at the batch holding `offset`, of at most `max_bytes`, but always holding the
     /// whole first batch (KIP-74). `None` when the offset is past this segment.
-    pub(crate) fn slice_from(&self, offset: i64, max_bytes: usize) -> Result<Option<FileSlice>> {
-        if offset >= self.next_offset {
+    /// Batches from `upto` on are left out (`upto` is a batch boundary: a high watermark).
+    pub(crate) fn slice_from(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        upto: i64,
+    ) -> Result<Option<FileSlice>> {
+        if offset >= self.next_offset || offset >= upto {
             // Past the end: a long-polling fetch at the log end opens nothing.
             return Ok(None);
         }
@@ -406,7 +412,12 @@ impl Segment {
         file.read_exact_at(&mut prefix, position)
             .at(&self.log_path)?;
         let first_batch = LOG_OVERHEAD + batch::peek_offset_and_size(&prefix).1.max(0) as usize;
-        let available = (self.size_bytes - position) as usize;
+        let end = if upto < self.next_offset {
+            self.position_of(&file, upto)?.unwrap_or(self.size_bytes)
+        } else {
+            self.size_bytes
+        };
+        let available = end.saturating_sub(position) as usize;
         let len = max_bytes.max(first_batch).min(available);
         Ok(Some(FileSlice {
             file,
@@ -414,6 +425,32 @@ impl Segment {
             position,
             len,
         }))
+    }
+
+    /// Cuts the segment so that it ends before the batch holding `offset` (a replica truncating
+    /// what its leader does not have). The kept batches are scanned again to rebuild the indexes.
+    pub(crate) fn truncate_to(&mut self, offset: i64) -> Result<()> {
+        if offset >= self.next_offset {
+            return Ok(());
+        }
+        let file = self.file.get()?;
+        let cut = if offset <= self.base_offset {
+            0
+        } else {
+            self.position_of(&file, offset)?.unwrap_or(self.size_bytes)
+        };
+        file.set_len(cut).at(&self.log_path)?;
+        self.size_bytes = 0;
+        self.next_offset = self.base_offset;
+        self.offset_index.clear();
+        self.time_index.clear();
+        self.bytes_since_index = 0;
+        self.max_timestamp_ms = -1;
+        self.offset_of_max_timestamp = -1;
+        self.index_files = None;
+        self.scan_tail(&file, 0, cut, false, true)?;
+        file.sync_all().at(&self.log_path)?;
+        self.write_indexes(true)
     }
 
     /// The whole segment, opened only when it is read.

@@ -690,3 +690,99 @@ fn closing_an_idle_log_rewrites_no_state_file() {
     assert!(!log.recovery_report().unclean);
     assert_eq!(read_all(&log, 0).len(), 31);
 }
+
+/// Everything a leader log holds, as a follower would fetch it.
+fn all_bytes(log: &Log) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let mut offset = log.log_start_offset();
+    while let Some(slice) = log.read(offset, 1 << 20).unwrap() {
+        let chunk = slice.read().unwrap();
+        let mut rest = &chunk[..];
+        while rest.len() >= 61 {
+            let header = BatchHeader::parse(rest).unwrap();
+            if rest.len() < header.total_bytes() {
+                break;
+            }
+            bytes.extend_from_slice(&rest[..header.total_bytes()]);
+            offset = header.next_offset();
+            rest = &rest[header.total_bytes()..];
+        }
+    }
+    bytes
+}
+
+#[test]
+fn a_follower_copies_batches_as_they_are_across_rolls_and_leader_epochs() {
+    let (leader_dir, follower_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut leader = Log::open(leader_dir.path(), small_segments(), 0).unwrap();
+    for i in 0..20 {
+        let epoch = if i < 8 { 0 } else { 3 };
+        leader
+            .append(&client_batch(i * 5, 5, 1_000, 40), epoch, 1_000)
+            .unwrap();
+    }
+    let bytes = all_bytes(&leader);
+    let mut follower = Log::open(follower_dir.path(), small_segments(), 0).unwrap();
+    // In two fetches, the first cut inside a batch; the second repeats what was appended.
+    let cut = bytes.len() / 2 + 7;
+    let end = follower.append_replicated(&bytes[..cut], 1_000).unwrap();
+    assert!(end > 0 && end < 100);
+    assert_eq!(follower.append_replicated(&bytes, 1_000).unwrap(), 100);
+    assert_eq!(read_all(&follower, 0), read_all(&leader, 0));
+    assert_eq!(all_bytes(&follower), bytes, "byte for byte");
+    assert!(follower.segment_count() > 1, "rolled like the leader");
+    assert_eq!(follower.end_offset_for_epoch(0), Some((0, 40)));
+    assert_eq!(follower.end_offset_for_epoch(2), Some((0, 40)));
+    assert_eq!(follower.end_offset_for_epoch(3), Some((3, 100)));
+    // A gap is refused.
+    let mut other = Log::open(tempfile::tempdir().unwrap().path(), small_segments(), 0).unwrap();
+    let second = &bytes[BatchHeader::parse(&bytes).unwrap().total_bytes()..];
+    assert!(other.append_replicated(second, 1_000).is_err());
+}
+
+#[test]
+fn truncation_drops_what_the_leader_lacks_and_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small_segments(), 0).unwrap();
+    for i in 0..20 {
+        let epoch = if i < 10 { 1 } else { 2 };
+        log.append(&client_batch(i * 5, 5, 1_000, 40), epoch, 1_000)
+            .unwrap();
+    }
+    log.truncate_to(50, 2_000).unwrap();
+    assert_eq!(log.log_end_offset(), 50);
+    assert_eq!(log.latest_epoch(), Some(1));
+    assert_eq!(read_all(&log, 0).len(), 50);
+    // Appends continue at the cut.
+    let info = log
+        .append(&client_batch(50, 5, 1_000, 40), 4, 2_000)
+        .unwrap();
+    assert_eq!(info.base_offset, 50);
+    log.truncate_to(52, 2_000).unwrap();
+    assert_eq!(log.log_end_offset(), 50, "cut at the batch holding 52");
+    log.close(3_000).unwrap();
+    let mut log = Log::open(dir.path(), small_segments(), 0).unwrap();
+    assert_eq!(log.log_end_offset(), 50);
+    assert_eq!(log.end_offset_for_epoch(4), Some((1, 50)));
+    // Below the log start: the log restarts empty at the offset.
+    log.truncate_to(0, 4_000).unwrap();
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (0, 0));
+    assert!(read_all(&log, 0).is_empty());
+}
+
+#[test]
+fn reads_can_stop_at_a_high_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), LogConfig::default(), 0).unwrap();
+    for i in 0..4 {
+        log.append(&client_batch(i * 5, 5, 1_000, 10), 0, 1_000)
+            .unwrap();
+    }
+    assert!(log.read_upto(10, 1 << 20, 10).unwrap().is_none());
+    let slice = log.read_upto(0, 1 << 20, 10).unwrap().unwrap();
+    let bytes = slice.read().unwrap();
+    let first = BatchHeader::parse(&bytes).unwrap();
+    let second = BatchHeader::parse(&bytes[first.total_bytes()..]).unwrap();
+    assert_eq!(bytes.len(), first.total_bytes() + second.total_bytes());
+    assert_eq!(second.next_offset(), 10);
+}
