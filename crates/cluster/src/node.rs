@@ -52,7 +52,7 @@ pub struct BrokerEndpoint {
 pub struct NodeConfig {
     /// `node.id` (>= 0).
     pub node_id: i32,
-    /// Raft files live here (vote, log, snapshot); voters only, but every node may have one.
+    /// Raft files live here (vote, log, snapshot); only voters use it.
     pub meta_dir: PathBuf,
     /// `controller.quorum.voters`: the voters' controller addresses by node id.
     pub voters: BTreeMap<i32, SocketAddr>,
@@ -169,7 +169,17 @@ impl Shared {
         let Some(raft) = &self.raft else {
             return Err(Error::NotController { leader: None });
         };
-        match raft.client_write(command).await {
+        // Bounded by the session timeout: a leader cut off from its quorum never commits, and
+        // steps down only once it hears of a newer term.
+        let timeout = self.config.session_timeout;
+        let name = command.name();
+        let written = tokio::time::timeout(timeout, raft.client_write(command))
+            .await
+            .map_err(|_| Error::Timeout {
+                what: format!("local commit of {name}"),
+                after: timeout,
+            })?;
+        match written {
             Ok(written) => Ok((written.data, written.log_id.index)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
                 Err(Error::NotController {
@@ -265,7 +275,7 @@ impl Shared {
             backoff = (backoff * 2).min(SUBMIT_BACKOFF_MAX);
         }
         Err(Error::Timeout {
-            what: format!("commit of {command:?}"),
+            what: format!("commit of {}", command.name()),
             after: timeout,
         })
     }
@@ -412,9 +422,6 @@ impl ClusterNode {
         controller_listener: Option<std::net::TcpListener>,
     ) -> Result<Arc<Self>> {
         config.validate(controller_listener.is_some())?;
-        let meta_dir = config.meta_dir.clone();
-        std::fs::create_dir_all(&meta_dir)
-            .map_err(|e| Error::io(format!("create {}", meta_dir.display()), e))?;
         let (state, _) = watch::channel(Arc::new(ClusterState::default()));
         let state = Arc::new(state);
         let peers = Arc::new(Peers::default());
@@ -438,12 +445,12 @@ impl ClusterNode {
                 .set_nonblocking(true)
                 .and_then(|()| tokio::net::TcpListener::from_std(listener))
                 .map_err(|e| Error::io("controller listener", e))?;
+            initialize(&shared).await?;
             tasks.push(tokio::spawn(crate::server::serve(
                 listener,
                 Arc::clone(&shared),
             )));
             tasks.push(tokio::spawn(Arc::clone(&shared).controller_loop()));
-            initialize(&shared).await?;
         }
         let member = tokio::spawn(Arc::clone(&shared).member_loop());
         Ok(Arc::new(Self {
@@ -543,6 +550,7 @@ async fn start_raft(
     peers: Arc<Peers>,
 ) -> Result<Raft> {
     let dir = config.meta_dir.clone();
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
     let (log, state_machine) =
         blocking(move || Ok((LogStore::open(&dir)?, StateMachine::open(&dir, state)?))).await?;
     Raft::new(

@@ -211,6 +211,24 @@ fn reject(kind: RejectKind, message: impl Into<String>) -> Response {
     }
 }
 
+impl Command {
+    /// The command's name, for logs and errors (a `CreateTopic` may be megabytes of `Debug`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::InitCluster { .. } => "InitCluster",
+            Command::RegisterBroker { .. } => "RegisterBroker",
+            Command::FenceBroker { .. } => "FenceBroker",
+            Command::CreateTopic { .. } => "CreateTopic",
+            Command::DeleteTopic { .. } => "DeleteTopic",
+            Command::CreatePartitions { .. } => "CreatePartitions",
+            Command::AlterTopicConfigs { .. } => "AlterTopicConfigs",
+            Command::AlterPartition { .. } => "AlterPartition",
+            Command::ElectPreferredLeader { .. } => "ElectPreferredLeader",
+            Command::AllocateProducerIds { .. } => "AllocateProducerIds",
+        }
+    }
+}
+
 impl ClusterState {
     /// Applies one committed command. Pure and deterministic: every node computes the same
     /// result. A rejected command leaves the state unchanged.
