@@ -20,7 +20,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use crate::controller::{Leases, leads};
 use crate::error::{Error, Result};
 use crate::network::{Network, Peers};
-use crate::raft::{Raft, kafka_id, raft_config, raft_id};
+use crate::raft::{Compaction, Raft, kafka_id, raft_config, raft_id};
 use crate::state::{ClusterState, Command, Response};
 use crate::storage::{LogStore, StateMachine, blocking};
 use crate::wire::{Reply, Request};
@@ -297,7 +297,9 @@ impl Shared {
                 if remaining.is_zero() {
                     return Err(timed_out());
                 }
-                if self.fetch_state(addr, remaining).await.is_err() {
+                let _ = self.fetch_state(addr, remaining).await;
+                if self.current_state().applied_index < index {
+                    // `from` lost its leadership and lags, or is unreachable: ask again shortly.
                     tokio::time::sleep(SUBMIT_BACKOFF_MIN.min(remaining)).await;
                 }
             },
@@ -421,12 +423,24 @@ impl ClusterNode {
         config: NodeConfig,
         controller_listener: Option<std::net::TcpListener>,
     ) -> Result<Arc<Self>> {
+        Self::start_with(config, controller_listener, Compaction::default()).await
+    }
+
+    /// [`Self::start`] with a log compaction policy (tests compact early to exercise snapshots).
+    pub(crate) async fn start_with(
+        config: NodeConfig,
+        controller_listener: Option<std::net::TcpListener>,
+        compaction: Compaction,
+    ) -> Result<Arc<Self>> {
         config.validate(controller_listener.is_some())?;
         let (state, _) = watch::channel(Arc::new(ClusterState::default()));
         let state = Arc::new(state);
         let peers = Arc::new(Peers::default());
         let raft = match &controller_listener {
-            Some(_) => Some(start_raft(&config, Arc::clone(&state), Arc::clone(&peers)).await?),
+            Some(_) => {
+                let raft = start_raft(&config, compaction, Arc::clone(&state), Arc::clone(&peers));
+                Some(raft.await?)
+            }
             None => None,
         };
         let shared = Arc::new(Shared {
@@ -546,6 +560,7 @@ impl Drop for ClusterNode {
 
 async fn start_raft(
     config: &NodeConfig,
+    compaction: Compaction,
     state: Arc<watch::Sender<Arc<ClusterState>>>,
     peers: Arc<Peers>,
 ) -> Result<Raft> {
@@ -555,7 +570,7 @@ async fn start_raft(
         blocking(move || Ok((LogStore::open(&dir)?, StateMachine::open(&dir, state)?))).await?;
     Raft::new(
         raft_id(config.node_id),
-        raft_config()?,
+        raft_config(compaction)?,
         Network { peers },
         log,
         state_machine,
@@ -588,3 +603,6 @@ async fn initialize(shared: &Shared) -> Result<()> {
         Err(e) => Err(Error::Raft(format!("initialize: {e}"))),
     }
 }
+
+#[cfg(test)]
+mod tests;

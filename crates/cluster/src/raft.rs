@@ -53,17 +53,38 @@ const SNAPSHOT_CHUNK_BYTES: u64 = 1 << 20;
 /// Time for one snapshot chunk to be received and installed, on a loaded machine.
 const INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 3000;
 
+/// When the log is compacted into a snapshot, and how the snapshot travels.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Compaction {
+    /// A snapshot every this many applied entries.
+    pub(crate) snapshot_every_entries: u64,
+    /// Entries kept in the log before the snapshot.
+    pub(crate) entries_kept: u64,
+    /// Bytes of snapshot data per `InstallSnapshot` request.
+    pub(crate) snapshot_chunk_bytes: u64,
+}
+
+impl Default for Compaction {
+    fn default() -> Self {
+        Self {
+            snapshot_every_entries: SNAPSHOT_EVERY_ENTRIES,
+            entries_kept: SNAPSHOT_EVERY_ENTRIES,
+            snapshot_chunk_bytes: SNAPSHOT_CHUNK_BYTES,
+        }
+    }
+}
+
 /// The openraft config of every voter.
-pub(crate) fn raft_config() -> Result<Arc<Config>> {
+pub(crate) fn raft_config(compaction: Compaction) -> Result<Arc<Config>> {
     let config = Config {
         cluster_name: "strata-metadata".into(),
         heartbeat_interval: HEARTBEAT_MS,
         election_timeout_min: ELECTION_TIMEOUT_MS_MIN,
         election_timeout_max: ELECTION_TIMEOUT_MS_MAX,
         install_snapshot_timeout: INSTALL_SNAPSHOT_TIMEOUT_MS,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY_ENTRIES),
-        max_in_snapshot_log_to_keep: SNAPSHOT_EVERY_ENTRIES,
-        snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(compaction.snapshot_every_entries),
+        max_in_snapshot_log_to_keep: compaction.entries_kept,
+        snapshot_max_chunk_size: compaction.snapshot_chunk_bytes,
         ..Default::default()
     };
     config
