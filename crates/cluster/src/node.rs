@@ -475,6 +475,9 @@ impl ClusterNode {
     }
 
     /// The last applied metadata; changes whenever a committed entry is applied (observers: pulled).
+    ///
+    /// A voter starts with what its own log and snapshot hold; an observer starts empty
+    /// (`applied_index` 0) until its first pull, one heartbeat interval at most once a voter answers.
     pub fn state(&self) -> watch::Receiver<Arc<ClusterState>> {
         self.shared.state.subscribe()
     }

@@ -394,3 +394,70 @@ async fn controller_failover_fencing_and_restart() {
         assert!(!state.brokers[&successor].fenced);
     }
 }
+
+/// Reads one reply frame's JSON, `None` when the node closed the connection instead.
+fn read_reply(stream: &mut std::net::TcpStream) -> Option<serde_json::Value> {
+    use std::io::Read;
+    let mut header = [0; 4];
+    stream.read_exact(&mut header).ok()?;
+    let mut payload = vec![0; u32::from_be_bytes(header) as usize];
+    stream.read_exact(&mut payload).ok()?;
+    Some(serde_json::from_slice(&payload).unwrap())
+}
+
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// Bytes that are not the controller protocol close that connection and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_controller_port_closes_only_that_connection() {
+    use std::io::Write;
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let (voters, addrs) = start_voters(dir.path(), 1).await;
+    let node = &voters[&1];
+    wait_state(node, "registered", STATE_DEADLINE, |s| {
+        registered_and_unfenced(s, &[1])
+    })
+    .await;
+    let addr = addrs[&1];
+    let garbage: Vec<Vec<u8>> = vec![
+        u32::MAX.to_be_bytes().to_vec(),
+        frame(b"{not json"),
+        frame(b"{\"NoSuchRequest\":{}}"),
+        frame(b"{\"Submit\":{\"CreateTopic\":{\"name\":1}}}"),
+        frame(&[0xff; 64]),
+    ];
+    for bytes in garbage {
+        let answer = tokio::task::spawn_blocking(move || {
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            stream.set_read_timeout(Some(STATE_DEADLINE)).unwrap();
+            stream.write_all(&bytes).unwrap();
+            read_reply(&mut stream)
+        })
+        .await
+        .unwrap();
+        assert_eq!(answer, None, "a reply to garbage");
+    }
+    // A well-formed request on a new connection is still served.
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(STATE_DEADLINE)).unwrap();
+        stream
+            .write_all(&frame(br#"{"FetchState":{"applied_index":0}}"#))
+            .unwrap();
+        read_reply(&mut stream)
+    })
+    .await
+    .unwrap()
+    .expect("a reply");
+    assert_eq!(answer["State"]["controller"], 1, "{answer}");
+    let response = node
+        .submit(Command::AllocateProducerIds { count: 1 }, SUBMIT_TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(response, Response::ProducerIdBlock { start: 0 });
+}
