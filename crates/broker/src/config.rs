@@ -25,6 +25,8 @@ pub enum ConfigType {
     Boolean,
     /// One of a fixed set of strings.
     Choice(&'static [&'static str]),
+    /// Free text (checked where it is used, e.g. `controller.quorum.voters`).
+    Text,
 }
 
 impl ConfigType {
@@ -32,7 +34,7 @@ impl ConfigType {
     pub fn kafka_code(self) -> i8 {
         match self {
             Self::Boolean => 1,
-            Self::Choice(_) => 2,
+            Self::Choice(_) | Self::Text => 2,
             Self::Int(_) | Self::IntBetween(..) => 3,
             Self::Long(_) => 5,
         }
@@ -68,6 +70,7 @@ impl ConfigType {
                     bad(format!("must be one of {options:?}"))
                 }
             }
+            Self::Text => Ok(()),
         }
     }
 }
@@ -164,6 +167,12 @@ pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
         ConfigType::Int(1),
     ),
     def(
+        "unclean.leader.election.enable",
+        "unclean.leader.election.enable",
+        "false",
+        ConfigType::Choice(&["false"]),
+    ),
+    def(
         "remote.storage.enable",
         "remote.storage.enable",
         "true",
@@ -240,15 +249,16 @@ pub const IGNORED_TOPIC_CONFIGS: &[(&str, &str)] = &[
     ("preallocate", "segments are not preallocated"),
     ("segment.index.bytes", "indexes grow with their segment"),
     ("segment.jitter.ms", "segments roll at segment.ms exactly"),
-    (
-        "unclean.leader.election.enable",
-        "a single broker has no other replica to elect",
-    ),
 ];
 
 /// Broker settings that are not topic defaults.
 pub const BROKER_SETTINGS: &[(&str, &str, ConfigType)] = &[
     ("auto.create.topics.enable", "true", ConfigType::Boolean),
+    ("broker.heartbeat.interval.ms", "500", ConfigType::Int(10)),
+    ("broker.rack", "", ConfigType::Text),
+    ("broker.session.timeout.ms", "4000", ConfigType::Int(100)),
+    ("controller.listen", "", ConfigType::Text),
+    ("controller.quorum.voters", "", ConfigType::Text),
     ("default.replication.factor", "1", ConfigType::Int(1)),
     (
         "group.initial.rebalance.delay.ms",
@@ -277,8 +287,33 @@ pub const BROKER_SETTINGS: &[(&str, &str, ConfigType)] = &[
     ),
     ("offsets.retention.minutes", "10080", ConfigType::Int(1)),
     ("queued.max.request.bytes", "536870912", ConfigType::Long(1)),
+    ("replica.lag.time.max.ms", "30000", ConfigType::Long(1)),
     ("socket.request.max.bytes", "104857600", ConfigType::Int(1)),
 ];
+
+fn resolve_addr(value: &str) -> Option<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    value.to_socket_addrs().ok()?.next()
+}
+
+/// Parses `controller.quorum.voters`: `id@host:port` separated by commas.
+pub fn parse_voters(value: &str) -> Result<BTreeMap<i32, SocketAddr>> {
+    let mut voters = BTreeMap::new();
+    for voter in value.split(',').map(str::trim).filter(|v| !v.is_empty()) {
+        let bad = || {
+            Error::InvalidConfig(format!(
+                "controller.quorum.voters: {voter:?} is not ID@HOST:PORT"
+            ))
+        };
+        let (id, addr) = voter.split_once('@').ok_or_else(bad)?;
+        let id: i32 = id.trim().parse().map_err(|_| bad())?;
+        let addr = resolve_addr(addr.trim()).ok_or_else(bad)?;
+        if id < 0 || voters.insert(id, addr).is_some() {
+            return Err(bad());
+        }
+    }
+    Ok(voters)
+}
 
 /// Looks up a topic config by name.
 pub fn topic_config_def(name: &str) -> Option<&'static TopicConfigDef> {
@@ -419,6 +454,56 @@ impl BrokerConfig {
         self.long("node.id") as i32
     }
 
+    /// `default.replication.factor`.
+    pub fn default_replication_factor(&self) -> i16 {
+        self.long("default.replication.factor")
+            .min(i64::from(i16::MAX)) as i16
+    }
+
+    /// `replica.lag.time.max.ms`: a follower not caught up for this long leaves the ISR.
+    pub fn replica_lag_time_max_ms(&self) -> i64 {
+        self.long("replica.lag.time.max.ms")
+    }
+
+    /// `controller.quorum.voters` (`id@host:port,…`): the metadata quorum, empty for a single
+    /// broker with local metadata.
+    pub fn quorum_voters(&self) -> Result<BTreeMap<i32, SocketAddr>> {
+        parse_voters(&self.setting("controller.quorum.voters"))
+    }
+
+    /// Whether this broker is part of a cluster (`controller.quorum.voters` is set).
+    pub fn is_clustered(&self) -> bool {
+        !self.setting("controller.quorum.voters").trim().is_empty()
+    }
+
+    /// `controller.listen`: where this voter serves the metadata quorum.
+    pub fn controller_listen(&self) -> Result<Option<SocketAddr>> {
+        let value = self.setting("controller.listen");
+        let value = value.trim();
+        if value.is_empty() {
+            return Ok(None);
+        }
+        resolve_addr(value).map(Some).ok_or_else(|| {
+            Error::InvalidConfig(format!("controller.listen {value:?} is not HOST:PORT"))
+        })
+    }
+
+    /// `broker.rack`, `None` when unset.
+    pub fn rack(&self) -> Option<String> {
+        let rack = self.setting("broker.rack");
+        (!rack.trim().is_empty()).then(|| rack.trim().to_string())
+    }
+
+    /// `broker.heartbeat.interval.ms`.
+    pub fn heartbeat_interval_ms(&self) -> i64 {
+        self.long("broker.heartbeat.interval.ms")
+    }
+
+    /// `broker.session.timeout.ms`: a broker not heard from for this long is fenced.
+    pub fn session_timeout_ms(&self) -> i64 {
+        self.long("broker.session.timeout.ms")
+    }
+
     /// Group and offset settings for the coordinator.
     pub fn coordinator_config(&self) -> strata_coordinator::CoordinatorConfig {
         strata_coordinator::CoordinatorConfig {
@@ -516,6 +601,11 @@ impl TopicConfig {
 
     fn long(&self, name: &str) -> i64 {
         self.get(name).trim().parse().expect("validated")
+    }
+
+    /// `min.insync.replicas`: the in-sync replicas an `acks=all` produce needs.
+    pub fn min_insync_replicas(&self) -> usize {
+        self.long("min.insync.replicas").max(1) as usize
     }
 
     /// The settings of the partition logs.

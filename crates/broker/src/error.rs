@@ -35,6 +35,16 @@ pub enum Error {
     /// The partition is not (or no longer) served here (NOT_LEADER_OR_FOLLOWER, retriable).
     #[error("not the leader: {0}")]
     NotLeader(String),
+    /// A request carried a leader epoch older than the partition's (FENCED_LEADER_EPOCH).
+    #[error("fenced leader epoch: {0}")]
+    FencedLeaderEpoch(String),
+    /// Fewer in-sync replicas than `min.insync.replicas` for an `acks=all` produce
+    /// (NOT_ENOUGH_REPLICAS; nothing was appended).
+    #[error("not enough in-sync replicas: {0}")]
+    NotEnoughReplicas(String),
+    /// The cluster's metadata quorum failed or has no controller (retriable).
+    #[error("cluster: {0}")]
+    Cluster(String),
     /// A partition count or replication factor that cannot be served (INVALID_PARTITIONS,
     /// INVALID_REPLICATION_FACTOR).
     #[error("{message}")]
@@ -81,6 +91,9 @@ impl Error {
             Self::TopicExists(_) => ResponseError::TopicAlreadyExists,
             Self::UnknownTopic(_) => ResponseError::UnknownTopicOrPartition,
             Self::NotLeader(_) => ResponseError::NotLeaderOrFollower,
+            Self::FencedLeaderEpoch(_) => ResponseError::FencedLeaderEpoch,
+            Self::NotEnoughReplicas(_) => ResponseError::NotEnoughReplicas,
+            Self::Cluster(_) => ResponseError::RequestTimedOut,
             Self::InvalidRequest { code, .. } => *code,
             Self::Metadata(_) | Self::Io { .. } | Self::DataDirInUse { .. } => {
                 ResponseError::KafkaStorageError

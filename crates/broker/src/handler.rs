@@ -26,6 +26,7 @@ mod metadata;
 mod offset_commit;
 mod offset_delete;
 mod offset_fetch;
+mod offset_for_leader_epoch;
 mod produce;
 mod sync_group;
 
@@ -64,6 +65,30 @@ pub(crate) struct Context {
 impl Context {
     pub(crate) fn node_id(&self) -> i32 {
         self.manager.config().node_id()
+    }
+
+    /// The broker coordinating group `key`: this one for a single broker; in a cluster the live
+    /// broker a stable hash of the key picks among the unfenced ones (sorted by id).
+    pub(crate) fn group_coordinator(&self, key: &str) -> (i32, String, i32) {
+        let me = (
+            self.node_id(),
+            self.advertised_host.clone(),
+            self.advertised_port,
+        );
+        let Some(node) = self.manager.cluster() else {
+            return me;
+        };
+        let state = node.state().borrow().clone();
+        let live: Vec<_> = state.brokers.values().filter(|b| !b.fenced).collect();
+        if live.is_empty() {
+            return me;
+        }
+        // FNV-1a: the same on every broker and every run.
+        let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        let chosen = live[(hash % live.len() as u64) as usize];
+        (chosen.id, chosen.host.clone(), i32::from(chosen.port))
     }
 }
 
@@ -161,8 +186,16 @@ fn route(
         RequestKind::ApiVersions(_) => api_versions::handle(version).into(),
         RequestKind::Metadata(r) => metadata::handle(ctx, version, r).into(),
         RequestKind::Produce(r) => match produce::handle(ctx, version, r) {
-            Some(response) => response.into(),
-            None => return Ok(Reply::Ready(None)),
+            produce::Outcome::Ready(response) => response.into(),
+            produce::Outcome::Silent => return Ok(Reply::Ready(None)),
+            produce::Outcome::Waiting(pending) => {
+                return Ok(later(
+                    ApiKey::Produce,
+                    version,
+                    correlation_id,
+                    async move { produce::finish(pending).await.into() },
+                ));
+            }
         },
         RequestKind::Fetch(r) => {
             let ctx = Arc::clone(ctx);
@@ -220,6 +253,7 @@ fn route(
         RequestKind::IncrementalAlterConfigs(r) => incremental_alter_configs::handle(ctx, r).into(),
         RequestKind::DescribeCluster(r) => describe_cluster::handle(ctx, version, r).into(),
         RequestKind::InitProducerId(r) => init_producer_id::handle(ctx, r).into(),
+        RequestKind::OffsetForLeaderEpoch(r) => offset_for_leader_epoch::handle(ctx, r).into(),
         other => return Err(format!("no handler for {other:?}")),
     };
     let api_key = ApiKey::try_from(prefix.api_key).expect("checked in dispatch");
@@ -384,6 +418,7 @@ pub(crate) mod tests {
             ApiKey::OffsetDelete => OffsetDeleteRequest::default()
                 .with_group_id(GroupId(str_bytes("g")))
                 .into(),
+            ApiKey::OffsetForLeaderEpoch => OffsetForLeaderEpochRequest::default().into(),
             other => panic!("add a default request for {other:?}"),
         }
     }

@@ -11,7 +11,11 @@
 //!   Kafka API (`handler/produce.rs`, `handler/fetch.rs`, …).
 //! - [`manager`]: topics and their partitions, created, altered and deleted through the
 //!   [`metadata`] store.
-//! - [`partition`]: one partition's log, high watermark and leader epoch.
+//! - [`partition`]: one partition replica: its log, role (leader or follower), leader epoch,
+//!   in-sync replicas and high watermark.
+//! - `replication`: in a cluster, applies the committed metadata to the local replicas, runs one
+//!   fetcher per leader broker (truncation by OffsetForLeaderEpoch, then Fetch as a replica) and
+//!   commits the ISR changes leaders propose. The metadata quorum is the `strata-cluster` crate.
 //! - `lake_view`: historic reads below the local log start, served from the lake through shared
 //!   footer and row-group caches (`lake.read.cache.bytes`).
 //! - consumer groups and their committed offsets live in their own crate, `strata-coordinator`:
@@ -48,6 +52,7 @@ mod offload;
 mod open_files;
 mod outgoing;
 pub mod partition;
+mod replication;
 pub mod server;
 
 pub use crate::config::BrokerConfig;

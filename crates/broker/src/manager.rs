@@ -29,12 +29,29 @@ pub struct Topic {
     pub name: String,
     /// Stable topic id.
     pub topic_id: Uuid,
-    /// Partitions by index.
+    /// The partitions with a replica on this broker, by index (a single broker: all of them).
     pub partitions: Vec<Arc<Partition>>,
+    /// The topic's partition count across the cluster.
+    pub partition_count: i32,
     /// Config overrides as set by clients.
     pub overrides: BTreeMap<String, String>,
     /// Effective config.
     pub config: TopicConfig,
+}
+
+impl Topic {
+    /// The replica of partition `index` on this broker, if it has one.
+    pub fn partition(&self, index: i32) -> Option<Arc<Partition>> {
+        let at = usize::try_from(index).ok()?;
+        match self.partitions.get(at) {
+            Some(p) if p.index() == index => Some(Arc::clone(p)),
+            _ => self
+                .partitions
+                .binary_search_by_key(&index, |p| p.index())
+                .ok()
+                .map(|i| Arc::clone(&self.partitions[i])),
+        }
+    }
 }
 
 /// What the lake holds, read at start-up for recovery.
@@ -74,6 +91,18 @@ struct ProducerIds {
     block_end: i64,
 }
 
+/// The cluster node a clustered broker's metadata comes from.
+struct Cluster(Arc<strata_cluster::ClusterNode>);
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node_id", &self.0.node_id())
+            .field("controller", &self.0.controller_id())
+            .finish()
+    }
+}
+
 /// Owns every partition of the broker.
 #[derive(Debug)]
 pub struct PartitionManager {
@@ -83,6 +112,10 @@ pub struct PartitionManager {
     metadata: Mutex<ClusterMetadata>,
     topics: RwLock<HashMap<String, Arc<Topic>>>,
     producer_ids: Mutex<ProducerIds>,
+    /// The cluster this broker belongs to; `None` for a single broker with local metadata.
+    cluster: Option<Cluster>,
+    /// ISR changes proposed by the partitions this broker leads, for the controller.
+    isr_changes: Option<tokio::sync::mpsc::UnboundedSender<crate::replication::IsrChange>>,
 }
 
 impl PartitionManager {
@@ -161,7 +194,242 @@ impl PartitionManager {
             metadata: Mutex::new(metadata),
             topics: RwLock::new(topics),
             producer_ids: Mutex::new(producer_ids),
+            cluster: None,
+            isr_changes: None,
         })
+    }
+
+    /// A manager whose metadata is the cluster's: topics and partition roles follow the
+    /// committed metadata ([`PartitionManager::apply_cluster_state`]), admin operations are
+    /// committed through the controller. The local metadata file is not used.
+    pub fn open_cluster(
+        config: BrokerConfig,
+        node: Arc<strata_cluster::ClusterNode>,
+        isr_changes: tokio::sync::mpsc::UnboundedSender<crate::replication::IsrChange>,
+        now_ms: i64,
+    ) -> Result<Self> {
+        let metadata = ClusterMetadata {
+            cluster_id: String::new(),
+            producer_id_block_end: 0,
+            topics: BTreeMap::new(),
+        };
+        let manager = Self {
+            store: Box::new(crate::metadata::LocalMetadataStore::new(&config.data_dir)),
+            config,
+            metadata: Mutex::new(metadata),
+            topics: RwLock::new(HashMap::new()),
+            producer_ids: Mutex::new(ProducerIds {
+                next: 0,
+                block_end: 0,
+            }),
+            cluster: Some(Cluster(Arc::clone(&node))),
+            isr_changes: Some(isr_changes),
+        };
+        let state = node.state().borrow().clone();
+        manager.apply_cluster_state(&state, now_ms);
+        Ok(manager)
+    }
+
+    /// The cluster node, when this broker is part of a cluster.
+    pub fn cluster(&self) -> Option<&Arc<strata_cluster::ClusterNode>> {
+        self.cluster.as_ref().map(|c| &c.0)
+    }
+
+    /// Hands an ISR change a leader proposed to the controller.
+    pub fn propose_isr(&self, partition: &Partition, isr: Vec<i32>) {
+        if let Some(tx) = &self.isr_changes {
+            let _ = tx.send(crate::replication::IsrChange {
+                topic: partition.topic().to_string(),
+                partition: partition.index(),
+                leader_epoch: partition.leader_epoch(),
+                isr,
+            });
+        }
+    }
+
+    /// Makes the local replicas follow the committed cluster metadata: opens the partitions
+    /// assigned to this broker, sets each one's leader, epoch and ISR, applies topic configs, and
+    /// closes and removes what was deleted. Returns the partitions whose leader or epoch changed.
+    pub fn apply_cluster_state(
+        &self,
+        state: &strata_cluster::ClusterState,
+        now_ms: i64,
+    ) -> Vec<Arc<Partition>> {
+        let me = self.config.node_id();
+        let mut changed = Vec::new();
+        {
+            let mut metadata = self.metadata.lock();
+            metadata.cluster_id = state.cluster_id.clone();
+        }
+        let mut updated = HashMap::new();
+        for (name, wanted) in &state.topics {
+            let current = self.topic(name).filter(|t| t.topic_id == wanted.topic_id);
+            let config = self.config.topic_config(&wanted.configs);
+            let configs_changed = current
+                .as_ref()
+                .is_some_and(|t| t.overrides != wanted.configs);
+            let mut partitions = Vec::new();
+            for (index, p) in wanted.partitions.iter().enumerate() {
+                let index = index as i32;
+                if !p.replicas.contains(&me) {
+                    continue;
+                }
+                let assignment = crate::partition::Assignment {
+                    leader: p.leader,
+                    leader_epoch: p.leader_epoch,
+                    replicas: p.replicas.clone(),
+                    isr: p.isr.clone(),
+                };
+                if let Some(existing) = current.as_ref().and_then(|t| t.partition(index)) {
+                    if configs_changed && let Err(e) = existing.set_config(config.log_config()) {
+                        tracing::warn!(topic = name, partition = index, error = %e, "applying topic configs");
+                    }
+                    if existing.set_assignment(assignment, now_ms) {
+                        changed.push(Arc::clone(&existing));
+                    }
+                    partitions.push(existing);
+                    continue;
+                }
+                let dir = partition_dir(&self.config, name, index);
+                match Partition::open_as(
+                    name,
+                    index,
+                    &dir,
+                    config.log_config(),
+                    assignment,
+                    me,
+                    now_ms,
+                ) {
+                    Ok(partition) => {
+                        let partition = Arc::new(partition);
+                        changed.push(Arc::clone(&partition));
+                        partitions.push(partition);
+                    }
+                    Err(e) => {
+                        tracing::error!(topic = name, partition = index, error = %e, "opening a replica failed")
+                    }
+                }
+            }
+            updated.insert(
+                name.clone(),
+                Arc::new(Topic {
+                    name: name.clone(),
+                    topic_id: wanted.topic_id,
+                    partitions,
+                    partition_count: wanted.partitions.len() as i32,
+                    overrides: wanted.configs.clone(),
+                    config,
+                }),
+            );
+        }
+        let removed: Vec<Arc<Topic>> = {
+            let mut topics = self.topics.write();
+            let removed = topics
+                .iter()
+                .filter(|(name, t)| {
+                    updated
+                        .get(*name)
+                        .is_none_or(|new| new.topic_id != t.topic_id)
+                })
+                .map(|(_, t)| Arc::clone(t))
+                .collect();
+            *topics = updated;
+            removed
+        };
+        for topic in removed {
+            for partition in &topic.partitions {
+                if let Err(e) = partition.close(now_ms) {
+                    tracing::warn!(topic = %topic.name, partition = partition.index(), error = %e, "closing a deleted partition");
+                }
+                let dir = partition_dir(&self.config, &topic.name, partition.index());
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    tracing::warn!(dir = %dir.display(), error = %e, "removing a deleted partition's folder");
+                }
+            }
+            tracing::info!(topic = %topic.name, "deleted topic");
+        }
+        changed
+    }
+
+    /// The replica of a partition that this broker leads: NOT_LEADER_OR_FOLLOWER when another
+    /// broker leads it, UNKNOWN_TOPIC_OR_PARTITION when it does not exist.
+    pub fn leader_partition(&self, topic: &str, index: i32) -> Result<Arc<Partition>> {
+        let Some(found) = self.topic(topic) else {
+            return Err(Error::UnknownTopic(format!("{topic}-{index}")));
+        };
+        if index < 0 || index >= found.partition_count {
+            return Err(Error::UnknownTopic(format!("{topic}-{index}")));
+        }
+        match found.partition(index) {
+            Some(p) if p.is_leader() => Ok(p),
+            _ => Err(Error::NotLeader(format!(
+                "broker {} does not lead {topic}-{index}",
+                self.config.node_id()
+            ))),
+        }
+    }
+
+    /// Commits a metadata command through the controller and applies the result here.
+    fn submit(&self, command: strata_cluster::Command) -> Result<strata_cluster::Response> {
+        let node = self.cluster().expect("cluster mode");
+        let handle = tokio::runtime::Handle::current();
+        let response = crate::handler::off_the_workers(|| {
+            handle.block_on(node.submit(command, CLUSTER_SUBMIT_TIMEOUT))
+        })
+        .map_err(|e| Error::Cluster(e.to_string()))?;
+        let state = node.state().borrow().clone();
+        self.apply_cluster_state(&state, crate::clock::now_ms());
+        match response {
+            strata_cluster::Response::Rejected { kind, message } => Err(rejected(kind, message)),
+            other => Ok(other),
+        }
+    }
+
+    fn cluster_create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        replication_factor: i16,
+        overrides: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<Arc<Topic>> {
+        let node = self.cluster().expect("cluster mode");
+        let replication_factor = if replication_factor == -1 {
+            self.config.default_replication_factor()
+        } else {
+            replication_factor
+        };
+        let state = node.state().borrow().clone();
+        if state.topics.contains_key(name) {
+            return Err(Error::TopicExists(name.to_string()));
+        }
+        let assignments =
+            strata_cluster::place(&state.brokers, name, 0, partitions, replication_factor)
+                .map_err(|e| Error::InvalidRequest {
+                    code: kafka_protocol::ResponseError::InvalidReplicationFactor,
+                    message: e.to_string(),
+                })?;
+        let topic_id = Uuid::new_v4();
+        if validate_only {
+            let record = TopicRecord {
+                topic_id,
+                partitions,
+                configs: overrides,
+            };
+            return Ok(Arc::new(topic_without_partitions(
+                &self.config,
+                name,
+                &record,
+            )));
+        }
+        self.submit(strata_cluster::Command::CreateTopic {
+            name: name.to_string(),
+            topic_id,
+            configs: overrides,
+            assignments,
+        })?;
+        self.topic(name)
+            .ok_or_else(|| Error::Cluster(format!("topic {name} was created but is not applied")))
     }
 
     /// The broker's configuration.
@@ -195,12 +463,15 @@ impl PartitionManager {
         all
     }
 
+    /// Whether the topic has partition `index` (hosted here or not).
+    pub fn partition_exists(&self, topic: &str, index: i32) -> bool {
+        self.topic(topic)
+            .is_some_and(|t| (0..t.partition_count).contains(&index))
+    }
+
     /// A partition by topic and index.
     pub fn partition(&self, topic: &str, index: i32) -> Option<Arc<Partition>> {
-        let topic = self.topic(topic)?;
-        usize::try_from(index)
-            .ok()
-            .and_then(|i| topic.partitions.get(i).cloned())
+        self.topic(topic)?.partition(index)
     }
 
     /// The topic, created with the broker defaults if it does not exist and
@@ -244,7 +515,7 @@ impl PartitionManager {
             partitions
         };
         check_partition_count(partitions)?;
-        if replication_factor != -1 && replication_factor != 1 {
+        if self.cluster.is_none() && replication_factor != -1 && replication_factor != 1 {
             return Err(Error::InvalidRequest {
                 code: kafka_protocol::ResponseError::InvalidReplicationFactor,
                 message: format!(
@@ -253,6 +524,15 @@ impl PartitionManager {
             });
         }
         config::validate_topic_overrides(&overrides)?;
+        if self.cluster.is_some() {
+            return self.cluster_create_topic(
+                name,
+                partitions,
+                replication_factor,
+                overrides,
+                validate_only,
+            );
+        }
         let mut metadata = self.metadata.lock();
         if metadata.topics.contains_key(name) {
             return Err(Error::TopicExists(name.to_string()));
@@ -293,6 +573,15 @@ impl PartitionManager {
     /// Deletes a topic: forgotten by the metadata store first, then its partitions closed and their
     /// folders removed. Returns its id.
     pub fn delete_topic(&self, name: &str, now_ms: i64) -> Result<Uuid> {
+        if self.cluster.is_some() {
+            let topic = self
+                .topic(name)
+                .ok_or_else(|| Error::UnknownTopic(name.to_string()))?;
+            self.submit(strata_cluster::Command::DeleteTopic {
+                name: name.to_string(),
+            })?;
+            return Ok(topic.topic_id);
+        }
         let mut metadata = self.metadata.lock();
         let Some(record) = metadata.topics.get(name).cloned() else {
             return Err(Error::UnknownTopic(name.to_string()));
@@ -323,6 +612,41 @@ impl PartitionManager {
         validate_only: bool,
         now_ms: i64,
     ) -> Result<()> {
+        if let Some(node) = self.cluster() {
+            let state = node.state().borrow().clone();
+            let Some(topic) = state.topics.get(name) else {
+                return Err(Error::UnknownTopic(name.to_string()));
+            };
+            let current = topic.partitions.len() as i32;
+            if count <= current {
+                return Err(Error::InvalidRequest {
+                    code: kafka_protocol::ResponseError::InvalidPartitions,
+                    message: format!(
+                        "topic {name} has {current} partitions; the new count {count} must be larger"
+                    ),
+                });
+            }
+            check_partition_count(count)?;
+            let rf = topic
+                .partitions
+                .first()
+                .map_or(1, |p| p.replicas.len() as i16);
+            let assignments =
+                strata_cluster::place(&state.brokers, name, current, count - current, rf).map_err(
+                    |e| Error::InvalidRequest {
+                        code: kafka_protocol::ResponseError::InvalidReplicationFactor,
+                        message: e.to_string(),
+                    },
+                )?;
+            if validate_only {
+                return Ok(());
+            }
+            self.submit(strata_cluster::Command::CreatePartitions {
+                name: name.to_string(),
+                assignments,
+            })?;
+            return Ok(());
+        }
         let mut metadata = self.metadata.lock();
         let Some(record) = metadata.topics.get(name).cloned() else {
             return Err(Error::UnknownTopic(name.to_string()));
@@ -375,6 +699,19 @@ impl PartitionManager {
         validate_only: bool,
     ) -> Result<()> {
         config::validate_topic_overrides(&overrides)?;
+        if self.cluster.is_some() {
+            if self.topic(name).is_none() {
+                return Err(Error::UnknownTopic(name.to_string()));
+            }
+            if validate_only {
+                return Ok(());
+            }
+            self.submit(strata_cluster::Command::AlterTopicConfigs {
+                name: name.to_string(),
+                configs: overrides,
+            })?;
+            return Ok(());
+        }
         let mut metadata = self.metadata.lock();
         let Some(record) = metadata.topics.get(name).cloned() else {
             return Err(Error::UnknownTopic(name.to_string()));
@@ -411,6 +748,7 @@ impl PartitionManager {
         let topic = Arc::new(Topic {
             name: current.name.clone(),
             topic_id: current.topic_id,
+            partition_count: partitions.len() as i32,
             partitions,
             config: self.config.topic_config(&overrides),
             overrides,
@@ -424,6 +762,21 @@ impl PartitionManager {
     /// A new producer id, never handed out before (ids are reserved in blocks in the store).
     pub fn next_producer_id(&self) -> Result<i64> {
         let mut ids = self.producer_ids.lock();
+        if ids.next >= ids.block_end && self.cluster.is_some() {
+            match self.submit(strata_cluster::Command::AllocateProducerIds {
+                count: PRODUCER_ID_BLOCK,
+            })? {
+                strata_cluster::Response::ProducerIdBlock { start } => {
+                    ids.next = start;
+                    ids.block_end = start + PRODUCER_ID_BLOCK;
+                }
+                other => {
+                    return Err(Error::Cluster(format!(
+                        "unexpected answer to a producer id allocation: {other:?}"
+                    )));
+                }
+            }
+        }
         if ids.next >= ids.block_end {
             let mut metadata = self.metadata.lock();
             let mut updated = metadata.clone();
@@ -481,6 +834,23 @@ impl PartitionManager {
     }
 }
 
+/// How long an admin operation waits for the controller to commit it.
+const CLUSTER_SUBMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The broker error for a command the controller refused.
+fn rejected(kind: strata_cluster::RejectKind, message: String) -> Error {
+    use strata_cluster::RejectKind as K;
+    match kind {
+        K::TopicAlreadyExists => Error::TopicExists(message),
+        K::UnknownTopic => Error::UnknownTopic(message),
+        K::FencedLeaderEpoch => Error::FencedLeaderEpoch(message),
+        _ => Error::InvalidRequest {
+            code: kafka_protocol::ResponseError::InvalidRequest,
+            message,
+        },
+    }
+}
+
 /// Partitions closed at once at shutdown. A close waits on the disk (each written partition
 /// fsyncs its segment and state files), not on the CPU, and a disk serves concurrent fsyncs far
 /// faster than one at a time: on the development machine 16 at once took a sixth of the time.
@@ -509,6 +879,7 @@ fn topic_without_partitions(config: &BrokerConfig, name: &str, record: &TopicRec
         name: name.to_string(),
         topic_id: record.topic_id,
         partitions: Vec::new(),
+        partition_count: record.partitions,
         config: config.topic_config(&record.configs),
         overrides: record.configs.clone(),
     }

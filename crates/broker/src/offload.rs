@@ -84,7 +84,8 @@ pub(crate) async fn run(manager: Arc<PartitionManager>, view: Arc<LakeView>) {
                 continue;
             }
             let now = now_ms();
-            for partition in &topic.partitions {
+            // Only a partition's leader writes it to the lake: one writer per partition.
+            for partition in topic.partitions.iter().filter(|p| p.is_leader()) {
                 let key = (topic.topic_id, partition.index());
                 let state = states.remove(&key).unwrap_or_default();
                 if now < state.retry_at_ms {
@@ -188,7 +189,7 @@ async fn describe_topic(
     described: &mut HashMap<Uuid, (i32, String)>,
 ) -> strata_lake::Result<()> {
     let configs = serde_json::to_string(&topic.overrides).expect("configs serialize");
-    let current = (topic.partitions.len() as i32, configs);
+    let current = (topic.partition_count, configs);
     if described.get(&topic.topic_id) == Some(&current) {
         return Ok(());
     }

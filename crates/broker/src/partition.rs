@@ -1,28 +1,95 @@
-//! One partition this broker leads: its log behind a lock, and its offsets readable without it.
+//! One partition replica on this broker: its log behind a lock, its offsets readable without it,
+//! and its role (Kafka's ISR protocol).
 //!
-//! The high watermark is the log end offset: with a single replica every appended record is
-//! committed. Replication will move it to the in-sync replicas' minimum; readers already use it.
+//! As leader it appends produced batches, tracks each follower's log end offset from the offsets
+//! the follower fetches at, and moves the high watermark to the minimum over the in-sync
+//! replicas; it proposes ISR changes (a follower caught up, or one lagging longer than
+//! `replica.lag.time.max.ms`) for the controller to commit. As follower it appends the batches it
+//! fetched from the leader as they are, and takes the leader's high watermark. A single broker is
+//! the leader of every partition with itself as the only in-sync replica: the high watermark is
+//! then the log end offset after each append, as before replication.
 
 use parking_lot::{Mutex, MutexGuard};
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
 
 use strata_log::{AppendInfo, FileSlice, Log, LogConfig, Maintenance, SealedSegment};
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
 
-/// A partition led by this broker.
+/// Who leads a partition and who is in sync, as the metadata says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    /// The leader's broker id, -1 when offline.
+    pub leader: i32,
+    /// The leader epoch.
+    pub leader_epoch: i32,
+    /// Every replica, preferred leader first.
+    pub replicas: Vec<i32>,
+    /// The in-sync replicas.
+    pub isr: Vec<i32>,
+}
+
+impl Assignment {
+    /// A single broker's partition: it alone leads and is in sync.
+    pub fn solo(node_id: i32) -> Self {
+        Self {
+            leader: node_id,
+            leader_epoch: 0,
+            replicas: vec![node_id],
+            isr: vec![node_id],
+        }
+    }
+}
+
+/// What the leader knows of one follower.
+#[derive(Debug, Clone, Copy)]
+struct FollowerState {
+    /// The offset it last fetched at (-1: not since this leadership began).
+    log_end_offset: i64,
+    /// When it last had everything the leader had (Kafka's lastCaughtUpTimeMs).
+    last_caught_up_ms: i64,
+    last_fetch_ms: i64,
+    /// The leader's log end offset at that fetch.
+    leader_end_at_last_fetch: i64,
+}
+
+#[derive(Debug)]
+struct Role {
+    assignment: Assignment,
+    followers: HashMap<i32, FollowerState>,
+    /// An ISR this leader proposed and the controller has not committed yet.
+    pending_isr: Option<Vec<i32>>,
+}
+
+/// A partition replica on this broker.
 #[derive(Debug)]
 pub struct Partition {
     topic: String,
     index: i32,
-    leader_epoch: i32,
+    node_id: i32,
+    leader_epoch: AtomicI32,
+    role: Mutex<Role>,
     /// `None` once closed (shutdown or topic deletion).
     log: Mutex<Option<Log>>,
     /// The high watermark; long-polling fetches wait for it to move.
     high_watermark: watch::Sender<i64>,
+    /// The log end offset; followers' long-polling fetches wait for it to move.
+    log_end_offset: watch::Sender<i64>,
     log_start_offset: AtomicI64,
+}
+
+/// Why an `acks=all` produce could not be answered with success.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitWait {
+    /// The in-sync replicas have it.
+    Committed,
+    /// This broker stopped leading (or the epoch changed) before it was committed.
+    NotLeader,
+    /// The timeout passed first.
+    TimedOut,
 }
 
 /// What a read found.
@@ -46,6 +113,19 @@ impl Partition {
         config: LogConfig,
         now_ms: i64,
     ) -> Result<Self> {
+        Self::open_as(topic, index, dir, config, Assignment::solo(0), 0, now_ms)
+    }
+
+    /// Opens the partition's log in `dir` as replica `node_id` with the role `assignment` gives.
+    pub fn open_as(
+        topic: &str,
+        index: i32,
+        dir: &Path,
+        config: LogConfig,
+        assignment: Assignment,
+        node_id: i32,
+        now_ms: i64,
+    ) -> Result<Self> {
         let log = Log::open(dir, config, now_ms)?;
         let report = log.recovery_report();
         if report.truncated_bytes > 0 || report.dropped_segments > 0 {
@@ -57,14 +137,85 @@ impl Partition {
                 "recovered partition after an unclean shutdown"
             );
         }
-        Ok(Self {
+        // A replica of a replicated partition starts with what it knows is committed: nothing
+        // beyond its log start until the leader says otherwise. A single broker's log is all
+        // committed.
+        let solo = assignment.replicas.len() <= 1;
+        let high_watermark = if solo {
+            log.log_end_offset()
+        } else {
+            log.log_start_offset()
+        };
+        let partition = Self {
             topic: topic.to_string(),
             index,
-            leader_epoch: 0,
-            high_watermark: watch::Sender::new(log.log_end_offset()),
+            node_id,
+            leader_epoch: AtomicI32::new(assignment.leader_epoch),
+            role: Mutex::new(Role {
+                assignment: Assignment {
+                    leader: -2,
+                    ..assignment.clone()
+                },
+                followers: HashMap::new(),
+                pending_isr: None,
+            }),
+            high_watermark: watch::Sender::new(high_watermark),
+            log_end_offset: watch::Sender::new(log.log_end_offset()),
             log_start_offset: AtomicI64::new(log.log_start_offset()),
             log: Mutex::new(Some(log)),
-        })
+        };
+        partition.set_assignment(assignment, now_ms);
+        Ok(partition)
+    }
+
+    /// Applies the metadata's view of the partition: a new leader epoch makes this replica the
+    /// leader (followers start unknown, and in sync until `replica.lag.time.max.ms` says
+    /// otherwise) or a follower; the same epoch with another ISR is a committed ISR change.
+    /// Returns whether the role or epoch changed (a follower then truncates and fetches anew).
+    pub fn set_assignment(&self, assignment: Assignment, now_ms: i64) -> bool {
+        let mut role = self.role.lock();
+        let changed = role.assignment.leader != assignment.leader
+            || role.assignment.leader_epoch != assignment.leader_epoch;
+        if changed {
+            role.followers = assignment
+                .replicas
+                .iter()
+                .filter(|&&r| r != self.node_id)
+                .map(|&r| {
+                    (
+                        r,
+                        FollowerState {
+                            log_end_offset: -1,
+                            last_caught_up_ms: now_ms,
+                            last_fetch_ms: now_ms,
+                            leader_end_at_last_fetch: -1,
+                        },
+                    )
+                })
+                .collect();
+            role.pending_isr = None;
+            self.leader_epoch
+                .store(assignment.leader_epoch, Ordering::Release);
+        }
+        if role.pending_isr.as_ref() == Some(&assignment.isr) {
+            role.pending_isr = None;
+        }
+        role.assignment = assignment;
+        drop(role);
+        if self.is_leader() {
+            self.advance_high_watermark();
+        }
+        changed
+    }
+
+    /// The metadata's view of the partition as applied here.
+    pub fn assignment(&self) -> Assignment {
+        self.role.lock().assignment.clone()
+    }
+
+    /// Whether this broker leads the partition.
+    pub fn is_leader(&self) -> bool {
+        self.role.lock().assignment.leader == self.node_id
     }
 
     /// The topic name.
@@ -79,7 +230,17 @@ impl Partition {
 
     /// The current leader epoch.
     pub fn leader_epoch(&self) -> i32 {
-        self.leader_epoch
+        self.leader_epoch.load(Ordering::Acquire)
+    }
+
+    /// The offset the next record will get here.
+    pub fn log_end_offset(&self) -> i64 {
+        *self.log_end_offset.borrow()
+    }
+
+    /// A receiver that changes when the log end offset moves.
+    pub fn watch_log_end_offset(&self) -> watch::Receiver<i64> {
+        self.log_end_offset.subscribe()
     }
 
     /// Offset after the last committed record.
@@ -120,28 +281,247 @@ impl Partition {
             .unwrap_or(false)
     }
 
-    /// Appends one produced batch and moves the high watermark.
+    fn not_leader(&self) -> Error {
+        Error::NotLeader(format!(
+            "this broker does not lead {}-{}",
+            self.topic, self.index
+        ))
+    }
+
+    /// The in-sync replicas as the leader counts them: the committed ISR, and a follower whose
+    /// addition is proposed (it only lowers the high watermark, so counting it is safe).
+    pub fn isr(&self) -> Vec<i32> {
+        let role = self.role.lock();
+        let mut isr = role.assignment.isr.clone();
+        for r in role.pending_isr.iter().flatten() {
+            if !isr.contains(r) {
+                isr.push(*r);
+            }
+        }
+        isr
+    }
+
+    /// Appends one produced batch (this broker must lead) and moves the high watermark as far as
+    /// the in-sync replicas allow.
     pub fn append(&self, records: &[u8], now_ms: i64) -> Result<AppendInfo> {
+        if !self.is_leader() {
+            return Err(self.not_leader());
+        }
+        let epoch = self.leader_epoch();
         let (info, end) = self.with_log(|log| {
-            let info = log.append(records, self.leader_epoch, now_ms)?;
+            let info = log.append(records, epoch, now_ms)?;
             Ok((info, log.log_end_offset()))
         })?;
-        self.high_watermark.send_if_modified(|hw| {
-            let moved = *hw != end;
-            *hw = end;
+        self.log_end_offset.send_replace(end);
+        self.advance_high_watermark();
+        Ok(info)
+    }
+
+    /// Appends batches fetched from the leader, as they are, and takes the leader's high
+    /// watermark (bounded by what this replica has). Returns the new log end offset.
+    pub fn append_replicated(
+        &self,
+        batches: &[u8],
+        leader_high_watermark: i64,
+        now_ms: i64,
+    ) -> Result<i64> {
+        let end = self.with_log(|log| Ok(log.append_replicated(batches, now_ms)?))?;
+        self.log_end_offset.send_replace(end);
+        let hw = leader_high_watermark.min(end);
+        self.high_watermark.send_if_modified(|current| {
+            let moved = *current != hw;
+            *current = hw;
             moved
         });
-        Ok(info)
+        Ok(end)
+    }
+
+    /// Drops every batch at or after `offset` (a follower removing what the leader lacks).
+    pub fn truncate_to(&self, offset: i64, now_ms: i64) -> Result<()> {
+        let (end, start) = self.with_log(|log| {
+            log.truncate_to(offset, now_ms)?;
+            Ok((log.log_end_offset(), log.log_start_offset()))
+        })?;
+        self.log_start_offset.store(start, Ordering::Release);
+        self.log_end_offset.send_replace(end);
+        self.high_watermark.send_if_modified(|hw| {
+            let moved = *hw > end;
+            *hw = (*hw).min(end);
+            moved
+        });
+        Ok(())
+    }
+
+    /// Where leader epoch `epoch` ended in this replica's log (OffsetForLeaderEpoch).
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> Result<Option<(i32, i64)>> {
+        self.with_log(|log| Ok(log.end_offset_for_epoch(epoch)))
+    }
+
+    /// The leader epoch of the last batch this replica holds.
+    pub fn latest_epoch(&self) -> Result<Option<i32>> {
+        self.with_log(|log| Ok(log.latest_epoch()))
+    }
+
+    /// Moves the high watermark (leader only) to the smallest log end offset over the in-sync
+    /// replicas, never backwards.
+    fn advance_high_watermark(&self) {
+        let end = self.log_end_offset();
+        let candidate = {
+            let role = self.role.lock();
+            let isr = role
+                .assignment
+                .isr
+                .iter()
+                .chain(role.pending_isr.iter().flatten());
+            isr.filter(|&&r| r != self.node_id)
+                .map(|r| role.followers.get(r).map_or(-1, |f| f.log_end_offset))
+                .fold(end, i64::min)
+        };
+        self.high_watermark.send_if_modified(|hw| {
+            let moved = candidate > *hw;
+            if moved {
+                *hw = candidate;
+            }
+            moved
+        });
+    }
+
+    /// Notes a follower's fetch at `fetch_offset` (its log end offset): the high watermark may
+    /// move, and a follower out of the ISR that caught up is proposed for it (returned: the new
+    /// ISR, for the controller to commit). Refused unless this broker leads at `epoch` (or the
+    /// follower sent no epoch, -1).
+    pub fn record_follower_fetch(
+        &self,
+        replica: i32,
+        fetch_offset: i64,
+        epoch: i32,
+        now_ms: i64,
+    ) -> Result<Option<Vec<i32>>> {
+        let end = self.log_end_offset();
+        let hw = self.high_watermark();
+        let proposal = {
+            let mut role = self.role.lock();
+            if role.assignment.leader != self.node_id {
+                return Err(self.not_leader());
+            }
+            if epoch >= 0 && epoch != role.assignment.leader_epoch {
+                return Err(Error::FencedLeaderEpoch(format!(
+                    "{}-{}: fetch at epoch {epoch}, the leader is at epoch {}",
+                    self.topic, self.index, role.assignment.leader_epoch
+                )));
+            }
+            let Some(state) = role.followers.get_mut(&replica) else {
+                return Err(Error::NotLeader(format!(
+                    "broker {replica} is not a replica of {}-{}",
+                    self.topic, self.index
+                )));
+            };
+            if fetch_offset >= end {
+                state.last_caught_up_ms = now_ms;
+            } else if fetch_offset >= state.leader_end_at_last_fetch {
+                state.last_caught_up_ms = state.last_caught_up_ms.max(state.last_fetch_ms);
+            }
+            state.log_end_offset = fetch_offset.min(end);
+            state.last_fetch_ms = now_ms;
+            state.leader_end_at_last_fetch = end;
+            let in_sync = role.assignment.isr.contains(&replica)
+                || role
+                    .pending_isr
+                    .as_ref()
+                    .is_some_and(|p| p.contains(&replica));
+            if !in_sync && role.pending_isr.is_none() && fetch_offset >= hw {
+                let mut isr = role.assignment.isr.clone();
+                isr.push(replica);
+                role.pending_isr = Some(isr.clone());
+                Some(isr)
+            } else {
+                None
+            }
+        };
+        self.advance_high_watermark();
+        Ok(proposal)
+    }
+
+    /// The ISR without the followers that have not caught up for `lag_ms` (leader only), when
+    /// that differs from the committed one and no change is pending.
+    pub fn isr_shrink_proposal(&self, now_ms: i64, lag_ms: i64) -> Option<Vec<i32>> {
+        let mut role = self.role.lock();
+        if role.assignment.leader != self.node_id || role.pending_isr.is_some() {
+            return None;
+        }
+        let isr: Vec<i32> = role
+            .assignment
+            .isr
+            .iter()
+            .copied()
+            .filter(|r| {
+                *r == self.node_id
+                    || role
+                        .followers
+                        .get(r)
+                        .is_some_and(|f| now_ms - f.last_caught_up_ms <= lag_ms)
+            })
+            .collect();
+        if isr == role.assignment.isr {
+            return None;
+        }
+        role.pending_isr = Some(isr.clone());
+        Some(isr)
+    }
+
+    /// Forgets a proposed ISR the controller refused or never answered, so it is proposed again.
+    pub fn clear_pending_isr(&self) {
+        self.role.lock().pending_isr = None;
+        self.advance_high_watermark();
+    }
+
+    /// Waits until the high watermark passes `last_offset` (`acks=all`), this broker stops leading
+    /// at `epoch`, or `timeout` passes.
+    pub async fn wait_committed(
+        &self,
+        last_offset: i64,
+        epoch: i32,
+        timeout: std::time::Duration,
+    ) -> CommitWait {
+        let mut hw = self.high_watermark.subscribe();
+        let wait = async {
+            loop {
+                if *hw.borrow_and_update() > last_offset {
+                    return CommitWait::Committed;
+                }
+                if !self.is_leader() || self.leader_epoch() != epoch {
+                    return CommitWait::NotLeader;
+                }
+                // Leadership changes do not move the watermark: look again now and then.
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_millis(100), hw.changed()).await;
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .unwrap_or(CommitWait::TimedOut)
     }
 
     /// Locates stored batches from `offset`: at most `max_bytes`, but the whole first batch. The
     /// file is read (or sent) after the lock is released, so appends are not held up by reads.
+    /// Consumers read below the high watermark; a follower (`replica`) up to the log end.
     pub fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult> {
-        let (records, log_start_offset): (Option<FileSlice>, i64) =
-            self.with_log(|log| Ok((log.read(offset, max_bytes)?, log.log_start_offset())))?;
+        self.read_as(offset, max_bytes, false)
+    }
+
+    /// As [`Partition::read`]; `replica` reads up to the log end instead of the high watermark.
+    pub fn read_as(&self, offset: i64, max_bytes: usize, replica: bool) -> Result<ReadResult> {
+        let high_watermark = self.high_watermark();
+        let upto = if replica { i64::MAX } else { high_watermark };
+        let (records, log_start_offset): (Option<FileSlice>, i64) = self.with_log(|log| {
+            Ok((
+                log.read_upto(offset, max_bytes, upto)?,
+                log.log_start_offset(),
+            ))
+        })?;
         Ok(ReadResult {
             records,
-            high_watermark: self.high_watermark(),
+            high_watermark,
             log_start_offset,
         })
     }

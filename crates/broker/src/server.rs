@@ -82,19 +82,8 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
         config.lake_read_cache_bytes(),
     ));
     let advertised = config.advertised.clone();
-    let lake_state = read_lake_state(&lake).await;
     // Before the partitions open: their segment files are cached within the limit found here.
     crate::open_files::fit_to_limit();
-    let (manager, coordinator) = tokio::task::spawn_blocking(move || -> Result<_> {
-        let offsets_dir = data_dir.join("internal").join("__consumer_offsets-0");
-        let coordinator =
-            GroupCoordinator::open(&offsets_dir, config.coordinator_config(), now_ms())?;
-        let store = Box::new(LocalMetadataStore::new(&data_dir));
-        let manager = PartitionManager::open_with_lake(config, store, &lake_state, now_ms())?;
-        Ok((manager, coordinator))
-    })
-    .await
-    .map_err(|e| Error::Metadata(format!("opening the data folder panicked: {e}")))??;
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|source| Error::Io {
@@ -108,20 +97,115 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
     let (advertised_host, advertised_port) =
         advertised_endpoint(advertised.as_deref(), local_addr)?;
     let shutdown = CancellationToken::new();
+    let mut replication = None;
+    let (manager, coordinator) = if config.is_clustered() {
+        let (node, isr_tx, isr_rx) =
+            start_cluster_node(&config, &advertised_host, advertised_port).await?;
+        let offsets_dir = data_dir.join("internal").join("__consumer_offsets-0");
+        let (manager, coordinator) = {
+            let node = Arc::clone(&node);
+            tokio::task::spawn_blocking(move || -> Result<_> {
+                let coordinator =
+                    GroupCoordinator::open(&offsets_dir, config.coordinator_config(), now_ms())?;
+                let manager = PartitionManager::open_cluster(config, node, isr_tx, now_ms())?;
+                Ok((manager, coordinator))
+            })
+            .await
+            .map_err(|e| Error::Metadata(format!("opening the data folder panicked: {e}")))??
+        };
+        replication = Some((node, isr_rx));
+        (manager, coordinator)
+    } else {
+        let lake_state = read_lake_state(&lake).await;
+        tokio::task::spawn_blocking(move || -> Result<_> {
+            let offsets_dir = data_dir.join("internal").join("__consumer_offsets-0");
+            let coordinator =
+                GroupCoordinator::open(&offsets_dir, config.coordinator_config(), now_ms())?;
+            let store = Box::new(LocalMetadataStore::new(&data_dir));
+            let manager = PartitionManager::open_with_lake(config, store, &lake_state, now_ms())?;
+            Ok((manager, coordinator))
+        })
+        .await
+        .map_err(|e| Error::Metadata(format!("opening the data folder panicked: {e}")))??
+    };
+    let manager = Arc::new(manager);
+    let replication = replication.map(|(node, isr_rx)| {
+        tokio::spawn(crate::replication::run(
+            Arc::clone(&manager),
+            node,
+            isr_rx,
+            shutdown.clone(),
+        ))
+    });
     let ctx = Arc::new(Context {
-        manager: Arc::new(manager),
+        manager,
         coordinator: Arc::new(coordinator),
         lake,
         advertised_host,
         advertised_port,
         shutdown: shutdown.clone(),
     });
-    let task = tokio::spawn(run(ctx, listener, dir_lock));
+    let task = tokio::spawn(run(ctx, listener, dir_lock, replication));
     Ok(BrokerHandle {
         local_addr,
         shutdown,
         task,
     })
+}
+
+/// The channel on which leaders propose ISR changes.
+type IsrChannel = (
+    tokio::sync::mpsc::UnboundedSender<crate::replication::IsrChange>,
+    tokio::sync::mpsc::UnboundedReceiver<crate::replication::IsrChange>,
+);
+
+/// Joins the metadata quorum (`controller.quorum.voters`), serving it on `controller.listen`
+/// when this broker is a voter.
+async fn start_cluster_node(
+    config: &BrokerConfig,
+    advertised_host: &str,
+    advertised_port: i32,
+) -> Result<(
+    Arc<strata_cluster::ClusterNode>,
+    tokio::sync::mpsc::UnboundedSender<crate::replication::IsrChange>,
+    tokio::sync::mpsc::UnboundedReceiver<crate::replication::IsrChange>,
+)> {
+    let voters = config.quorum_voters()?;
+    let node_id = config.node_id();
+    let controller_listen = config.controller_listen()?;
+    let listener = match (voters.get(&node_id), controller_listen) {
+        (Some(_), None) => {
+            return Err(Error::InvalidConfig(format!(
+                "node {node_id} is a voter in controller.quorum.voters: give it --controller-listen"
+            )));
+        }
+        (Some(_), Some(addr)) => {
+            Some(
+                std::net::TcpListener::bind(addr).map_err(|source| Error::Io {
+                    what: format!("binding the controller listener {addr}"),
+                    source,
+                })?,
+            )
+        }
+        (None, _) => None,
+    };
+    let node_config = strata_cluster::NodeConfig {
+        node_id,
+        meta_dir: config.data_dir.join("meta").join("raft"),
+        voters,
+        broker: strata_cluster::BrokerEndpoint {
+            host: advertised_host.to_string(),
+            port: u16::try_from(advertised_port).unwrap_or(0),
+            rack: config.rack(),
+        },
+        heartbeat_interval: Duration::from_millis(config.heartbeat_interval_ms() as u64),
+        session_timeout: Duration::from_millis(config.session_timeout_ms() as u64),
+    };
+    let node = strata_cluster::ClusterNode::start(node_config, listener)
+        .await
+        .map_err(|e| Error::Cluster(format!("starting the metadata quorum: {e}")))?;
+    let (tx, rx): IsrChannel = tokio::sync::mpsc::unbounded_channel();
+    Ok((node, tx, rx))
 }
 
 /// How long start-up waits for object storage before going on without the lake's state.
@@ -182,7 +266,12 @@ fn advertised_endpoint(advertised: Option<&str>, bound: SocketAddr) -> Result<(S
     Ok((host.trim_matches(['[', ']']).to_string(), i32::from(port)))
 }
 
-async fn run(ctx: Arc<Context>, listener: TcpListener, dir_lock: DataDirLock) {
+async fn run(
+    ctx: Arc<Context>,
+    listener: TcpListener,
+    dir_lock: DataDirLock,
+    replication: Option<JoinHandle<()>>,
+) {
     let tracker = TaskTracker::new();
     let maintenance = tokio::spawn(maintain(Arc::clone(&ctx)));
     let group_timers = tokio::spawn(tick_groups(Arc::clone(&ctx)));
@@ -217,6 +306,10 @@ async fn run(ctx: Arc<Context>, listener: TcpListener, dir_lock: DataDirLock) {
         }
     }
     drop(listener);
+    // Controlled shutdown: leadership moves to the other in-sync replicas before the logs close.
+    if let Some(node) = ctx.manager.cluster() {
+        node.shutdown().await;
+    }
     tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
         .await
@@ -228,6 +321,9 @@ async fn run(ctx: Arc<Context>, listener: TcpListener, dir_lock: DataDirLock) {
     }
     maintenance.abort();
     group_timers.abort();
+    if let Some(replication) = replication {
+        replication.abort();
+    }
     // An upload cut short here is redone at the next start: nothing is committed half-way.
     offloader.abort();
     let (manager, coordinator) = (Arc::clone(&ctx.manager), Arc::clone(&ctx.coordinator));

@@ -144,6 +144,20 @@ pub struct ServeArgs {
     /// A Kafka broker setting, NAME=VALUE (repeatable), e.g. --set num.partitions=3.
     #[arg(long = "set", value_name = "NAME=VALUE")]
     settings: Vec<String>,
+    /// This broker's id in a cluster (setting `node.id`).
+    #[arg(long, value_name = "ID")]
+    node_id: Option<i32>,
+    /// Where this broker serves the metadata quorum, when it is one of its voters (setting
+    /// `controller.listen`).
+    #[arg(long, value_name = "HOST:PORT")]
+    controller_listen: Option<String>,
+    /// The metadata quorum's voters, ID@HOST:PORT,… (setting `controller.quorum.voters`); a
+    /// broker without it runs alone with local metadata.
+    #[arg(long, value_name = "ID@HOST:PORT,...")]
+    controller_quorum: Option<String>,
+    /// This broker's rack, for rack-aware replica placement (setting `broker.rack`).
+    #[arg(long, value_name = "RACK")]
+    rack: Option<String>,
 }
 
 /// The config file's shape.
@@ -224,6 +238,17 @@ pub fn broker_config(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result
             bail!("--set {pair:?}: expected NAME=VALUE");
         };
         settings.insert(name.trim().to_string(), value.trim().to_string());
+    }
+    let flags = [
+        ("node.id", args.node_id.map(|id| id.to_string())),
+        ("controller.listen", args.controller_listen.clone()),
+        ("controller.quorum.voters", args.controller_quorum.clone()),
+        ("broker.rack", args.rack.clone()),
+    ];
+    for (name, value) in flags {
+        if let Some(value) = value {
+            settings.insert(name.to_string(), value);
+        }
     }
     BrokerConfig::new(
         data_dir,

@@ -23,7 +23,7 @@ use strata_log::FileSlice;
 use strata_log::batch::{LOG_OVERHEAD, peek_offset_and_size};
 use tokio::sync::watch;
 
-use super::{Context, Refusal};
+use super::{Context, Refusal, now_ms};
 use crate::error::Error;
 use crate::outgoing::{FrameBuilder, Outgoing};
 use crate::partition::Partition;
@@ -191,15 +191,24 @@ pub(crate) async fn handle(ctx: &Arc<Context>, version: i16, request: FetchReque
     let wait = Duration::from_millis(request.max_wait_ms.clamp(0, FETCH_WAIT_MS_MAX) as u64);
     let deadline = tokio::time::Instant::now() + wait;
     let partitions = resolve(ctx, &request);
+    // A follower broker (replica id set) reads up to the log end, and its fetch offsets tell this
+    // leader how far it is.
+    let replica = (request.replica_id.0 >= 0).then_some(request.replica_id.0);
     // Subscribe before the first read so no append between read and wait is missed.
     let mut watchers: Vec<watch::Receiver<i64>> = partitions
         .iter()
         .flatten()
         .flatten()
-        .map(|p| p.watch_high_watermark())
+        .map(|p| match replica {
+            Some(_) => p.watch_log_end_offset(),
+            None => p.watch_high_watermark(),
+        })
         .collect();
     loop {
-        let (answer, errors) = read_once(ctx, version, &request, &partitions).await;
+        if let Some(replica) = replica {
+            note_follower(ctx, replica, &request, &partitions);
+        }
+        let (answer, errors) = read_once(ctx, version, &request, &partitions, replica).await;
         let done = answer.record_bytes() >= request.min_bytes.max(0) as usize
             || errors
             || watchers.is_empty()
@@ -219,6 +228,25 @@ pub(crate) async fn handle(ctx: &Arc<Context>, version: i16, request: FetchReque
 /// Each requested partition, `None` when unknown: topics × partitions in request order.
 type Resolved = Vec<Vec<Option<Arc<Partition>>>>;
 
+/// Records a follower's fetch offsets with the partitions this broker leads; an ISR expansion a
+/// partition proposes goes to the controller.
+fn note_follower(ctx: &Context, replica: i32, request: &FetchRequest, partitions: &Resolved) {
+    let now = now_ms();
+    for (topic, resolved) in request.topics.iter().zip(partitions) {
+        for (wanted, partition) in topic.partitions.iter().zip(resolved) {
+            let Some(partition) = partition else { continue };
+            if let Ok(Some(isr)) = partition.record_follower_fetch(
+                replica,
+                wanted.fetch_offset,
+                wanted.current_leader_epoch,
+                now,
+            ) {
+                ctx.manager.propose_isr(partition, isr);
+            }
+        }
+    }
+}
+
 fn resolve(ctx: &Context, request: &FetchRequest) -> Resolved {
     request
         .topics
@@ -228,13 +256,7 @@ fn resolve(ctx: &Context, request: &FetchRequest) -> Resolved {
             topic
                 .partitions
                 .iter()
-                .map(|p| {
-                    found.as_ref().and_then(|t| {
-                        usize::try_from(p.partition)
-                            .ok()
-                            .and_then(|i| t.partitions.get(i).cloned())
-                    })
-                })
+                .map(|p| found.as_ref().and_then(|t| t.partition(p.partition)))
                 .collect()
         })
         .collect()
@@ -247,6 +269,7 @@ async fn read_once(
     version: i16,
     request: &FetchRequest,
     partitions: &Resolved,
+    replica: Option<i32>,
 ) -> (Answer, bool) {
     let mut budget = request.max_bytes.max(0) as usize;
     let mut total = 0usize;
@@ -258,11 +281,12 @@ async fn read_once(
             let limit = (wanted.partition_max_bytes.max(0) as usize).min(budget);
             let (data, records) = read_partition(
                 ctx,
-                partition.as_deref(),
-                wanted.partition,
+                (partition.as_deref(), &topic.topic),
+                (wanted.partition, wanted.current_leader_epoch),
                 wanted.fetch_offset,
                 limit,
                 total == 0,
+                replica.is_some(),
             )
             .await;
             errors |= data.error_code != 0;
@@ -299,33 +323,67 @@ const NO_RECORDS: Records = Records::Bytes(Bytes::new());
 
 async fn read_partition(
     ctx: &Context,
-    partition: Option<&Partition>,
-    index: i32,
+    (partition, topic): (Option<&Partition>, &str),
+    (index, current_leader_epoch): (i32, i32),
     offset: i64,
     limit: usize,
     first: bool,
+    replica: bool,
 ) -> (PartitionData, Records) {
     let data = PartitionData::default().with_partition_index(index);
     let Some(partition) = partition else {
-        let data = data.with_error_code(ResponseError::UnknownTopicOrPartition.code());
-        return (data, NO_RECORDS);
+        let code = if ctx
+            .manager
+            .topic(topic)
+            .is_some_and(|t| (0..t.partition_count).contains(&index))
+        {
+            ResponseError::NotLeaderOrFollower
+        } else {
+            ResponseError::UnknownTopicOrPartition
+        };
+        return (data.with_error_code(code.code()), NO_RECORDS);
     };
+    if !partition.is_leader() {
+        let data = data.with_error_code(ResponseError::NotLeaderOrFollower.code());
+        return (data, NO_RECORDS);
+    }
+    if current_leader_epoch >= 0 && current_leader_epoch != partition.leader_epoch() {
+        let code = if current_leader_epoch < partition.leader_epoch() {
+            ResponseError::FencedLeaderEpoch
+        } else {
+            ResponseError::UnknownLeaderEpoch
+        };
+        return (data.with_error_code(code.code()), NO_RECORDS);
+    }
     let local_start = partition.log_start_offset();
-    let log_start = ctx
-        .lake
-        .start_offset(partition.topic(), index)
-        .map_or(local_start, |s| s.min(local_start));
+    // A follower copies the local log only: it restarts at the leader's local start.
+    let log_start = if replica {
+        local_start
+    } else {
+        ctx.lake
+            .start_offset(partition.topic(), index)
+            .map_or(local_start, |s| s.min(local_start))
+    };
+    let readable_end = if replica {
+        partition.log_end_offset()
+    } else {
+        partition.high_watermark()
+    };
     let data = data
         .with_high_watermark(partition.high_watermark())
         .with_last_stable_offset(partition.high_watermark())
         .with_log_start_offset(log_start);
-    if offset == partition.high_watermark() || (limit == 0 && !first) {
+    if offset == readable_end || (limit == 0 && !first) {
         return (data, NO_RECORDS);
     }
-    if offset < local_start && offset >= log_start {
+    if !replica && offset < local_start && offset >= log_start {
         return read_lake(ctx, partition, data, offset, limit, first).await;
     }
-    match partition.read(offset, limit) {
+    if !replica && offset > readable_end && offset <= partition.log_end_offset() {
+        // Committed on this leader but not yet everywhere: nothing to give yet.
+        return (data, NO_RECORDS);
+    }
+    match partition.read_as(offset, limit, replica) {
         Ok(read) => {
             // The slice holds at most `limit` bytes unless its first batch alone is larger.
             let records = match read.records {

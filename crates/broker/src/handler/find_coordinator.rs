@@ -1,4 +1,5 @@
-//! FindCoordinator: this broker coordinates every group (single key before v4, batched from v4).
+//! FindCoordinator (single key before v4, batched from v4): a single broker coordinates every
+//! group; in a cluster each group has one live broker chosen by a hash of its id.
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
@@ -30,11 +31,12 @@ pub(super) fn handle(
             .coordinator_keys
             .iter()
             .map(|key| {
+                let (id, host, port) = ctx.group_coordinator(key);
                 let coordinator = Coordinator::default()
                     .with_key(key.clone())
-                    .with_node_id(BrokerId(ctx.node_id()))
-                    .with_host(str_bytes(ctx.advertised_host.clone()))
-                    .with_port(ctx.advertised_port);
+                    .with_node_id(BrokerId(id))
+                    .with_host(str_bytes(host))
+                    .with_port(port);
                 match error(key) {
                     Some((code, message)) => coordinator
                         .with_node_id(BrokerId(-1))
@@ -48,10 +50,11 @@ pub(super) fn handle(
             .collect();
         return FindCoordinatorResponse::default().with_coordinators(coordinators);
     }
+    let (id, host, port) = ctx.group_coordinator(&request.key);
     let response = FindCoordinatorResponse::default()
-        .with_node_id(BrokerId(ctx.node_id()))
-        .with_host(str_bytes(ctx.advertised_host.clone()))
-        .with_port(ctx.advertised_port);
+        .with_node_id(BrokerId(id))
+        .with_host(str_bytes(host))
+        .with_port(port);
     match error(&request.key) {
         Some((code, message)) => {
             let mut response = response

@@ -27,10 +27,15 @@ pub(super) async fn handle(
         for wanted in &topic.partitions {
             let answer = ListOffsetsPartitionResponse::default()
                 .with_partition_index(wanted.partition_index);
-            let Some(partition) = ctx.manager.partition(&topic.name, wanted.partition_index) else {
-                partitions
-                    .push(answer.with_error_code(ResponseError::UnknownTopicOrPartition.code()));
-                continue;
+            let partition = match ctx
+                .manager
+                .leader_partition(&topic.name, wanted.partition_index)
+            {
+                Ok(partition) => partition,
+                Err(e) => {
+                    partitions.push(answer.with_error_code(e.code().code()));
+                    continue;
+                }
             };
             let answer = match lookup(ctx, &partition, wanted.timestamp).await {
                 Ok((offset, timestamp)) => {

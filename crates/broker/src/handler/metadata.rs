@@ -15,13 +15,36 @@ use crate::manager::Topic;
 const OPERATIONS_OMITTED: i32 = i32::MIN;
 
 pub(super) fn handle(ctx: &Context, version: i16, request: MetadataRequest) -> MetadataResponse {
-    let broker = MetadataResponseBroker::default()
-        .with_node_id(BrokerId(ctx.node_id()))
-        .with_host(str_bytes(ctx.advertised_host.clone()))
-        .with_port(ctx.advertised_port);
+    let (brokers, controller) = match ctx.manager.cluster() {
+        Some(node) => {
+            let state = node.state().borrow().clone();
+            let brokers = state
+                .brokers
+                .values()
+                .filter(|b| !b.fenced)
+                .map(|b| {
+                    MetadataResponseBroker::default()
+                        .with_node_id(BrokerId(b.id))
+                        .with_host(str_bytes(b.host.clone()))
+                        .with_port(i32::from(b.port))
+                        .with_rack(b.rack.clone().map(str_bytes))
+                })
+                .collect();
+            (brokers, node.controller_id().unwrap_or(-1))
+        }
+        None => (
+            vec![
+                MetadataResponseBroker::default()
+                    .with_node_id(BrokerId(ctx.node_id()))
+                    .with_host(str_bytes(ctx.advertised_host.clone()))
+                    .with_port(ctx.advertised_port),
+            ],
+            ctx.node_id(),
+        ),
+    };
     let mut response = MetadataResponse::default()
-        .with_brokers(vec![broker])
-        .with_controller_id(BrokerId(ctx.node_id()));
+        .with_brokers(brokers)
+        .with_controller_id(BrokerId(controller));
     if version >= 2 {
         response.cluster_id = Some(str_bytes(ctx.manager.cluster_id()));
     }
@@ -89,21 +112,61 @@ fn lookup(ctx: &Context, name: &TopicName, auto_create: bool) -> Result<Arc<Topi
 
 fn describe_topic(ctx: &Context, version: i16, topic: &Topic) -> MetadataResponseTopic {
     let node = BrokerId(ctx.node_id());
-    let partitions = topic
-        .partitions
-        .iter()
-        .map(|p| {
-            let mut partition = MetadataResponsePartition::default()
-                .with_partition_index(p.index())
-                .with_leader_id(node)
-                .with_replica_nodes(vec![node])
-                .with_isr_nodes(vec![node]);
-            if version >= 7 {
-                partition.leader_epoch = p.leader_epoch();
-            }
-            partition
-        })
-        .collect();
+    let cluster_state = ctx.manager.cluster().map(|n| n.state().borrow().clone());
+    let replicated = cluster_state
+        .as_ref()
+        .and_then(|state| state.topics.get(&topic.name))
+        .filter(|t| t.topic_id == topic.topic_id);
+    let partitions = if let Some(replicated) = replicated {
+        let ids = |ids: &[i32]| ids.iter().map(|&i| BrokerId(i)).collect::<Vec<_>>();
+        replicated
+            .partitions
+            .iter()
+            .enumerate()
+            .map(|(index, p)| {
+                let mut partition = MetadataResponsePartition::default()
+                    .with_partition_index(index as i32)
+                    .with_leader_id(BrokerId(p.leader))
+                    .with_replica_nodes(ids(&p.replicas))
+                    .with_isr_nodes(ids(&p.isr));
+                if p.leader < 0 {
+                    partition.error_code = ResponseError::LeaderNotAvailable.code();
+                }
+                if version >= 7 {
+                    partition.leader_epoch = p.leader_epoch;
+                }
+                if version >= 5 {
+                    partition.offline_replicas = cluster_state
+                        .as_ref()
+                        .map(|s| {
+                            p.replicas
+                                .iter()
+                                .filter(|r| s.brokers.get(r).is_none_or(|b| b.fenced))
+                                .map(|&r| BrokerId(r))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                }
+                partition
+            })
+            .collect()
+    } else {
+        topic
+            .partitions
+            .iter()
+            .map(|p| {
+                let mut partition = MetadataResponsePartition::default()
+                    .with_partition_index(p.index())
+                    .with_leader_id(node)
+                    .with_replica_nodes(vec![node])
+                    .with_isr_nodes(vec![node]);
+                if version >= 7 {
+                    partition.leader_epoch = p.leader_epoch();
+                }
+                partition
+            })
+            .collect()
+    };
     let mut described = MetadataResponseTopic::default()
         .with_name(Some(TopicName(str_bytes(topic.name.clone()))))
         .with_partitions(partitions);

@@ -21,11 +21,7 @@ pub(super) fn handle(
     let mut unknown = Vec::new();
     for topic in &request.topics {
         for p in &topic.partitions {
-            if ctx
-                .manager
-                .partition(&topic.name, p.partition_index)
-                .is_none()
-            {
+            if !ctx.manager.partition_exists(&topic.name, p.partition_index) {
                 unknown.push((topic.name.to_string(), p.partition_index));
                 continue;
             }

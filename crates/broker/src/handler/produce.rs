@@ -1,4 +1,12 @@
 //! Produce: validate each partition's batch, append it, answer with its base offset.
+//!
+//! Appends happen in request order, on the connection's turn. With `acks=all` on a replicated
+//! partition the answer then waits (apart, like a long-polling fetch) until the in-sync replicas
+//! have the batch: the high watermark passed it. A leader with fewer in-sync replicas than
+//! `min.insync.replicas` appends nothing and answers NOT_ENOUGH_REPLICAS.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::produce_response::{
@@ -9,35 +17,60 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use super::{Context, message, now_ms, off_the_workers, str_bytes};
 use crate::error::Error;
 use crate::manager::validate_topic_name;
+use crate::partition::{CommitWait, Partition};
 
-/// Handles a produce request; `None` for acks=0, which gets no response at all.
-pub(super) fn handle(
-    ctx: &Context,
+/// A produce answered once the in-sync replicas have every batch it appended.
+pub(super) struct Pending {
+    response: ProduceResponse,
     version: i16,
-    request: ProduceRequest,
-) -> Option<ProduceResponse> {
+    /// `(topic index, partition index in it, partition, last offset, leader epoch)`.
+    waits: Vec<(usize, usize, Arc<Partition>, i64, i32)>,
+    timeout: Duration,
+}
+
+/// What a produce request gets.
+pub(super) enum Outcome {
+    /// acks=0: no response at all.
+    Silent,
+    /// Answered now.
+    Ready(ProduceResponse),
+    /// Answered when the in-sync replicas have the batches ([`finish`]).
+    Waiting(Pending),
+}
+
+/// Handles a produce request.
+pub(super) fn handle(ctx: &Context, version: i16, request: ProduceRequest) -> Outcome {
     let acks_valid = matches!(request.acks, -1..=1);
+    let acks_all = request.acks == -1;
+    let mut waits = Vec::new();
     let responses = request
         .topic_data
         .into_iter()
-        .map(|topic| {
+        .enumerate()
+        .map(|(t, topic)| {
             let name = topic.name.clone();
             let partition_responses = topic
                 .partition_data
                 .into_iter()
-                .map(|data| {
+                .enumerate()
+                .map(|(p, data)| {
                     let answer = PartitionProduceResponse::default().with_index(data.index);
                     if !acks_valid {
                         return answer.with_error_code(ResponseError::InvalidRequiredAcks.code());
                     }
-                    produce_partition(
+                    let (answer, wait) = produce_partition(
                         ctx,
                         version,
                         &name,
                         data.index,
                         data.records.as_deref(),
+                        acks_all,
                         answer,
-                    )
+                    );
+                    if let Some((partition, last_offset, epoch)) = wait {
+                        waits.push((t, p, partition, last_offset, epoch));
+                    }
+                    answer
                 })
                 .collect();
             TopicProduceResponse::default()
@@ -45,8 +78,55 @@ pub(super) fn handle(
                 .with_partition_responses(partition_responses)
         })
         .collect();
-    (request.acks != 0).then(|| ProduceResponse::default().with_responses(responses))
+    let response = ProduceResponse::default().with_responses(responses);
+    if request.acks == 0 {
+        Outcome::Silent
+    } else if waits.is_empty() {
+        Outcome::Ready(response)
+    } else {
+        Outcome::Waiting(Pending {
+            response,
+            version,
+            waits,
+            timeout: Duration::from_millis(request.timeout_ms.max(0) as u64),
+        })
+    }
 }
+
+/// Waits until the in-sync replicas have every batch, then answers: a batch whose leader was
+/// deposed first gets NOT_LEADER_OR_FOLLOWER, one whose wait timed out REQUEST_TIMED_OUT (the
+/// client retries both; an idempotent producer's retry is deduplicated).
+pub(super) async fn finish(pending: Pending) -> ProduceResponse {
+    let Pending {
+        mut response,
+        version,
+        waits,
+        timeout,
+    } = pending;
+    let deadline = tokio::time::Instant::now() + timeout;
+    for (t, p, partition, last_offset, epoch) in waits {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let code = match partition.wait_committed(last_offset, epoch, left).await {
+            CommitWait::Committed => continue,
+            CommitWait::NotLeader => ResponseError::NotLeaderOrFollower,
+            CommitWait::TimedOut => ResponseError::RequestTimedOut,
+        };
+        let answer = &mut response.responses[t].partition_responses[p];
+        answer.error_code = code.code();
+        answer.base_offset = -1;
+        if version >= 8 {
+            answer.error_message = Some(str_bytes(format!(
+                "{}-{}: the in-sync replicas did not confirm offset {last_offset}",
+                partition.topic(),
+                partition.index()
+            )));
+        }
+    }
+    response
+}
+
+/// The partition's answer, and what an `acks=all` answer must wait for.
+type Produced = (PartitionProduceResponse, Option<(Arc<Partition>, i64, i32)>);
 
 fn produce_partition(
     ctx: &Context,
@@ -54,24 +134,43 @@ fn produce_partition(
     topic: &str,
     index: i32,
     records: Option<&[u8]>,
+    acks_all: bool,
     answer: PartitionProduceResponse,
-) -> PartitionProduceResponse {
+) -> Produced {
+    let mut wait = None;
     let result = validate_topic_name(topic).and_then(|()| {
-        let partition = ctx
-            .manager
-            .partition(topic, index)
-            .ok_or_else(|| Error::UnknownTopic(format!("{topic}-{index}")))?;
+        let partition = ctx.manager.leader_partition(topic, index)?;
         let records = records.unwrap_or_default();
         let now = now_ms();
+        let replicated = partition.assignment().replicas.len() > 1;
+        if acks_all && replicated {
+            let min_insync = ctx
+                .manager
+                .topic(topic)
+                .map_or(1, |t| t.config.min_insync_replicas());
+            let isr = partition.assignment().isr.len();
+            if isr < min_insync {
+                return Err(Error::NotEnoughReplicas(format!(
+                    "{topic}-{index} has {isr} in-sync replicas, min.insync.replicas is {min_insync}"
+                )));
+            }
+        }
         // Page-cache writes stay on this thread; a roll or an fsync leaves the async workers.
         let info = if partition.append_would_block(records.len(), now) {
             off_the_workers(|| partition.append(records, now))?
         } else {
             partition.append(records, now)?
         };
+        if acks_all && replicated {
+            wait = Some((
+                Arc::clone(&partition),
+                info.last_offset,
+                partition.leader_epoch(),
+            ));
+        }
         Ok((info, partition.log_start_offset()))
     });
-    match result {
+    let answer = match result {
         Ok((info, log_start_offset)) => {
             let mut answer = answer
                 .with_base_offset(info.base_offset)
@@ -88,9 +187,11 @@ fn produce_partition(
                 answer.error_message = message(&e).or_else(|| Some(str_bytes("")));
                 answer.record_errors = record_errors(&e);
             }
+            wait = None;
             answer
         }
-    }
+    };
+    (answer, wait)
 }
 
 /// KIP-467: the record a refused batch was refused for, so the client can name it.

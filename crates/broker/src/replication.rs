@@ -1,0 +1,540 @@
+//! Replication in a cluster (Kafka's ISR protocol), driven by the committed metadata:
+//! - the metadata watcher applies every committed change to the local replicas
+//!   ([`PartitionManager::apply_cluster_state`]) and keeps one fetcher per leader broker;
+//! - a fetcher copies what its leader has: first, for a replica whose leader or epoch changed,
+//!   OffsetForLeaderEpoch and a truncation of what the leader never had; then Fetch requests with
+//!   this broker's id as `replica_id`, whose offsets tell the leader how far this replica is;
+//! - ISR changes proposed by the partitions this broker leads (a follower caught up, or one behind
+//!   for `replica.lag.time.max.ms`) are committed through the controller (AlterPartition).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, BytesMut};
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::offset_for_leader_epoch_request::{
+    OffsetForLeaderPartition, OffsetForLeaderTopic,
+};
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, FetchRequest, FetchResponse, OffsetForLeaderEpochRequest,
+    OffsetForLeaderEpochResponse, RequestHeader, ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable};
+use parking_lot::Mutex;
+use strata_cluster::{ClusterNode, ClusterState, Command, Response};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::now_ms;
+use crate::handler::str_bytes;
+use crate::manager::PartitionManager;
+use crate::partition::Partition;
+
+/// An ISR change a leader proposes.
+#[derive(Debug, Clone)]
+pub struct IsrChange {
+    /// Topic name.
+    pub topic: String,
+    /// Partition index.
+    pub partition: i32,
+    /// The leader epoch it was proposed under.
+    pub leader_epoch: i32,
+    /// The proposed in-sync replicas.
+    pub isr: Vec<i32>,
+}
+
+/// Fetch v11: replica id in the body, current leader epochs, log start offsets.
+const FETCH_VERSION: i16 = 11;
+/// OffsetForLeaderEpoch v3: the first with `replica_id`.
+const EPOCH_VERSION: i16 = 3;
+/// How long a follower's fetch waits at the leader for new data (`replica.fetch.wait.max.ms`).
+const FETCH_WAIT_MS: i32 = 500;
+/// Bytes per partition and per fetch (`replica.fetch.max.bytes`, `replica.fetch.response.max.bytes`).
+const FETCH_PARTITION_BYTES: i32 = 1 << 20;
+const FETCH_RESPONSE_BYTES: i32 = 16 << 20;
+/// Largest answer a follower reads from a leader.
+const RESPONSE_BYTES_MAX: usize = 64 << 20;
+/// Pause after a failed round, so a down leader is not dialled in a tight loop.
+const RETRY_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Replicas that must ask their leader where to truncate before fetching.
+type Truncations = Arc<Mutex<HashSet<(String, i32)>>>;
+
+/// Runs replication until `shutdown`.
+pub(crate) async fn run(
+    manager: Arc<PartitionManager>,
+    node: Arc<ClusterNode>,
+    isr_changes: mpsc::UnboundedReceiver<IsrChange>,
+    shutdown: CancellationToken,
+) {
+    let submitter = tokio::spawn(submit_isr_changes(
+        Arc::clone(&manager),
+        Arc::clone(&node),
+        isr_changes,
+        shutdown.clone(),
+    ));
+    let shrinker = tokio::spawn(shrink_isrs(Arc::clone(&manager), shutdown.clone()));
+    let truncations: Truncations = Arc::default();
+    let mut fetchers: HashMap<i32, JoinHandle<()>> = HashMap::new();
+    let mut state = node.state();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let current: Arc<ClusterState> = state.borrow_and_update().clone();
+        let changed = manager.apply_cluster_state(&current, now_ms());
+        {
+            let mut pending = truncations.lock();
+            for p in changed.iter().filter(|p| !p.is_leader()) {
+                pending.insert((p.topic().to_string(), p.index()));
+            }
+        }
+        let me = manager.config().node_id();
+        let leaders: HashSet<i32> = manager
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions.iter())
+            .map(|p| p.assignment().leader)
+            .filter(|&l| l >= 0 && l != me)
+            .collect();
+        fetchers.retain(|_, task| !task.is_finished());
+        for leader in leaders {
+            fetchers.entry(leader).or_insert_with(|| {
+                tokio::spawn(fetch_from(
+                    Arc::clone(&manager),
+                    Arc::clone(&node),
+                    leader,
+                    Arc::clone(&truncations),
+                    shutdown.clone(),
+                ))
+            });
+        }
+        tokio::select! {
+            changed = state.changed() => if changed.is_err() { break },
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => break,
+        }
+    }
+    for (_, task) in fetchers {
+        task.abort();
+    }
+    submitter.abort();
+    shrinker.abort();
+}
+
+/// Commits the ISR changes leaders propose; a refused or failed one is forgotten by its
+/// partition, which proposes again when it still applies.
+async fn submit_isr_changes(
+    manager: Arc<PartitionManager>,
+    node: Arc<ClusterNode>,
+    mut changes: mpsc::UnboundedReceiver<IsrChange>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let change = tokio::select! {
+            change = changes.recv() => match change { Some(c) => c, None => return },
+            () = shutdown.cancelled() => return,
+        };
+        tracing::info!(topic = %change.topic, partition = change.partition,
+            epoch = change.leader_epoch, isr = ?change.isr, "proposing an ISR change");
+        let command = Command::AlterPartition {
+            topic: change.topic.clone(),
+            partition: change.partition,
+            leader_epoch: change.leader_epoch,
+            isr: change.isr.clone(),
+        };
+        let outcome = node.submit(command, Duration::from_secs(5)).await;
+        let accepted = matches!(outcome, Ok(Response::Ok));
+        if !accepted {
+            tracing::info!(topic = %change.topic, partition = change.partition, outcome = ?outcome,
+                "ISR change not committed");
+        }
+        if let Some(partition) = manager.partition(&change.topic, change.partition) {
+            if accepted {
+                let state = node.state().borrow().clone();
+                manager.apply_cluster_state(&state, now_ms());
+            } else {
+                partition.clear_pending_isr();
+            }
+        }
+    }
+}
+
+/// Proposes removing followers that have not caught up for `replica.lag.time.max.ms`.
+async fn shrink_isrs(manager: Arc<PartitionManager>, shutdown: CancellationToken) {
+    let lag_ms = manager.config().replica_lag_time_max_ms();
+    let period = Duration::from_millis((lag_ms / 4).clamp(50, 5_000) as u64);
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let now = now_ms();
+        for topic in manager.topics() {
+            for partition in &topic.partitions {
+                if let Some(isr) = partition.isr_shrink_proposal(now, lag_ms) {
+                    manager.propose_isr(partition, isr);
+                }
+            }
+        }
+    }
+}
+
+/// The replicas this broker follows from `leader`.
+fn followed_from(manager: &PartitionManager, leader: i32) -> Vec<Arc<Partition>> {
+    manager
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions.iter())
+        .filter(|p| p.assignment().leader == leader && !p.is_leader())
+        .cloned()
+        .collect()
+}
+
+/// Copies what `leader` has into the replicas this broker follows from it, until none is left.
+async fn fetch_from(
+    manager: Arc<PartitionManager>,
+    node: Arc<ClusterNode>,
+    leader: i32,
+    truncations: Truncations,
+    shutdown: CancellationToken,
+) {
+    let me = manager.config().node_id();
+    let mut peer: Option<Peer> = None;
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let partitions = followed_from(&manager, leader);
+        if partitions.is_empty() {
+            return;
+        }
+        if peer.is_none() {
+            let endpoint = node
+                .state()
+                .borrow()
+                .brokers
+                .get(&leader)
+                .map(|b| (b.host.clone(), b.port));
+            let Some((host, port)) = endpoint else {
+                pause(&shutdown).await;
+                continue;
+            };
+            match tokio::time::timeout(Duration::from_secs(2), Peer::connect(&host, port)).await {
+                Ok(Ok(p)) => peer = Some(p),
+                Ok(Err(e)) => {
+                    tracing::debug!(leader, error = %e, "connecting to the leader");
+                    pause(&shutdown).await;
+                    continue;
+                }
+                Err(_) => {
+                    pause(&shutdown).await;
+                    continue;
+                }
+            }
+        }
+        let client = peer.as_mut().expect("connected above");
+        let round = tokio::select! {
+            round = replicate_once(client, me, &partitions, &truncations) => round,
+            () = shutdown.cancelled() => return,
+        };
+        match round {
+            Ok(true) => {}
+            Ok(false) => pause(&shutdown).await,
+            Err(e) => {
+                tracing::debug!(leader, error = %e, "replication round failed; reconnecting");
+                peer = None;
+                pause(&shutdown).await;
+            }
+        }
+    }
+}
+
+async fn pause(shutdown: &CancellationToken) {
+    tokio::select! {
+        () = tokio::time::sleep(RETRY_BACKOFF) => {}
+        () = shutdown.cancelled() => {}
+    }
+}
+
+/// One round: truncations first, then one fetch. `Ok(false)` when the leader refused every
+/// partition (the metadata has not caught up yet): the caller pauses.
+async fn replicate_once(
+    peer: &mut Peer,
+    me: i32,
+    partitions: &[Arc<Partition>],
+    truncations: &Truncations,
+) -> anyhow::Result<bool> {
+    let to_truncate: Vec<&Arc<Partition>> = {
+        let mut pending = truncations.lock();
+        partitions
+            .iter()
+            .filter(|p| pending.remove(&(p.topic().to_string(), p.index())))
+            .collect()
+    };
+    if !to_truncate.is_empty()
+        && let Err(e) = truncate(peer, me, &to_truncate).await
+    {
+        let mut pending = truncations.lock();
+        for p in &to_truncate {
+            pending.insert((p.topic().to_string(), p.index()));
+        }
+        return Err(e);
+    }
+    let waiting = truncations.lock().clone();
+    let fetched: Vec<&Arc<Partition>> = partitions
+        .iter()
+        .filter(|p| !waiting.contains(&(p.topic().to_string(), p.index())))
+        .collect();
+    if fetched.is_empty() {
+        return Ok(false);
+    }
+    let mut by_topic: BTreeMap<&str, Vec<&Arc<Partition>>> = BTreeMap::new();
+    for p in &fetched {
+        by_topic.entry(p.topic()).or_default().push(p);
+    }
+    let topics = by_topic
+        .iter()
+        .map(|(topic, parts)| {
+            FetchTopic::default()
+                .with_topic(TopicName(str_bytes(*topic)))
+                .with_partitions(
+                    parts
+                        .iter()
+                        .map(|p| {
+                            FetchPartition::default()
+                                .with_partition(p.index())
+                                .with_current_leader_epoch(p.leader_epoch())
+                                .with_fetch_offset(p.log_end_offset())
+                                .with_log_start_offset(p.log_start_offset())
+                                .with_partition_max_bytes(FETCH_PARTITION_BYTES)
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    let request = FetchRequest::default()
+        .with_replica_id(BrokerId(me))
+        .with_max_wait_ms(FETCH_WAIT_MS)
+        .with_min_bytes(1)
+        .with_max_bytes(FETCH_RESPONSE_BYTES)
+        .with_session_epoch(-1)
+        .with_topics(topics);
+    let response: FetchResponse = peer
+        .call(
+            ApiKey::Fetch,
+            FETCH_VERSION,
+            &request,
+            Duration::from_secs(10),
+        )
+        .await?;
+    if response.error_code != 0 {
+        anyhow::bail!("fetch refused with error {}", response.error_code);
+    }
+    let mut progressed = false;
+    let now = now_ms();
+    for topic in response.responses {
+        for data in topic.partitions {
+            let Some(partition) = fetched
+                .iter()
+                .find(|p| p.topic() == topic.topic.as_str() && p.index() == data.partition_index)
+            else {
+                continue;
+            };
+            match ResponseError::try_from_code(data.error_code) {
+                None => {
+                    let records = data.records.unwrap_or_default();
+                    let appended = crate::handler::off_the_workers(|| {
+                        partition.append_replicated(&records, data.high_watermark, now)
+                    });
+                    match appended {
+                        Ok(_) => progressed = true,
+                        Err(e) => {
+                            tracing::warn!(topic = partition.topic(), partition = partition.index(),
+                                error = %e, "appending replicated batches failed; truncating anew");
+                            truncations
+                                .lock()
+                                .insert((partition.topic().to_string(), partition.index()));
+                        }
+                    }
+                }
+                Some(ResponseError::OffsetOutOfRange) => {
+                    progressed = true;
+                    if partition.log_end_offset() < data.log_start_offset {
+                        // The leader's log starts later (its older segments are in the lake):
+                        // this replica restarts there.
+                        partition.truncate_to(data.log_start_offset, now)?;
+                    } else {
+                        truncations
+                            .lock()
+                            .insert((partition.topic().to_string(), partition.index()));
+                    }
+                }
+                Some(code) => {
+                    tracing::debug!(
+                        topic = partition.topic(),
+                        partition = partition.index(),
+                        ?code,
+                        "the leader refused a replica fetch"
+                    );
+                }
+            }
+        }
+    }
+    Ok(progressed)
+}
+
+/// Asks the leader where each replica's last epoch ended and truncates what the leader lacks.
+async fn truncate(peer: &mut Peer, me: i32, partitions: &[&Arc<Partition>]) -> anyhow::Result<()> {
+    let mut asked = Vec::new();
+    for p in partitions {
+        // An empty log has nothing to truncate.
+        if let Some(epoch) = p.latest_epoch()? {
+            asked.push((*p, epoch));
+        }
+    }
+    if asked.is_empty() {
+        return Ok(());
+    }
+    let mut by_topic: BTreeMap<&str, Vec<OffsetForLeaderPartition>> = BTreeMap::new();
+    for (p, epoch) in &asked {
+        by_topic.entry(p.topic()).or_default().push(
+            OffsetForLeaderPartition::default()
+                .with_partition(p.index())
+                .with_current_leader_epoch(p.leader_epoch())
+                .with_leader_epoch(*epoch),
+        );
+    }
+    let request = OffsetForLeaderEpochRequest::default()
+        .with_replica_id(BrokerId(me))
+        .with_topics(
+            by_topic
+                .into_iter()
+                .map(|(topic, partitions)| {
+                    OffsetForLeaderTopic::default()
+                        .with_topic(TopicName(str_bytes(topic)))
+                        .with_partitions(partitions)
+                })
+                .collect(),
+        );
+    let response: OffsetForLeaderEpochResponse = peer
+        .call(
+            ApiKey::OffsetForLeaderEpoch,
+            EPOCH_VERSION,
+            &request,
+            Duration::from_secs(10),
+        )
+        .await?;
+    let now = now_ms();
+    for topic in response.topics {
+        for answer in topic.partitions {
+            let Some((partition, asked_epoch)) = asked
+                .iter()
+                .find(|(p, _)| p.topic() == topic.topic.as_str() && p.index() == answer.partition)
+            else {
+                continue;
+            };
+            if answer.error_code != 0 {
+                anyhow::bail!(
+                    "{}-{}: OffsetForLeaderEpoch refused with error {}",
+                    partition.topic(),
+                    partition.index(),
+                    answer.error_code
+                );
+            }
+            let end = partition.log_end_offset();
+            let target = if answer.leader_epoch < 0 {
+                // The leader knows no epoch this old: keep only what was committed.
+                partition.high_watermark()
+            } else if answer.leader_epoch < *asked_epoch {
+                // The leader never wrote under our last epoch: cut where both logs agree.
+                let ours = partition
+                    .end_offset_for_epoch(answer.leader_epoch)?
+                    .map_or(end, |(_, o)| o);
+                answer.end_offset.min(ours)
+            } else {
+                answer.end_offset
+            };
+            if target < end {
+                tracing::info!(
+                    topic = partition.topic(),
+                    partition = partition.index(),
+                    from = end,
+                    to = target,
+                    "truncating what the new leader does not have"
+                );
+                partition.truncate_to(target, now)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A connection to another broker's Kafka listener.
+struct Peer {
+    stream: TcpStream,
+    correlation_id: i32,
+}
+
+impl Peer {
+    async fn connect(host: &str, port: u16) -> std::io::Result<Self> {
+        let stream = TcpStream::connect((host, port)).await?;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            stream,
+            correlation_id: 0,
+        })
+    }
+
+    /// Sends one request and reads its answer.
+    async fn call<Req: Encodable, Resp: Decodable>(
+        &mut self,
+        key: ApiKey,
+        version: i16,
+        request: &Req,
+        timeout: Duration,
+    ) -> anyhow::Result<Resp> {
+        self.correlation_id = self.correlation_id.wrapping_add(1);
+        let header = RequestHeader::default()
+            .with_request_api_key(key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(self.correlation_id)
+            .with_client_id(Some(str_bytes("strata-replica")));
+        let mut frame = BytesMut::with_capacity(256);
+        frame.put_i32(0);
+        header.encode(&mut frame, key.request_header_version(version))?;
+        request.encode(&mut frame, version)?;
+        let length = (frame.len() - 4) as i32;
+        frame[..4].copy_from_slice(&length.to_be_bytes());
+        let exchange = async {
+            self.stream.write_all(&frame).await?;
+            let length = self.stream.read_u32().await? as usize;
+            if length > RESPONSE_BYTES_MAX {
+                anyhow::bail!("an answer of {length} bytes is larger than {RESPONSE_BYTES_MAX}");
+            }
+            let mut body = vec![0u8; length];
+            self.stream.read_exact(&mut body).await?;
+            Ok(bytes::Bytes::from(body))
+        };
+        let mut body = tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| anyhow::anyhow!("{key:?} timed out"))??;
+        let header = ResponseHeader::decode(&mut body, key.response_header_version(version))?;
+        if header.correlation_id != self.correlation_id {
+            anyhow::bail!(
+                "answer to request {} while waiting for {}",
+                header.correlation_id,
+                self.correlation_id
+            );
+        }
+        let response = Resp::decode(&mut body, version)?;
+        if body.has_remaining() {
+            tracing::debug!(?key, left = body.remaining(), "bytes left after an answer");
+        }
+        Ok(response)
+    }
+}
