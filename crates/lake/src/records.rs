@@ -83,7 +83,8 @@ fn lake_record(header: &BatchHeader, body: &Bytes, view: &record::RecordView<'_>
         timestamp_ms: if log_append_time {
             header.max_timestamp
         } else {
-            header.base_timestamp + view.timestamp_delta
+            // Wrapping as Java's long does; produce refuses such batches, older logs may hold them.
+            header.base_timestamp.wrapping_add(view.timestamp_delta)
         },
         key: shared(view.key),
         value: shared(view.value),
@@ -124,7 +125,7 @@ pub fn encode_batch_into(records: &[LakeRecord], out: &mut BytesMut) {
         if log_append_time {
             0
         } else {
-            r.timestamp_ms - base_timestamp
+            r.timestamp_ms.wrapping_sub(base_timestamp)
         }
     };
     let record_len = |r: &LakeRecord| {

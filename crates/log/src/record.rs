@@ -453,12 +453,23 @@ pub fn validate_records(
             ));
         }
         if check_time {
-            let timestamp = header.base_timestamp.saturating_add(record.timestamp_delta);
-            check_timestamp(timestamp, rules, now_ms).map_err(|message| RecordError {
-                kind: RecordErrorKind::Timestamp,
-                index: Some(index),
-                message,
-            })?;
+            // The lake stores base + delta: a sum past i64 is no timestamp at all.
+            let timestamp = header
+                .base_timestamp
+                .checked_add(record.timestamp_delta)
+                .ok_or_else(|| {
+                    format!(
+                        "base timestamp {} plus delta {} overflows",
+                        header.base_timestamp, record.timestamp_delta
+                    )
+                });
+            timestamp
+                .and_then(|t| check_timestamp(t, rules, now_ms))
+                .map_err(|message| RecordError {
+                    kind: RecordErrorKind::Timestamp,
+                    index: Some(index),
+                    message,
+                })?;
         }
     }
     Ok(())
