@@ -254,6 +254,7 @@ pub const IGNORED_TOPIC_CONFIGS: &[(&str, &str)] = &[
 /// Broker settings that are not topic defaults.
 pub const BROKER_SETTINGS: &[(&str, &str, ConfigType)] = &[
     ("auto.create.topics.enable", "true", ConfigType::Boolean),
+    ("auto.leader.rebalance.enable", "true", ConfigType::Boolean),
     ("broker.heartbeat.interval.ms", "500", ConfigType::Int(10)),
     ("broker.rack", "", ConfigType::Text),
     ("broker.session.timeout.ms", "4000", ConfigType::Int(100)),
@@ -272,6 +273,11 @@ pub const BROKER_SETTINGS: &[(&str, &str, ConfigType)] = &[
     ),
     ("group.min.session.timeout.ms", "6000", ConfigType::Int(1)),
     ("lake.read.cache.bytes", "268435456", ConfigType::Long(0)),
+    (
+        "leader.imbalance.check.interval.seconds",
+        "300",
+        ConfigType::Long(1),
+    ),
     (
         "log.retention.check.interval.ms",
         "300000",
@@ -486,6 +492,16 @@ impl BrokerConfig {
         resolve_addr(value).map(Some).ok_or_else(|| {
             Error::InvalidConfig(format!("controller.listen {value:?} is not HOST:PORT"))
         })
+    }
+
+    /// `auto.leader.rebalance.enable`: the controller moves leadership back to preferred replicas.
+    pub fn auto_leader_rebalance(&self) -> bool {
+        self.setting("auto.leader.rebalance.enable") == "true"
+    }
+
+    /// `leader.imbalance.check.interval.seconds`.
+    pub fn leader_imbalance_check_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.long("leader.imbalance.check.interval.seconds") as u64)
     }
 
     /// `broker.rack`, `None` when unset.

@@ -79,6 +79,11 @@ pub(crate) async fn run(
         shutdown.clone(),
     ));
     let shrinker = tokio::spawn(shrink_isrs(Arc::clone(&manager), shutdown.clone()));
+    let rebalancer = tokio::spawn(rebalance_leaders(
+        Arc::clone(&manager),
+        Arc::clone(&node),
+        shutdown.clone(),
+    ));
     let truncations: Truncations = Arc::default();
     let mut fetchers: HashMap<i32, JoinHandle<()>> = HashMap::new();
     let mut state = node.state();
@@ -123,6 +128,7 @@ pub(crate) async fn run(
     }
     submitter.abort();
     shrinker.abort();
+    rebalancer.abort();
 }
 
 /// Commits the ISR changes leaders propose; a refused or failed one is forgotten by its
@@ -178,6 +184,68 @@ async fn shrink_isrs(manager: Arc<PartitionManager>, shutdown: CancellationToken
             for partition in &topic.partitions {
                 if let Some(isr) = partition.isr_shrink_proposal(now, lag_ms) {
                     manager.propose_isr(partition, isr);
+                }
+            }
+        }
+    }
+}
+
+/// On the active controller, with `auto.leader.rebalance.enable`: every
+/// `leader.imbalance.check.interval.seconds`, leadership goes back to each partition's preferred
+/// replica (the first) when it is alive and in sync, so a broker that returned leads again.
+async fn rebalance_leaders(
+    manager: Arc<PartitionManager>,
+    node: Arc<ClusterNode>,
+    shutdown: CancellationToken,
+) {
+    let config = manager.config();
+    if !config.auto_leader_rebalance() {
+        return;
+    }
+    let me = config.node_id();
+    let mut tick = tokio::time::interval(config.leader_imbalance_check_interval());
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        if node.controller_id() != Some(me) {
+            continue;
+        }
+        let state = node.state().borrow().clone();
+        for (topic, t) in &state.topics {
+            for (index, p) in t.partitions.iter().enumerate() {
+                let Some(&preferred) = p.replicas.first() else {
+                    continue;
+                };
+                if p.leader == preferred
+                    || !p.isr.contains(&preferred)
+                    || !state.is_active(preferred)
+                {
+                    continue;
+                }
+                let command = Command::ElectPreferredLeader {
+                    topic: topic.clone(),
+                    partition: index as i32,
+                };
+                match node.submit(command, Duration::from_secs(5)).await {
+                    Ok(Response::Ok) => {
+                        tracing::info!(
+                            topic,
+                            partition = index,
+                            leader = preferred,
+                            "preferred leader elected"
+                        )
+                    }
+                    outcome => {
+                        tracing::debug!(
+                            topic,
+                            partition = index,
+                            ?outcome,
+                            "preferred leader not elected"
+                        )
+                    }
                 }
             }
         }
