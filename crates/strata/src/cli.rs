@@ -41,6 +41,34 @@ enum Command {
     Groups(GroupsArgs),
     /// The lake tier: offloaded files and their consistency.
     Lake(LakeArgs),
+    /// A cluster as its brokers see it.
+    Cluster(ClusterArgs),
+}
+
+/// Options of `strata cluster`.
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    /// Broker to ask, HOST:PORT, or several separated by commas, asked in turn until one answers
+    /// [default: the `strata serve` listen address STRATA_LISTEN when set, else 127.0.0.1:9092].
+    #[arg(long, env = "STRATA_BOOTSTRAP", global = true)]
+    bootstrap: Option<String>,
+    /// Print one JSON object instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: ClusterCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Brokers (live, and missing: named as replicas but not live), the active controller, the
+    /// cluster id, and the under-replicated and offline partitions.
+    #[command(
+        after_help = "Exit status: 0 when every partition has a leader; 2 when some \
+        partition has none (offline) or a topic could not be described; 1 when no broker \
+        answered."
+    )]
+    Status,
 }
 
 /// Options of `strata lake`: the same configuration as `strata serve` (tier URL, data folder).
@@ -177,12 +205,13 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
-        Command::Groups(args) => groups(args),
-        Command::Lake(args) => lake(args),
+        Command::Serve(args) => serve(args).map(|()| ExitCode::SUCCESS),
+        Command::Groups(args) => groups(args).map(|()| ExitCode::SUCCESS),
+        Command::Lake(args) => lake(args).map(|()| ExitCode::SUCCESS),
+        Command::Cluster(args) => cluster(args),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("strata: {e:#}");
@@ -414,7 +443,7 @@ fn lake(args: LakeArgs) -> Result<()> {
     }
 }
 
-/// The broker `strata groups` asks: `--bootstrap` (or `STRATA_BOOTSTRAP`), else the address a
+/// The broker `strata groups` and `strata cluster` ask: `--bootstrap` (or `STRATA_BOOTSTRAP`), else the address a
 /// `strata serve` in the same environment listens on (`STRATA_LISTEN`, an unspecified address
 /// reached on loopback), else the default listen address.
 fn bootstrap(given: Option<String>, env: &BTreeMap<String, String>) -> String {
@@ -560,6 +589,29 @@ fn groups(args: GroupsArgs) -> Result<()> {
     Ok(())
 }
 
+/// Exit status of `strata cluster status` when some partition has no leader.
+const EXIT_OFFLINE: u8 = 2;
+
+fn cluster(args: ClusterArgs) -> Result<ExitCode> {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let bootstrap = bootstrap(args.bootstrap, &env);
+    match args.command {
+        ClusterCommand::Status => {
+            let status = crate::cluster::status(&bootstrap)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                println!("{}", status.render());
+            }
+            Ok(if status.every_partition_led() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_OFFLINE)
+            })
+        }
+    }
+}
+
 async fn wait_for_signal() {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("installing a SIGTERM handler");
@@ -578,7 +630,9 @@ mod tests {
         full.extend_from_slice(argv);
         match Cli::try_parse_from(full).unwrap().command {
             Command::Serve(a) => a,
-            Command::Groups(_) | Command::Lake(_) => unreachable!("parsed serve"),
+            Command::Groups(_) | Command::Lake(_) | Command::Cluster(_) => {
+                unreachable!("parsed serve")
+            }
         }
     }
 
@@ -630,6 +684,28 @@ mod tests {
         assert_eq!(bootstrap(None, &all6), "[::1]:4000");
         let unparsable = env(&[("STRATA_LISTEN", "broker:4000")]);
         assert_eq!(bootstrap(None, &unparsable), "broker:4000");
+    }
+
+    #[test]
+    fn cluster_status_takes_a_bootstrap_list_and_json() {
+        let cli = Cli::try_parse_from([
+            "strata",
+            "cluster",
+            "status",
+            "--json",
+            "--bootstrap",
+            "10.0.0.1:9092,10.0.0.2:9092",
+        ])
+        .unwrap();
+        let Command::Cluster(args) = cli.command else {
+            panic!("parsed cluster");
+        };
+        assert!(args.json);
+        assert_eq!(
+            args.bootstrap.as_deref(),
+            Some("10.0.0.1:9092,10.0.0.2:9092")
+        );
+        assert!(matches!(args.command, ClusterCommand::Status));
     }
 
     #[test]
