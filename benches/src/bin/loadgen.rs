@@ -49,6 +49,67 @@ enum Mode {
     /// Produce at `rate-mb` while a consumer reads: end-to-end latency (of the records sent
     /// once the consumer's first fetch came back).
     E2e(Common),
+    /// Produce one record at a time to partition 0 (acks=all) for `seconds` and report every gap
+    /// between consecutive acknowledgements longer than `threshold-ms`: with a leader killed
+    /// meanwhile, each kill shows as one gap, its failover time.
+    Gaps(GapsArgs),
+    /// Print one partition's leader and in-sync replicas as JSON (for scripts).
+    Describe(DescribeArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct DescribeArgs {
+    /// Bootstrap servers.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    brokers: String,
+    /// Topic.
+    #[arg(long)]
+    topic: String,
+    /// Partition.
+    #[arg(long, default_value_t = 0)]
+    partition: i32,
+}
+
+fn describe(args: &DescribeArgs) -> Result<serde_json::Value> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &args.brokers)
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(&args.topic), Duration::from_secs(10))?;
+    let topic = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == args.topic)
+        .context("no such topic")?;
+    let partition = topic
+        .partitions()
+        .iter()
+        .find(|p| p.id() == args.partition)
+        .context("no such partition")?;
+    Ok(serde_json::json!({
+        "leader": partition.leader(),
+        "replicas": partition.replicas(),
+        "isr": partition.isr(),
+        "brokers": metadata.brokers().len(),
+    }))
+}
+
+#[derive(Args, Debug, Clone)]
+struct GapsArgs {
+    /// Bootstrap servers.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    brokers: String,
+    /// Topic (must exist).
+    #[arg(long, default_value = "gaps")]
+    topic: String,
+    /// How long to produce.
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+    /// Pause between a record's acknowledgement and the next send.
+    #[arg(long, default_value_t = 5)]
+    interval_ms: u64,
+    /// Gaps at least this long are reported.
+    #[arg(long, default_value_t = 500)]
+    threshold_ms: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -89,6 +150,9 @@ struct Common {
     /// Produce rate in MB/s (e2e mode).
     #[arg(long, default_value_t = 50.0)]
     rate_mb: f64,
+    /// Replication factor when the topic is created.
+    #[arg(long, default_value_t = 1)]
+    replication_factor: i32,
     /// Topic settings when the topic is created, `key=value` (repeatable).
     #[arg(long = "topic-config", value_parser = parse_setting)]
     topic_configs: Vec<(String, String)>,
@@ -291,7 +355,11 @@ fn client_config(c: &Common) -> ClientConfig {
 
 fn create_topic(c: &Common) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = client_config(c).create()?;
-    let mut topic = NewTopic::new(&c.topic, c.partitions, TopicReplication::Fixed(1));
+    let mut topic = NewTopic::new(
+        &c.topic,
+        c.partitions,
+        TopicReplication::Fixed(c.replication_factor),
+    );
     for (k, v) in &c.topic_configs {
         topic = topic.set(k, v);
     }
@@ -476,11 +544,60 @@ fn consume(
     })
 }
 
+/// What `gaps` found.
+#[derive(Serialize, Debug)]
+struct GapsReport {
+    acknowledged: u64,
+    seconds: f64,
+    /// Gaps between consecutive acknowledgements above the threshold, in order.
+    gaps_ms: Vec<f64>,
+}
+
+fn gaps(args: &GapsArgs) -> Result<GapsReport> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &args.brokers)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "0")
+        .set("message.timeout.ms", "120000")
+        .create()?;
+    let interval = Duration::from_millis(args.interval_ms);
+    let start = Instant::now();
+    let mut previous_ack = Instant::now();
+    let mut report = GapsReport {
+        acknowledged: 0,
+        seconds: 0.0,
+        gaps_ms: Vec::new(),
+    };
+    while start.elapsed() < Duration::from_secs(args.seconds) {
+        std::thread::sleep(interval);
+        let value = report.acknowledged.to_string();
+        let record = FutureRecord::to(&args.topic)
+            .partition(0)
+            .key("gap")
+            .payload(&value);
+        futures::executor::block_on(producer.send(record, Duration::from_secs(0)))
+            .map_err(|(e, _)| anyhow::anyhow!("record {value} not acknowledged: {e}"))?;
+        let now = Instant::now();
+        // The pause before the send is ours, not the cluster's.
+        let gap = now.duration_since(previous_ack).saturating_sub(interval);
+        if gap >= Duration::from_millis(args.threshold_ms) {
+            report.gaps_ms.push(gap.as_secs_f64() * 1000.0);
+        }
+        previous_ack = now;
+        report.acknowledged += 1;
+    }
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
 fn run(mode: &Mode) -> Result<Report> {
     let (name, c) = match mode {
         Mode::Produce(c) => ("produce", c),
         Mode::Consume(c) => ("consume", c),
         Mode::E2e(c) => ("e2e", c),
+        Mode::Gaps(_) | Mode::Describe(_) => bail!("{mode:?} has its own report"),
     };
     ensure!(c.size >= HEADER, "--size must be at least {HEADER} bytes");
     ensure!(c.partitions > 0, "--partitions must be positive");
@@ -501,6 +618,7 @@ fn run(mode: &Mode) -> Result<Report> {
         consumers: Vec::new(),
     };
     match mode {
+        Mode::Gaps(_) | Mode::Describe(_) => unreachable!("returned above"),
         Mode::Produce(_) => {
             create_topic(c)?;
             let (seconds, latency) = produce(c, &payloads, None)?;
@@ -585,8 +703,20 @@ fn print_table(r: &Report) {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    match &cli.mode {
+        Mode::Gaps(args) => {
+            println!("{}", serde_json::to_string(&gaps(args)?)?);
+            return Ok(());
+        }
+        Mode::Describe(args) => {
+            println!("{}", describe(args)?);
+            return Ok(());
+        }
+        _ => {}
+    }
     let json = match &cli.mode {
         Mode::Produce(c) | Mode::Consume(c) | Mode::E2e(c) => c.json,
+        Mode::Gaps(_) | Mode::Describe(_) => true,
     };
     let report = run(&cli.mode)?;
     if json {

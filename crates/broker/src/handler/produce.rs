@@ -78,7 +78,10 @@ pub(super) fn handle(ctx: &Context, version: i16, request: ProduceRequest) -> Ou
                 .with_partition_responses(partition_responses)
         })
         .collect();
-    let response = ProduceResponse::default().with_responses(responses);
+    let mut response = ProduceResponse::default().with_responses(responses);
+    if version >= 10 {
+        point_at_new_leaders(ctx, &mut response);
+    }
     if request.acks == 0 {
         Outcome::Silent
     } else if waits.is_empty() {
@@ -91,6 +94,45 @@ pub(super) fn handle(ctx: &Context, version: i16, request: ProduceRequest) -> Ou
             timeout: Duration::from_millis(request.timeout_ms.max(0) as u64),
         })
     }
+}
+
+/// KIP-951: a partition answered NOT_LEADER_OR_FOLLOWER names its current leader and epoch, and
+/// the response carries that broker's endpoint, so the client retries there without a metadata
+/// round trip.
+fn point_at_new_leaders(ctx: &Context, response: &mut ProduceResponse) {
+    use kafka_protocol::messages::BrokerId;
+    use kafka_protocol::messages::produce_response::{LeaderIdAndEpoch, NodeEndpoint};
+    let Some(node) = ctx.manager.cluster() else {
+        return;
+    };
+    let state = node.state().borrow().clone();
+    let mut endpoints = std::collections::BTreeSet::new();
+    for topic in &mut response.responses {
+        for answer in &mut topic.partition_responses {
+            if answer.error_code != ResponseError::NotLeaderOrFollower.code() {
+                continue;
+            }
+            if let Some(p) = state.partition(topic.name.as_str(), answer.index)
+                && p.leader >= 0
+            {
+                answer.current_leader = LeaderIdAndEpoch::default()
+                    .with_leader_id(BrokerId(p.leader))
+                    .with_leader_epoch(p.leader_epoch);
+                endpoints.insert(p.leader);
+            }
+        }
+    }
+    response.node_endpoints = endpoints
+        .into_iter()
+        .filter_map(|id| state.brokers.get(&id))
+        .map(|b| {
+            NodeEndpoint::default()
+                .with_node_id(BrokerId(b.id))
+                .with_host(str_bytes(b.host.clone()))
+                .with_port(i32::from(b.port))
+                .with_rack(b.rack.clone().map(str_bytes))
+        })
+        .collect();
 }
 
 /// Waits until the in-sync replicas have every batch, then answers: a batch whose leader was
