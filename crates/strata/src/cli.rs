@@ -443,9 +443,9 @@ fn lake(args: LakeArgs) -> Result<()> {
     }
 }
 
-/// The broker `strata groups` and `strata cluster` ask: `--bootstrap` (or `STRATA_BOOTSTRAP`), else the address a
-/// `strata serve` in the same environment listens on (`STRATA_LISTEN`, an unspecified address
-/// reached on loopback), else the default listen address.
+/// The broker `strata groups` and `strata cluster` ask: `--bootstrap` (or `STRATA_BOOTSTRAP`),
+/// else the address a `strata serve` in the same environment listens on (`STRATA_LISTEN`, an
+/// unspecified address reached on loopback), else the default listen address.
 fn bootstrap(given: Option<String>, env: &BTreeMap<String, String>) -> String {
     if let Some(given) = given {
         return given;
