@@ -212,6 +212,37 @@ async fn a_killed_leader_loses_no_acknowledged_record() {
         .await
         .unwrap();
     assert!(created.iter().all(Result::is_ok), "{created:?}");
+    // Explicit replica assignments are kept as given, preferred leader first.
+    let assigned: &[&[i32]] = &[&[2, 3, 1], &[3, 1, 2]];
+    let created = admin
+        .create_topics(
+            &[NewTopic::new(
+                "assigned",
+                2,
+                TopicReplication::Variable(assigned),
+            )],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .unwrap();
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    wait_for("the assigned topic led by its preferred replicas", || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()
+            .ok()?;
+        let metadata = consumer
+            .fetch_metadata(Some("assigned"), Duration::from_secs(5))
+            .ok()?;
+        let topic = metadata.topics().first()?;
+        let mut found: Vec<(i32, i32, Vec<i32>)> = topic
+            .partitions()
+            .iter()
+            .map(|p| (p.id(), p.leader(), p.replicas().to_vec()))
+            .collect();
+        found.sort();
+        (found == vec![(0, 2, vec![2, 3, 1]), (1, 3, vec![3, 1, 2])]).then_some(())
+    });
     wait_for("every partition led with three in-sync replicas", || {
         partition_states(&bootstrap)?
             .iter()

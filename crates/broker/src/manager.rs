@@ -116,6 +116,13 @@ pub struct PartitionManager {
     cluster: Option<Cluster>,
     /// ISR changes proposed by the partitions this broker leads, for the controller.
     isr_changes: Option<tokio::sync::mpsc::UnboundedSender<crate::replication::IsrChange>>,
+    /// Serialises [`PartitionManager::apply_cluster_state`] (two callers must never open one
+    /// partition twice) and holds the Raft index applied last, so an older state read by a slow
+    /// caller never rolls a replica's epoch back.
+    applied: Mutex<u64>,
+    /// Counts the applied metadata changes that moved a replica's role or epoch, or removed a
+    /// topic (the group coordinators follow the offsets partitions this broker leads).
+    roles: tokio::sync::watch::Sender<u64>,
 }
 
 impl PartitionManager {
@@ -196,6 +203,8 @@ impl PartitionManager {
             producer_ids: Mutex::new(producer_ids),
             cluster: None,
             isr_changes: None,
+            applied: Mutex::new(0),
+            roles: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -224,6 +233,8 @@ impl PartitionManager {
             }),
             cluster: Some(Cluster(Arc::clone(&node))),
             isr_changes: Some(isr_changes),
+            applied: Mutex::new(0),
+            roles: tokio::sync::watch::Sender::new(0),
         };
         let state = node.state().borrow().clone();
         manager.apply_cluster_state(&state, now_ms);
@@ -233,6 +244,11 @@ impl PartitionManager {
     /// The cluster node, when this broker is part of a cluster.
     pub fn cluster(&self) -> Option<&Arc<strata_cluster::ClusterNode>> {
         self.cluster.as_ref().map(|c| &c.0)
+    }
+
+    /// A receiver that changes whenever applied metadata moved a replica's role or epoch here.
+    pub fn watch_roles(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.roles.subscribe()
     }
 
     /// Hands an ISR change a leader proposed to the controller.
@@ -255,6 +271,11 @@ impl PartitionManager {
         state: &strata_cluster::ClusterState,
         now_ms: i64,
     ) -> Vec<Arc<Partition>> {
+        let mut applied = self.applied.lock();
+        if state.applied_index < *applied {
+            return Vec::new();
+        }
+        *applied = state.applied_index;
         let me = self.config.node_id();
         let mut changed = Vec::new();
         {
@@ -336,6 +357,7 @@ impl PartitionManager {
             *topics = updated;
             removed
         };
+        let removed_any = !removed.is_empty();
         for topic in removed {
             for partition in &topic.partitions {
                 if let Err(e) = partition.close(now_ms) {
@@ -347,6 +369,9 @@ impl PartitionManager {
                 }
             }
             tracing::info!(topic = %topic.name, "deleted topic");
+        }
+        if !changed.is_empty() || removed_any {
+            self.roles.send_modify(|n| *n += 1);
         }
         changed
     }
@@ -385,6 +410,63 @@ impl PartitionManager {
         }
     }
 
+    /// Creates a topic with the replicas CreateTopics named explicitly: `assignments[i]` holds
+    /// partition `i`'s brokers, preferred leader first. A single broker accepts only itself.
+    pub fn create_topic_assigned(
+        &self,
+        name: &str,
+        assignments: Vec<Vec<i32>>,
+        overrides: BTreeMap<String, String>,
+        validate_only: bool,
+        now_ms: i64,
+    ) -> Result<Arc<Topic>> {
+        use kafka_protocol::ResponseError as E;
+        let invalid = |message: String| Error::InvalidRequest {
+            code: E::InvalidReplicaAssignment,
+            message,
+        };
+        let Some(node) = self.cluster() else {
+            let me = self.config.node_id();
+            if assignments.iter().any(|a| a != &[me]) {
+                return Err(invalid(format!(
+                    "replica assignments may only name broker {me}, once"
+                )));
+            }
+            return self.create_topic(
+                name,
+                assignments.len() as i32,
+                -1,
+                overrides,
+                validate_only,
+                now_ms,
+            );
+        };
+        validate_topic_name(name)?;
+        check_partition_count(assignments.len() as i32)?;
+        config::validate_topic_overrides(&overrides)?;
+        let state = node.state().borrow().clone();
+        let rf = assignments.first().map_or(0, Vec::len);
+        for (i, replicas) in assignments.iter().enumerate() {
+            let mut distinct = replicas.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            if replicas.is_empty() || distinct.len() != replicas.len() || replicas.len() != rf {
+                return Err(invalid(format!(
+                    "partition {i}: {replicas:?} must name {rf} distinct brokers, as every partition"
+                )));
+            }
+            if let Some(unknown) = replicas.iter().find(|b| !state.brokers.contains_key(b)) {
+                return Err(invalid(format!(
+                    "partition {i}: broker {unknown} is not registered"
+                )));
+            }
+        }
+        if state.topics.contains_key(name) {
+            return Err(Error::TopicExists(name.to_string()));
+        }
+        self.cluster_submit_topic(name, assignments, overrides, validate_only)
+    }
+
     fn cluster_create_topic(
         &self,
         name: &str,
@@ -409,6 +491,17 @@ impl PartitionManager {
                     code: kafka_protocol::ResponseError::InvalidReplicationFactor,
                     message: e.to_string(),
                 })?;
+        self.cluster_submit_topic(name, assignments, overrides, validate_only)
+    }
+
+    fn cluster_submit_topic(
+        &self,
+        name: &str,
+        assignments: Vec<Vec<i32>>,
+        overrides: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<Arc<Topic>> {
+        let partitions = assignments.len() as i32;
         let topic_id = Uuid::new_v4();
         if validate_only {
             let record = TopicRecord {

@@ -45,7 +45,7 @@ pub(super) fn handle(
                     let mut result = result;
                     if version >= 5 {
                         result.num_partitions = created.partitions;
-                        result.replication_factor = 1;
+                        result.replication_factor = created.replication_factor;
                         result.configs = Some(created.configs);
                     }
                     if version >= 7 {
@@ -68,28 +68,12 @@ pub(super) fn handle(
 
 struct Created {
     partitions: i32,
+    replication_factor: i16,
     topic_id: uuid::Uuid,
     configs: Vec<CreatableTopicConfigs>,
 }
 
 fn create(ctx: &Context, topic: CreatableTopic, validate_only: bool) -> Result<Created> {
-    let mut partitions = topic.num_partitions;
-    let mut replication_factor = topic.replication_factor;
-    if !topic.assignments.is_empty() {
-        let node = ctx.node_id();
-        if topic
-            .assignments
-            .iter()
-            .any(|a| a.broker_ids.iter().any(|b| b.0 != node) || a.broker_ids.len() != 1)
-        {
-            return Err(Error::InvalidRequest {
-                code: ResponseError::InvalidReplicaAssignment,
-                message: format!("replica assignments may only name broker {node}, once"),
-            });
-        }
-        partitions = topic.assignments.len() as i32;
-        replication_factor = -1;
-    }
     let overrides: BTreeMap<String, String> = topic
         .configs
         .iter()
@@ -99,14 +83,48 @@ fn create(ctx: &Context, topic: CreatableTopic, validate_only: bool) -> Result<C
                 .map(|v| (c.name.to_string(), v.to_string()))
         })
         .collect();
-    let created = ctx.manager.create_topic(
-        &topic.name,
-        partitions,
-        replication_factor,
-        overrides,
-        validate_only,
-        now_ms(),
-    )?;
+    let created = if topic.assignments.is_empty() {
+        ctx.manager.create_topic(
+            &topic.name,
+            topic.num_partitions,
+            topic.replication_factor,
+            overrides,
+            validate_only,
+            now_ms(),
+        )?
+    } else {
+        if topic.num_partitions != -1 || topic.replication_factor != -1 {
+            return Err(Error::InvalidRequest {
+                code: ResponseError::InvalidRequest,
+                message: "give either replica assignments or a partition count and replication \
+                          factor (-1), not both"
+                    .to_string(),
+            });
+        }
+        let mut assignments = topic.assignments.clone();
+        assignments.sort_by_key(|a| a.partition_index);
+        if assignments
+            .iter()
+            .enumerate()
+            .any(|(i, a)| a.partition_index != i as i32)
+        {
+            return Err(Error::InvalidRequest {
+                code: ResponseError::InvalidReplicaAssignment,
+                message: "replica assignments must cover partitions 0..n, each once".to_string(),
+            });
+        }
+        let replicas = assignments
+            .iter()
+            .map(|a| a.broker_ids.iter().map(|b| b.0).collect())
+            .collect();
+        ctx.manager.create_topic_assigned(
+            &topic.name,
+            replicas,
+            overrides,
+            validate_only,
+            now_ms(),
+        )?
+    };
     let configs = super::describe_configs::topic_entries(ctx, &created, None)
         .into_iter()
         .map(|e| {
@@ -116,13 +134,20 @@ fn create(ctx: &Context, topic: CreatableTopic, validate_only: bool) -> Result<C
                 .with_config_source(e.source)
         })
         .collect();
-    let partitions = if partitions == -1 {
-        ctx.manager.config().num_partitions()
-    } else {
-        partitions
-    };
+    let replication_factor = ctx
+        .manager
+        .cluster()
+        .and_then(|n| {
+            n.state()
+                .borrow()
+                .topics
+                .get(topic.name.as_str())
+                .and_then(|t| t.partitions.first().map(|p| p.replicas.len() as i16))
+        })
+        .unwrap_or(1);
     Ok(Created {
-        partitions,
+        partitions: created.partition_count,
+        replication_factor,
         topic_id: created.topic_id,
         configs,
     })

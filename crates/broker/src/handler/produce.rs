@@ -23,9 +23,18 @@ use crate::partition::{CommitWait, Partition};
 pub(super) struct Pending {
     response: ProduceResponse,
     version: i16,
-    /// `(topic index, partition index in it, partition, last offset, leader epoch)`.
-    waits: Vec<(usize, usize, Arc<Partition>, i64, i32)>,
+    waits: Vec<Wait>,
     timeout: Duration,
+}
+
+/// A batch an `acks=all` answer waits for.
+struct Wait {
+    /// Where its answer is: topic index and partition index within it.
+    at: (usize, usize),
+    partition: Arc<Partition>,
+    last_offset: i64,
+    leader_epoch: i32,
+    min_insync: usize,
 }
 
 /// What a produce request gets.
@@ -67,8 +76,9 @@ pub(super) fn handle(ctx: &Context, version: i16, request: ProduceRequest) -> Ou
                         acks_all,
                         answer,
                     );
-                    if let Some((partition, last_offset, epoch)) = wait {
-                        waits.push((t, p, partition, last_offset, epoch));
+                    if let Some(mut wait) = wait {
+                        wait.at = (t, p);
+                        waits.push(wait);
                     }
                     answer
                 })
@@ -146,9 +156,23 @@ pub(super) async fn finish(pending: Pending) -> ProduceResponse {
         timeout,
     } = pending;
     let deadline = tokio::time::Instant::now() + timeout;
-    for (t, p, partition, last_offset, epoch) in waits {
+    for wait in waits {
+        let Wait {
+            at: (t, p),
+            partition,
+            last_offset,
+            leader_epoch,
+            min_insync,
+        } = wait;
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let code = match partition.wait_committed(last_offset, epoch, left).await {
+        let code = match partition
+            .wait_committed(last_offset, leader_epoch, left)
+            .await
+        {
+            // Kafka's check after the append: the ISR that has it may have shrunk meanwhile.
+            CommitWait::Committed if partition.assignment().isr.len() < min_insync => {
+                ResponseError::NotEnoughReplicasAfterAppend
+            }
             CommitWait::Committed => continue,
             CommitWait::NotLeader => ResponseError::NotLeaderOrFollower,
             CommitWait::TimedOut => ResponseError::RequestTimedOut,
@@ -168,7 +192,7 @@ pub(super) async fn finish(pending: Pending) -> ProduceResponse {
 }
 
 /// The partition's answer, and what an `acks=all` answer must wait for.
-type Produced = (PartitionProduceResponse, Option<(Arc<Partition>, i64, i32)>);
+type Produced = (PartitionProduceResponse, Option<Wait>);
 
 fn produce_partition(
     ctx: &Context,
@@ -185,11 +209,11 @@ fn produce_partition(
         let records = records.unwrap_or_default();
         let now = now_ms();
         let replicated = partition.assignment().replicas.len() > 1;
+        let min_insync = ctx
+            .manager
+            .topic(topic)
+            .map_or(1, |t| t.config.min_insync_replicas());
         if acks_all && replicated {
-            let min_insync = ctx
-                .manager
-                .topic(topic)
-                .map_or(1, |t| t.config.min_insync_replicas());
             let isr = partition.assignment().isr.len();
             if isr < min_insync {
                 return Err(Error::NotEnoughReplicas(format!(
@@ -204,11 +228,13 @@ fn produce_partition(
             partition.append(records, now)?
         };
         if acks_all && replicated {
-            wait = Some((
-                Arc::clone(&partition),
-                info.last_offset,
-                partition.leader_epoch(),
-            ));
+            wait = Some(Wait {
+                at: (0, 0),
+                partition: Arc::clone(&partition),
+                last_offset: info.last_offset,
+                leader_epoch: partition.leader_epoch(),
+                min_insync,
+            });
         }
         Ok((info, partition.log_start_offset()))
     });
