@@ -292,6 +292,8 @@ pub const BROKER_SETTINGS: &[(&str, &str, ConfigType)] = &[
         ConfigType::Long(1),
     ),
     ("offsets.retention.minutes", "10080", ConfigType::Int(1)),
+    ("offsets.topic.num.partitions", "50", ConfigType::Int(1)),
+    ("offsets.topic.replication.factor", "3", ConfigType::Int(1)),
     ("queued.max.request.bytes", "536870912", ConfigType::Long(1)),
     ("replica.lag.time.max.ms", "30000", ConfigType::Long(1)),
     ("socket.request.max.bytes", "104857600", ConfigType::Int(1)),
@@ -531,6 +533,18 @@ impl BrokerConfig {
             offsets_retention_ms: self.long("offsets.retention.minutes") * 60_000,
             offset_metadata_max_bytes: self.long("offset.metadata.max.bytes") as usize,
         }
+    }
+
+    /// `offsets.topic.num.partitions`: partitions of `__consumer_offsets` (a cluster's).
+    pub fn offsets_topic_num_partitions(&self) -> i32 {
+        self.long("offsets.topic.num.partitions")
+            .min(i64::from(crate::manager::PARTITIONS_MAX)) as i32
+    }
+
+    /// `offsets.topic.replication.factor`: replicas of each `__consumer_offsets` partition.
+    pub fn offsets_topic_replication_factor(&self) -> i16 {
+        self.long("offsets.topic.replication.factor")
+            .min(i64::from(i16::MAX)) as i16
     }
 
     /// `offsets.retention.check.interval.ms`.

@@ -137,6 +137,11 @@ pub fn coordinator_error_code(error: &strata_coordinator::Error) -> ResponseErro
         E::GroupNotFound { .. } => ResponseError::GroupIdNotFound,
         E::NonEmptyGroup { .. } => ResponseError::NonEmptyGroup,
         E::Refused { code, .. } => *code,
+        // The offsets partition moved or failed: the client finds the coordinator again.
+        E::NotCoordinator { .. } => ResponseError::NotCoordinator,
+        // As Kafka maps a failed write to its offsets topic (NOT_ENOUGH_REPLICAS,
+        // REQUEST_TIMED_OUT): retriable, the client retries the commit.
+        E::NotEnoughReplicas { .. } | E::TimedOut { .. } => ResponseError::CoordinatorNotAvailable,
         // The offsets log failed, is corrupt, or was closed at shutdown: the commit or deletion
         // was not stored.
         _ => ResponseError::KafkaStorageError,

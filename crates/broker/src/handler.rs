@@ -34,6 +34,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use kafka_protocol::ResponseError;
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use strata_coordinator::GroupCoordinator;
@@ -51,7 +52,9 @@ pub(crate) use api_versions::SUPPORTED_APIS;
 #[derive(Debug)]
 pub(crate) struct Context {
     pub(crate) manager: Arc<PartitionManager>,
-    pub(crate) coordinator: Arc<GroupCoordinator>,
+    /// The group coordinators: one for every group, or in a cluster one per offsets partition
+    /// this broker leads.
+    pub(crate) groups: Arc<crate::groups::Groups>,
     /// Historic reads from the lake.
     pub(crate) lake: Arc<crate::lake_view::LakeView>,
     /// Host given to clients in Metadata and DescribeCluster.
@@ -67,28 +70,39 @@ impl Context {
         self.manager.config().node_id()
     }
 
-    /// The broker coordinating group `key`: this one for a single broker; in a cluster the live
-    /// broker a stable hash of the key picks among the unfenced ones (sorted by id).
-    pub(crate) fn group_coordinator(&self, key: &str) -> (i32, String, i32) {
-        let me = (
-            self.node_id(),
-            self.advertised_host.clone(),
-            self.advertised_port,
-        );
+    /// The broker coordinating group `key` as `(id, host, port)`: this one for a single broker;
+    /// in a cluster the leader of the group's `__consumer_offsets` partition, or
+    /// COORDINATOR_NOT_AVAILABLE while the topic does not exist or that partition has no live
+    /// leader.
+    pub(crate) fn group_coordinator(&self, key: &str) -> Result<(i32, String, i32), ResponseError> {
         let Some(node) = self.manager.cluster() else {
-            return me;
+            return Ok((
+                self.node_id(),
+                self.advertised_host.clone(),
+                self.advertised_port,
+            ));
         };
         let state = node.state().borrow().clone();
-        let live: Vec<_> = state.brokers.values().filter(|b| !b.fenced).collect();
-        if live.is_empty() {
-            return me;
-        }
-        // FNV-1a: the same on every broker and every run.
-        let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-        });
-        let chosen = live[(hash % live.len() as u64) as usize];
-        (chosen.id, chosen.host.clone(), i32::from(chosen.port))
+        let partitions = state
+            .topics
+            .get(crate::groups::OFFSETS_TOPIC)
+            .map(|t| &t.partitions)
+            .filter(|p| !p.is_empty())
+            .ok_or(ResponseError::CoordinatorNotAvailable)?;
+        let index = crate::groups::partition_for(key, partitions.len() as i32);
+        let leader = partitions[index as usize].leader;
+        let broker = state
+            .brokers
+            .get(&leader)
+            .filter(|b| !b.fenced)
+            .ok_or(ResponseError::CoordinatorNotAvailable)?;
+        Ok((broker.id, broker.host.clone(), i32::from(broker.port)))
+    }
+
+    /// The coordinator of `group` here, or the error its requests get (NOT_COORDINATOR when
+    /// another broker coordinates it).
+    pub(crate) fn coordinator(&self, group: &str) -> Result<Arc<GroupCoordinator>, ResponseError> {
+        self.groups.of(&self.manager, group)
     }
 }
 
@@ -229,12 +243,37 @@ fn route(
         RequestKind::FindCoordinator(r) => find_coordinator::handle(ctx, version, r).into(),
         RequestKind::Heartbeat(r) => heartbeat::handle(ctx, r).into(),
         RequestKind::LeaveGroup(r) => leave_group::handle(ctx, version, r).into(),
-        RequestKind::OffsetCommit(r) => offset_commit::handle(ctx, version, r).into(),
+        RequestKind::OffsetCommit(r) => {
+            // Stored now, in request order; answered once durable (replicated, in a cluster).
+            let pending = offset_commit::start(ctx, version, r);
+            return Ok(later(
+                ApiKey::OffsetCommit,
+                version,
+                correlation_id,
+                async move { offset_commit::finish(pending).await.into() },
+            ));
+        }
         RequestKind::OffsetFetch(r) => offset_fetch::handle(ctx, version, r).into(),
         RequestKind::ListGroups(r) => list_groups::handle(ctx, version, r).into(),
         RequestKind::DescribeGroups(r) => describe_groups::handle(ctx, version, r).into(),
-        RequestKind::DeleteGroups(r) => delete_groups::handle(ctx, r).into(),
-        RequestKind::OffsetDelete(r) => offset_delete::handle(ctx, r).into(),
+        RequestKind::DeleteGroups(r) => {
+            let pending = delete_groups::start(ctx, r);
+            return Ok(later(
+                ApiKey::DeleteGroups,
+                version,
+                correlation_id,
+                async move { delete_groups::finish(pending).await.into() },
+            ));
+        }
+        RequestKind::OffsetDelete(r) => {
+            let pending = offset_delete::start(ctx, r);
+            return Ok(later(
+                ApiKey::OffsetDelete,
+                version,
+                correlation_id,
+                async move { offset_delete::finish(pending).await.into() },
+            ));
+        }
         RequestKind::ListOffsets(r) => {
             // A timestamp search may read the lake: it runs apart like a waiting fetch.
             let ctx = Arc::clone(ctx);
@@ -304,11 +343,12 @@ pub(crate) mod tests {
         let config = BrokerConfig::for_dir(dir.to_path_buf(), "127.0.0.1:0".parse().unwrap());
         let coordinator =
             GroupCoordinator::open(&dir.join("offsets"), config.coordinator_config(), 0).unwrap();
+        let groups = crate::groups::Groups::single(coordinator, config.coordinator_config());
         let manager =
             PartitionManager::open(config, Box::new(LocalMetadataStore::new(dir)), 0).unwrap();
         Arc::new(Context {
             manager: Arc::new(manager),
-            coordinator: Arc::new(coordinator),
+            groups: Arc::new(groups),
             lake: Arc::new(crate::lake_view::LakeView::new(
                 strata_lake::Lake::new(Arc::new(object_store::memory::InMemory::new())),
                 1 << 20,

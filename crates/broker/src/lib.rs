@@ -21,6 +21,9 @@
 //! - consumer groups and their committed offsets live in their own crate, `strata-coordinator`:
 //!   the group handlers (`handler/join_group.rs`, `handler/offset_commit.rs`, …) call its
 //!   `GroupCoordinator`, and [`error`] maps its errors to Kafka codes.
+//! - `groups`: which coordinator serves a group: a single broker's one, or in a cluster one per
+//!   partition of the replicated `__consumer_offsets` this broker leads, loaded from the
+//!   partition's log when it becomes leader (group coordinator failover).
 //! - `offload`: the background pipeline that moves sealed segments into the lake.
 //! - `open_files`: the open-files limit, raised at start and shared with the log's file cache.
 //! - `clock`: the wall clock, read at the edges; decisions take `now_ms` as an argument.
@@ -44,6 +47,7 @@ pub mod config;
 mod dir_lock;
 pub mod error;
 pub mod frame;
+mod groups;
 mod handler;
 mod lake_view;
 pub mod manager;

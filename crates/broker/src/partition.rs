@@ -352,6 +352,19 @@ impl Partition {
         Ok(())
     }
 
+    /// Moves the log start offset up to `offset`, at most to the high watermark, and deletes the
+    /// whole segments below it (Kafka's DeleteRecords). The leader of a `__consumer_offsets`
+    /// partition calls it once a snapshot of its state is committed; its followers follow.
+    pub fn delete_records_before(&self, offset: i64) -> Result<()> {
+        let upto = offset.min(self.high_watermark());
+        let start = self.with_log(|log| {
+            log.delete_segments_before(upto)?;
+            Ok(log.log_start_offset())
+        })?;
+        self.log_start_offset.store(start, Ordering::Release);
+        Ok(())
+    }
+
     /// Where leader epoch `epoch` ended in this replica's log (OffsetForLeaderEpoch).
     pub fn end_offset_for_epoch(&self, epoch: i32) -> Result<Option<(i32, i64)>> {
         self.with_log(|log| Ok(log.end_offset_for_epoch(epoch)))

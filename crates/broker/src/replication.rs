@@ -420,7 +420,10 @@ async fn replicate_once(
                         partition.append_replicated(&records, data.high_watermark, now)
                     });
                     match appended {
-                        Ok(_) => progressed = true,
+                        Ok(_) => {
+                            progressed = true;
+                            crate::groups::follow_log_start(partition, data.log_start_offset);
+                        }
                         Err(e) => {
                             tracing::warn!(topic = partition.topic(), partition = partition.index(),
                                 error = %e, "appending replicated batches failed; truncating anew");

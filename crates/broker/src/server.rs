@@ -19,6 +19,7 @@ use crate::config::BrokerConfig;
 use crate::dir_lock::DataDirLock;
 use crate::error::{Error, Result};
 use crate::frame;
+use crate::groups::Groups;
 use crate::handler::{self, Context, Reply};
 use crate::manager::PartitionManager;
 use crate::metadata::LocalMetadataStore;
@@ -98,54 +99,64 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
         advertised_endpoint(advertised.as_deref(), local_addr)?;
     let shutdown = CancellationToken::new();
     let mut replication = None;
-    let (manager, coordinator) = if config.is_clustered() {
+    let (manager, groups) = if config.is_clustered() {
         let (node, isr_tx, isr_rx) =
             start_cluster_node(&config, &advertised_host, advertised_port).await?;
-        let offsets_dir = data_dir.join("internal").join("__consumer_offsets-0");
-        let (manager, coordinator) = {
+        // Group state lives in the replicated __consumer_offsets (crate::groups).
+        let groups = Groups::cluster(config.coordinator_config());
+        let manager = {
             let node = Arc::clone(&node);
-            tokio::task::spawn_blocking(move || -> Result<_> {
-                let coordinator =
-                    GroupCoordinator::open(&offsets_dir, config.coordinator_config(), now_ms())?;
-                let manager = PartitionManager::open_cluster(config, node, isr_tx, now_ms())?;
-                Ok((manager, coordinator))
+            tokio::task::spawn_blocking(move || {
+                PartitionManager::open_cluster(config, node, isr_tx, now_ms())
             })
             .await
             .map_err(|e| Error::Metadata(format!("opening the data folder panicked: {e}")))??
         };
         replication = Some((node, isr_rx));
-        (manager, coordinator)
+        (manager, groups)
     } else {
         let lake_state = read_lake_state(&lake).await;
         tokio::task::spawn_blocking(move || -> Result<_> {
             let offsets_dir = data_dir.join("internal").join("__consumer_offsets-0");
             let coordinator =
                 GroupCoordinator::open(&offsets_dir, config.coordinator_config(), now_ms())?;
+            let groups = Groups::single(coordinator, config.coordinator_config());
             let store = Box::new(LocalMetadataStore::new(&data_dir));
             let manager = PartitionManager::open_with_lake(config, store, &lake_state, now_ms())?;
-            Ok((manager, coordinator))
+            Ok((manager, groups))
         })
         .await
         .map_err(|e| Error::Metadata(format!("opening the data folder panicked: {e}")))??
     };
     let manager = Arc::new(manager);
-    let replication = replication.map(|(node, isr_rx)| {
-        tokio::spawn(crate::replication::run(
+    let groups = Arc::new(groups);
+    let mut background = Vec::new();
+    if let Some((node, isr_rx)) = replication {
+        background.push(tokio::spawn(crate::replication::run(
             Arc::clone(&manager),
             node,
             isr_rx,
             shutdown.clone(),
-        ))
-    });
+        )));
+        background.push(tokio::spawn(crate::groups::run(
+            Arc::clone(&groups),
+            Arc::clone(&manager),
+            shutdown.clone(),
+        )));
+        background.push(tokio::spawn(crate::groups::ensure_topic(
+            Arc::clone(&manager),
+            shutdown.clone(),
+        )));
+    }
     let ctx = Arc::new(Context {
         manager,
-        coordinator: Arc::new(coordinator),
+        groups,
         lake,
         advertised_host,
         advertised_port,
         shutdown: shutdown.clone(),
     });
-    let task = tokio::spawn(run(ctx, listener, dir_lock, replication));
+    let task = tokio::spawn(run(ctx, listener, dir_lock, background));
     Ok(BrokerHandle {
         local_addr,
         shutdown,
@@ -266,11 +277,13 @@ fn advertised_endpoint(advertised: Option<&str>, bound: SocketAddr) -> Result<(S
     Ok((host.trim_matches(['[', ']']).to_string(), i32::from(port)))
 }
 
+/// Serves until shutdown; `background` are the cluster's tasks (replication, the group
+/// coordinators' leadership), stopped before the logs close.
 async fn run(
     ctx: Arc<Context>,
     listener: TcpListener,
     dir_lock: DataDirLock,
-    replication: Option<JoinHandle<()>>,
+    background: Vec<JoinHandle<()>>,
 ) {
     let tracker = TaskTracker::new();
     let maintenance = tokio::spawn(maintain(Arc::clone(&ctx)));
@@ -321,14 +334,14 @@ async fn run(
     }
     maintenance.abort();
     group_timers.abort();
-    if let Some(replication) = replication {
-        replication.abort();
+    for task in background {
+        task.abort();
     }
     // An upload cut short here is redone at the next start: nothing is committed half-way.
     offloader.abort();
-    let (manager, coordinator) = (Arc::clone(&ctx.manager), Arc::clone(&ctx.coordinator));
+    let (manager, groups) = (Arc::clone(&ctx.manager), Arc::clone(&ctx.groups));
     let _ = tokio::task::spawn_blocking(move || {
-        coordinator.close(now_ms());
+        groups.close(now_ms());
         manager.close(now_ms());
     })
     .await;
@@ -365,7 +378,7 @@ async fn tick_groups(ctx: Arc<Context>) {
         if expire {
             last_expiry_ms = now;
         }
-        ctx.coordinator.tick(now, expire);
+        ctx.groups.tick(now, expire);
     }
 }
 

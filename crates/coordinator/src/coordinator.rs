@@ -1,5 +1,6 @@
-//! The coordinator of every group: one lock over the groups' state machines and their committed
-//! offsets, each change written to the offsets log before it is answered.
+//! The coordinator of a set of groups (a single broker's every group, or in a cluster the groups
+//! of one `__consumer_offsets` partition): one lock over the groups' state machines and their
+//! committed offsets, each change written to the offsets log before it is answered.
 
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
@@ -10,7 +11,8 @@ use kafka_protocol::ResponseError;
 
 use crate::error::{Error, Result};
 use crate::group::{Answer, Group, GroupState, GroupTimeouts, JoinRequest, JoinResult, SyncResult};
-use crate::store::{CommittedOffset, GroupRecord, OffsetStore, StoreKey, StoreState, StoreValue};
+use crate::offsets_log::{Durable, LocalOffsetsLog, OffsetsLog};
+use crate::store::{CommittedOffset, OffsetStore, StoreKey, StoreState, StoreValue};
 
 /// Group and offset settings, from Kafka's broker settings.
 #[derive(Debug, Clone, Copy)]
@@ -54,17 +56,42 @@ pub struct GroupDescription {
 /// A partition's outcome in a commit or a fetch of offsets.
 pub type PartitionOffsets = Vec<(String, i32, Option<CommittedOffset>)>;
 
-/// The coordinator of every group.
+/// What a group's record keeps besides its generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    /// The generation only: members rejoin after the coordinator restarts (a single broker's
+    /// records, as they have always been).
+    Generation,
+    /// The protocol and the members of each stable generation too (Kafka's group metadata): a
+    /// coordinator that takes the groups over (a new leader of their offsets partition) resumes
+    /// them without a rebalance.
+    Members,
+}
+
+/// The coordinator of a set of groups.
 #[derive(Debug)]
 pub struct GroupCoordinator {
     config: CoordinatorConfig,
+    membership: Membership,
     inner: Mutex<Inner>,
 }
 
 impl GroupCoordinator {
-    /// Opens the offsets log under `dir` and restores groups and offsets from it.
+    /// Opens a single broker's local offsets log under `dir` and restores groups and offsets
+    /// from it.
     pub fn open(dir: &Path, config: CoordinatorConfig, now_ms: i64) -> Result<Self> {
-        let (store, state) = OffsetStore::open(dir, now_ms)?;
+        let log = LocalOffsetsLog::open(dir, now_ms)?;
+        Self::load(Box::new(log), config, Membership::Generation, now_ms)
+    }
+
+    /// Restores groups and offsets by replaying `log`, then writes their changes to it.
+    pub fn load(
+        log: Box<dyn OffsetsLog>,
+        config: CoordinatorConfig,
+        membership: Membership,
+        now_ms: i64,
+    ) -> Result<Self> {
+        let (store, state) = OffsetStore::load(log)?;
         let mut groups: HashMap<String, Entry> = HashMap::new();
         for (key, value) in &state {
             match (key, value) {
@@ -81,15 +108,15 @@ impl GroupCoordinator {
                         .insert((topic.clone(), *partition), o.clone());
                 }
                 (StoreKey::Group { group }, StoreValue::Group(g)) => {
-                    entry(&mut groups, group, g.generation_id, now_ms)
-                        .group
-                        .generation_id = g.generation_id;
+                    entry(&mut groups, group, g.generation_id, now_ms).group =
+                        Group::restore(group, g, now_ms);
                 }
                 _ => {}
             }
         }
         Ok(Self {
             config,
+            membership,
             inner: Mutex::new(Inner {
                 groups,
                 store: Some(store),
@@ -117,8 +144,8 @@ impl GroupCoordinator {
             self.config.timeouts,
             now_ms,
         );
-        if let Some(generation_id) = completed {
-            inner.persist_generation(group_id, generation_id, now_ms);
+        if completed.is_some() {
+            inner.persist_group(group_id, self.membership, now_ms);
         }
         answer
     }
@@ -134,15 +161,24 @@ impl GroupCoordinator {
         now_ms: i64,
     ) -> Answer<SyncResult> {
         let mut inner = self.lock();
-        match inner.groups.get_mut(group_id) {
-            Some(e) => e
-                .group
-                .sync(member_id, instance, generation_id, assignments, now_ms),
-            None => Answer::Now(SyncResult {
+        let Some(e) = inner.groups.get_mut(group_id) else {
+            return Answer::Now(SyncResult {
                 error: ResponseError::UnknownMemberId.code(),
                 ..SyncResult::default()
-            }),
+            });
+        };
+        let before = e.group.state;
+        let answer = e
+            .group
+            .sync(member_id, instance, generation_id, assignments, now_ms);
+        // The leader's assignment made the generation stable: its members are worth keeping.
+        if self.membership == Membership::Members
+            && before != GroupState::Stable
+            && e.group.state == GroupState::Stable
+        {
+            inner.persist_group(group_id, self.membership, now_ms);
         }
+        answer
     }
 
     /// Heartbeat: the error code.
@@ -178,13 +214,14 @@ impl GroupCoordinator {
             });
         };
         let (codes, completed) = e.group.leave(members, self.config.timeouts, now_ms);
-        if let Some(generation_id) = completed {
-            inner.persist_generation(group_id, generation_id, now_ms);
+        if completed.is_some() {
+            inner.persist_group(group_id, self.membership, now_ms);
         }
         Ok(codes)
     }
 
-    /// OffsetCommit: checks membership, then stores every offset in one durable append.
+    /// OffsetCommit: checks membership, then stores every offset in one append. Returns an error
+    /// code per offset, and when the append is durable (answer the client then).
     pub fn commit(
         &self,
         group_id: &str,
@@ -193,7 +230,7 @@ impl GroupCoordinator {
         generation_id: i32,
         offsets: Vec<(String, i32, CommittedOffset)>,
         now_ms: i64,
-    ) -> Result<Vec<i16>> {
+    ) -> Result<(Vec<i16>, Durable)> {
         if group_id.is_empty() {
             return Err(Error::InvalidGroupId);
         }
@@ -230,14 +267,14 @@ impl GroupCoordinator {
                 )
             })
             .collect();
-        inner.write(&records, now_ms).inspect_err(|e| {
+        let durable = inner.write(&records, now_ms).inspect_err(|e| {
             tracing::error!(group = group_id, error = %e, "writing committed offsets");
         })?;
         let entry = inner.groups.get_mut(group_id).expect("created above");
         for (topic, partition, o) in accepted {
             entry.offsets.insert((topic, partition), o);
         }
-        Ok(codes)
+        Ok((codes, durable))
     }
 
     /// OffsetFetch: committed offsets of the requested partitions, or of every partition with one.
@@ -314,8 +351,9 @@ impl GroupCoordinator {
         })
     }
 
-    /// DeleteGroups: only empty groups; their offsets go too.
-    pub fn delete_group(&self, group_id: &str, now_ms: i64) -> Result<()> {
+    /// DeleteGroups: only empty groups; their offsets go too. Resolves the returned future once
+    /// the deletion is durable.
+    pub fn delete_group(&self, group_id: &str, now_ms: i64) -> Result<Durable> {
         let mut inner = self.lock();
         let Some(e) = inner.groups.get(group_id) else {
             return Err(Error::GroupNotFound {
@@ -339,18 +377,19 @@ impl GroupCoordinator {
             },
             None,
         ));
-        inner.write(&records, now_ms)?;
+        let durable = inner.write(&records, now_ms)?;
         inner.groups.remove(group_id);
-        Ok(())
+        Ok(durable)
     }
 
     /// OffsetDelete: removes offsets of partitions of topics the group does not subscribe to.
+    /// Returns an error code per partition, and when the removal is durable.
     pub fn delete_offsets(
         &self,
         group_id: &str,
         partitions: &[(String, i32)],
         now_ms: i64,
-    ) -> Result<Vec<i16>> {
+    ) -> Result<(Vec<i16>, Durable)> {
         let mut inner = self.lock();
         let Some(e) = inner.groups.get(group_id) else {
             return Err(Error::GroupNotFound {
@@ -378,25 +417,25 @@ impl GroupCoordinator {
             .iter()
             .map(|(t, p)| (offset_key(group_id, t, *p), None))
             .collect();
-        inner.write(&records, now_ms)?;
+        let durable = inner.write(&records, now_ms)?;
         let e = inner.groups.get_mut(group_id).expect("checked");
         for key in doomed {
             e.offsets.remove(&key);
         }
-        Ok(codes)
+        Ok((codes, durable))
     }
 
     /// Timers of every group, and offset expiry of empty groups when `expire_offsets`.
     pub fn tick(&self, now_ms: i64, expire_offsets: bool) {
         let mut inner = self.lock();
-        let mut generations = Vec::new();
+        let mut completed = Vec::new();
         for (id, e) in inner.groups.iter_mut() {
-            if let Some(generation_id) = e.group.tick(self.config.timeouts, now_ms) {
-                generations.push((id.clone(), generation_id));
+            if e.group.tick(self.config.timeouts, now_ms).is_some() {
+                completed.push(id.clone());
             }
         }
-        for (id, generation_id) in generations {
-            inner.persist_generation(&id, generation_id, now_ms);
+        for id in completed {
+            inner.persist_group(&id, self.membership, now_ms);
         }
         if expire_offsets {
             inner.expire_offsets(self.config.offsets_retention_ms, now_ms);
@@ -420,30 +459,43 @@ impl GroupCoordinator {
 }
 
 impl Inner {
-    fn write(&mut self, records: &[(StoreKey, Option<StoreValue>)], now_ms: i64) -> Result<()> {
+    /// Appends the records; the future resolves once they are durable.
+    fn write(
+        &mut self,
+        records: &[(StoreKey, Option<StoreValue>)],
+        now_ms: i64,
+    ) -> Result<Durable> {
         if records.is_empty() {
-            return Ok(());
+            return Ok(crate::offsets_log::durable_now());
         }
         let store = self.store.as_mut().ok_or(Error::Closed)?;
-        store.append(records, now_ms)?;
+        let last = store.append(records, now_ms)?;
+        let durable = store.durable(last);
         for (key, value) in records {
             match value {
                 Some(v) => self.state.insert(key.clone(), v.clone()),
                 None => self.state.remove(key),
             };
         }
-        Ok(())
+        Ok(durable)
     }
 
-    fn persist_generation(&mut self, group_id: &str, generation_id: i32, now_ms: i64) {
+    /// Writes the group's record. Nobody waits for it: a group record lost with its
+    /// coordinator costs the members a rejoin, not an offset.
+    fn persist_group(&mut self, group_id: &str, membership: Membership, now_ms: i64) {
+        let Some(e) = self.groups.get(group_id) else {
+            return;
+        };
         let record = (
             StoreKey::Group {
                 group: group_id.into(),
             },
-            Some(StoreValue::Group(GroupRecord { generation_id })),
+            Some(StoreValue::Group(
+                e.group.record(membership == Membership::Members),
+            )),
         );
         if let Err(e) = self.write(&[record], now_ms) {
-            tracing::error!(group = group_id, error = %e, "persisting the group generation");
+            tracing::error!(group = group_id, error = %e, "persisting the group");
         }
     }
 
@@ -530,7 +582,7 @@ mod tests {
     fn offsets_survive_a_reopen_and_expire_for_empty_groups() {
         let dir = tempfile::tempdir().unwrap();
         let c = GroupCoordinator::open(dir.path(), CONFIG, 0).unwrap();
-        let codes = c
+        let (codes, _) = c
             .commit(
                 "g",
                 "",
@@ -547,7 +599,8 @@ mod tests {
         };
         assert_eq!(
             c.commit("g", "", None, -1, vec![("t".into(), 1, too_long)], 0)
-                .unwrap(),
+                .unwrap()
+                .0,
             vec![ResponseError::OffsetMetadataTooLarge.code()]
         );
         drop(c);
@@ -573,9 +626,10 @@ mod tests {
             c.delete_group("nope", 0),
             Err(Error::GroupNotFound { group }) if group == "nope"
         ));
-        c.commit("g", "", None, -1, vec![("t".into(), 0, committed(1, 0))], 0)
+        let _durable = c
+            .commit("g", "", None, -1, vec![("t".into(), 0, committed(1, 0))], 0)
             .unwrap();
-        c.delete_group("g", 0).unwrap();
+        let _durable = c.delete_group("g", 0).unwrap();
         drop(c);
         let c = GroupCoordinator::open(dir.path(), CONFIG, 0).unwrap();
         assert!(c.fetch_offsets("g", None).is_empty());
@@ -637,5 +691,50 @@ mod tests {
             Err(Error::Closed)
         ));
         assert!(c.fetch_offsets("h", None).is_empty(), "nothing was stored");
+    }
+
+    #[test]
+    fn a_coordinator_taking_over_keeps_stable_members_only_when_records_keep_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |membership| {
+            let log = LocalOffsetsLog::open(dir.path(), 0).unwrap();
+            GroupCoordinator::load(Box::new(log), CONFIG, membership, 0).unwrap()
+        };
+        let c = open(Membership::Members);
+        let member = join_member(&c);
+        let assignment = Bytes::from_static(b"t-0");
+        let Answer::Later(mut synced) = c.sync(
+            "g",
+            &member,
+            None,
+            1,
+            vec![(member.clone(), assignment.clone())],
+            0,
+        ) else {
+            panic!("the leader's sync completes the rebalance");
+        };
+        assert_eq!(synced.try_recv().unwrap().assignment, assignment);
+        drop(c); // the coordinator's broker dies
+
+        // A new coordinator resumes the stable group: same member, same generation.
+        let c = open(Membership::Members);
+        assert_eq!(c.heartbeat("g", &member, None, 1, 5_000), 0);
+        let described = c.describe("g").unwrap();
+        assert_eq!(described.state, "Stable");
+        assert_eq!(described.members[0].0, member);
+        assert_eq!(described.members[0].5, assignment);
+        let Answer::Now(again) = c.sync("g", &member, None, 1, vec![], 5_000) else {
+            panic!("a stable group answers a sync at once");
+        };
+        assert_eq!(again.assignment, assignment);
+        // Its session goes on with the heartbeats the new coordinator gets.
+        c.tick(5_000 + 10_000, false);
+        assert_eq!(c.describe("g").unwrap().state, "Stable");
+        drop(c);
+
+        // A single broker's records keep the generation only: the member must rejoin.
+        let c = GroupCoordinator::open(dir.path(), CONFIG, 0).unwrap();
+        let _ = c.commit("h", "", None, -1, vec![("t".into(), 0, committed(1, 0))], 0);
+        assert_eq!(c.describe("h").unwrap().state, "Empty");
     }
 }

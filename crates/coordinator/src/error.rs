@@ -29,6 +29,33 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// The offsets partition the coordinator writes to is no longer led by this broker, or its
+    /// replica failed (NOT_COORDINATOR: the client looks the coordinator up again).
+    #[error("not the coordinator: {reason}")]
+    NotCoordinator {
+        /// Why, naming the offsets partition.
+        reason: String,
+    },
+    /// The offsets partition has fewer in-sync replicas than `min.insync.replicas`: nothing was
+    /// written (COORDINATOR_NOT_AVAILABLE, retriable).
+    #[error("{partition} has {isr} in-sync replicas, min.insync.replicas is {min_insync}")]
+    NotEnoughReplicas {
+        /// The offsets partition.
+        partition: String,
+        /// In-sync replicas now.
+        isr: usize,
+        /// `min.insync.replicas`.
+        min_insync: usize,
+    },
+    /// The in-sync replicas did not confirm a write in time; it may still be committed
+    /// (REQUEST_TIMED_OUT, retriable).
+    #[error("{partition}: the in-sync replicas did not confirm offset {offset} in time")]
+    TimedOut {
+        /// The offsets partition.
+        partition: String,
+        /// The last offset written.
+        offset: i64,
+    },
     /// A write after [`GroupCoordinator::close`](crate::GroupCoordinator::close) (KAFKA_STORAGE_ERROR).
     #[error("the group coordinator is closed")]
     Closed,

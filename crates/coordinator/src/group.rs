@@ -10,6 +10,8 @@ use bytes::Bytes;
 use kafka_protocol::ResponseError;
 use tokio::sync::oneshot;
 
+use crate::store::{GroupRecord, MemberRecord};
+
 /// Group states, named as Kafka names them in DescribeGroups and ListGroups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupState {
@@ -209,6 +211,78 @@ impl Group {
             empty_since_ms: now_ms,
             next_member_number: 0,
         }
+    }
+
+    /// A group as its record left it: a stable generation's members come back with their
+    /// assignments and fresh sessions (a coordinator taking over counts their session timeouts
+    /// from now, as Kafka does); a record without members is an empty group at its generation.
+    pub fn restore(group_id: &str, record: &GroupRecord, now_ms: i64) -> Self {
+        let mut group = Self::new(group_id, record.generation_id, now_ms);
+        let (Some(protocol), Some(leader)) = (&record.protocol_name, &record.leader) else {
+            return group;
+        };
+        if !record.members.iter().any(|m| m.member_id == *leader) {
+            return group;
+        }
+        for m in &record.members {
+            if let Some(instance) = &m.group_instance_id {
+                group
+                    .static_members
+                    .insert(instance.clone(), m.member_id.clone());
+            }
+            group.members.insert(
+                m.member_id.clone(),
+                Member {
+                    member_id: m.member_id.clone(),
+                    group_instance_id: m.group_instance_id.clone(),
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    session_timeout_ms: m.session_timeout_ms,
+                    rebalance_timeout_ms: m.rebalance_timeout_ms,
+                    protocols: vec![(protocol.clone(), m.metadata.clone())],
+                    assignment: m.assignment.clone(),
+                    last_heartbeat_ms: now_ms,
+                    join_waiter: None,
+                    sync_waiter: None,
+                },
+            );
+        }
+        group.state = GroupState::Stable;
+        group.protocol_type = record.protocol_type.clone();
+        group.protocol_name = Some(protocol.clone());
+        group.leader = Some(leader.clone());
+        group
+    }
+
+    /// The group's record: its generation, and with `members` (and only when stable) its
+    /// protocol and members with their assignments.
+    pub fn record(&self, members: bool) -> GroupRecord {
+        let mut record = GroupRecord {
+            generation_id: self.generation_id,
+            ..GroupRecord::default()
+        };
+        if !members || self.state != GroupState::Stable {
+            return record;
+        }
+        let protocol = self.protocol_name.clone().unwrap_or_default();
+        record.protocol_type = self.protocol_type.clone();
+        record.leader = self.leader.clone();
+        record.members = self
+            .members
+            .values()
+            .map(|m| MemberRecord {
+                member_id: m.member_id.clone(),
+                group_instance_id: m.group_instance_id.clone(),
+                client_id: m.client_id.clone(),
+                client_host: m.client_host.clone(),
+                session_timeout_ms: m.session_timeout_ms,
+                rebalance_timeout_ms: m.rebalance_timeout_ms,
+                metadata: m.metadata(&protocol),
+                assignment: m.assignment.clone(),
+            })
+            .collect();
+        record.protocol_name = Some(protocol);
+        record
     }
 
     fn new_member_id(&mut self, client_id: &str) -> String {

@@ -1,16 +1,21 @@
 //! # strata-coordinator
 //!
 //! The group coordinator of Strata: consumer groups under Kafka's classic group protocol
-//! (membership, rebalances, assignments) and their committed offsets, kept durably in an internal
-//! `strata-log` log. No sockets and no clock: the broker decodes requests, passes `now_ms`, and maps
-//! [`Error`] to Kafka error codes.
+//! (membership, rebalances, assignments) and their committed offsets, kept durably as records in
+//! an offsets log: a local `strata-log` log for a single broker, or (implemented by the broker) its
+//! replicated partition of `__consumer_offsets` in a cluster. No sockets and no clock: the broker
+//! decodes requests, passes `now_ms`, waits for the [`Durable`] futures of writes before
+//! answering, and maps [`Error`] to Kafka error codes.
 //!
 //! ## Layout
-//! - `coordinator`: [`GroupCoordinator`], every group and its offsets behind one lock; each change
-//!   is written to the offsets log before it is answered; timers and offset expiry on `tick`.
+//! - `coordinator`: [`GroupCoordinator`], a set of groups and their offsets behind one lock; each
+//!   change is appended to the offsets log before it is answered; timers, offset expiry and
+//!   compaction on `tick`.
 //! - [`group`]: the classic-protocol state machine of one group, pure and driven by `now_ms`.
-//! - [`store`]: the offsets log (`__consumer_offsets`-like records), replayed at start and
-//!   compacted as it grows.
+//! - [`store`]: what the offsets log's records mean (`__consumer_offsets`-like keys and values),
+//!   replayed on load, and its compaction by snapshot.
+//! - [`offsets_log`]: the [`OffsetsLog`] trait the records are written through, and
+//!   [`LocalOffsetsLog`], a single broker's implementation.
 //! - [`error`]: the error type; the broker turns it into Kafka codes.
 //!
 //! ## Example
@@ -35,7 +40,9 @@
 //!     commit_timestamp_ms: 1_000,
 //! };
 //! // A commit from outside the group (an assign() consumer): no member id, generation -1.
-//! let codes = coordinator.commit("billing", "", None, -1, vec![("orders".into(), 0, offset)], 1_000)?;
+//! let offsets = vec![("orders".into(), 0, offset)];
+//! let (codes, _durable) = coordinator.commit("billing", "", None, -1, offsets, 1_000)?;
+//! // A local log's append is durable at once; a replicated one's future waits for the ISR.
 //! assert_eq!(codes, vec![0]);
 //! let found = coordinator.fetch_offsets("billing", None);
 //! assert_eq!(found[0].2.as_ref().map(|o| o.offset), Some(42));
@@ -46,9 +53,11 @@
 mod coordinator;
 pub mod error;
 pub mod group;
+pub mod offsets_log;
 pub mod store;
 
 pub use crate::coordinator::{
-    CoordinatorConfig, GroupCoordinator, GroupDescription, PartitionOffsets,
+    CoordinatorConfig, GroupCoordinator, GroupDescription, Membership, PartitionOffsets,
 };
 pub use crate::error::{Error, Result};
+pub use crate::offsets_log::{Durable, LocalOffsetsLog, OffsetsLog};

@@ -1,4 +1,5 @@
-//! DescribeGroups: state, protocol and members with their assignments.
+//! DescribeGroups: state, protocol and members with their assignments, for the groups this
+//! broker coordinates (NOT_COORDINATOR and the like for the others).
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
@@ -16,7 +17,11 @@ pub(super) fn handle(
         .into_iter()
         .map(|group_id| {
             let described = DescribedGroup::default().with_group_id(group_id.clone());
-            let Some(d) = ctx.coordinator.describe(&group_id) else {
+            let coordinator = match ctx.coordinator(&group_id) {
+                Ok(coordinator) => coordinator,
+                Err(code) => return described.with_error_code(code.code()),
+            };
+            let Some(d) = coordinator.describe(&group_id) else {
                 // Kafka describes an unknown group as Dead with no members.
                 return described.with_group_state(str_bytes("Dead"));
             };

@@ -1,5 +1,6 @@
 //! FindCoordinator (single key before v4, batched from v4): a single broker coordinates every
-//! group; in a cluster each group has one live broker chosen by a hash of its id.
+//! group; in a cluster a group's coordinator is the leader of its `__consumer_offsets` partition
+//! (COORDINATOR_NOT_AVAILABLE while there is none).
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
@@ -11,53 +12,61 @@ use super::{Context, str_bytes};
 /// Kafka's coordinator key types.
 const KEY_TYPE_GROUP: i8 = 0;
 
+/// `(node id, host, port)` of the coordinator, or the error and its message.
+type Found = Result<(i32, String, i32), (i16, StrBytes)>;
+
+fn find(ctx: &Context, key_type: i8, key: &StrBytes) -> Found {
+    if key_type != KEY_TYPE_GROUP {
+        tracing::debug!(key = %key.as_str(), key_type, "no coordinator for this key type");
+        return Err((
+            ResponseError::InvalidRequest.code(),
+            str_bytes(format!(
+                "key type {key_type} is not supported: only consumer groups (0)"
+            )),
+        ));
+    }
+    ctx.group_coordinator(key).map_err(|code| {
+        (
+            code.code(),
+            str_bytes(format!("no coordinator for group {:?} yet", key.as_str())),
+        )
+    })
+}
+
 pub(super) fn handle(
     ctx: &Context,
     version: i16,
     request: FindCoordinatorRequest,
 ) -> FindCoordinatorResponse {
-    let unsupported = request.key_type != KEY_TYPE_GROUP;
-    let error = |key: &StrBytes| {
-        (unsupported).then(|| {
-            tracing::debug!(key = %key.as_str(), key_type = request.key_type, "no coordinator for this key type");
-            (
-                ResponseError::InvalidRequest.code(),
-                str_bytes(format!("key type {} is not supported: only consumer groups (0)", request.key_type)),
-            )
-        })
-    };
     if version >= 4 {
         let coordinators = request
             .coordinator_keys
             .iter()
             .map(|key| {
-                let (id, host, port) = ctx.group_coordinator(key);
-                let coordinator = Coordinator::default()
-                    .with_key(key.clone())
-                    .with_node_id(BrokerId(id))
-                    .with_host(str_bytes(host))
-                    .with_port(port);
-                match error(key) {
-                    Some((code, message)) => coordinator
+                let coordinator = Coordinator::default().with_key(key.clone());
+                match find(ctx, request.key_type, key) {
+                    Ok((id, host, port)) => coordinator
+                        .with_node_id(BrokerId(id))
+                        .with_host(str_bytes(host))
+                        .with_port(port),
+                    Err((code, message)) => coordinator
                         .with_node_id(BrokerId(-1))
                         .with_host(str_bytes(""))
                         .with_port(-1)
                         .with_error_code(code)
                         .with_error_message(Some(message)),
-                    None => coordinator,
                 }
             })
             .collect();
         return FindCoordinatorResponse::default().with_coordinators(coordinators);
     }
-    let (id, host, port) = ctx.group_coordinator(&request.key);
-    let response = FindCoordinatorResponse::default()
-        .with_node_id(BrokerId(id))
-        .with_host(str_bytes(host))
-        .with_port(port);
-    match error(&request.key) {
-        Some((code, message)) => {
-            let mut response = response
+    match find(ctx, request.key_type, &request.key) {
+        Ok((id, host, port)) => FindCoordinatorResponse::default()
+            .with_node_id(BrokerId(id))
+            .with_host(str_bytes(host))
+            .with_port(port),
+        Err((code, message)) => {
+            let mut response = FindCoordinatorResponse::default()
                 .with_error_code(code)
                 .with_node_id(BrokerId(-1))
                 .with_host(str_bytes(""))
@@ -67,6 +76,5 @@ pub(super) fn handle(
             }
             response
         }
-        None => response,
     }
 }

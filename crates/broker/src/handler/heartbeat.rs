@@ -5,8 +5,12 @@ use kafka_protocol::messages::{HeartbeatRequest, HeartbeatResponse};
 use super::{Context, now_ms};
 
 pub(super) fn handle(ctx: &Context, request: HeartbeatRequest) -> HeartbeatResponse {
+    let coordinator = match ctx.coordinator(&request.group_id) {
+        Ok(coordinator) => coordinator,
+        Err(code) => return HeartbeatResponse::default().with_error_code(code.code()),
+    };
     let instance = request.group_instance_id.as_ref().map(|s| s.to_string());
-    let code = ctx.coordinator.heartbeat(
+    let code = coordinator.heartbeat(
         &request.group_id,
         &request.member_id,
         instance.as_deref(),

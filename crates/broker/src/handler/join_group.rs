@@ -41,7 +41,15 @@ pub(super) fn start(
             .collect(),
         requires_known_member_id: version >= 4,
     };
-    ctx.coordinator.join(&request.group_id, join, now_ms())
+    match ctx.coordinator(&request.group_id) {
+        Ok(coordinator) => coordinator.join(&request.group_id, join, now_ms()),
+        Err(code) => Answer::Now(JoinResult {
+            error: code.code(),
+            generation_id: -1,
+            member_id: join.member_id,
+            ..JoinResult::default()
+        }),
+    }
 }
 
 /// Waits for the join phase to complete (or the broker to stop).

@@ -25,7 +25,11 @@ pub(super) fn handle(
     } else {
         vec![(request.member_id.to_string(), None)]
     };
-    match ctx.coordinator.leave(&request.group_id, &members, now_ms()) {
+    let coordinator = match ctx.coordinator(&request.group_id) {
+        Ok(coordinator) => coordinator,
+        Err(code) => return LeaveGroupResponse::default().with_error_code(code.code()),
+    };
+    match coordinator.leave(&request.group_id, &members, now_ms()) {
         Err(e) => LeaveGroupResponse::default().with_error_code(coordinator_error_code(&e).code()),
         Ok(codes) if version >= 3 => {
             let responses = request

@@ -1,5 +1,8 @@
-//! ListGroups: every group, optionally filtered by state (v4+) or type (v5+).
+//! ListGroups: every group this broker coordinates (in a cluster, those of the offsets
+//! partitions it leads; clients ask every broker), optionally filtered by state (v4+) or type
+//! (v5+). COORDINATOR_LOAD_IN_PROGRESS while a partition's groups are still loading.
 
+use kafka_protocol::ResponseError;
 use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::{GroupId, ListGroupsRequest, ListGroupsResponse};
 
@@ -10,9 +13,10 @@ pub(super) fn handle(
     version: i16,
     request: ListGroupsRequest,
 ) -> ListGroupsResponse {
-    let groups = ctx
-        .coordinator
-        .list()
+    let (coordinators, loading) = ctx.groups.all();
+    let mut listed: Vec<_> = coordinators.iter().flat_map(|c| c.list()).collect();
+    listed.sort();
+    let groups = listed
         .into_iter()
         .filter(|(_, _, state)| {
             request.states_filter.is_empty()
@@ -41,5 +45,9 @@ pub(super) fn handle(
             group
         })
         .collect();
-    ListGroupsResponse::default().with_groups(groups)
+    let response = ListGroupsResponse::default().with_groups(groups);
+    if loading {
+        return response.with_error_code(ResponseError::CoordinatorLoadInProgress.code());
+    }
+    response
 }

@@ -1,4 +1,6 @@
-//! Metadata: brokers, topics and partitions, auto-creating requested topics when allowed.
+//! Metadata: brokers, topics and partitions, auto-creating requested topics when allowed. In a
+//! cluster the internal `__consumer_offsets` is listed only when asked for by name, marked
+//! internal, and never auto-created by a request (the brokers create it).
 
 use std::sync::Arc;
 
@@ -56,6 +58,7 @@ pub(super) fn handle(ctx: &Context, version: i16, request: MetadataRequest) -> M
                 .manager
                 .topics()
                 .iter()
+                .filter(|t| !is_internal(ctx, &t.name))
                 .map(|t| describe_topic(ctx, version, t))
                 .collect();
             return response;
@@ -94,8 +97,13 @@ pub(super) fn handle(ctx: &Context, version: i16, request: MetadataRequest) -> M
     response
 }
 
+/// Whether `name` is the cluster's internal offsets topic.
+fn is_internal(ctx: &Context, name: &str) -> bool {
+    ctx.manager.cluster().is_some() && name == crate::groups::OFFSETS_TOPIC
+}
+
 fn lookup(ctx: &Context, name: &TopicName, auto_create: bool) -> Result<Arc<Topic>, ResponseError> {
-    let found = if auto_create {
+    let found = if auto_create && !is_internal(ctx, name) {
         ctx.manager.topic_or_auto_create(name, now_ms())
     } else {
         Ok(ctx.manager.topic(name))
@@ -170,6 +178,9 @@ fn describe_topic(ctx: &Context, version: i16, topic: &Topic) -> MetadataRespons
     let mut described = MetadataResponseTopic::default()
         .with_name(Some(TopicName(str_bytes(topic.name.clone()))))
         .with_partitions(partitions);
+    if version >= 1 {
+        described.is_internal = is_internal(ctx, &topic.name);
+    }
     if version >= 10 {
         described.topic_id = topic.topic_id;
     }

@@ -1,20 +1,50 @@
-//! OffsetCommit: a group's progress, stored durably before the answer.
+//! OffsetCommit: a group's progress, stored before the answer, which waits until the store is
+//! durable (in a cluster: every in-sync replica of the group's offsets partition has it).
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
 use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse};
+use strata_coordinator::Durable;
 use strata_coordinator::store::CommittedOffset;
 
 use super::{Context, now_ms};
 use crate::error::coordinator_error_code;
 
-pub(super) fn handle(
-    ctx: &Context,
-    version: i16,
-    request: OffsetCommitRequest,
-) -> OffsetCommitResponse {
+/// A commit stored and not yet answered.
+pub(super) struct Pending {
+    response: OffsetCommitResponse,
+    /// Resolves once the stored offsets are durable; `None` when nothing was stored.
+    durable: Option<Durable>,
+}
+
+/// Answers once the offsets are durable; if they cannot be made durable (the coordinator moved,
+/// the replicas did not confirm in time), the offsets that were accepted get that error instead.
+pub(super) async fn finish(pending: Pending) -> OffsetCommitResponse {
+    let Pending {
+        mut response,
+        durable,
+    } = pending;
+    if let Some(durable) = durable
+        && let Err(e) = durable.await
+    {
+        tracing::debug!(error = %e, "committed offsets not made durable");
+        let code = coordinator_error_code(&e).code();
+        for p in response
+            .topics
+            .iter_mut()
+            .flat_map(|t| t.partitions.iter_mut())
+        {
+            if p.error_code == 0 {
+                p.error_code = code;
+            }
+        }
+    }
+    response
+}
+
+pub(super) fn start(ctx: &Context, version: i16, request: OffsetCommitRequest) -> Pending {
     let now = now_ms();
     // Partitions of unknown topics are answered UNKNOWN_TOPIC_OR_PARTITION and not stored.
     let mut offsets = Vec::new();
@@ -44,20 +74,28 @@ pub(super) fn handle(
     }
     let keys: Vec<(String, i32)> = offsets.iter().map(|(t, p, _)| (t.clone(), *p)).collect();
     let instance = request.group_instance_id.as_ref().map(|s| s.to_string());
-    let outcome = ctx.coordinator.commit(
-        &request.group_id,
-        &request.member_id,
-        instance.as_deref(),
-        request.generation_id_or_member_epoch,
-        offsets,
-        now,
-    );
+    let outcome = ctx.coordinator(&request.group_id).and_then(|coordinator| {
+        coordinator
+            .commit(
+                &request.group_id,
+                &request.member_id,
+                instance.as_deref(),
+                request.generation_id_or_member_epoch,
+                offsets,
+                now,
+            )
+            .map_err(|e| coordinator_error_code(&e))
+    });
+    let (outcome, durable) = match outcome {
+        Ok((codes, durable)) => (Ok(codes), Some(durable)),
+        Err(code) => (Err(code), None),
+    };
     let code_of = |topic: &str, partition: i32| -> i16 {
         if unknown.iter().any(|(t, p)| t == topic && *p == partition) {
             return ResponseError::UnknownTopicOrPartition.code();
         }
         match &outcome {
-            Err(e) => coordinator_error_code(e).code(),
+            Err(code) => code.code(),
             Ok(codes) => keys
                 .iter()
                 .position(|(t, p)| t == topic && *p == partition)
@@ -82,5 +120,8 @@ pub(super) fn handle(
                 .with_partitions(partitions)
         })
         .collect();
-    OffsetCommitResponse::default().with_topics(topics)
+    Pending {
+        response: OffsetCommitResponse::default().with_topics(topics),
+        durable,
+    }
 }

@@ -1,14 +1,33 @@
-//! OffsetDelete: drops a group's offsets for partitions of topics it does not subscribe to.
+//! OffsetDelete: drops a group's offsets for partitions of topics it does not subscribe to,
+//! answered once the removal is durable.
 
 use kafka_protocol::messages::offset_delete_response::{
     OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
 };
 use kafka_protocol::messages::{OffsetDeleteRequest, OffsetDeleteResponse};
+use strata_coordinator::Durable;
 
 use super::{Context, now_ms};
 use crate::error::coordinator_error_code;
 
-pub(super) fn handle(ctx: &Context, request: OffsetDeleteRequest) -> OffsetDeleteResponse {
+/// A removal made and not yet answered.
+pub(super) struct Pending {
+    response: OffsetDeleteResponse,
+    durable: Option<Durable>,
+}
+
+/// Answers once the removal is durable; if it cannot be, the group-level error says why.
+pub(super) async fn finish(pending: Pending) -> OffsetDeleteResponse {
+    let Pending { response, durable } = pending;
+    if let Some(durable) = durable
+        && let Err(e) = durable.await
+    {
+        return OffsetDeleteResponse::default().with_error_code(coordinator_error_code(&e).code());
+    }
+    response
+}
+
+pub(super) fn start(ctx: &Context, request: OffsetDeleteRequest) -> Pending {
     let partitions: Vec<(String, i32)> = request
         .topics
         .iter()
@@ -18,14 +37,18 @@ pub(super) fn handle(ctx: &Context, request: OffsetDeleteRequest) -> OffsetDelet
                 .map(|p| (t.name.to_string(), p.partition_index))
         })
         .collect();
-    let codes = match ctx
-        .coordinator
-        .delete_offsets(&request.group_id, &partitions, now_ms())
-    {
-        Ok(codes) => codes,
-        Err(e) => {
-            return OffsetDeleteResponse::default()
-                .with_error_code(coordinator_error_code(&e).code());
+    let outcome = ctx.coordinator(&request.group_id).and_then(|coordinator| {
+        coordinator
+            .delete_offsets(&request.group_id, &partitions, now_ms())
+            .map_err(|e| coordinator_error_code(&e))
+    });
+    let (codes, durable) = match outcome {
+        Ok(done) => done,
+        Err(code) => {
+            return Pending {
+                response: OffsetDeleteResponse::default().with_error_code(code.code()),
+                durable: None,
+            };
         }
     };
     let mut codes = codes.into_iter();
@@ -47,5 +70,8 @@ pub(super) fn handle(ctx: &Context, request: OffsetDeleteRequest) -> OffsetDelet
                 .with_partitions(partitions)
         })
         .collect();
-    OffsetDeleteResponse::default().with_topics(topics)
+    Pending {
+        response: OffsetDeleteResponse::default().with_topics(topics),
+        durable: Some(durable),
+    }
 }

@@ -1,5 +1,7 @@
-//! OffsetFetch: committed offsets of one group (v1-v7) or of several (v8+).
+//! OffsetFetch: committed offsets of one group (v1-v7) or of several (v8+), from the group's
+//! coordinator (NOT_COORDINATOR and the like when it is not this broker).
 
+use kafka_protocol::ResponseError;
 use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
     OffsetFetchResponseTopic, OffsetFetchResponseTopics,
@@ -25,7 +27,14 @@ pub(super) fn handle(
                         .map(|t| (t.name.to_string(), t.partition_indexes))
                         .collect()
                 });
-                let found = ctx.coordinator.fetch_offsets(&g.group_id, wanted);
+                let found = match ctx.coordinator(&g.group_id) {
+                    Ok(coordinator) => coordinator.fetch_offsets(&g.group_id, wanted),
+                    Err(code) => {
+                        return OffsetFetchResponseGroup::default()
+                            .with_group_id(g.group_id)
+                            .with_error_code(code.code());
+                    }
+                };
                 OffsetFetchResponseGroup::default()
                     .with_group_id(g.group_id)
                     .with_topics(grouped(found, |name, partitions| {
@@ -53,7 +62,11 @@ pub(super) fn handle(
             .map(|t| (t.name.to_string(), t.partition_indexes))
             .collect()
     });
-    let found = ctx.coordinator.fetch_offsets(&request.group_id, wanted);
+    let coordinator = match ctx.coordinator(&request.group_id) {
+        Ok(coordinator) => coordinator,
+        Err(code) => return refused(version, code, wanted),
+    };
+    let found = coordinator.fetch_offsets(&request.group_id, wanted);
     let topics = grouped(found, |name, partitions| {
         OffsetFetchResponseTopic::default()
             .with_name(name)
@@ -73,6 +86,39 @@ pub(super) fn handle(
                     .collect(),
             )
     });
+    OffsetFetchResponse::default().with_topics(topics)
+}
+
+/// The answer when this broker does not coordinate the group: the group-level error from v2,
+/// and each requested partition's error for v1, which has no group-level one.
+fn refused(
+    version: i16,
+    code: ResponseError,
+    wanted: Option<Vec<(String, Vec<i32>)>>,
+) -> OffsetFetchResponse {
+    if version >= 2 {
+        return OffsetFetchResponse::default().with_error_code(code.code());
+    }
+    let topics = wanted
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, partitions)| {
+            OffsetFetchResponseTopic::default()
+                .with_name(TopicName(str_bytes(name)))
+                .with_partitions(
+                    partitions
+                        .into_iter()
+                        .map(|p| {
+                            OffsetFetchResponsePartition::default()
+                                .with_partition_index(p)
+                                .with_committed_offset(-1)
+                                .with_metadata(Some(str_bytes("")))
+                                .with_error_code(code.code())
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
     OffsetFetchResponse::default().with_topics(topics)
 }
 

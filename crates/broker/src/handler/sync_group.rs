@@ -15,7 +15,16 @@ pub(super) fn start(ctx: &Context, version: i16, request: SyncGroupRequest) -> A
         .iter()
         .map(|a| (a.member_id.to_string(), a.assignment.clone()))
         .collect();
-    let answer = ctx.coordinator.sync(
+    let coordinator = match ctx.coordinator(&request.group_id) {
+        Ok(coordinator) => coordinator,
+        Err(code) => {
+            return Answer::Now(SyncResult {
+                error: code.code(),
+                ..SyncResult::default()
+            });
+        }
+    };
+    let answer = coordinator.sync(
         &request.group_id,
         &request.member_id,
         instance.as_deref(),

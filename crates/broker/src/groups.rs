@@ -1,0 +1,702 @@
+//! Which group coordinator serves a group, and where its state is kept.
+//!
+//! A single broker coordinates every group, with its state in a local log
+//! (`<data>/internal/__consumer_offsets-0`). In a cluster, group state lives in the internal
+//! replicated topic `__consumer_offsets` (`offsets.topic.num.partitions`,
+//! `offsets.topic.replication.factor`), as in Kafka: group `g` belongs to partition
+//! `abs(javaStringHashCode(g)) % partitions`, and the leader of that partition is its
+//! coordinator. This module
+//! - creates the topic through the controller once enough brokers are live ([`ensure_topic`]);
+//! - keeps one [`GroupCoordinator`] per offsets partition this broker leads, loaded from the
+//!   partition's log when it becomes leader and dropped when it stops leading ([`run`]);
+//! - writes coordinator records through the replicated partition ([`ReplicatedOffsets`]): appended
+//!   by the leader, copied by its followers like any partition, a commit answered once the
+//!   in-sync replicas have it (`acks=all`);
+//! - compacts each partition by snapshot: the leader appends its live state, and once that is
+//!   committed moves the log start up to it; followers follow the leader's log start
+//!   ([`follow_log_start`]).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+use parking_lot::RwLock;
+use strata_coordinator::offsets_log::{Durable, OffsetsLog};
+use strata_coordinator::{CoordinatorConfig, GroupCoordinator, Membership};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::now_ms;
+use crate::error::Error;
+use crate::manager::PartitionManager;
+use crate::partition::{CommitWait, Partition};
+
+/// The internal topic holding group state in a cluster.
+pub(crate) const OFFSETS_TOPIC: &str = "__consumer_offsets";
+/// How long a commit waits for the in-sync replicas (Kafka's `offsets.commit.timeout.ms`).
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a broker waits for `offsets.topic.replication.factor` live brokers before it creates
+/// the offsets topic with as many replicas as there are live brokers.
+const CREATE_WAIT: Duration = Duration::from_secs(10);
+/// Pause between attempts to create the offsets topic, and between checks of who leads what
+/// when no change is announced.
+const RECHECK: Duration = Duration::from_secs(1);
+/// A partition is compacted once it holds more than this many records and twice its live ones:
+/// a snapshot then costs at most half of what it frees.
+const COMPACT_RECORDS_MIN: i64 = 100_000;
+
+/// The topic configs of `__consumer_offsets`: kept whole by time and size (snapshots compact it),
+/// never offloaded to the lake, in small segments so that a snapshot frees space soon.
+const TOPIC_CONFIGS: &[(&str, &str)] = &[
+    ("remote.storage.enable", "false"),
+    ("retention.ms", "-1"),
+    ("retention.bytes", "-1"),
+    ("segment.bytes", "8388608"),
+];
+
+/// The offsets partition of group `group`: Kafka's `Utils.abs(groupId.hashCode()) % partitions`,
+/// with Java's `String.hashCode` over UTF-16 code units, so that a client computing it (or a
+/// Kafka tool reading the topic) agrees.
+pub(crate) fn partition_for(group: &str, partitions: i32) -> i32 {
+    assert!(partitions > 0, "a topic has partitions");
+    let hash = group.encode_utf16().fold(0i32, |h, unit| {
+        h.wrapping_mul(31).wrapping_add(i32::from(unit))
+    });
+    // Kafka's Utils.abs: MIN_VALUE maps to 0.
+    let abs = if hash == i32::MIN { 0 } else { hash.abs() };
+    abs % partitions
+}
+
+/// An offsets partition this broker leads, and its coordinator's progress.
+#[derive(Debug, Clone)]
+enum Slot {
+    /// Replaying the partition's log.
+    Loading { epoch: i32 },
+    /// Serving its groups.
+    Ready {
+        epoch: i32,
+        partition: Arc<Partition>,
+        coordinator: Arc<GroupCoordinator>,
+    },
+    /// The log could not be replayed at this epoch (logged); tried again at the next one.
+    Failed { epoch: i32 },
+}
+
+impl Slot {
+    fn epoch(&self) -> i32 {
+        match self {
+            Self::Loading { epoch } | Self::Ready { epoch, .. } | Self::Failed { epoch } => *epoch,
+        }
+    }
+}
+
+/// The group coordinators of this broker.
+#[derive(Debug)]
+pub(crate) struct Groups {
+    /// A single broker's coordinator of every group; `None` in a cluster.
+    single: Option<Arc<GroupCoordinator>>,
+    config: CoordinatorConfig,
+    /// In a cluster: the offsets partitions this broker leads, by index.
+    led: RwLock<BTreeMap<i32, Slot>>,
+}
+
+impl Groups {
+    /// A single broker's: one coordinator for every group.
+    pub(crate) fn single(coordinator: GroupCoordinator, config: CoordinatorConfig) -> Self {
+        Self {
+            single: Some(Arc::new(coordinator)),
+            config,
+            led: RwLock::default(),
+        }
+    }
+
+    /// A clustered broker's: coordinators come and go with the leadership of the offsets
+    /// partitions ([`run`]).
+    pub(crate) fn cluster(config: CoordinatorConfig) -> Self {
+        Self {
+            single: None,
+            config,
+            led: RwLock::default(),
+        }
+    }
+
+    /// The coordinator of `group` on this broker, or the error a group request gets:
+    /// COORDINATOR_NOT_AVAILABLE while the offsets topic does not exist or its partition could
+    /// not be loaded, COORDINATOR_LOAD_IN_PROGRESS while it loads, NOT_COORDINATOR when another
+    /// broker leads the group's partition.
+    pub(crate) fn of(
+        &self,
+        manager: &PartitionManager,
+        group: &str,
+    ) -> Result<Arc<GroupCoordinator>, ResponseError> {
+        if let Some(single) = &self.single {
+            return Ok(Arc::clone(single));
+        }
+        let Some(topic) = manager.topic(OFFSETS_TOPIC) else {
+            return Err(ResponseError::CoordinatorNotAvailable);
+        };
+        if topic.partition_count <= 0 {
+            return Err(ResponseError::CoordinatorNotAvailable);
+        }
+        let index = partition_for(group, topic.partition_count);
+        match self.led.read().get(&index) {
+            Some(Slot::Ready {
+                epoch,
+                partition,
+                coordinator,
+            }) if partition.is_leader() && partition.leader_epoch() == *epoch => {
+                Ok(Arc::clone(coordinator))
+            }
+            Some(Slot::Loading { .. }) => Err(ResponseError::CoordinatorLoadInProgress),
+            Some(Slot::Failed { .. }) => Err(ResponseError::CoordinatorNotAvailable),
+            Some(Slot::Ready { .. }) | None => Err(ResponseError::NotCoordinator),
+        }
+    }
+
+    /// Every coordinator serving here, and whether another is still loading.
+    pub(crate) fn all(&self) -> (Vec<Arc<GroupCoordinator>>, bool) {
+        if let Some(single) = &self.single {
+            return (vec![Arc::clone(single)], false);
+        }
+        let led = self.led.read();
+        let ready = led
+            .values()
+            .filter_map(|slot| match slot {
+                Slot::Ready { coordinator, .. } => Some(Arc::clone(coordinator)),
+                _ => None,
+            })
+            .collect();
+        let loading = led.values().any(|s| matches!(s, Slot::Loading { .. }));
+        (ready, loading)
+    }
+
+    /// Group timers, offset expiry (when `expire_offsets`) and compaction of every coordinator.
+    pub(crate) fn tick(&self, now_ms: i64, expire_offsets: bool) {
+        for coordinator in self.all().0 {
+            coordinator.tick(now_ms, expire_offsets);
+        }
+    }
+
+    /// Closes every coordinator (a single broker's flushes and closes its log).
+    pub(crate) fn close(&self, now_ms: i64) {
+        for coordinator in self.all().0 {
+            coordinator.close(now_ms);
+        }
+        self.led.write().clear();
+    }
+}
+
+/// Follows the offsets partitions this broker leads until `shutdown`: a coordinator is loaded
+/// for each one it starts leading (or leads at a new epoch) and dropped for each one it stops
+/// leading; its waiting JoinGroup and SyncGroup requests then get NOT_COORDINATOR.
+pub(crate) async fn run(
+    groups: Arc<Groups>,
+    manager: Arc<PartitionManager>,
+    shutdown: CancellationToken,
+) {
+    let mut roles = manager.watch_roles();
+    loop {
+        roles.borrow_and_update();
+        reconcile(&groups, &manager);
+        tokio::select! {
+            changed = roles.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(RECHECK) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Makes the coordinators match the leadership of the offsets partitions now.
+fn reconcile(groups: &Arc<Groups>, manager: &Arc<PartitionManager>) {
+    let led: BTreeMap<i32, Arc<Partition>> = manager
+        .topic(OFFSETS_TOPIC)
+        .map(|topic| {
+            topic
+                .partitions
+                .iter()
+                .filter(|p| p.is_leader())
+                .map(|p| (p.index(), Arc::clone(p)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let min_insync = manager
+        .topic(OFFSETS_TOPIC)
+        .map_or(1, |t| t.config.min_insync_replicas());
+    let mut slots = groups.led.write();
+    slots.retain(|index, slot| {
+        let keep = led
+            .get(index)
+            .is_some_and(|p| p.leader_epoch() == slot.epoch());
+        if !keep {
+            // Dropped, not closed: a request still holding it gets NOT_COORDINATOR from its
+            // log (which refuses writes at a lost epoch), not a storage error.
+            tracing::info!(
+                partition = index,
+                epoch = slot.epoch(),
+                "no longer coordinating the groups of this offsets partition"
+            );
+        }
+        keep
+    });
+    for (index, partition) in led {
+        if slots.contains_key(&index) {
+            continue;
+        }
+        let epoch = partition.leader_epoch();
+        slots.insert(index, Slot::Loading { epoch });
+        tokio::spawn(load(Arc::clone(groups), partition, epoch, min_insync));
+    }
+}
+
+/// Replays an offsets partition into a coordinator, which serves its groups unless leadership
+/// moved on meanwhile.
+async fn load(groups: Arc<Groups>, partition: Arc<Partition>, epoch: i32, min_insync: usize) {
+    let index = partition.index();
+    let config = groups.config;
+    let log = ReplicatedOffsets::new(Arc::clone(&partition), epoch, min_insync);
+    let started = std::time::Instant::now();
+    let loaded = tokio::task::spawn_blocking(move || {
+        GroupCoordinator::load(Box::new(log), config, Membership::Members, now_ms())
+    })
+    .await;
+    let mut slots = groups.led.write();
+    let current = matches!(slots.get(&index), Some(Slot::Loading { epoch: e }) if *e == epoch);
+    match loaded {
+        Ok(Ok(coordinator)) if current => {
+            tracing::info!(
+                partition = index,
+                epoch,
+                groups = coordinator.list().len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "coordinating the groups of this offsets partition"
+            );
+            slots.insert(
+                index,
+                Slot::Ready {
+                    epoch,
+                    partition,
+                    coordinator: Arc::new(coordinator),
+                },
+            );
+        }
+        Ok(Ok(_superseded)) => {}
+        Ok(Err(e)) => {
+            tracing::error!(partition = index, epoch, error = %e,
+                "loading the groups of this offsets partition failed");
+            if current {
+                slots.insert(index, Slot::Failed { epoch });
+            }
+        }
+        Err(e) => {
+            tracing::error!(partition = index, epoch, error = %e,
+                "loading the groups of this offsets partition panicked");
+            if current {
+                slots.insert(index, Slot::Failed { epoch });
+            }
+        }
+    }
+}
+
+/// Creates `__consumer_offsets` through the controller unless it exists: as soon as
+/// `offsets.topic.replication.factor` brokers are live, or after [`CREATE_WAIT`] with as many
+/// replicas as there are live brokers then (a smaller cluster). Every broker tries; the first
+/// one wins and the others find the topic (or get TOPIC_ALREADY_EXISTS).
+pub(crate) async fn ensure_topic(manager: Arc<PartitionManager>, shutdown: CancellationToken) {
+    let Some(node) = manager.cluster().cloned() else {
+        return;
+    };
+    let wanted_rf = manager.config().offsets_topic_replication_factor();
+    let partitions = manager.config().offsets_topic_num_partitions();
+    let started = tokio::time::Instant::now();
+    let mut state = node.state();
+    loop {
+        let current = state.borrow_and_update().clone();
+        if current.topics.contains_key(OFFSETS_TOPIC) {
+            return;
+        }
+        let live = current.brokers.values().filter(|b| !b.fenced).count();
+        let live = i16::try_from(live).unwrap_or(i16::MAX);
+        let waited = started.elapsed() >= CREATE_WAIT;
+        if live > 0 && node.controller_id().is_some() && (live >= wanted_rf || waited) {
+            let rf = wanted_rf.min(live);
+            let configs = TOPIC_CONFIGS
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let creator = Arc::clone(&manager);
+            let created = tokio::task::spawn_blocking(move || {
+                creator.create_topic(OFFSETS_TOPIC, partitions, rf, configs, false, now_ms())
+            })
+            .await;
+            match created {
+                Ok(Ok(_)) => {
+                    if rf < wanted_rf {
+                        tracing::warn!(
+                            partitions,
+                            replication_factor = rf,
+                            wanted = wanted_rf,
+                            "created the offsets topic with fewer replicas than offsets.topic.replication.factor: only {live} brokers are live"
+                        );
+                    } else {
+                        tracing::info!(
+                            partitions,
+                            replication_factor = rf,
+                            "created the offsets topic"
+                        );
+                    }
+                    return;
+                }
+                Ok(Err(Error::TopicExists(_))) => return,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "creating the offsets topic failed; retrying")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "creating the offsets topic panicked; retrying")
+                }
+            }
+        }
+        tokio::select! {
+            changed = state.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(RECHECK) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// A follower of an offsets partition follows its leader's log start (moved by a committed
+/// snapshot), up to its own high watermark: what is below it was superseded. Other topics'
+/// follower logs are left to their own retention and the lake.
+pub(crate) fn follow_log_start(partition: &Partition, leader_log_start_offset: i64) {
+    if partition.topic() != OFFSETS_TOPIC || leader_log_start_offset <= partition.log_start_offset()
+    {
+        return;
+    }
+    if let Err(e) = partition.delete_records_before(leader_log_start_offset) {
+        tracing::warn!(partition = partition.index(), error = %e,
+            "following the leader's log start of an offsets partition");
+    }
+}
+
+/// A coordinator's records in this broker's replica of an offsets partition, which it leads at
+/// `epoch`: appends go in as the leader's, and are durable once the high watermark passes them.
+#[derive(Debug)]
+pub(crate) struct ReplicatedOffsets {
+    partition: Arc<Partition>,
+    epoch: i32,
+    min_insync: usize,
+    name: String,
+}
+
+impl ReplicatedOffsets {
+    pub(crate) fn new(partition: Arc<Partition>, epoch: i32, min_insync: usize) -> Self {
+        let name = format!("{}-{}", partition.topic(), partition.index());
+        Self {
+            partition,
+            epoch,
+            min_insync,
+            name,
+        }
+    }
+
+    /// Refuses unless this broker still leads the partition at the coordinator's epoch.
+    fn check_leader(&self) -> strata_coordinator::Result<()> {
+        if self.partition.is_leader() && self.partition.leader_epoch() == self.epoch {
+            return Ok(());
+        }
+        Err(strata_coordinator::Error::NotCoordinator {
+            reason: format!(
+                "this broker no longer leads {} at epoch {}",
+                self.name, self.epoch
+            ),
+        })
+    }
+
+    fn error(&self, error: Error) -> strata_coordinator::Error {
+        match error {
+            Error::Log(source) => strata_coordinator::Error::Log {
+                dir: self.dir(),
+                source,
+            },
+            other => strata_coordinator::Error::NotCoordinator {
+                reason: format!("{}: {other}", self.name),
+            },
+        }
+    }
+}
+
+impl OffsetsLog for ReplicatedOffsets {
+    fn append(&mut self, batch: &[u8], now_ms: i64) -> strata_coordinator::Result<i64> {
+        self.check_leader()?;
+        let assignment = self.partition.assignment();
+        if assignment.replicas.len() > 1 && assignment.isr.len() < self.min_insync {
+            return Err(strata_coordinator::Error::NotEnoughReplicas {
+                partition: self.name.clone(),
+                isr: assignment.isr.len(),
+                min_insync: self.min_insync,
+            });
+        }
+        let info = self
+            .partition
+            .append(batch, now_ms)
+            .map_err(|e| self.error(e))?;
+        Ok(info.last_offset)
+    }
+
+    fn read(&self, offset: i64, max_bytes: usize) -> strata_coordinator::Result<Option<Bytes>> {
+        // To the log end: a new leader's log is the partition's, committed or about to be.
+        let read = self
+            .partition
+            .read_as(offset, max_bytes, true)
+            .map_err(|e| self.error(e))?;
+        match read.records {
+            Some(slice) => Ok(Some(Bytes::from(
+                slice.read().map_err(|e| self.error(Error::Log(e)))?,
+            ))),
+            None => Ok(None),
+        }
+    }
+
+    fn log_start_offset(&self) -> i64 {
+        self.partition.log_start_offset()
+    }
+
+    fn log_end_offset(&self) -> i64 {
+        self.partition.log_end_offset()
+    }
+
+    fn durable(&self, last_offset: i64) -> Durable {
+        let (partition, epoch, name) = (Arc::clone(&self.partition), self.epoch, self.name.clone());
+        Box::pin(async move {
+            match partition
+                .wait_committed(last_offset, epoch, COMMIT_TIMEOUT)
+                .await
+            {
+                CommitWait::Committed => Ok(()),
+                CommitWait::NotLeader => Err(strata_coordinator::Error::NotCoordinator {
+                    reason: format!(
+                        "{name}: leadership moved before offset {last_offset} was committed"
+                    ),
+                }),
+                CommitWait::TimedOut => Err(strata_coordinator::Error::TimedOut {
+                    partition: name,
+                    offset: last_offset,
+                }),
+            }
+        })
+    }
+
+    fn is_durable(&self, last_offset: i64) -> bool {
+        self.check_leader().is_ok() && self.partition.high_watermark() > last_offset
+    }
+
+    fn wants_compaction(&self, live_records: usize) -> bool {
+        let held = self.log_end_offset() - self.log_start_offset();
+        let live = i64::try_from(live_records).unwrap_or(i64::MAX);
+        held > COMPACT_RECORDS_MIN.max(live.saturating_mul(2))
+    }
+
+    fn before_snapshot(&mut self, _now_ms: i64) -> strata_coordinator::Result<()> {
+        self.check_leader()
+    }
+
+    fn delete_before(&mut self, offset: i64, _now_ms: i64) -> strata_coordinator::Result<()> {
+        self.check_leader()?;
+        self.partition
+            .delete_records_before(offset)
+            .map_err(|e| self.error(e))?;
+        tracing::info!(
+            partition = %self.name,
+            log_start_offset = self.partition.log_start_offset(),
+            "compacted an offsets partition"
+        );
+        Ok(())
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.partition
+            .dir()
+            .unwrap_or_else(|_| PathBuf::from(&self.name))
+    }
+
+    fn close(self: Box<Self>, _now_ms: i64) -> strata_coordinator::Result<()> {
+        // The partition belongs to the manager, which closes it.
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::partition::Assignment;
+    use strata_coordinator::store::CommittedOffset;
+
+    #[test]
+    fn groups_map_to_partitions_as_kafka_maps_them() {
+        // Java: "hello".hashCode() == 99162322; "polygenelubricants".hashCode() ==
+        // Integer.MIN_VALUE, which Kafka's Utils.abs maps to 0; hashes run over UTF-16 units.
+        assert_eq!(partition_for("hello", 50), 99_162_322 % 50);
+        assert_eq!(partition_for("polygenelubricants", 50), 0);
+        assert_eq!(partition_for("", 50), 0);
+        assert_eq!(partition_for("é", 1000), 233);
+        assert_eq!(partition_for("\u{1F600}", 10_000_000), 1_772_899);
+        // Negative hashes ("billing" is -109829509, "my-group" -1906497762): the absolute value.
+        assert_eq!(partition_for("billing", 50), 9);
+        assert_eq!(partition_for("my-group", 50), 12);
+    }
+
+    fn offsets_partition(dir: &std::path::Path, isr: Vec<i32>) -> Arc<Partition> {
+        let assignment = Assignment {
+            leader: 1,
+            leader_epoch: 3,
+            replicas: vec![1, 2],
+            isr,
+        };
+        let config = strata_log::LogConfig::default();
+        Arc::new(Partition::open_as(OFFSETS_TOPIC, 0, dir, config, assignment, 1, 0).unwrap())
+    }
+
+    fn coordinator_config() -> CoordinatorConfig {
+        let dir = std::path::PathBuf::from("/unused");
+        crate::config::BrokerConfig::for_dir(dir, "127.0.0.1:0".parse().unwrap())
+            .coordinator_config()
+    }
+
+    fn commit(coordinator: &GroupCoordinator, offset: i64) -> strata_coordinator::Result<Durable> {
+        let committed = CommittedOffset {
+            offset,
+            leader_epoch: -1,
+            metadata: String::new(),
+            commit_timestamp_ms: 0,
+        };
+        let offsets = vec![("orders".to_string(), 0, committed)];
+        let (codes, durable) = coordinator.commit("g", "", None, -1, offsets, 0)?;
+        assert_eq!(codes, vec![0]);
+        Ok(durable)
+    }
+
+    #[tokio::test]
+    async fn a_commit_is_durable_once_the_in_sync_replicas_have_it_and_a_new_leader_replays_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let partition = offsets_partition(dir.path(), vec![1, 2]);
+        let log = ReplicatedOffsets::new(Arc::clone(&partition), 3, 2);
+        let c = GroupCoordinator::load(Box::new(log), coordinator_config(), Membership::Members, 0)
+            .unwrap();
+        let mut durable = commit(&c, 42).unwrap();
+        let waited = tokio::time::timeout(Duration::from_millis(200), &mut durable).await;
+        assert!(waited.is_err(), "not durable before the follower has it");
+        // The follower fetches from the log end: it has everything.
+        let end = partition.log_end_offset();
+        partition.record_follower_fetch(2, end, 3, 0).unwrap();
+        durable.await.unwrap();
+
+        // Another coordinator over the same replica (a new leader) finds the offset.
+        let log = ReplicatedOffsets::new(Arc::clone(&partition), 3, 2);
+        let again =
+            GroupCoordinator::load(Box::new(log), coordinator_config(), Membership::Members, 0)
+                .unwrap();
+        let found = again.fetch_offsets("g", None);
+        assert_eq!(found[0].2.as_ref().map(|o| o.offset), Some(42));
+    }
+
+    #[tokio::test]
+    async fn a_deposed_or_under_replicated_coordinator_refuses_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let partition = offsets_partition(dir.path(), vec![1, 2]);
+        let log = ReplicatedOffsets::new(Arc::clone(&partition), 3, 2);
+        let c = GroupCoordinator::load(Box::new(log), coordinator_config(), Membership::Members, 0)
+            .unwrap();
+        let pending = commit(&c, 1).unwrap();
+        // Broker 2 takes over before the commit is replicated.
+        partition.set_assignment(
+            Assignment {
+                leader: 2,
+                leader_epoch: 4,
+                replicas: vec![1, 2],
+                isr: vec![1, 2],
+            },
+            0,
+        );
+        assert!(matches!(
+            pending.await,
+            Err(strata_coordinator::Error::NotCoordinator { .. })
+        ));
+        assert!(matches!(
+            commit(&c, 2),
+            Err(strata_coordinator::Error::NotCoordinator { .. })
+        ));
+
+        let dir = tempfile::tempdir().unwrap();
+        let partition = offsets_partition(dir.path(), vec![1]);
+        let log = ReplicatedOffsets::new(Arc::clone(&partition), 3, 2);
+        let c = GroupCoordinator::load(Box::new(log), coordinator_config(), Membership::Members, 0)
+            .unwrap();
+        assert!(matches!(
+            commit(&c, 1),
+            Err(strata_coordinator::Error::NotEnoughReplicas {
+                isr: 1,
+                min_insync: 2,
+                ..
+            })
+        ));
+        assert_eq!(partition.log_end_offset(), 0, "nothing written");
+    }
+
+    #[tokio::test]
+    async fn a_committed_snapshot_moves_the_log_start_on_leader_and_follower() {
+        let dir = tempfile::tempdir().unwrap();
+        let leader = offsets_partition(dir.path(), vec![1, 2]);
+        let c = GroupCoordinator::load(
+            Box::new(ReplicatedOffsets::new(Arc::clone(&leader), 3, 1)),
+            coordinator_config(),
+            Membership::Members,
+            0,
+        )
+        .unwrap();
+        for offset in 0..5 {
+            drop(commit(&c, offset).unwrap());
+        }
+        let everything = leader.read_as(0, 1 << 20, true).unwrap().records.unwrap();
+        let everything = everything.read().unwrap();
+        // Say a snapshot starts at offset 3: until it is committed the log start stays.
+        let mut log = ReplicatedOffsets::new(Arc::clone(&leader), 3, 1);
+        log.delete_before(3, 0).unwrap();
+        assert_eq!(leader.log_start_offset(), 0);
+        leader.record_follower_fetch(2, 5, 3, 0).unwrap();
+        log.delete_before(3, 0).unwrap();
+        assert_eq!(leader.log_start_offset(), 3);
+        assert!(leader.read_as(0, 1 << 20, true).is_err(), "gone below it");
+
+        // A follower with the same records follows the leader's log start, up to its own high
+        // watermark; other topics' followers do not.
+        let follower_dir = tempfile::tempdir().unwrap();
+        let assignment = Assignment {
+            leader: 1,
+            leader_epoch: 3,
+            replicas: vec![1, 2],
+            isr: vec![1, 2],
+        };
+        let config = strata_log::LogConfig::default();
+        let follower = Partition::open_as(
+            OFFSETS_TOPIC,
+            0,
+            follower_dir.path(),
+            config,
+            assignment,
+            2,
+            0,
+        )
+        .unwrap();
+        follower.append_replicated(&everything, 2, 0).unwrap();
+        follow_log_start(&follower, 3);
+        assert_eq!(
+            follower.log_start_offset(),
+            2,
+            "bounded by its high watermark"
+        );
+        follower.append_replicated(&[], 5, 0).unwrap();
+        follow_log_start(&follower, 3);
+        assert_eq!(follower.log_start_offset(), 3);
+    }
+}
