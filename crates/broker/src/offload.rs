@@ -8,6 +8,15 @@
 //! warning per attempt, and `offload-error.json` for `strata lake ls`) and retried with backoff,
 //! never skipped, so the partition's later segments wait and nothing of it is deleted locally.
 //! Other partitions go on.
+//!
+//! In a cluster only a partition's leader writes it to the lake, and the lake enforces it: a new
+//! leader first claims the partition (commits the manifest at its leader epoch, fencing every
+//! earlier leader's commits) and removes what earlier leaders uploaded without committing; every
+//! commit is made at the epoch the leadership was claimed at, after checking that this broker
+//! still leads at that epoch, and is conditional on the manifest it was built on. Only records
+//! below the high watermark are offloaded: every in-sync replica has them, so a failover never
+//! loses what the lake holds. Followers read the manifests of the partitions they follow now and
+//! then, so that their local retention deletes what the lake holds, and only that.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,7 +24,7 @@ use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
 use strata_lake::status::CorruptSegment;
-use strata_lake::{Lake, Manifest, OffloadError, TopicMetadata};
+use strata_lake::{Lake, Manifest, ManifestVersion, OffloadError, TopicMetadata};
 
 use crate::lake_view::LakeView;
 use uuid::Uuid;
@@ -31,6 +40,16 @@ pub(crate) const OFFLOAD_INTERVAL: Duration = Duration::from_secs(1);
 const OFFLOAD_PARALLEL_MAX: usize = 4;
 /// Longest wait between retries of a failing partition.
 const BACKOFF_MAX_MS: i64 = 30_000;
+/// How often a follower reads the manifest of a partition it follows (a conditional read, no
+/// transfer while it is unchanged): its local retention waits at most this much longer than the
+/// leader's for what the lake holds.
+const FOLLOWER_REFRESH_MS: i64 = 10_000;
+/// Most followed partitions whose manifest is read per pass: with thousands of partitions the
+/// reads spread out over passes instead of coming in bursts.
+const FOLLOWER_REFRESHES_PER_PASS_MAX: usize = 64;
+/// How often a leader looks again for uploads earlier leaders left uncommitted (after its claim,
+/// which looks first): a deposed leader that was paused may finish an upload late.
+const ORPHAN_SWEEP_INTERVAL_MS: i64 = 60_000;
 
 /// Why one partition's offload stopped.
 #[derive(Debug, thiserror::Error)]
@@ -46,11 +65,28 @@ enum Failure {
     Log(#[from] strata_log::Error),
 }
 
+/// What the pipeline does for a partition this pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Job {
+    /// This broker leads it: offload its sealed segments.
+    Offload,
+    /// This broker follows it: learn what the lake holds of it.
+    Follow,
+}
+
 /// Per-partition pipeline state.
 #[derive(Debug, Default)]
 struct PartitionState {
     /// The committed manifest, once loaded.
     manifest: Option<Manifest>,
+    /// The leader epoch this broker claimed the partition at in the lake (`None`: not claimed
+    /// since it last became leader).
+    claimed_epoch: Option<i32>,
+    /// When uploads of earlier leaders were last looked for.
+    swept_at_ms: i64,
+    /// As follower: the version of the manifest last read, and when to read it again.
+    followed_version: Option<ManifestVersion>,
+    refresh_at_ms: i64,
     /// Consecutive failures, for the backoff.
     failures: u32,
     retry_at_ms: i64,
@@ -75,6 +111,7 @@ pub(crate) async fn run(manager: Arc<PartitionManager>, view: Arc<LakeView>) {
     loop {
         ticks.tick().await;
         let mut due = Vec::new();
+        let mut refreshes = 0;
         for topic in manager.topics() {
             if topic.config.get("remote.storage.enable") != "true" {
                 continue;
@@ -84,28 +121,60 @@ pub(crate) async fn run(manager: Arc<PartitionManager>, view: Arc<LakeView>) {
                 continue;
             }
             let now = now_ms();
-            // Only a partition's leader writes it to the lake: one writer per partition.
-            for partition in topic.partitions.iter().filter(|p| p.is_leader()) {
+            for partition in &topic.partitions {
                 let key = (topic.topic_id, partition.index());
-                let state = states.remove(&key).unwrap_or_default();
-                if now < state.retry_at_ms {
-                    states.insert(key, state);
-                    continue;
+                let mut state = states.remove(&key).unwrap_or_default();
+                // Only a partition's leader writes it to the lake: one writer per partition.
+                let job = if partition.is_leader() {
+                    (now >= state.retry_at_ms).then_some(Job::Offload)
+                } else {
+                    state.claimed_epoch = None;
+                    let refresh =
+                        now >= state.refresh_at_ms && refreshes < FOLLOWER_REFRESHES_PER_PASS_MAX;
+                    refreshes += usize::from(refresh);
+                    refresh.then_some(Job::Follow)
+                };
+                match job {
+                    Some(job) => {
+                        due.push((key, Arc::clone(&topic), Arc::clone(partition), state, job))
+                    }
+                    None => {
+                        states.insert(key, state);
+                    }
                 }
-                due.push((key, Arc::clone(&topic), Arc::clone(partition), state));
             }
         }
         let (lake, view) = (&lake, &view);
         let mut finished = stream::iter(due.into_iter().map(
-            |(key, topic, partition, mut state)| async move {
-                let result = offload_partition(lake, view, &topic, &partition, &mut state).await;
-                (key, topic, partition, state, result)
+            |(key, topic, partition, mut state, job)| async move {
+                let result = match job {
+                    Job::Offload => {
+                        offload_partition(lake, view, &topic, &partition, &mut state).await
+                    }
+                    Job::Follow => {
+                        follow_partition(lake, view, &topic, &partition, &mut state).await
+                    }
+                };
+                (key, topic, partition, state, job, result)
             },
         ))
         .buffer_unordered(parallel);
-        while let Some((key, topic, partition, mut state, result)) = finished.next().await {
+        while let Some((key, topic, partition, mut state, job, result)) = finished.next().await {
             match result {
                 Ok(()) => state.failures = 0,
+                Err(e) if job == Job::Follow => {
+                    // Not an offload failure: the follower reads again at its next refresh.
+                    tracing::warn!(topic = %topic.name, partition = partition.index(), error = %e,
+                        "reading the lake's manifest of a followed partition failed; local data kept");
+                }
+                Err(Failure::Lake(e @ strata_lake::Error::FencedLeaderEpoch { .. })) => {
+                    // Deposed: a later leader owns the partition in the lake. Not a failure.
+                    tracing::info!(topic = %topic.name, partition = partition.index(), error = %e,
+                        "a later leader has claimed the partition in the lake; this broker stops offloading it");
+                    state.failures = 0;
+                    state.claimed_epoch = None;
+                    state.manifest = None;
+                }
                 Err(e) => record_failure(&topic, &partition, &mut state, &e),
             }
             if state.failures == 0 && state.error_shown != Some(false) {
@@ -126,8 +195,10 @@ fn record_failure(topic: &Topic, partition: &Partition, state: &mut PartitionSta
     state.failures += 1;
     let backoff = (1000i64 << state.failures.min(5)).min(BACKOFF_MAX_MS);
     state.retry_at_ms = now + backoff;
-    // The manifest is reloaded on retry: the failed step may have committed.
+    // The manifest is reloaded, and the partition claimed again, on retry: the failed step may
+    // have committed, or another writer may have.
     state.manifest = None;
+    state.claimed_epoch = None;
     let corrupt = match e {
         Failure::Lake(strata_lake::Error::CorruptSegment {
             segment,
@@ -215,8 +286,9 @@ async fn describe_topic(
     Ok(())
 }
 
-/// Offloads the partition's sealed segments past its manifest, one at a time, each committed
-/// before the next; local retention runs after each commit. Then applies remote retention.
+/// Offloads the partition's sealed segments past its manifest and below its high watermark, one
+/// at a time, each committed before the next; local retention runs after each commit. Then
+/// applies remote retention. A new leadership first claims the partition in the lake.
 async fn offload_partition(
     lake: &Lake,
     view: &LakeView,
@@ -226,29 +298,61 @@ async fn offload_partition(
 ) -> Result<(), Failure> {
     let name = &topic.name;
     let index = partition.index();
-    let mut manifest = match state.manifest.take() {
-        Some(m) => m,
-        None => lake.manifest(name, index).await?,
+    // Read with the role: the epoch of this broker's leadership, never a successor's.
+    let Some(epoch) = partition.leading_epoch() else {
+        return Ok(());
     };
+    let mut manifest = match state.manifest.take() {
+        Some(m) if state.claimed_epoch == Some(epoch) => m,
+        _ => claim(lake, name, index, epoch, state).await?,
+    };
+    view.set_manifest(name, index, &manifest);
+    let now = now_ms();
+    if epoch > 0 && now.saturating_sub(state.swept_at_ms) >= ORPHAN_SWEEP_INTERVAL_MS {
+        let removed = lake.remove_orphans(name, index, &manifest).await?;
+        if !removed.is_empty() {
+            tracing::info!(topic = %name, partition = index, files = ?removed,
+                "removed uploads that earlier leaders of the partition left uncommitted");
+        }
+        state.swept_at_ms = now;
+    }
     let start = partition.log_start_offset();
     let mut next = manifest.next_offset().unwrap_or(start).max(start);
     partition.set_offloaded_offset(manifest.next_offset().unwrap_or(-1))?;
-    let segments = partition.sealed_segments_from(next)?;
+    // Only what every in-sync replica has: any later leader holds the same records.
+    let high_watermark = partition.high_watermark();
+    let segments: Vec<_> = partition
+        .sealed_segments_from(next)?
+        .into_iter()
+        .take_while(|s| s.next_offset <= high_watermark)
+        .collect();
     let waiting_bytes: usize = segments.iter().map(|s| s.slice.len()).sum();
     if segments.len() > 1 {
         tracing::info!(topic = %name, partition = index, segments = segments.len(), bytes = waiting_bytes, "offload lag");
     }
     for segment in segments {
         let file = segment.slice.open()?;
-        let done = lake
-            .offload_segment(name, index, &manifest, file, next)
+        let uploaded = lake
+            .upload_segment(name, index, &manifest, file, next, epoch)
             .await?;
-        manifest = done.manifest;
-        view.set_manifest(name, index, &manifest);
+        if let Some(uploaded) = uploaded {
+            if partition.leading_epoch() != Some(epoch) {
+                // Deposed during the upload: not committed; the next leader offloads these.
+                tracing::info!(topic = %name, partition = index, epoch,
+                    "no longer the leader: the upload is discarded, not committed");
+                lake.discard_upload(name, index, &uploaded.entry).await?;
+                state.claimed_epoch = None;
+                return Ok(());
+            }
+            manifest = lake
+                .commit_file(name, index, &manifest, uploaded.entry, epoch)
+                .await?;
+            view.set_manifest(name, index, &manifest);
+            tracing::debug!(topic = %name, partition = index, next_offset = segment.next_offset,
+                peak_buffered_bytes = uploaded.peak_buffered_bytes, "offloaded segment");
+        }
         next = segment.next_offset;
         partition.set_offloaded_offset(next)?;
-        tracing::debug!(topic = %name, partition = index, next_offset = next,
-            peak_buffered_bytes = done.peak_buffered_bytes, "offloaded segment");
         apply_local_retention(partition).await;
     }
     let config = topic.config.log_config();
@@ -257,6 +361,7 @@ async fn offload_partition(
             name,
             index,
             &manifest,
+            epoch,
             now_ms(),
             config.retention_ms,
             config.retention_bytes,
@@ -264,6 +369,56 @@ async fn offload_partition(
         .await?;
     view.set_manifest(name, index, &manifest);
     state.manifest = Some(manifest);
+    Ok(())
+}
+
+/// Claims the partition in the lake for this broker's leadership at `epoch` (see
+/// [`Lake::claim`]); the uploads earlier leaders left are looked for right after.
+async fn claim(
+    lake: &Lake,
+    name: &str,
+    index: i32,
+    epoch: i32,
+    state: &mut PartitionState,
+) -> Result<Manifest, Failure> {
+    let manifest = lake.claim(name, index, epoch).await?;
+    if epoch > 0 {
+        tracing::info!(topic = %name, partition = index, epoch, next_offset = ?manifest.next_offset(),
+            "claimed the partition in the lake: earlier leaders can no longer commit");
+    }
+    state.claimed_epoch = Some(epoch);
+    // Looked for right away.
+    state.swept_at_ms = i64::MIN;
+    Ok(manifest)
+}
+
+/// As follower: learns what the lake holds of the partition (a conditional read of its
+/// manifest), so that local retention deletes the segments the lake holds, and only those, and
+/// so that the read path knows the lake's offsets should this broker become the leader.
+async fn follow_partition(
+    lake: &Lake,
+    view: &LakeView,
+    topic: &Topic,
+    partition: &Arc<Partition>,
+    state: &mut PartitionState,
+) -> Result<(), Failure> {
+    let (name, index) = (&topic.name, partition.index());
+    state.refresh_at_ms = now_ms() + FOLLOWER_REFRESH_MS;
+    let changed = lake
+        .manifest_since(name, index, state.followed_version.as_ref())
+        .await?;
+    let Some((manifest, version)) = changed else {
+        return Ok(());
+    };
+    state.followed_version = version;
+    view.set_manifest(name, index, &manifest);
+    if let Some(next) = manifest.next_offset() {
+        // The lake holds every offset below `next`: records below some leader's high watermark,
+        // the same on every replica.
+        partition.set_offloaded_offset(next)?;
+        tracing::debug!(topic = %name, partition = index, next_offset = next, "the lake holds the followed partition up to here");
+        apply_local_retention(partition).await;
+    }
     Ok(())
 }
 

@@ -218,6 +218,13 @@ impl Partition {
         self.role.lock().assignment.leader == self.node_id
     }
 
+    /// The leader epoch if this broker leads the partition, read together with the role: never a
+    /// later leader's epoch beside this broker's old role (the lake's writer uses it to fence).
+    pub fn leading_epoch(&self) -> Option<i32> {
+        let role = self.role.lock();
+        (role.assignment.leader == self.node_id).then_some(role.assignment.leader_epoch)
+    }
+
     /// The topic name.
     pub fn topic(&self) -> &str {
         &self.topic
@@ -362,6 +369,17 @@ impl Partition {
             Ok(log.log_start_offset())
         })?;
         self.log_start_offset.store(start, Ordering::Release);
+        Ok(())
+    }
+
+    /// Empties this replica's log and starts it again at `offset` (a follower whose log ends
+    /// before the leader's log start: the leader's older segments are in the lake).
+    pub fn restart_at(&self, offset: i64, now_ms: i64) -> Result<()> {
+        self.with_log(|log| Ok(log.restart_at(offset, now_ms)?))?;
+        self.log_start_offset
+            .store(offset.max(0), Ordering::Release);
+        self.log_end_offset.send_replace(offset.max(0));
+        self.high_watermark.send_replace(offset.max(0));
         Ok(())
     }
 

@@ -438,7 +438,7 @@ async fn replicate_once(
                     if partition.log_end_offset() < data.log_start_offset {
                         // The leader's log starts later (its older segments are in the lake):
                         // this replica restarts there.
-                        partition.truncate_to(data.log_start_offset, now)?;
+                        partition.restart_at(data.log_start_offset, now)?;
                     } else {
                         truncations
                             .lock()

@@ -30,6 +30,34 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A manifest commit refused because a later partition leader has committed the manifest:
+    /// the writer was deposed, and nothing was committed.
+    #[error(
+        "{topic}-{partition}: the lake's manifest was committed at leader epoch {stored_epoch}; \
+         a commit at epoch {leader_epoch} is refused (a later leader owns the partition)"
+    )]
+    FencedLeaderEpoch {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// The epoch of the refused commit.
+        leader_epoch: i32,
+        /// The epoch the stored manifest was committed at.
+        stored_epoch: i32,
+    },
+    /// The manifest changed between the read a commit was built on and the commit (another writer
+    /// committed first); nothing was committed. Read the manifest again and retry.
+    #[error(
+        "{topic}-{partition}: the lake's manifest changed since it was read (another writer \
+         committed); nothing was committed"
+    )]
+    ManifestConflict {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+    },
     /// Object storage failed or is unreachable (retriable).
     #[error("object storage: {0}")]
     Storage(String),

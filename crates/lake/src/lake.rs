@@ -2,12 +2,23 @@
 //! upload, then commit the manifest), remote retention, listing and verification.
 //!
 //! Layout under the tier URL:
-//! - `topic=<topic>/partition=<n>/<first offset>-<last offset>.parquet`: record data (Hive style);
+//! - `topic=<topic>/partition=<n>/<first offset>-<last offset>.parquet`: record data (Hive style),
+//!   uploaded by a single broker or by a partition leader at leader epoch 0;
+//!   `<first offset>-<last offset>-e<epoch>.parquet` when uploaded by the leader at a later epoch;
 //! - `_strata/manifests/topic=<topic>/partition=<n>.json`: the partition's manifest;
 //! - `_strata/topics/<topic>.json`: what is needed to recreate the topic.
 //!
-//! File names derive from the offsets they hold, so an upload repeated after a crash overwrites
-//! the same object instead of leaving a duplicate.
+//! File names derive from the offsets they hold and the uploader's epoch, so an upload repeated
+//! after a crash overwrites the same object instead of leaving a duplicate, and two leaders never
+//! write the same object.
+//!
+//! One writer per partition: every manifest commit is made at the committing leader's epoch
+//! (stored in the manifest) and is conditional on the version of the manifest it was built on
+//! (`PutMode::Update` with the e-tag read, `PutMode::Create` for the first), so two writers racing
+//! cannot both succeed and a commit below the stored epoch is refused
+//! ([`Error::FencedLeaderEpoch`]). A new leader first [`Lake::claim`]s the partition (commits the
+//! manifest at its epoch, which fences every earlier leader), then removes the uploads earlier
+//! leaders left uncommitted ([`Lake::remove_orphans`]): those can never be committed any more.
 //!
 //! Offloading streams: a blocking task reads the segment batch by batch, encodes row group by row
 //! group and hands the file out in parts that the async side uploads as they come (one PUT when
@@ -21,12 +32,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use object_store::path::Path;
-use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{
+    GetOptions, MultipartUpload, ObjectStore, ObjectStoreExt, PutMode, PutPayload, UpdateVersion,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
-use crate::manifest::{FileEntry, Manifest, VerifyReport};
+use crate::manifest::{CommitDecision, FileEntry, Manifest, VerifyReport, decide_commit};
 use crate::parquet_file::{self, FileSummary, FileWriter, RowGroupLimits};
 use crate::segment::{self, BatchReader, SegmentSource};
 
@@ -66,6 +79,19 @@ pub struct Offloaded {
     pub peak_buffered_bytes: usize,
 }
 
+/// A file uploaded and not committed yet (see [`Lake::upload_segment`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uploaded {
+    /// The manifest entry naming it.
+    pub entry: FileEntry,
+    /// The most bytes the conversion held at once (see [`Offloaded`]).
+    pub peak_buffered_bytes: usize,
+}
+
+/// The version of a manifest as read (its e-tag), for [`Lake::manifest_since`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestVersion(UpdateVersion);
+
 /// What the lake keeps of a topic so that a broker can recreate it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicMetadata {
@@ -90,6 +116,57 @@ pub struct Lake {
 pub fn partition_prefix(topic: &str, partition: i32) -> String {
     format!("topic={topic}/partition={partition}")
 }
+
+/// The object a leader at `leader_epoch` uploads offsets `first..=last` of a partition to.
+fn file_path(topic: &str, partition: i32, first: i64, last: i64, leader_epoch: i32) -> String {
+    let prefix = partition_prefix(topic, partition);
+    if leader_epoch == 0 {
+        format!("{prefix}/{first:020}-{last:020}.parquet")
+    } else {
+        format!("{prefix}/{first:020}-{last:020}-e{leader_epoch}.parquet")
+    }
+}
+
+/// The leader epoch a data file was uploaded at, read from its name; `None` for a name this
+/// crate does not write.
+fn upload_epoch(path: &str) -> Option<i32> {
+    let name = path.rsplit('/').next()?.strip_suffix(".parquet")?;
+    let mut parts = name.split('-');
+    let offsets = [parts.next()?, parts.next()?];
+    if !offsets
+        .iter()
+        .all(|o| !o.is_empty() && o.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return None;
+    }
+    let epoch = match parts.next() {
+        None => 0,
+        Some(tag) => tag.strip_prefix('e')?.parse().ok().filter(|e| *e > 0)?,
+    };
+    parts.next().is_none().then_some(epoch)
+}
+
+/// Objects of a partition (`(path, size)`) that no commit can ever name: uploaded at an epoch
+/// below the one `manifest` (a committed manifest) was committed at, and not named by it. Commits
+/// below that epoch are refused, so those uploads were left behind by deposed or crashed leaders.
+pub fn superseded_uploads(manifest: &Manifest, objects: &[(String, u64)]) -> Vec<String> {
+    objects
+        .iter()
+        .filter(|(path, _)| {
+            !manifest.names(path)
+                && upload_epoch(path).is_some_and(|epoch| epoch < manifest.leader_epoch)
+        })
+        .map(|(path, _)| path.clone())
+        .collect()
+}
+
+/// Claims that lose to an earlier leader's commit before giving up (each loss means that leader
+/// committed again; it stops once it sees the claim).
+const CLAIM_ATTEMPTS_MAX: u32 = 5;
+
+/// Warned once per process: the store cannot put conditionally (see [`Lake::commit`]).
+static UNCONDITIONAL_COMMITS_WARNED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 fn manifest_path(topic: &str, partition: i32) -> Path {
     Path::from(format!(
@@ -119,27 +196,196 @@ impl Lake {
 
     /// The partition's manifest (empty when nothing was offloaded).
     pub async fn manifest(&self, topic: &str, partition: i32) -> Result<Manifest> {
-        match self.store.get(&manifest_path(topic, partition)).await {
+        Ok(self.read_manifest(topic, partition).await?.0)
+    }
+
+    /// The partition's manifest and the version it was read at (`None` when there is none).
+    async fn read_manifest(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<(Manifest, Option<UpdateVersion>)> {
+        self.manifest_since(topic, partition, None)
+            .await?
+            .map(|(manifest, version)| (manifest, version.map(|v| v.0)))
+            .ok_or_else(|| {
+                Error::Storage(format!(
+                    "the manifest of {topic}-{partition}: an unconditional read answered \"not modified\""
+                ))
+            })
+    }
+
+    /// The partition's manifest if its version is not `known` any more (`None` when it is):
+    /// a conditional read, which costs no transfer while nothing changed. Pass the version
+    /// returned by the previous call. A missing manifest reads as the empty one, without version.
+    pub async fn manifest_since(
+        &self,
+        topic: &str,
+        partition: i32,
+        known: Option<&ManifestVersion>,
+    ) -> Result<Option<(Manifest, Option<ManifestVersion>)>> {
+        let options = GetOptions {
+            if_none_match: known.and_then(|v| v.0.e_tag.clone()),
+            ..GetOptions::default()
+        };
+        match self
+            .store
+            .get_opts(&manifest_path(topic, partition), options)
+            .await
+        {
             Ok(found) => {
+                let version = ManifestVersion(UpdateVersion {
+                    e_tag: found.meta.e_tag.clone(),
+                    version: found.meta.version.clone(),
+                });
                 let bytes = found.bytes().await.map_err(storage)?;
-                serde_json::from_slice(&bytes).map_err(|e| {
+                let manifest = serde_json::from_slice(&bytes).map_err(|e| {
                     Error::Corrupt(format!(
                         "manifest of {topic}-{partition} does not parse: {e}"
                     ))
-                })
+                })?;
+                Ok(Some((manifest, Some(version))))
             }
-            Err(object_store::Error::NotFound { .. }) => Ok(Manifest::default()),
+            Err(object_store::Error::NotModified { .. }) => Ok(None),
+            Err(object_store::Error::NotFound { .. }) => Ok(Some((Manifest::default(), None))),
             Err(e) => Err(storage(e)),
         }
     }
 
-    async fn put_manifest(&self, topic: &str, partition: i32, manifest: &Manifest) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(manifest).expect("manifests serialize");
+    /// Commits `updated` (made by the leader at `updated.leader_epoch`) as the partition's
+    /// manifest in place of `base`, the manifest it was built on. Refused with
+    /// [`Error::FencedLeaderEpoch`] when the stored manifest was committed at a later epoch, and
+    /// with [`Error::ManifestConflict`] when it is no longer `base` (another writer committed);
+    /// the write itself is conditional on the version read, so of two writers racing one fails.
+    /// A store without conditional puts (S3 with `aws_conditional_put=disabled`) gets a plain put
+    /// after the same checks, with a warning.
+    pub async fn commit(
+        &self,
+        topic: &str,
+        partition: i32,
+        base: &Manifest,
+        updated: &Manifest,
+    ) -> Result<()> {
+        let (stored, version) = self.read_manifest(topic, partition).await?;
+        match decide_commit(&stored, base, updated) {
+            CommitDecision::Write => {}
+            CommitDecision::AlreadyCommitted => return Ok(()),
+            CommitDecision::Fenced { stored_epoch } => {
+                return Err(Error::FencedLeaderEpoch {
+                    topic: topic.to_string(),
+                    partition,
+                    leader_epoch: updated.leader_epoch,
+                    stored_epoch,
+                });
+            }
+            CommitDecision::Conflict => {
+                return Err(Error::ManifestConflict {
+                    topic: topic.to_string(),
+                    partition,
+                });
+            }
+        }
+        let path = manifest_path(topic, partition);
+        let bytes = Bytes::from(serde_json::to_vec_pretty(updated).expect("manifests serialize"));
+        let mode = match version {
+            None => PutMode::Create,
+            Some(v) if v.e_tag.is_some() || v.version.is_some() => PutMode::Update(v),
+            // The store names no version: nothing to condition on.
+            Some(_) => return self.put_unconditionally(&path, bytes, "no e-tag").await,
+        };
+        match self
+            .store
+            .put_opts(&path, PutPayload::from(bytes.clone()), mode.into())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(
+                object_store::Error::Precondition { .. }
+                | object_store::Error::AlreadyExists { .. },
+            ) => Err(Error::ManifestConflict {
+                topic: topic.to_string(),
+                partition,
+            }),
+            Err(object_store::Error::NotImplemented { operation, .. }) => {
+                self.put_unconditionally(&path, bytes, &operation).await
+            }
+            Err(e) => Err(storage(e)),
+        }
+    }
+
+    async fn put_unconditionally(&self, path: &Path, bytes: Bytes, why: &str) -> Result<()> {
+        if !UNCONDITIONAL_COMMITS_WARNED.swap(true, Ordering::Relaxed) {
+            tracing::warn!(store = %self.store, reason = why,
+                "the object store cannot put conditionally: manifest commits are fenced by the \
+                 leader epoch stored in the manifest, but two writers racing could both commit");
+        }
         self.store
-            .put(&manifest_path(topic, partition), PutPayload::from(bytes))
+            .put(path, PutPayload::from(bytes))
             .await
             .map_err(storage)?;
         Ok(())
+    }
+
+    /// Makes the leader at `leader_epoch` the partition's only writer: commits the manifest at
+    /// that epoch unless it already is (one write per leadership; none for a single broker,
+    /// always at epoch 0), after which every earlier leader's commit is refused. Returns the
+    /// manifest now committed. [`Error::FencedLeaderEpoch`] when a later leader claimed it.
+    pub async fn claim(&self, topic: &str, partition: i32, leader_epoch: i32) -> Result<Manifest> {
+        let mut attempts = 0;
+        loop {
+            let (stored, _) = self.read_manifest(topic, partition).await?;
+            if stored.leader_epoch == leader_epoch {
+                return Ok(stored);
+            }
+            let claimed = stored.at_epoch(leader_epoch);
+            attempts += 1;
+            match self.commit(topic, partition, &stored, &claimed).await {
+                Ok(()) => return Ok(claimed),
+                // An earlier leader committed in between: read its manifest and claim that.
+                Err(Error::ManifestConflict { .. }) if attempts < CLAIM_ATTEMPTS_MAX => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Deletes the partition's uploads that no commit can name any more (see
+    /// [`superseded_uploads`]), given its committed `manifest`; returns their paths. Nothing to
+    /// do (and no listing) at epoch 0.
+    pub async fn remove_orphans(
+        &self,
+        topic: &str,
+        partition: i32,
+        manifest: &Manifest,
+    ) -> Result<Vec<String>> {
+        if manifest.leader_epoch == 0 {
+            return Ok(Vec::new());
+        }
+        let orphans = superseded_uploads(manifest, &self.objects(topic, partition).await?);
+        for path in &orphans {
+            self.delete_object(path).await?;
+        }
+        Ok(orphans)
+    }
+
+    /// Deletes an upload this writer will not commit (it stopped leading), unless the manifest
+    /// names it.
+    pub async fn discard_upload(
+        &self,
+        topic: &str,
+        partition: i32,
+        entry: &FileEntry,
+    ) -> Result<()> {
+        if self.manifest(topic, partition).await?.names(&entry.path) {
+            return Ok(());
+        }
+        self.delete_object(&entry.path).await
+    }
+
+    async fn delete_object(&self, path: &str) -> Result<()> {
+        match self.store.delete(&Path::from(path)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(storage(e)),
+        }
     }
 
     /// Records the topic's metadata in the lake.
@@ -201,10 +447,7 @@ impl Lake {
             Err(e) => return Err(storage(e)),
         }
         for (path, _) in self.objects(topic, partition).await? {
-            match self.store.delete(&Path::from(path.as_str())).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(storage(e)),
-            }
+            self.delete_object(&path).await?;
         }
         Ok(())
     }
@@ -226,8 +469,59 @@ impl Lake {
         Ok(done.manifest)
     }
 
-    /// Offloads the records of a sealed segment from `from_offset` on: converts them to Parquet
-    /// and uploads the file as it is produced, then commits the manifest naming it.
+    /// Offloads the records of a sealed segment from `from_offset` on as a single broker (leader
+    /// epoch 0): [`Lake::offload_segment_at`].
+    pub async fn offload_segment(
+        &self,
+        topic: &str,
+        partition: i32,
+        manifest: &Manifest,
+        segment: impl SegmentSource + Send + 'static,
+        from_offset: i64,
+    ) -> Result<Offloaded> {
+        self.offload_segment_at(topic, partition, manifest, segment, from_offset, 0)
+            .await
+    }
+
+    /// Offloads the records of a sealed segment from `from_offset` on as the partition leader at
+    /// `leader_epoch`: [`Lake::upload_segment`], then [`Lake::commit_file`].
+    pub async fn offload_segment_at(
+        &self,
+        topic: &str,
+        partition: i32,
+        manifest: &Manifest,
+        segment: impl SegmentSource + Send + 'static,
+        from_offset: i64,
+        leader_epoch: i32,
+    ) -> Result<Offloaded> {
+        let uploaded = self
+            .upload_segment(
+                topic,
+                partition,
+                manifest,
+                segment,
+                from_offset,
+                leader_epoch,
+            )
+            .await?;
+        let Some(uploaded) = uploaded else {
+            return Ok(Offloaded {
+                manifest: manifest.clone(),
+                peak_buffered_bytes: 0,
+            });
+        };
+        let manifest = self
+            .commit_file(topic, partition, manifest, uploaded.entry, leader_epoch)
+            .await?;
+        Ok(Offloaded {
+            manifest,
+            peak_buffered_bytes: uploaded.peak_buffered_bytes,
+        })
+    }
+
+    /// Converts the records of a sealed segment from `from_offset` on to Parquet and uploads the
+    /// file as it is produced, named for the leader at `leader_epoch`; nothing is committed
+    /// (`None` when there was nothing to offload). `manifest` is the one the file will continue.
     ///
     /// Memory is bounded, whatever the segment's size: the read window (1 MiB, or the largest
     /// batch), one batch's decoded records, one row group as the encoder holds it (compressed;
@@ -238,15 +532,16 @@ impl Lake {
     /// The file's name and manifest entry come from the segment's batch headers (read first,
     /// which checks the framing of the whole segment before anything is uploaded) and from what
     /// the conversion counted; a segment whose records disagree with its headers fails with
-    /// [`Error::CorruptSegment`] and nothing is committed.
-    pub async fn offload_segment(
+    /// [`Error::CorruptSegment`].
+    pub async fn upload_segment(
         &self,
         topic: &str,
         partition: i32,
         manifest: &Manifest,
         segment: impl SegmentSource + Send + 'static,
         from_offset: i64,
-    ) -> Result<Offloaded> {
+        leader_epoch: i32,
+    ) -> Result<Option<Uploaded>> {
         let (source_bytes, segment_name) = (segment.len(), segment.name());
         let scanned = tokio::task::spawn_blocking(move || {
             let mut reader = BatchReader::new(segment);
@@ -255,15 +550,19 @@ impl Lake {
         .await
         .map_err(|e| Error::Corrupt(format!("segment scan task failed: {e}")))?;
         let (reader, Some((first, last))) = scanned? else {
-            return Ok(Offloaded {
-                manifest: manifest.clone(),
-                peak_buffered_bytes: 0,
-            });
+            return Ok(None);
         };
-        let path = format!(
-            "{}/{first:020}-{last:020}.parquet",
-            partition_prefix(topic, partition)
-        );
+        if let Some(next) = manifest.next_offset()
+            && first != next
+            && manifest.files.last().is_none_or(|f| f.base_offset != first)
+        {
+            // Checked before the upload too: a file that cannot be committed is not uploaded.
+            return Err(Error::Corrupt(format!(
+                "{topic}-{partition}: the segment's records start at offset {first} but the \
+                 manifest continues at {next}"
+            )));
+        }
+        let path = file_path(topic, partition, first, last, leader_epoch);
         let (summary, size_bytes, peak_buffered_bytes) = self
             .convert_and_upload(&Path::from(path.as_str()), reader, from_offset)
             .await?;
@@ -289,12 +588,36 @@ impl Lake {
             size_bytes,
             source_bytes,
         };
-        let updated = manifest.with_file(entry)?;
-        self.put_manifest(topic, partition, &updated).await?;
-        Ok(Offloaded {
-            manifest: updated,
+        Ok(Some(Uploaded {
+            entry,
             peak_buffered_bytes,
-        })
+        }))
+    }
+
+    /// Commits an uploaded file: the manifest is `manifest` (the one it was built on) with
+    /// `entry` appended, committed at `leader_epoch` (see [`Lake::commit`]). Returns the new
+    /// manifest. A refused commit ([`Error::FencedLeaderEpoch`]) deletes the upload, which no
+    /// commit can name any more.
+    pub async fn commit_file(
+        &self,
+        topic: &str,
+        partition: i32,
+        manifest: &Manifest,
+        entry: FileEntry,
+        leader_epoch: i32,
+    ) -> Result<Manifest> {
+        let updated = manifest.with_file(entry.clone())?.at_epoch(leader_epoch);
+        match self.commit(topic, partition, manifest, &updated).await {
+            Ok(()) => Ok(updated),
+            Err(fenced @ Error::FencedLeaderEpoch { .. }) => {
+                if let Err(e) = self.discard_upload(topic, partition, &entry).await {
+                    tracing::warn!(topic, partition, path = %entry.path, error = %e,
+                        "deleting an upload a later leader superseded failed; it will remove it");
+                }
+                Err(fenced)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Converts the records of `reader` from `from_offset` on and uploads the file to `path` as it
@@ -355,13 +678,16 @@ impl Lake {
         result
     }
 
-    /// Applies remote retention: the manifest loses the expired files first, then their objects
-    /// are deleted. Returns the new manifest.
+    /// Applies remote retention as the leader at `leader_epoch`: the manifest loses the expired
+    /// files first (a commit, see [`Lake::commit`]), then their objects are deleted. Returns the
+    /// new manifest.
+    #[allow(clippy::too_many_arguments)] // The partition, its manifest, the clock and two limits.
     pub async fn apply_retention(
         &self,
         topic: &str,
         partition: i32,
         manifest: &Manifest,
+        leader_epoch: i32,
         now_ms: i64,
         retention_ms: i64,
         retention_bytes: i64,
@@ -370,12 +696,10 @@ impl Lake {
         if removed.is_empty() {
             return Ok(kept);
         }
-        self.put_manifest(topic, partition, &kept).await?;
+        let kept = kept.at_epoch(leader_epoch);
+        self.commit(topic, partition, manifest, &kept).await?;
         for f in removed {
-            match self.store.delete(&Path::from(f.path.as_str())).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(storage(e)),
-            }
+            self.delete_object(&f.path).await?;
         }
         Ok(kept)
     }
@@ -679,7 +1003,7 @@ mod tests {
         assert_eq!(lake.partitions().await.unwrap(), vec![("t".to_string(), 0)]);
         // Retention drops the oldest file, manifest first.
         let kept = lake
-            .apply_retention("t", 0, &m, i64::MAX, 0, -1)
+            .apply_retention("t", 0, &m, 0, i64::MAX, 0, -1)
             .await
             .unwrap();
         assert_eq!(kept.files.len(), 1);
@@ -886,5 +1210,306 @@ mod tests {
         // Nothing at or past `from_offset`: nothing to do.
         let same = lake.offload("t", 0, &m, bytes, 20).await.unwrap();
         assert_eq!(same, m);
+    }
+
+    fn file_lake(dir: &std::path::Path) -> Lake {
+        let url = crate::store::file_url(dir).unwrap();
+        Lake::new(crate::store::open(&url, &BTreeMap::new()).unwrap())
+    }
+
+    fn memory_lake() -> Lake {
+        Lake::new(Arc::new(object_store::memory::InMemory::new()))
+    }
+
+    #[test]
+    fn upload_names_carry_the_epoch_and_read_back() {
+        let zero = file_path("t", 1, 0, 9, 0);
+        assert_eq!(
+            zero,
+            "topic=t/partition=1/00000000000000000000-00000000000000000009.parquet"
+        );
+        assert_eq!(upload_epoch(&zero), Some(0));
+        let seven = file_path("t", 1, 10, 19, 7);
+        assert!(seven.ends_with("-e7.parquet"), "{seven}");
+        assert_eq!(upload_epoch(&seven), Some(7));
+        for other in [
+            "topic=t/partition=1/notes.txt",
+            "topic=t/partition=1/1-2-3.parquet",
+            "topic=t/partition=1/1-2-e.parquet",
+            "topic=t/partition=1/1-2-e0.parquet",
+            "topic=t/partition=1/1-x.parquet",
+            "topic=t/partition=1/-2.parquet",
+        ] {
+            assert_eq!(upload_epoch(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn only_uploads_below_the_committed_epoch_are_superseded() {
+        let committed = |path: &str| FileEntry {
+            path: path.into(),
+            base_offset: 0,
+            last_offset: 9,
+            min_timestamp_ms: 0,
+            max_timestamp_ms: 0,
+            rows: 10,
+            size_bytes: 1,
+            source_bytes: 1,
+        };
+        let manifest = Manifest {
+            files: vec![committed(&file_path("t", 0, 0, 9, 0))],
+            leader_epoch: 3,
+        };
+        let objects: Vec<(String, u64)> = [
+            file_path("t", 0, 0, 9, 0),   // committed
+            file_path("t", 0, 10, 14, 0), // left by the leader at epoch 0
+            file_path("t", 0, 10, 19, 2), // left by the leader at epoch 2
+            file_path("t", 0, 10, 17, 3), // the current leader's, not committed yet
+            file_path("t", 0, 10, 17, 4), // a later leader's
+            "topic=t/partition=0/unknown.bin".to_string(),
+        ]
+        .into_iter()
+        .map(|p| (p, 1))
+        .collect();
+        assert_eq!(
+            superseded_uploads(&manifest, &objects),
+            vec![objects[1].0.clone(), objects[2].0.clone()]
+        );
+        assert!(superseded_uploads(&manifest.at_epoch(0), &objects).is_empty());
+    }
+
+    /// A deposed leader's commit is refused once its successor claimed the partition, its upload
+    /// is deleted, and the successor's claim removed what the deposed leader left before.
+    #[tokio::test]
+    async fn a_commit_below_the_claimed_epoch_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = file_lake(dir.path());
+        let (first, _) = segment_of(0, 10);
+        let at_1 = lake.claim("t", 0, 1).await.unwrap();
+        assert_eq!(at_1.leader_epoch, 1);
+        let at_1 = lake
+            .offload_segment_at("t", 0, &at_1, first, 0, 1)
+            .await
+            .unwrap()
+            .manifest;
+        assert_eq!((at_1.leader_epoch, at_1.next_offset()), (1, Some(10)));
+        // Leader 1 uploads the next segment twice over (say, a retry), then is deposed.
+        let (second, _) = segment_of(10, 10);
+        let left = lake
+            .upload_segment("t", 0, &at_1, second.clone(), 0, 1)
+            .await
+            .unwrap()
+            .unwrap();
+        let at_2 = lake.claim("t", 0, 2).await.unwrap();
+        assert_eq!(at_2, at_1.at_epoch(2));
+        assert_eq!(
+            lake.remove_orphans("t", 0, &at_2).await.unwrap(),
+            vec![left.entry.path.clone()]
+        );
+        let late = lake
+            .upload_segment("t", 0, &at_1, second.clone(), 0, 1)
+            .await
+            .unwrap()
+            .unwrap();
+        let refused = lake
+            .commit_file("t", 0, &at_1, late.entry.clone(), 1)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                Error::FencedLeaderEpoch {
+                    leader_epoch: 1,
+                    stored_epoch: 2,
+                    ..
+                }
+            ),
+            "{refused}"
+        );
+        assert!(refused.to_string().contains("t-0"), "{refused}");
+        assert_eq!(
+            lake.manifest("t", 0).await.unwrap(),
+            at_2,
+            "nothing committed"
+        );
+        assert!(
+            lake.verify("t", 0).await.unwrap().is_clean(),
+            "its upload is gone"
+        );
+        // Claims at the old epoch are refused too; the new leader goes on.
+        assert!(matches!(
+            lake.claim("t", 0, 1).await,
+            Err(Error::FencedLeaderEpoch { .. })
+        ));
+        let at_2 = lake
+            .offload_segment_at("t", 0, &at_2, second, 0, 2)
+            .await
+            .unwrap()
+            .manifest;
+        assert_eq!((at_2.leader_epoch, at_2.next_offset()), (2, Some(20)));
+        assert!(at_2.files[1].path.ends_with("-e2.parquet"));
+        assert!(lake.verify("t", 0).await.unwrap().is_clean());
+        // Remote retention by the deposed leader: refused, and no file deleted.
+        assert!(matches!(
+            lake.apply_retention("t", 0, &at_2, 1, i64::MAX, 0, 0).await,
+            Err(Error::FencedLeaderEpoch { .. })
+        ));
+        assert_eq!(lake.manifest("t", 0).await.unwrap(), at_2);
+        assert!(lake.verify("t", 0).await.unwrap().is_clean());
+        let kept = lake
+            .apply_retention("t", 0, &at_2, 2, i64::MAX, 0, 0)
+            .await
+            .unwrap();
+        assert_eq!((kept.files.len(), kept.leader_epoch), (1, 2));
+        assert!(lake.verify("t", 0).await.unwrap().is_clean());
+    }
+
+    /// Two writers commit different files on the same manifest at the same moment: exactly one
+    /// succeeds, on the local folder store (a file lock) and in memory (the store's own check).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn of_writers_racing_on_one_manifest_exactly_one_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        for lake in [file_lake(dir.path()), memory_lake()] {
+            for round in 0..10i64 {
+                let base = lake.manifest("t", 0).await.unwrap();
+                let next = base.next_offset().unwrap_or(0);
+                let writers = (1..=8i64).map(|w| {
+                    let (lake, base) = (lake.clone(), base.clone());
+                    tokio::spawn(async move {
+                        let entry = FileEntry {
+                            path: format!("topic=t/partition=0/{round}-{w}.parquet"),
+                            base_offset: next,
+                            last_offset: next + w,
+                            min_timestamp_ms: 0,
+                            max_timestamp_ms: 0,
+                            rows: 1,
+                            size_bytes: 1,
+                            source_bytes: 1,
+                        };
+                        let updated = base.with_file(entry).unwrap();
+                        lake.commit("t", 0, &base, &updated).await.map(|()| updated)
+                    })
+                });
+                let results = futures::future::join_all(writers).await;
+                let won: Vec<Manifest> = results
+                    .into_iter()
+                    .filter_map(|r| match r.unwrap() {
+                        Ok(m) => Some(m),
+                        Err(Error::ManifestConflict { .. }) => None,
+                        Err(e) => panic!("{e}"),
+                    })
+                    .collect();
+                assert_eq!(won.len(), 1, "round {round} of {}", lake.store);
+                assert_eq!(lake.manifest("t", 0).await.unwrap(), won[0]);
+            }
+        }
+    }
+
+    /// The conditional put itself: of two updates from the same read, the second fails, even with
+    /// no check before it; a create over an existing manifest fails too.
+    #[tokio::test]
+    async fn a_conditional_put_from_a_stale_read_loses() {
+        let dir = tempfile::tempdir().unwrap();
+        for lake in [file_lake(dir.path()), memory_lake()] {
+            let path = manifest_path("t", 9);
+            let put = |bytes: &'static [u8], mode: PutMode| {
+                let (store, path) = (Arc::clone(&lake.store), path.clone());
+                async move {
+                    store
+                        .put_opts(&path, PutPayload::from_static(bytes), mode.into())
+                        .await
+                }
+            };
+            put(br#"{"files":[]}"#, PutMode::Create).await.unwrap();
+            assert!(matches!(
+                put(br#"{"files":[]}"#, PutMode::Create).await,
+                Err(object_store::Error::AlreadyExists { .. })
+            ));
+            let (_, read) = lake.read_manifest("t", 9).await.unwrap();
+            let read = read.unwrap();
+            put(br#"{"files":[]}"#, PutMode::Update(read.clone()))
+                .await
+                .unwrap();
+            assert!(
+                matches!(
+                    put(br#"{"files":[],"leader_epoch":1}"#, PutMode::Update(read)).await,
+                    Err(object_store::Error::Precondition { .. })
+                ),
+                "{}",
+                lake.store
+            );
+            assert_eq!(lake.manifest("t", 9).await.unwrap(), Manifest::default());
+            lake.delete_partition("t", 9).await.unwrap();
+            let missing = UpdateVersion {
+                e_tag: Some("x".into()),
+                version: None,
+            };
+            assert!(matches!(
+                put(b"{}", PutMode::Update(missing)).await,
+                Err(object_store::Error::Precondition { .. })
+            ));
+        }
+    }
+
+    /// A follower's conditional read: nothing while the manifest is unchanged, the new one after a
+    /// commit; no manifest reads as empty. Lock files never show as lake data.
+    #[tokio::test]
+    async fn manifests_are_read_again_only_when_they_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = file_lake(dir.path());
+        let (empty, none) = lake.manifest_since("t", 0, None).await.unwrap().unwrap();
+        assert_eq!((empty, none), (Manifest::default(), None));
+        let (bytes, _) = segment_of(0, 10);
+        let m = lake
+            .offload("t", 0, &Manifest::default(), bytes, 0)
+            .await
+            .unwrap();
+        let (read, version) = lake.manifest_since("t", 0, None).await.unwrap().unwrap();
+        assert_eq!(read, m);
+        assert_eq!(
+            lake.manifest_since("t", 0, version.as_ref()).await.unwrap(),
+            None
+        );
+        let claimed = lake.claim("t", 0, 3).await.unwrap();
+        let (read, _) = lake
+            .manifest_since("t", 0, version.as_ref())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(read, claimed);
+        assert_eq!(lake.partitions().await.unwrap(), vec![("t".to_string(), 0)]);
+        assert_eq!(
+            lake.all_partitions().await.unwrap(),
+            vec![("t".to_string(), 0)]
+        );
+        assert!(lake.verify("t", 0).await.unwrap().is_clean());
+    }
+
+    /// A lake written before epochs were kept (no `leader_epoch` in its manifests) loads, a single
+    /// broker goes on writing it exactly as before, and a cluster leader can claim it.
+    #[tokio::test]
+    async fn manifests_without_an_epoch_still_load_and_continue() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = file_lake(dir.path());
+        let (bytes, _) = segment_of(0, 10);
+        let m = lake
+            .offload("t", 0, &Manifest::default(), bytes, 0)
+            .await
+            .unwrap();
+        let stored = std::fs::read_to_string(
+            dir.path()
+                .join("_strata/manifests/topic=t/partition=0.json"),
+        )
+        .unwrap();
+        assert!(!stored.contains("leader_epoch"), "{stored}");
+        let (bytes, _) = segment_of(10, 10);
+        let m = lake.offload("t", 0, &m, bytes, 0).await.unwrap();
+        assert_eq!((m.leader_epoch, m.next_offset()), (0, Some(20)));
+        assert_eq!(
+            lake.claim("t", 0, 0).await.unwrap(),
+            m,
+            "no write at epoch 0"
+        );
+        assert_eq!(lake.claim("t", 0, 5).await.unwrap().files, m.files);
     }
 }

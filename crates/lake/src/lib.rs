@@ -8,11 +8,14 @@
 //! - [`parquet_file`]: the lake's Parquet schema, writer and reader.
 //! - [`segment`]: a segment's batches read one at a time through a bounded window (the offload
 //!   streams them), a whole segment's bytes ↔ records, and records ↔ batches for serving.
-//! - [`manifest`]: which files hold which offsets; contiguity, retention and verification.
-//! - [`lake`]: the layout in object storage, offload (upload, then manifest commit), listing.
+//! - [`manifest`]: which files hold which offsets, and which leader epoch committed them;
+//!   contiguity, commit fencing, retention and verification.
+//! - [`lake`]: the layout in object storage, offload (upload, then a conditional manifest commit
+//!   fenced by the leader epoch), a new leader's claim, listing.
 //! - [`reader`]: ranged reads of lake files for serving consumers: the footer, then only the row
 //!   groups holding the wanted offsets, as whole RecordBatch v2 batches.
-//! - [`store`]: the object store a tier URL names (`file://`, `s3://`).
+//! - [`store`]: the object store a tier URL names (`file://`, with conditional updates under a
+//!   file lock, or `s3://`).
 //! - [`status`]: a partition's failing offload, as the broker last saw it.
 //! - [`error`]: the crate's one error type.
 //!
@@ -38,7 +41,7 @@ pub mod status;
 pub mod store;
 
 pub use crate::error::{Error, Result};
-pub use crate::lake::{Lake, TopicMetadata};
+pub use crate::lake::{Lake, ManifestVersion, TopicMetadata, Uploaded};
 pub use crate::manifest::{FileEntry, Manifest, VerifyReport};
 pub use crate::records::LakeRecord;
 pub use crate::status::OffloadError;

@@ -1,6 +1,10 @@
 //! The per-partition manifest: which Parquet files hold which offsets. A file counts only once the
 //! manifest naming it is committed, and the manifest is written only after the file is durable, so
 //! a crash at any point leaves no gap and no duplicate a reader would count. Pure data and checks.
+//!
+//! One writer per partition: the manifest keeps the leader epoch of the last leader that committed
+//! it, and a commit at a lower epoch is refused ([`decide_commit`]), so a deposed leader (paused,
+//! then resumed) can never commit over its successor.
 
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +36,46 @@ pub struct FileEntry {
 pub struct Manifest {
     /// Files in offset order, contiguous.
     pub files: Vec<FileEntry>,
+    /// The leader epoch of the partition leader that last committed the manifest: 0 for a single
+    /// broker, and for manifests written before epochs were kept (the field is then absent).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub leader_epoch: i32,
+}
+
+fn is_zero(epoch: &i32) -> bool {
+    *epoch == 0
+}
+
+/// What a commit does, given the manifest stored now (see [`decide_commit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitDecision {
+    /// Write the new manifest (conditionally on the stored version).
+    Write,
+    /// The stored manifest already is the new one (a retry after an unacknowledged commit).
+    AlreadyCommitted,
+    /// A later leader committed: refused.
+    Fenced {
+        /// The stored manifest's epoch.
+        stored_epoch: i32,
+    },
+    /// Another writer committed since `base` was read: refused, read again.
+    Conflict,
+}
+
+/// Whether `updated`, built on `base` by a writer at `updated.leader_epoch`, may replace the
+/// `stored` manifest. A lower epoch than the stored one is always refused, whatever the contents.
+pub fn decide_commit(stored: &Manifest, base: &Manifest, updated: &Manifest) -> CommitDecision {
+    if stored.leader_epoch > updated.leader_epoch {
+        CommitDecision::Fenced {
+            stored_epoch: stored.leader_epoch,
+        }
+    } else if stored == updated {
+        CommitDecision::AlreadyCommitted
+    } else if stored != base {
+        CommitDecision::Conflict
+    } else {
+        CommitDecision::Write
+    }
 }
 
 impl Manifest {
@@ -68,7 +112,23 @@ impl Manifest {
         }
         let mut files = self.files.clone();
         files.push(entry);
-        Ok(Self { files })
+        Ok(Self {
+            files,
+            leader_epoch: self.leader_epoch,
+        })
+    }
+
+    /// The same files, committed by the leader at `leader_epoch`.
+    pub fn at_epoch(&self, leader_epoch: i32) -> Self {
+        Self {
+            files: self.files.clone(),
+            leader_epoch,
+        }
+    }
+
+    /// Whether an entry names the object at `path`.
+    pub fn names(&self, path: &str) -> bool {
+        self.files.iter().any(|f| f.path == path)
     }
 
     /// Remote retention: the manifest without the oldest files whose newest record is older than
@@ -97,6 +157,7 @@ impl Manifest {
         (
             Self {
                 files: self.files[drop..].to_vec(),
+                leader_epoch: self.leader_epoch,
             },
             removed,
         )
@@ -194,6 +255,7 @@ mod tests {
                 entry(10, 19, 200, 10),
                 entry(20, 29, 300, 10),
             ],
+            leader_epoch: 4,
         };
         let (kept, removed) = m.after_retention(1000, 850, -1);
         assert_eq!((kept.files.len(), removed.len()), (2, 1));
@@ -201,6 +263,7 @@ mod tests {
         assert_eq!(kept.files.len(), 1);
         let (kept, _) = m.after_retention(0, -1, 20);
         assert_eq!(kept.start_offset(), Some(10));
+        assert_eq!(kept.leader_epoch, 4, "retention keeps the writer's epoch");
         assert_eq!(m.after_retention(i64::MAX, -1, -1).1.len(), 0);
     }
 
@@ -212,6 +275,7 @@ mod tests {
                 entry(12, 19, 0, 10),
                 entry(15, 25, 0, 10),
             ],
+            ..Manifest::default()
         };
         let objects = vec![
             ("p/0.parquet".to_string(), 10),
@@ -227,7 +291,63 @@ mod tests {
         assert!(!report.is_clean());
         let clean = Manifest {
             files: vec![entry(0, 9, 0, 10)],
+            ..Manifest::default()
         };
         assert!(verify(&clean, &[("p/0.parquet".into(), 10)]).is_clean());
+    }
+
+    #[test]
+    fn a_commit_below_the_stored_epoch_is_refused_whatever_it_holds() {
+        let base = Manifest::default().with_file(entry(0, 9, 0, 5)).unwrap();
+        let stored = base.at_epoch(3);
+        // A deposed leader at epoch 2 continuing the very manifest stored now: refused.
+        let late = stored.with_file(entry(10, 19, 0, 5)).unwrap().at_epoch(2);
+        assert_eq!(
+            decide_commit(&stored, &stored, &late),
+            CommitDecision::Fenced { stored_epoch: 3 }
+        );
+        // Even a commit that changes nothing.
+        assert_eq!(
+            decide_commit(&stored, &stored, &stored.at_epoch(2)),
+            CommitDecision::Fenced { stored_epoch: 3 }
+        );
+        // The leader at the stored epoch, or a later one, goes on.
+        let next = stored.with_file(entry(10, 19, 0, 5)).unwrap();
+        assert_eq!(
+            decide_commit(&stored, &stored, &next),
+            CommitDecision::Write
+        );
+        assert_eq!(
+            decide_commit(&stored, &stored, &next.at_epoch(4)),
+            CommitDecision::Write
+        );
+        // Built on a manifest that is no longer the stored one: another writer went first.
+        assert_eq!(
+            decide_commit(
+                &next,
+                &stored,
+                &stored.with_file(entry(10, 14, 0, 5)).unwrap()
+            ),
+            CommitDecision::Conflict
+        );
+        // The same commit again (its acknowledgement was lost) changes nothing.
+        assert_eq!(
+            decide_commit(&next, &stored, &next),
+            CommitDecision::AlreadyCommitted
+        );
+    }
+
+    #[test]
+    fn manifests_without_an_epoch_load_at_epoch_zero_and_epoch_zero_is_not_written() {
+        let old = r#"{"files":[{"path":"p/0.parquet","base_offset":0,"last_offset":9,
+            "min_timestamp_ms":0,"max_timestamp_ms":0,"rows":10,"size_bytes":5,"source_bytes":15}]}"#;
+        let m: Manifest = serde_json::from_str(old).unwrap();
+        assert_eq!((m.leader_epoch, m.next_offset()), (0, Some(10)));
+        let written = serde_json::to_string(&m).unwrap();
+        assert!(!written.contains("leader_epoch"), "{written}");
+        let at_7: Manifest =
+            serde_json::from_str(&serde_json::to_string(&m.at_epoch(7)).unwrap()).unwrap();
+        assert_eq!(at_7, m.at_epoch(7));
+        assert_eq!(at_7.with_file(entry(10, 19, 0, 5)).unwrap().leader_epoch, 7);
     }
 }

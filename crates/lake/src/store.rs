@@ -5,17 +5,28 @@
 //! Credentials: `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN` when given,
 //! otherwise the standard AWS chain of `aws-config` (profile files, SSO, web identity, container
 //! credentials, instance metadata), refreshed before they expire.
+//!
+//! Manifest commits are conditional puts (`PutMode::Create`, `PutMode::Update` with the e-tag
+//! read). S3 and MinIO answer them with `If-None-Match` / `If-Match`; `object_store`'s local file
+//! store does `Create` but not `Update`, so a local folder is served by `FolderStore`, which adds
+//! `Update` under a `flock(2)` per object: several brokers sharing a `file://` lake on one
+//! machine then commit atomically too.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use aws_credential_types::provider::ProvideCredentials;
+use futures::stream::BoxStream;
 use object_store::aws::{AmazonS3Builder, AwsCredential};
 use object_store::local::LocalFileSystem;
 use object_store::prefix::PrefixStore;
-use object_store::{CredentialProvider, ObjectStore};
+use object_store::{
+    CopyOptions, CredentialProvider, GetOptions, GetResult, ListResult, MultipartUpload,
+    ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload,
+    PutResult, RenameOptions, UpdateVersion,
+};
 
 use crate::error::{Error, Result};
 
@@ -136,7 +147,202 @@ fn open_folder(url: &str, path: &Path) -> Result<Arc<dyn ObjectStore>> {
     let store = LocalFileSystem::new_with_prefix(path)
         .map_err(|e| Error::Config(format!("tier URL {url:?}: {e}")))?
         .with_automatic_cleanup(true);
-    Ok(Arc::new(store))
+    Ok(Arc::new(FolderStore {
+        inner: store,
+        locks: path.join(LOCKS_FOLDER),
+    }))
+}
+
+/// Where [`FolderStore`] keeps its lock files, under the lake's folder. Lake listings look under
+/// `topic=…/` and `_strata/{manifests,topics}/` only, so the lock files are never taken for data.
+const LOCKS_FOLDER: &str = "_strata/locks";
+/// How long a conditional update waits for another writer's update of the same object. An update
+/// holds the lock for a read of the object's metadata and one atomic rename; a writer that holds
+/// it longer is stopped (SIGSTOP), and the update then fails as if the object had changed.
+const UPDATE_LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// A local folder as an object store: `object_store`'s [`LocalFileSystem`], plus
+/// `PutMode::Update`: under an exclusive `flock(2)` on the object's lock file, the object's
+/// current e-tag is compared with the expected one and the new content renamed into place. Every
+/// writer of an object through `Update` takes the same lock, so of two writers that read the same
+/// version only the first succeeds; the kernel drops the lock of a process however it dies.
+#[derive(Debug)]
+struct FolderStore {
+    inner: LocalFileSystem,
+    /// The folder of the lock files.
+    locks: PathBuf,
+}
+
+impl std::fmt::Display for FolderStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FolderStore({})", self.inner)
+    }
+}
+
+impl FolderStore {
+    /// The lock file of `location`: one flat file per object (a name shared by two objects would
+    /// only serialize their updates).
+    fn lock_path(&self, location: &object_store::path::Path) -> PathBuf {
+        self.locks
+            .join(format!("{}.lock", location.as_ref().replace('/', "~")))
+    }
+
+    /// Takes the object's update lock, waiting at most [`UPDATE_LOCK_WAIT`].
+    async fn lock(
+        &self,
+        location: &object_store::path::Path,
+    ) -> object_store::Result<std::fs::File> {
+        let path = self.lock_path(location);
+        let generic = |what: &str, e: &dyn std::fmt::Display| object_store::Error::Generic {
+            store: "FolderStore",
+            source: format!("{what} {}: {e}", path.display()).into(),
+        };
+        std::fs::create_dir_all(&self.locks).map_err(|e| generic("creating the folder of", &e))?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| generic("opening", &e))?;
+        let started = Instant::now();
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(file),
+                Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < UPDATE_LOCK_WAIT => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(object_store::Error::Precondition {
+                        path: location.to_string(),
+                        source: format!(
+                            "another writer held the update lock {} for {UPDATE_LOCK_WAIT:?}",
+                            path.display()
+                        )
+                        .into(),
+                    });
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(generic("locking", &e)),
+            }
+        }
+    }
+
+    /// `PutMode::Update`: the put happens only if the object's e-tag is still `expected`'s.
+    async fn update(
+        &self,
+        location: &object_store::path::Path,
+        payload: PutPayload,
+        expected: UpdateVersion,
+    ) -> object_store::Result<PutResult> {
+        let Some(expected) = expected.e_tag else {
+            return Err(object_store::Error::Generic {
+                store: "FolderStore",
+                source: "an update needs the e-tag the object was read with".into(),
+            });
+        };
+        let _lock = self.lock(location).await?;
+        let current = match self.inner.head(location).await {
+            Ok(meta) => meta.e_tag,
+            Err(object_store::Error::NotFound { path, source }) => {
+                return Err(object_store::Error::Precondition { path, source });
+            }
+            Err(e) => return Err(e),
+        };
+        if current.as_deref() != Some(expected.as_str()) {
+            return Err(object_store::Error::Precondition {
+                path: location.to_string(),
+                source: format!("e-tag {current:?}, expected {expected:?}").into(),
+            });
+        }
+        self.inner
+            .put_opts(location, payload, PutMode::Overwrite.into())
+            .await
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for FolderStore {
+    async fn put_opts(
+        &self,
+        location: &object_store::path::Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        match opts.mode {
+            PutMode::Update(expected) => self.update(location, payload, expected).await,
+            _ => self.inner.put_opts(location, payload, opts).await,
+        }
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &object_store::path::Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &object_store::path::Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+
+    async fn get_ranges(
+        &self,
+        location: &object_store::path::Path,
+        ranges: &[std::ops::Range<u64>],
+    ) -> object_store::Result<Vec<bytes::Bytes>> {
+        self.inner.get_ranges(location, ranges).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<object_store::path::Path>>,
+    ) -> BoxStream<'static, object_store::Result<object_store::path::Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    fn list_with_offset(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+        offset: &object_store::path::Path,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list_with_offset(prefix, offset)
+    }
+
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> object_store::Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &object_store::path::Path,
+        to: &object_store::path::Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+
+    async fn rename_opts(
+        &self,
+        from: &object_store::path::Path,
+        to: &object_store::path::Path,
+        options: RenameOptions,
+    ) -> object_store::Result<()> {
+        self.inner.rename_opts(from, to, options).await
+    }
 }
 
 /// Refresh credentials this long before they expire.

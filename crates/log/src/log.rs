@@ -486,7 +486,36 @@ impl Log {
         self.recovery_point = self.recovery_point.min(self.log_end_offset());
         self.store_recovery_point()?;
         self.epochs.truncate_from(offset)?;
-        // The snapshot may hold producers of the removed batches: rebuild from the batches kept.
+        self.rebuild_producer_state()
+    }
+
+    /// Deletes every segment and starts the log again, empty, at `offset`: a follower whose log
+    /// ends before the leader's log start (the leader's older segments went to the lake) continues
+    /// at the leader's start (Kafka's `truncateFullyAndStartAt`). The leader epoch cache and the
+    /// producer state start empty; they are learnt again from the batches replicated.
+    pub fn restart_at(&mut self, offset: i64, now_ms: i64) -> Result<()> {
+        tracing::info!(dir = %self.dir.display(), offset, log_end_offset = self.log_end_offset(),
+            "restarting the log empty");
+        let bases: Vec<i64> = self.segments.keys().copied().collect();
+        for base in bases {
+            if let Some(segment) = self.segments.remove(&base) {
+                segment.delete()?;
+            }
+        }
+        let offset = offset.max(0);
+        let segment = Segment::create(&self.dir, offset, self.config.index_interval_bytes, now_ms)?;
+        self.segments.insert(offset, segment);
+        self.log_start_offset = offset;
+        self.store_log_start_offset()?;
+        self.recovery_point = offset;
+        self.store_recovery_point()?;
+        self.epochs.truncate_from(i64::MIN)?;
+        self.rebuild_producer_state()
+    }
+
+    /// Drops the producer state snapshot (it may hold producers of removed batches) and rebuilds
+    /// the state from the batches kept.
+    fn rebuild_producer_state(&mut self) -> Result<()> {
         let snapshot = self.dir.join(PRODUCER_STATE_FILE);
         match std::fs::remove_file(&snapshot) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).at(&snapshot),

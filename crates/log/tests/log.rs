@@ -771,6 +771,38 @@ fn truncation_drops_what_the_leader_lacks_and_survives_a_reopen() {
 }
 
 #[test]
+fn a_log_behind_the_leaders_start_restarts_empty_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small_segments(), 0).unwrap();
+    for i in 0..10 {
+        log.append(&client_batch(i * 5, 5, 1_000, 200), 1, 1_000)
+            .unwrap();
+    }
+    assert!(log.segment_count() > 1);
+    log.restart_at(500, 2_000).unwrap();
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (500, 500));
+    assert_eq!(log.segment_count(), 1);
+    assert_eq!(log.latest_epoch(), None, "the epochs are learnt again");
+    assert!(read_all(&log, 500).is_empty());
+    // Replicated batches continue there, and it all survives a reopen.
+    let leader_dir = tempfile::tempdir().unwrap();
+    let mut leader = Log::open(leader_dir.path(), small_segments(), 0).unwrap();
+    leader.restart_at(500, 2_000).unwrap();
+    leader
+        .append(&client_batch(0, 5, 1_000, 40), 3, 2_000)
+        .unwrap();
+    assert_eq!(
+        log.append_replicated(&all_bytes(&leader), 2_000).unwrap(),
+        505
+    );
+    assert_eq!(log.end_offset_for_epoch(3), Some((3, 505)));
+    log.close(3_000).unwrap();
+    let log = Log::open(dir.path(), small_segments(), 0).unwrap();
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (500, 505));
+    assert_eq!(read_all(&log, 500).len(), 5);
+}
+
+#[test]
 fn reads_can_stop_at_a_high_watermark() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = Log::open(dir.path(), LogConfig::default(), 0).unwrap();
