@@ -257,7 +257,7 @@ pub const BROKER_SETTINGS: &[(&str, &str, ConfigType)] = &[
     ("auto.leader.rebalance.enable", "true", ConfigType::Boolean),
     ("broker.heartbeat.interval.ms", "500", ConfigType::Int(10)),
     ("broker.rack", "", ConfigType::Text),
-    ("broker.session.timeout.ms", "4000", ConfigType::Int(100)),
+    ("broker.session.timeout.ms", "3000", ConfigType::Int(100)),
     ("controller.listen", "", ConfigType::Text),
     ("controller.quorum.voters", "", ConfigType::Text),
     ("default.replication.factor", "1", ConfigType::Int(1)),
