@@ -31,8 +31,8 @@ const TOPIC: &str = "orders";
 const PARTITIONS: i32 = 3;
 const RECORDS_PER_PARTITION: i64 = 40;
 const OFFSETS_TOPIC: &str = "__consumer_offsets";
-/// `offsets.topic.num.partitions`, Kafka's default.
-const OFFSETS_PARTITIONS: i32 = 50;
+/// `offsets.topic.num.partitions`, the default.
+const OFFSETS_PARTITIONS: i32 = 10;
 
 struct Member {
     id: i32,

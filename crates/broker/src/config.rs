@@ -292,7 +292,7 @@ pub const BROKER_SETTINGS: &[(&str, &str, ConfigType)] = &[
         ConfigType::Long(1),
     ),
     ("offsets.retention.minutes", "10080", ConfigType::Int(1)),
-    ("offsets.topic.num.partitions", "50", ConfigType::Int(1)),
+    ("offsets.topic.num.partitions", "10", ConfigType::Int(1)),
     ("offsets.topic.replication.factor", "3", ConfigType::Int(1)),
     ("queued.max.request.bytes", "536870912", ConfigType::Long(1)),
     ("replica.lag.time.max.ms", "30000", ConfigType::Long(1)),
