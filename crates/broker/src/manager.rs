@@ -252,12 +252,12 @@ impl PartitionManager {
     }
 
     /// Hands an ISR change a leader proposed to the controller.
-    pub fn propose_isr(&self, partition: &Partition, isr: Vec<i32>) {
+    pub fn propose_isr(&self, partition: &Partition, leader_epoch: i32, isr: Vec<i32>) {
         if let Some(tx) = &self.isr_changes {
             let _ = tx.send(crate::replication::IsrChange {
                 topic: partition.topic().to_string(),
                 partition: partition.index(),
-                leader_epoch: partition.leader_epoch(),
+                leader_epoch,
                 isr,
             });
         }
@@ -854,22 +854,36 @@ impl PartitionManager {
 
     /// A new producer id, never handed out before (ids are reserved in blocks in the store).
     pub fn next_producer_id(&self) -> Result<i64> {
-        let mut ids = self.producer_ids.lock();
-        if ids.next >= ids.block_end && self.cluster.is_some() {
-            match self.submit(strata_cluster::Command::AllocateProducerIds {
-                count: PRODUCER_ID_BLOCK,
-            })? {
-                strata_cluster::Response::ProducerIdBlock { start } => {
+        if self.cluster.is_some() {
+            loop {
+                {
+                    let mut ids = self.producer_ids.lock();
+                    if ids.next < ids.block_end {
+                        let id = ids.next;
+                        ids.next += 1;
+                        return Ok(id);
+                    }
+                }
+                // No lock is held while the controller commits: other requests wanting an id
+                // must not block worker threads meanwhile.
+                let start = match self.submit(strata_cluster::Command::AllocateProducerIds {
+                    count: PRODUCER_ID_BLOCK,
+                })? {
+                    strata_cluster::Response::ProducerIdBlock { start } => start,
+                    other => {
+                        return Err(Error::Cluster(format!(
+                            "unexpected answer to a producer id allocation: {other:?}"
+                        )));
+                    }
+                };
+                let mut ids = self.producer_ids.lock();
+                if ids.next >= ids.block_end {
                     ids.next = start;
                     ids.block_end = start + PRODUCER_ID_BLOCK;
                 }
-                other => {
-                    return Err(Error::Cluster(format!(
-                        "unexpected answer to a producer id allocation: {other:?}"
-                    )));
-                }
             }
         }
+        let mut ids = self.producer_ids.lock();
         if ids.next >= ids.block_end {
             let mut metadata = self.metadata.lock();
             let mut updated = metadata.clone();

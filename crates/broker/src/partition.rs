@@ -12,7 +12,7 @@
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, Ordering};
 
 use strata_log::{AppendInfo, FileSlice, Log, LogConfig, Maintenance, SealedSegment};
 use tokio::sync::watch;
@@ -62,6 +62,9 @@ struct Role {
     followers: HashMap<i32, FollowerState>,
     /// An ISR this leader proposed and the controller has not committed yet.
     pending_isr: Option<Vec<i32>>,
+    /// This replica's log end offset when it became leader: a follower joins the ISR only once
+    /// it has everything up to here (Kafka's leaderEpochStartOffset), whatever the high watermark.
+    leader_start_offset: i64,
 }
 
 /// A partition replica on this broker.
@@ -79,6 +82,9 @@ pub struct Partition {
     /// The log end offset; followers' long-polling fetches wait for it to move.
     log_end_offset: watch::Sender<i64>,
     log_start_offset: AtomicI64,
+    /// A follower that must ask its leader where to truncate (OffsetForLeaderEpoch) before it
+    /// fetches: set when it opens as a follower and whenever its leader or epoch changes.
+    needs_truncation: AtomicBool,
 }
 
 /// Why an `acks=all` produce could not be answered with success.
@@ -158,11 +164,13 @@ impl Partition {
                 },
                 followers: HashMap::new(),
                 pending_isr: None,
+                leader_start_offset: 0,
             }),
             high_watermark: watch::Sender::new(high_watermark),
             log_end_offset: watch::Sender::new(log.log_end_offset()),
             log_start_offset: AtomicI64::new(log.log_start_offset()),
             log: Mutex::new(Some(log)),
+            needs_truncation: AtomicBool::new(false),
         };
         partition.set_assignment(assignment, now_ms);
         Ok(partition)
@@ -194,8 +202,12 @@ impl Partition {
                 })
                 .collect();
             role.pending_isr = None;
+            role.leader_start_offset = self.log_end_offset();
             self.leader_epoch
                 .store(assignment.leader_epoch, Ordering::Release);
+            if assignment.leader != self.node_id {
+                self.needs_truncation.store(true, Ordering::Release);
+            }
         }
         if role.pending_isr.as_ref() == Some(&assignment.isr) {
             role.pending_isr = None;
@@ -206,6 +218,22 @@ impl Partition {
             self.advance_high_watermark();
         }
         changed
+    }
+
+    /// Takes the mark that this follower must truncate before fetching (see
+    /// [`Partition::set_assignment`]); `true` once per mark.
+    pub fn take_truncation(&self) -> bool {
+        self.needs_truncation.swap(false, Ordering::AcqRel)
+    }
+
+    /// Marks this follower to ask its leader where to truncate before its next fetch.
+    pub fn mark_truncation(&self) {
+        self.needs_truncation.store(true, Ordering::Release);
+    }
+
+    /// Whether this follower waits for a truncation.
+    pub fn needs_truncation(&self) -> bool {
+        self.needs_truncation.load(Ordering::Acquire)
     }
 
     /// The metadata's view of the partition as applied here.
@@ -311,17 +339,26 @@ impl Partition {
     /// Appends one produced batch (this broker must lead) and moves the high watermark as far as
     /// the in-sync replicas allow.
     pub fn append(&self, records: &[u8], now_ms: i64) -> Result<AppendInfo> {
-        if !self.is_leader() {
+        self.append_at_epoch(records, now_ms).map(|(info, _)| info)
+    }
+
+    /// As [`Partition::append`], with the leader epoch the batch was stamped with. The role is
+    /// held across the append (lock order: role, then log), so a batch never carries an epoch
+    /// this broker did not lead at.
+    pub fn append_at_epoch(&self, records: &[u8], now_ms: i64) -> Result<(AppendInfo, i32)> {
+        let role = self.role.lock();
+        if role.assignment.leader != self.node_id {
             return Err(self.not_leader());
         }
-        let epoch = self.leader_epoch();
+        let epoch = role.assignment.leader_epoch;
         let (info, end) = self.with_log(|log| {
             let info = log.append(records, epoch, now_ms)?;
             Ok((info, log.log_end_offset()))
         })?;
         self.log_end_offset.send_replace(end);
+        drop(role);
         self.advance_high_watermark();
-        Ok(info)
+        Ok((info, epoch))
     }
 
     /// Appends batches fetched from the leader, as they are, and takes the leader's high
@@ -385,12 +422,12 @@ impl Partition {
 
     /// Where leader epoch `epoch` ended in this replica's log (OffsetForLeaderEpoch).
     pub fn end_offset_for_epoch(&self, epoch: i32) -> Result<Option<(i32, i64)>> {
-        self.with_log(|log| Ok(log.end_offset_for_epoch(epoch)))
+        self.with_log(|log| Ok(log.end_offset_for_epoch(epoch)?))
     }
 
     /// The leader epoch of the last batch this replica holds.
     pub fn latest_epoch(&self) -> Result<Option<i32>> {
-        self.with_log(|log| Ok(log.latest_epoch()))
+        self.with_log(|log| Ok(log.latest_epoch()?))
     }
 
     /// Moves the high watermark (leader only) to the smallest log end offset over the in-sync
@@ -427,9 +464,14 @@ impl Partition {
         fetch_offset: i64,
         epoch: i32,
         now_ms: i64,
-    ) -> Result<Option<Vec<i32>>> {
+    ) -> Result<Option<(i32, Vec<i32>)>> {
         let end = self.log_end_offset();
         let hw = self.high_watermark();
+        if fetch_offset > end {
+            // Past this leader's log: the follower has what the leader lacks and must truncate
+            // (the fetch answers OFFSET_OUT_OF_RANGE); nothing about it is recorded.
+            return Ok(None);
+        }
         let proposal = {
             let mut role = self.role.lock();
             if role.assignment.leader != self.node_id {
@@ -460,11 +502,12 @@ impl Partition {
                     .pending_isr
                     .as_ref()
                     .is_some_and(|p| p.contains(&replica));
-            if !in_sync && role.pending_isr.is_none() && fetch_offset >= hw {
+            let caught_up = fetch_offset >= hw.max(role.leader_start_offset);
+            if !in_sync && role.pending_isr.is_none() && caught_up {
                 let mut isr = role.assignment.isr.clone();
                 isr.push(replica);
                 role.pending_isr = Some(isr.clone());
-                Some(isr)
+                Some((role.assignment.leader_epoch, isr))
             } else {
                 None
             }
@@ -475,7 +518,7 @@ impl Partition {
 
     /// The ISR without the followers that have not caught up for `lag_ms` (leader only), when
     /// that differs from the committed one and no change is pending.
-    pub fn isr_shrink_proposal(&self, now_ms: i64, lag_ms: i64) -> Option<Vec<i32>> {
+    pub fn isr_shrink_proposal(&self, now_ms: i64, lag_ms: i64) -> Option<(i32, Vec<i32>)> {
         let mut role = self.role.lock();
         if role.assignment.leader != self.node_id || role.pending_isr.is_some() {
             return None;
@@ -497,7 +540,7 @@ impl Partition {
             return None;
         }
         role.pending_isr = Some(isr.clone());
-        Some(isr)
+        Some((role.assignment.leader_epoch, isr))
     }
 
     /// Forgets a proposed ISR the controller refused or never answered, so it is proposed again.

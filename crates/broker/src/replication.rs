@@ -22,7 +22,6 @@ use kafka_protocol::messages::{
     OffsetForLeaderEpochResponse, RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
-use parking_lot::Mutex;
 use strata_cluster::{ClusterNode, ClusterState, Command, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -62,9 +61,6 @@ const RESPONSE_BYTES_MAX: usize = 64 << 20;
 /// Pause after a failed round, so a down leader is not dialled in a tight loop.
 const RETRY_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Replicas that must ask their leader where to truncate before fetching.
-type Truncations = Arc<Mutex<HashSet<(String, i32)>>>;
-
 /// Runs replication until `shutdown`.
 pub(crate) async fn run(
     manager: Arc<PartitionManager>,
@@ -84,19 +80,14 @@ pub(crate) async fn run(
         Arc::clone(&node),
         shutdown.clone(),
     ));
-    let truncations: Truncations = Arc::default();
     let mut fetchers: HashMap<i32, JoinHandle<()>> = HashMap::new();
     let mut state = node.state();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         let current: Arc<ClusterState> = state.borrow_and_update().clone();
-        let changed = manager.apply_cluster_state(&current, now_ms());
-        {
-            let mut pending = truncations.lock();
-            for p in changed.iter().filter(|p| !p.is_leader()) {
-                pending.insert((p.topic().to_string(), p.index()));
-            }
-        }
+        // A replica whose leader or epoch changed marks itself for truncation, whichever
+        // caller applied the change.
+        manager.apply_cluster_state(&current, now_ms());
         let me = manager.config().node_id();
         let leaders: HashSet<i32> = manager
             .topics()
@@ -112,7 +103,6 @@ pub(crate) async fn run(
                     Arc::clone(&manager),
                     Arc::clone(&node),
                     leader,
-                    Arc::clone(&truncations),
                     shutdown.clone(),
                 ))
             });
@@ -182,8 +172,8 @@ async fn shrink_isrs(manager: Arc<PartitionManager>, shutdown: CancellationToken
         let now = now_ms();
         for topic in manager.topics() {
             for partition in &topic.partitions {
-                if let Some(isr) = partition.isr_shrink_proposal(now, lag_ms) {
-                    manager.propose_isr(partition, isr);
+                if let Some((epoch, isr)) = partition.isr_shrink_proposal(now, lag_ms) {
+                    manager.propose_isr(partition, epoch, isr);
                 }
             }
         }
@@ -268,7 +258,6 @@ async fn fetch_from(
     manager: Arc<PartitionManager>,
     node: Arc<ClusterNode>,
     leader: i32,
-    truncations: Truncations,
     shutdown: CancellationToken,
 ) {
     let me = manager.config().node_id();
@@ -307,7 +296,7 @@ async fn fetch_from(
         }
         let client = peer.as_mut().expect("connected above");
         let round = tokio::select! {
-            round = replicate_once(client, me, &partitions, &truncations) => round,
+            round = replicate_once(client, me, &partitions) => round,
             () = shutdown.cancelled() => return,
         };
         match round {
@@ -329,34 +318,27 @@ async fn pause(shutdown: &CancellationToken) {
     }
 }
 
-/// One round: truncations first, then one fetch. `Ok(false)` when the leader refused every
-/// partition (the metadata has not caught up yet): the caller pauses.
+/// One round: truncations first, then one fetch. `Ok(false)` when nothing moved and the leader
+/// refused something (the metadata has not caught up yet): the caller pauses rather than ask
+/// again at once.
 async fn replicate_once(
     peer: &mut Peer,
     me: i32,
     partitions: &[Arc<Partition>],
-    truncations: &Truncations,
 ) -> anyhow::Result<bool> {
-    let to_truncate: Vec<&Arc<Partition>> = {
-        let mut pending = truncations.lock();
-        partitions
-            .iter()
-            .filter(|p| pending.remove(&(p.topic().to_string(), p.index())))
-            .collect()
-    };
+    let to_truncate: Vec<&Arc<Partition>> =
+        partitions.iter().filter(|p| p.take_truncation()).collect();
     if !to_truncate.is_empty()
         && let Err(e) = truncate(peer, me, &to_truncate).await
     {
-        let mut pending = truncations.lock();
         for p in &to_truncate {
-            pending.insert((p.topic().to_string(), p.index()));
+            p.mark_truncation();
         }
         return Err(e);
     }
-    let waiting = truncations.lock().clone();
     let fetched: Vec<&Arc<Partition>> = partitions
         .iter()
-        .filter(|p| !waiting.contains(&(p.topic().to_string(), p.index())))
+        .filter(|p| !p.needs_truncation())
         .collect();
     if fetched.is_empty() {
         return Ok(false);
@@ -404,6 +386,7 @@ async fn replicate_once(
         anyhow::bail!("fetch refused with error {}", response.error_code);
     }
     let mut progressed = false;
+    let mut refused = false;
     let now = now_ms();
     for topic in response.responses {
         for data in topic.partitions {
@@ -421,15 +404,14 @@ async fn replicate_once(
                     });
                     match appended {
                         Ok(_) => {
-                            progressed = true;
+                            progressed |= !records.is_empty();
                             crate::groups::follow_log_start(partition, data.log_start_offset);
                         }
                         Err(e) => {
                             tracing::warn!(topic = partition.topic(), partition = partition.index(),
                                 error = %e, "appending replicated batches failed; truncating anew");
-                            truncations
-                                .lock()
-                                .insert((partition.topic().to_string(), partition.index()));
+                            partition.mark_truncation();
+                            refused = true;
                         }
                     }
                 }
@@ -440,12 +422,11 @@ async fn replicate_once(
                         // this replica restarts there.
                         partition.restart_at(data.log_start_offset, now)?;
                     } else {
-                        truncations
-                            .lock()
-                            .insert((partition.topic().to_string(), partition.index()));
+                        partition.mark_truncation();
                     }
                 }
                 Some(code) => {
+                    refused = true;
                     tracing::debug!(
                         topic = partition.topic(),
                         partition = partition.index(),
@@ -456,7 +437,7 @@ async fn replicate_once(
             }
         }
     }
-    Ok(progressed)
+    Ok(progressed || !refused)
 }
 
 /// Asks the leader where each replica's last epoch ended and truncates what the leader lacks.
@@ -501,21 +482,26 @@ async fn truncate(peer: &mut Peer, me: i32, partitions: &[&Arc<Partition>]) -> a
         )
         .await?;
     let now = now_ms();
+    let mut answered = vec![false; asked.len()];
     for topic in response.topics {
         for answer in topic.partitions {
-            let Some((partition, asked_epoch)) = asked
-                .iter()
-                .find(|(p, _)| p.topic() == topic.topic.as_str() && p.index() == answer.partition)
-            else {
+            let Some(at) = asked.iter().position(|(p, _)| {
+                p.topic() == topic.topic.as_str() && p.index() == answer.partition
+            }) else {
                 continue;
             };
+            answered[at] = true;
+            let (partition, asked_epoch) = &asked[at];
             if answer.error_code != 0 {
-                anyhow::bail!(
-                    "{}-{}: OffsetForLeaderEpoch refused with error {}",
-                    partition.topic(),
-                    partition.index(),
-                    answer.error_code
+                // Only this partition waits (its metadata may lag); the others go on.
+                tracing::debug!(
+                    topic = partition.topic(),
+                    partition = partition.index(),
+                    code = answer.error_code,
+                    "OffsetForLeaderEpoch refused"
                 );
+                partition.mark_truncation();
+                continue;
             }
             let end = partition.log_end_offset();
             let target = if answer.leader_epoch < 0 {
@@ -540,6 +526,12 @@ async fn truncate(peer: &mut Peer, me: i32, partitions: &[&Arc<Partition>]) -> a
                 );
                 partition.truncate_to(target, now)?;
             }
+        }
+    }
+    // A partition the answer left out asks again next round.
+    for ((partition, _), answered) in asked.iter().zip(answered) {
+        if !answered {
+            partition.mark_truncation();
         }
     }
     Ok(())

@@ -527,13 +527,33 @@ impl Log {
 
     /// Where leader epoch `epoch` ended in this log (OffsetForLeaderEpoch): the largest epoch at
     /// or below it and the first offset after it. `None` when the log knows no such epoch.
-    pub fn end_offset_for_epoch(&self, epoch: i32) -> Option<(i32, i64)> {
-        self.epochs.end_offset_for(epoch, self.log_end_offset())
+    pub fn end_offset_for_epoch(&mut self, epoch: i32) -> Result<Option<(i32, i64)>> {
+        self.ensure_epochs()?;
+        Ok(self.epochs.end_offset_for(epoch, self.log_end_offset()))
     }
 
     /// The leader epoch of the last batch written, if any.
-    pub fn latest_epoch(&self) -> Option<i32> {
-        self.epochs.latest_epoch()
+    pub fn latest_epoch(&mut self) -> Result<Option<i32>> {
+        self.ensure_epochs()?;
+        Ok(self.epochs.latest_epoch())
+    }
+
+    /// A log with batches but no epoch cache (written before the cache existed, or its
+    /// checkpoint lost) learns its epochs from the batch headers, once.
+    fn ensure_epochs(&mut self) -> Result<()> {
+        if self.epochs.latest_epoch().is_some() || self.log_end_offset() <= self.log_start_offset {
+            return Ok(());
+        }
+        let start = self.log_start_offset;
+        let mut headers = Vec::new();
+        for segment in self.segments.values().filter(|s| s.next_offset > start) {
+            headers.extend(segment.headers_from(start.max(segment.base_offset))?);
+        }
+        for header in headers {
+            self.epochs
+                .assign(header.partition_leader_epoch, header.base_offset)?;
+        }
+        Ok(())
     }
 
     /// Seals the active segment (its indexes are written out; the flush job forces them to stable

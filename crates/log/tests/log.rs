@@ -731,9 +731,9 @@ fn a_follower_copies_batches_as_they_are_across_rolls_and_leader_epochs() {
     assert_eq!(read_all(&follower, 0), read_all(&leader, 0));
     assert_eq!(all_bytes(&follower), bytes, "byte for byte");
     assert!(follower.segment_count() > 1, "rolled like the leader");
-    assert_eq!(follower.end_offset_for_epoch(0), Some((0, 40)));
-    assert_eq!(follower.end_offset_for_epoch(2), Some((0, 40)));
-    assert_eq!(follower.end_offset_for_epoch(3), Some((3, 100)));
+    assert_eq!(follower.end_offset_for_epoch(0).unwrap(), Some((0, 40)));
+    assert_eq!(follower.end_offset_for_epoch(2).unwrap(), Some((0, 40)));
+    assert_eq!(follower.end_offset_for_epoch(3).unwrap(), Some((3, 100)));
     // A gap is refused.
     let mut other = Log::open(tempfile::tempdir().unwrap().path(), small_segments(), 0).unwrap();
     let second = &bytes[BatchHeader::parse(&bytes).unwrap().total_bytes()..];
@@ -751,7 +751,7 @@ fn truncation_drops_what_the_leader_lacks_and_survives_a_reopen() {
     }
     log.truncate_to(50, 2_000).unwrap();
     assert_eq!(log.log_end_offset(), 50);
-    assert_eq!(log.latest_epoch(), Some(1));
+    assert_eq!(log.latest_epoch().unwrap(), Some(1));
     assert_eq!(read_all(&log, 0).len(), 50);
     // Appends continue at the cut.
     let info = log
@@ -763,7 +763,7 @@ fn truncation_drops_what_the_leader_lacks_and_survives_a_reopen() {
     log.close(3_000).unwrap();
     let mut log = Log::open(dir.path(), small_segments(), 0).unwrap();
     assert_eq!(log.log_end_offset(), 50);
-    assert_eq!(log.end_offset_for_epoch(4), Some((1, 50)));
+    assert_eq!(log.end_offset_for_epoch(4).unwrap(), Some((1, 50)));
     // Below the log start: the log restarts empty at the offset.
     log.truncate_to(0, 4_000).unwrap();
     assert_eq!((log.log_start_offset(), log.log_end_offset()), (0, 0));
@@ -782,7 +782,11 @@ fn a_log_behind_the_leaders_start_restarts_empty_there() {
     log.restart_at(500, 2_000).unwrap();
     assert_eq!((log.log_start_offset(), log.log_end_offset()), (500, 500));
     assert_eq!(log.segment_count(), 1);
-    assert_eq!(log.latest_epoch(), None, "the epochs are learnt again");
+    assert_eq!(
+        log.latest_epoch().unwrap(),
+        None,
+        "the epochs are learnt again"
+    );
     assert!(read_all(&log, 500).is_empty());
     // Replicated batches continue there, and it all survives a reopen.
     let leader_dir = tempfile::tempdir().unwrap();
@@ -795,7 +799,7 @@ fn a_log_behind_the_leaders_start_restarts_empty_there() {
         log.append_replicated(&all_bytes(&leader), 2_000).unwrap(),
         505
     );
-    assert_eq!(log.end_offset_for_epoch(3), Some((3, 505)));
+    assert_eq!(log.end_offset_for_epoch(3).unwrap(), Some((3, 505)));
     log.close(3_000).unwrap();
     let log = Log::open(dir.path(), small_segments(), 0).unwrap();
     assert_eq!((log.log_start_offset(), log.log_end_offset()), (500, 505));
@@ -817,4 +821,22 @@ fn reads_can_stop_at_a_high_watermark() {
     let second = BatchHeader::parse(&bytes[first.total_bytes()..]).unwrap();
     assert_eq!(bytes.len(), first.total_bytes() + second.total_bytes());
     assert_eq!(second.next_offset(), 10);
+}
+
+#[test]
+fn a_log_without_its_epoch_checkpoint_learns_the_epochs_from_its_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small_segments(), 0).unwrap();
+    for i in 0..12 {
+        let epoch = if i < 6 { 2 } else { 5 };
+        log.append(&client_batch(i * 5, 5, 1_000, 200), epoch, 1_000)
+            .unwrap();
+    }
+    log.close(2_000).unwrap();
+    std::fs::remove_file(dir.path().join("leader-epoch-checkpoint")).unwrap();
+    let mut log = Log::open(dir.path(), small_segments(), 0).unwrap();
+    assert_eq!(log.latest_epoch().unwrap(), Some(5));
+    assert_eq!(log.end_offset_for_epoch(2).unwrap(), Some((2, 30)));
+    assert_eq!(log.end_offset_for_epoch(4).unwrap(), Some((2, 30)));
+    assert_eq!(log.end_offset_for_epoch(5).unwrap(), Some((5, 60)));
 }

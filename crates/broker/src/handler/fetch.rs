@@ -235,13 +235,13 @@ fn note_follower(ctx: &Context, replica: i32, request: &FetchRequest, partitions
     for (topic, resolved) in request.topics.iter().zip(partitions) {
         for (wanted, partition) in topic.partitions.iter().zip(resolved) {
             let Some(partition) = partition else { continue };
-            if let Ok(Some(isr)) = partition.record_follower_fetch(
+            if let Ok(Some((epoch, isr))) = partition.record_follower_fetch(
                 replica,
                 wanted.fetch_offset,
                 wanted.current_leader_epoch,
                 now,
             ) {
-                ctx.manager.propose_isr(partition, isr);
+                ctx.manager.propose_isr(partition, epoch, isr);
             }
         }
     }

@@ -77,9 +77,11 @@ async fn lookup(
         ),
         EARLIEST_LOCAL => (local_start, -1),
         LATEST_TIERED => (ctx.lake.last_offset(topic, index).unwrap_or(-1), -1),
+        // Only committed records (below the high watermark) are answered, as Kafka does.
         MAX_TIMESTAMP => partition
             .max_timestamp()
             .map_err(|e| e.code())?
+            .filter(|&(offset, _)| offset < partition.high_watermark())
             .unwrap_or((-1, -1)),
         // Both tiers: the lake holds the older offsets, so it is searched first.
         t if t >= 0 => {
@@ -92,6 +94,7 @@ async fn lookup(
                 None => partition
                     .offset_for_timestamp(t)
                     .map_err(|e| e.code())?
+                    .filter(|&(offset, _)| offset < partition.high_watermark())
                     .unwrap_or((-1, -1)),
             }
         }

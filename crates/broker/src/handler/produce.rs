@@ -222,17 +222,17 @@ fn produce_partition(
             }
         }
         // Page-cache writes stay on this thread; a roll or an fsync leaves the async workers.
-        let info = if partition.append_would_block(records.len(), now) {
-            off_the_workers(|| partition.append(records, now))?
+        let (info, epoch) = if partition.append_would_block(records.len(), now) {
+            off_the_workers(|| partition.append_at_epoch(records, now))?
         } else {
-            partition.append(records, now)?
+            partition.append_at_epoch(records, now)?
         };
         if acks_all && replicated {
             wait = Some(Wait {
                 at: (0, 0),
                 partition: Arc::clone(&partition),
                 last_offset: info.last_offset,
-                leader_epoch: partition.leader_epoch(),
+                leader_epoch: epoch,
                 min_insync,
             });
         }
