@@ -465,3 +465,87 @@ pub async fn wait_offloaded_to(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// One broker of a cluster that a test starts as separate processes: its ports, its folder, and
+/// its process while it runs.
+pub struct ClusterMember {
+    /// `node.id` (1, 2, …).
+    pub id: i32,
+    /// The Kafka listener.
+    pub listen: SocketAddr,
+    /// The controller listener (every member is a voter).
+    pub controller: SocketAddr,
+    /// The data folder.
+    pub dir: PathBuf,
+    /// The running process, `None` while stopped.
+    pub process: Option<ChildBroker>,
+}
+
+/// `count` members with ids 1..=count, each a voter, their folders under `root`; none started.
+pub fn cluster_members(root: &Path, count: i32) -> Vec<ClusterMember> {
+    (1..=count)
+        .map(|id| ClusterMember {
+            id,
+            listen: free_port(),
+            controller: free_port(),
+            dir: root.join(format!("broker-{id}")),
+            process: None,
+        })
+        .collect()
+}
+
+/// `controller.quorum.voters` of `members`: `id@host:port,…`.
+pub fn quorum_voters(members: &[ClusterMember]) -> String {
+    members
+        .iter()
+        .map(|m| format!("{}@{}", m.id, m.controller))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Every member's Kafka listener, comma-separated, for clients.
+pub fn cluster_bootstrap(members: &[ClusterMember]) -> String {
+    members
+        .iter()
+        .map(|m| m.listen.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Starts `strata serve` as `member` of the quorum `voters` (`--node-id`, `--controller-listen`,
+/// `--controller-quorum`), with `extra` arguments after them.
+pub fn start_member(
+    binary: &Path,
+    member: &ClusterMember,
+    voters: &str,
+    extra: &[&str],
+) -> ChildBroker {
+    let id = member.id.to_string();
+    let controller = member.controller.to_string();
+    let mut args = vec![
+        "--node-id",
+        &id,
+        "--controller-listen",
+        &controller,
+        "--controller-quorum",
+        voters,
+    ];
+    args.extend_from_slice(extra);
+    ChildBroker::start_with_env(binary, &member.dir, member.listen, &args, &BTreeMap::new())
+}
+
+/// The seed of a seeded fault test: `STRATA_TEST_SEED` when set (to replay a run), else the
+/// clock. Printed, so that a failure names the seed that replays it.
+pub fn test_seed(what: &str) -> u64 {
+    let seed = std::env::var("STRATA_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("{what} seed: {seed} (replay with STRATA_TEST_SEED={seed})");
+    seed
+}

@@ -5,8 +5,6 @@
 //!
 //! Which broker is killed, and when, comes from a printed seed (`STRATA_TEST_SEED` replays it).
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -17,49 +15,21 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
-use strata_tests::{ChildBroker, DEADLINE, free_port, producer, wait_for};
+use strata_tests::{
+    ChildBroker, ClusterMember, DEADLINE, cluster_bootstrap, cluster_members, producer,
+    quorum_voters, start_member, test_seed, wait_for,
+};
 
 const TOPIC: &str = "replicated";
 const PARTITIONS: i32 = 3;
 const RECORDS: usize = 1500;
 
-/// One broker of the cluster: its ports and folder, and its process while it runs.
-struct Member {
-    id: i32,
-    listen: SocketAddr,
-    controller: SocketAddr,
-    dir: PathBuf,
-    process: Option<ChildBroker>,
-}
-
-fn seed() -> u64 {
-    let seed = std::env::var("STRATA_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    eprintln!("cluster fault seed: {seed} (replay with STRATA_TEST_SEED={seed})");
-    seed
-}
-
-fn start(binary: &Path, member: &Member, voters: &str, tier_url: &str) -> ChildBroker {
-    let id = member.id.to_string();
-    let controller = member.controller.to_string();
-    ChildBroker::start_with_env(
+fn start(binary: &Path, member: &ClusterMember, voters: &str, tier_url: &str) -> ChildBroker {
+    start_member(
         binary,
-        &member.dir,
-        member.listen,
+        member,
+        voters,
         &[
-            "--node-id",
-            &id,
-            "--controller-listen",
-            &controller,
-            "--controller-quorum",
-            voters,
             "--tier-url",
             tier_url,
             "--set",
@@ -71,7 +41,6 @@ fn start(binary: &Path, member: &Member, voters: &str, tier_url: &str) -> ChildB
             "--set",
             "default.replication.factor=3",
         ],
-        &BTreeMap::new(),
     )
 }
 
@@ -163,33 +132,17 @@ fn partition_states(bootstrap: &str) -> Option<Vec<(i32, Vec<i32>)>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_leader_loses_no_acknowledged_record() {
-    let seed = seed();
+    let seed = test_seed("cluster fault");
     let binary = PathBuf::from(env!("CARGO_BIN_EXE_strata-under-test"));
     let root = tempfile::tempdir().unwrap();
     let tier_url = format!("file://{}", root.path().join("lake").display());
     std::fs::create_dir_all(root.path().join("lake")).unwrap();
-    let mut members: Vec<Member> = (1..=3)
-        .map(|id| Member {
-            id,
-            listen: free_port(),
-            controller: free_port(),
-            dir: root.path().join(format!("broker-{id}")),
-            process: None,
-        })
-        .collect();
-    let voters = members
-        .iter()
-        .map(|m| format!("{}@{}", m.id, m.controller))
-        .collect::<Vec<_>>()
-        .join(",");
+    let mut members = cluster_members(root.path(), 3);
+    let voters = quorum_voters(&members);
     for member in &mut members {
         member.process = Some(start(&binary, member, &voters, &tier_url));
     }
-    let bootstrap = members
-        .iter()
-        .map(|m| m.listen.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
+    let bootstrap = cluster_bootstrap(&members);
 
     // Every broker registered, then the topic with three replicas per partition.
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()

@@ -7,7 +7,6 @@
 //! The schedule comes from a printed seed: `STRATA_TEST_SEED=<seed>` replays it.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -21,7 +20,10 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
-use strata_tests::{ChildBroker, DEADLINE, free_port, producer, wait_for};
+use strata_tests::{
+    ChildBroker, ClusterMember, DEADLINE, cluster_bootstrap, cluster_members, producer,
+    quorum_voters, start_member, wait_for,
+};
 
 const TOPIC: &str = "faults";
 const PARTITIONS: i32 = 4;
@@ -50,28 +52,12 @@ impl Rng {
     }
 }
 
-struct Member {
-    id: i32,
-    listen: SocketAddr,
-    controller: SocketAddr,
-    dir: PathBuf,
-    process: Option<ChildBroker>,
-}
-
-fn start(binary: &Path, member: &Member, voters: &str, tier_url: &str) -> ChildBroker {
-    let id = member.id.to_string();
-    let controller = member.controller.to_string();
-    ChildBroker::start_with_env(
+fn start(binary: &Path, member: &ClusterMember, voters: &str, tier_url: &str) -> ChildBroker {
+    start_member(
         binary,
-        &member.dir,
-        member.listen,
+        member,
+        voters,
         &[
-            "--node-id",
-            &id,
-            "--controller-listen",
-            &controller,
-            "--controller-quorum",
-            voters,
             "--tier-url",
             tier_url,
             "--set",
@@ -83,7 +69,6 @@ fn start(binary: &Path, member: &Member, voters: &str, tier_url: &str) -> ChildB
             "--set",
             "leader.imbalance.check.interval.seconds=5",
         ],
-        &BTreeMap::new(),
     )
 }
 
@@ -133,28 +118,12 @@ async fn a_seeded_fault_schedule_loses_and_duplicates_nothing_acknowledged() {
     let lake = root.path().join("lake");
     std::fs::create_dir_all(&lake).unwrap();
     let tier_url = format!("file://{}", lake.display());
-    let mut members: Vec<Member> = (1..=3)
-        .map(|id| Member {
-            id,
-            listen: free_port(),
-            controller: free_port(),
-            dir: root.path().join(format!("broker-{id}")),
-            process: None,
-        })
-        .collect();
-    let voters = members
-        .iter()
-        .map(|m| format!("{}@{}", m.id, m.controller))
-        .collect::<Vec<_>>()
-        .join(",");
+    let mut members = cluster_members(root.path(), 3);
+    let voters = quorum_voters(&members);
     for member in &mut members {
         member.process = Some(start(&binary, member, &voters, &tier_url));
     }
-    let bootstrap = members
-        .iter()
-        .map(|m| m.listen.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
+    let bootstrap = cluster_bootstrap(&members);
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
         .create()

@@ -25,7 +25,10 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use strata_tests::{ChildBroker, DEADLINE, free_port, producer, wait_for};
+use strata_tests::{
+    ChildBroker, ClusterMember, DEADLINE, cluster_bootstrap, cluster_members, producer,
+    quorum_voters, start_member, test_seed, wait_for,
+};
 
 const TOPIC: &str = "orders";
 const PARTITIONS: i32 = 3;
@@ -34,42 +37,12 @@ const OFFSETS_TOPIC: &str = "__consumer_offsets";
 /// `offsets.topic.num.partitions`, the default.
 const OFFSETS_PARTITIONS: i32 = 10;
 
-struct Member {
-    id: i32,
-    listen: SocketAddr,
-    controller: SocketAddr,
-    dir: PathBuf,
-    process: Option<ChildBroker>,
-}
-
-fn seed() -> u64 {
-    let seed = std::env::var("STRATA_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    eprintln!("cluster groups seed: {seed} (replay with STRATA_TEST_SEED={seed})");
-    seed
-}
-
-fn start(binary: &Path, member: &Member, voters: &str) -> ChildBroker {
-    let id = member.id.to_string();
-    let controller = member.controller.to_string();
-    ChildBroker::start_with_env(
+fn start(binary: &Path, member: &ClusterMember, voters: &str) -> ChildBroker {
+    start_member(
         binary,
-        &member.dir,
-        member.listen,
+        member,
+        voters,
         &[
-            "--node-id",
-            &id,
-            "--controller-listen",
-            &controller,
-            "--controller-quorum",
-            voters,
             "--set",
             "broker.session.timeout.ms=2000",
             "--set",
@@ -81,7 +54,6 @@ fn start(binary: &Path, member: &Member, voters: &str) -> ChildBroker {
             "--set",
             "group.initial.rebalance.delay.ms=0",
         ],
-        &BTreeMap::new(),
     )
 }
 
@@ -239,32 +211,16 @@ fn committed(consumer: &BaseConsumer) -> Option<BTreeMap<i32, i64>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn committed_offsets_and_the_group_survive_killing_the_coordinator() {
-    let seed = seed();
+    let seed = test_seed("cluster groups");
     let group = format!("resume-{}", seed % 10_000);
     let binary = PathBuf::from(env!("CARGO_BIN_EXE_strata-under-test"));
     let root = tempfile::tempdir().unwrap();
-    let mut members: Vec<Member> = (1..=3)
-        .map(|id| Member {
-            id,
-            listen: free_port(),
-            controller: free_port(),
-            dir: root.path().join(format!("broker-{id}")),
-            process: None,
-        })
-        .collect();
-    let voters = members
-        .iter()
-        .map(|m| format!("{}@{}", m.id, m.controller))
-        .collect::<Vec<_>>()
-        .join(",");
+    let mut members = cluster_members(root.path(), 3);
+    let voters = quorum_voters(&members);
     for member in &mut members {
         member.process = Some(start(&binary, member, &voters));
     }
-    let bootstrap = members
-        .iter()
-        .map(|m| m.listen.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
+    let bootstrap = cluster_bootstrap(&members);
     let started = Instant::now();
 
     // The brokers create __consumer_offsets themselves: three replicas per partition once the

@@ -14,7 +14,6 @@
 //! replays it).
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -28,7 +27,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
 use strata_lake::Lake;
-use strata_tests::{ChildBroker, DEADLINE, free_port, producer, run_to_exit, wait_for};
+use strata_tests::{
+    ChildBroker, ClusterMember, DEADLINE, cluster_bootstrap, cluster_members, producer,
+    quorum_voters, run_to_exit, start_member, test_seed, wait_for,
+};
 
 const TOPIC: &str = "lake-failover";
 const PARTITIONS: i32 = 3;
@@ -54,29 +56,6 @@ enum Fault {
     Pause,
 }
 
-/// One broker of the cluster: its ports and folder, and its process while it runs.
-struct Member {
-    id: i32,
-    listen: SocketAddr,
-    controller: SocketAddr,
-    dir: PathBuf,
-    process: Option<ChildBroker>,
-}
-
-fn seed() -> u64 {
-    let seed = std::env::var("STRATA_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    eprintln!("cluster lake fault seed: {seed} (replay with STRATA_TEST_SEED={seed})");
-    seed
-}
-
 /// The next number of a xorshift sequence (deterministic from the seed).
 fn next_random(state: &mut u64) -> u64 {
     *state ^= *state << 13;
@@ -85,19 +64,8 @@ fn next_random(state: &mut u64) -> u64 {
     *state
 }
 
-fn start(binary: &Path, member: &Member, voters: &str, tier_url: &str) -> ChildBroker {
-    let id = member.id.to_string();
-    let controller = member.controller.to_string();
-    let mut args = vec![
-        "--node-id",
-        &id,
-        "--controller-listen",
-        &controller,
-        "--controller-quorum",
-        voters,
-        "--tier-url",
-        tier_url,
-    ];
+fn start(binary: &Path, member: &ClusterMember, voters: &str, tier_url: &str) -> ChildBroker {
+    let mut args = vec!["--tier-url", tier_url];
     for setting in [
         "broker.session.timeout.ms=2000",
         "replica.lag.time.max.ms=4000",
@@ -112,7 +80,7 @@ fn start(binary: &Path, member: &Member, voters: &str, tier_url: &str) -> ChildB
     ] {
         args.extend(["--set", setting]);
     }
-    ChildBroker::start_with_env(binary, &member.dir, member.listen, &args, &BTreeMap::new())
+    start_member(binary, member, voters, &args)
 }
 
 /// `(leader, isr)` of every partition of the topic, as the cluster answers now.
@@ -261,7 +229,7 @@ fn signal(pid: u32, signal: &str) {
 #[allow(clippy::too_many_arguments)] // The cluster, its lake, and the schedule's inputs.
 fn fault_leaders(
     binary: &Path,
-    members: &mut [Member],
+    members: &mut [ClusterMember],
     voters: &str,
     tier_url: &str,
     lake: &Lake,
@@ -270,11 +238,7 @@ fn fault_leaders(
     seed: u64,
 ) {
     let test_started = Instant::now();
-    let bootstrap = members
-        .iter()
-        .map(|m| m.listen.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
+    let bootstrap = cluster_bootstrap(members);
     let runtime = tokio::runtime::Handle::current();
     let mut random = seed | 1;
     for (round, fault) in FAULTS.into_iter().enumerate() {
@@ -333,35 +297,19 @@ fn fault_leaders(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lake_stays_exact_across_leader_kills_and_pauses() {
     let started = Instant::now();
-    let seed = seed();
+    let seed = test_seed("cluster lake fault");
     let binary = PathBuf::from(env!("CARGO_BIN_EXE_strata-under-test"));
     let root = tempfile::tempdir().unwrap();
     let lake_dir = root.path().join("lake");
     std::fs::create_dir_all(&lake_dir).unwrap();
     let tier_url = strata_lake::store::file_url(&lake_dir).unwrap();
     let lake = Lake::new(strata_lake::store::open(&tier_url, &BTreeMap::new()).unwrap());
-    let mut members: Vec<Member> = (1..=3)
-        .map(|id| Member {
-            id,
-            listen: free_port(),
-            controller: free_port(),
-            dir: root.path().join(format!("broker-{id}")),
-            process: None,
-        })
-        .collect();
-    let voters = members
-        .iter()
-        .map(|m| format!("{}@{}", m.id, m.controller))
-        .collect::<Vec<_>>()
-        .join(",");
+    let mut members = cluster_members(root.path(), 3);
+    let voters = quorum_voters(&members);
     for member in &mut members {
         member.process = Some(start(&binary, member, &voters, &tier_url));
     }
-    let bootstrap = members
-        .iter()
-        .map(|m| m.listen.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
+    let bootstrap = cluster_bootstrap(&members);
     wait_for("three live brokers", || {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &bootstrap)

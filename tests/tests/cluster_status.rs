@@ -4,8 +4,6 @@
 //! that broker as missing, the partitions it replicated as under-replicated and the one it alone
 //! held as offline (exit status 2); then, once it is back, a clean report again (exit status 0).
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -15,7 +13,10 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde_json::Value;
-use strata_tests::{ChildBroker, free_port, run_to_exit, wait_for};
+use strata_tests::{
+    ChildBroker, ClusterMember, cluster_bootstrap, cluster_members, quorum_voters, run_to_exit,
+    start_member, wait_for,
+};
 
 /// Three replicas per partition: one lost broker leaves every partition led, with two in sync.
 const REPLICATED: &str = "replicated";
@@ -26,30 +27,14 @@ const PARTITIONS: i32 = 3;
 /// bootstrap list is skipped.
 const VICTIM: i32 = 3;
 
-/// One broker of the cluster: its ports and folder, and its process while it runs.
-struct Member {
-    id: i32,
-    listen: SocketAddr,
-    controller: SocketAddr,
-    dir: PathBuf,
-    process: Option<ChildBroker>,
-}
-
-fn start(binary: &Path, member: &Member, voters: &str, tier_url: &str) -> ChildBroker {
+fn start(binary: &Path, member: &ClusterMember, voters: &str, tier_url: &str) -> ChildBroker {
     let id = member.id.to_string();
-    let controller = member.controller.to_string();
     let rack = format!("rack-{id}");
-    ChildBroker::start_with_env(
+    start_member(
         binary,
-        &member.dir,
-        member.listen,
+        member,
+        voters,
         &[
-            "--node-id",
-            &id,
-            "--controller-listen",
-            &controller,
-            "--controller-quorum",
-            voters,
             "--rack",
             &rack,
             "--tier-url",
@@ -57,7 +42,6 @@ fn start(binary: &Path, member: &Member, voters: &str, tier_url: &str) -> ChildB
             "--set",
             "broker.session.timeout.ms=2000",
         ],
-        &BTreeMap::new(),
     )
 }
 
@@ -168,30 +152,14 @@ async fn status_shows_brokers_controller_and_a_lost_broker_s_partitions() {
     let root = tempfile::tempdir().unwrap();
     let tier_url = format!("file://{}", root.path().join("lake").display());
     std::fs::create_dir_all(root.path().join("lake")).unwrap();
-    let mut members: Vec<Member> = (1..=3)
-        .map(|id| Member {
-            id,
-            listen: free_port(),
-            controller: free_port(),
-            dir: root.path().join(format!("broker-{id}")),
-            process: None,
-        })
-        .collect();
-    let voters = members
-        .iter()
-        .map(|m| format!("{}@{}", m.id, m.controller))
-        .collect::<Vec<_>>()
-        .join(",");
+    let mut members = cluster_members(root.path(), 3);
+    let voters = quorum_voters(&members);
     for member in &mut members {
         member.process = Some(start(&binary, member, &voters, &tier_url));
     }
     let listen = |id: i32| members[(id - 1) as usize].listen.to_string();
     let (first, victim) = (listen(1), listen(VICTIM));
-    let everyone = members
-        .iter()
-        .map(|m| m.listen.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
+    let everyone = cluster_bootstrap(&members);
 
     // Every broker registered, then the two topics, placed by the controller.
     wait_for("three live brokers", || {
