@@ -65,9 +65,34 @@ pub(crate) struct Context {
     pub(crate) shutdown: CancellationToken,
 }
 
+/// A broker as Metadata and DescribeCluster name it: `(id, host, port, rack)`.
+pub(crate) type LiveBroker = (i32, String, i32, Option<String>);
+
 impl Context {
     pub(crate) fn node_id(&self) -> i32 {
         self.manager.config().node_id()
+    }
+
+    /// The live brokers clients are told of, `(id, host, port, rack)` by id, and the active
+    /// controller: this broker alone for a single broker; in a cluster every unfenced broker.
+    pub(crate) fn live_brokers(&self) -> (Vec<LiveBroker>, i32) {
+        let Some(node) = self.manager.cluster() else {
+            let me = (
+                self.node_id(),
+                self.advertised_host.clone(),
+                self.advertised_port,
+                None,
+            );
+            return (vec![me], self.node_id());
+        };
+        let state = node.state().borrow().clone();
+        let brokers = state
+            .brokers
+            .values()
+            .filter(|b| !b.fenced)
+            .map(|b| (b.id, b.host.clone(), i32::from(b.port), b.rack.clone()))
+            .collect();
+        (brokers, node.controller_id().unwrap_or(-1))
     }
 
     /// The broker coordinating group `key` as `(id, host, port)`: this one for a single broker;

@@ -10,33 +10,17 @@ pub(super) fn handle(
     version: i16,
     request: DescribeClusterRequest,
 ) -> DescribeClusterResponse {
-    let (brokers, controller) = match ctx.manager.cluster() {
-        Some(node) => {
-            let state = node.state().borrow().clone();
-            let brokers = state
-                .brokers
-                .values()
-                .filter(|b| !b.fenced)
-                .map(|b| {
-                    DescribeClusterBroker::default()
-                        .with_broker_id(BrokerId(b.id))
-                        .with_host(str_bytes(b.host.clone()))
-                        .with_port(i32::from(b.port))
-                        .with_rack(b.rack.clone().map(str_bytes))
-                })
-                .collect();
-            (brokers, node.controller_id().unwrap_or(-1))
-        }
-        None => (
-            vec![
-                DescribeClusterBroker::default()
-                    .with_broker_id(BrokerId(ctx.node_id()))
-                    .with_host(str_bytes(ctx.advertised_host.clone()))
-                    .with_port(ctx.advertised_port),
-            ],
-            ctx.node_id(),
-        ),
-    };
+    let (live, controller) = ctx.live_brokers();
+    let brokers = live
+        .into_iter()
+        .map(|(id, host, port, rack)| {
+            DescribeClusterBroker::default()
+                .with_broker_id(BrokerId(id))
+                .with_host(str_bytes(host))
+                .with_port(port)
+                .with_rack(rack.map(str_bytes))
+        })
+        .collect();
     let mut response = DescribeClusterResponse::default()
         .with_cluster_id(str_bytes(ctx.manager.cluster_id()))
         .with_controller_id(BrokerId(controller))

@@ -17,33 +17,17 @@ use crate::manager::Topic;
 const OPERATIONS_OMITTED: i32 = i32::MIN;
 
 pub(super) fn handle(ctx: &Context, version: i16, request: MetadataRequest) -> MetadataResponse {
-    let (brokers, controller) = match ctx.manager.cluster() {
-        Some(node) => {
-            let state = node.state().borrow().clone();
-            let brokers = state
-                .brokers
-                .values()
-                .filter(|b| !b.fenced)
-                .map(|b| {
-                    MetadataResponseBroker::default()
-                        .with_node_id(BrokerId(b.id))
-                        .with_host(str_bytes(b.host.clone()))
-                        .with_port(i32::from(b.port))
-                        .with_rack(b.rack.clone().map(str_bytes))
-                })
-                .collect();
-            (brokers, node.controller_id().unwrap_or(-1))
-        }
-        None => (
-            vec![
-                MetadataResponseBroker::default()
-                    .with_node_id(BrokerId(ctx.node_id()))
-                    .with_host(str_bytes(ctx.advertised_host.clone()))
-                    .with_port(ctx.advertised_port),
-            ],
-            ctx.node_id(),
-        ),
-    };
+    let (live, controller) = ctx.live_brokers();
+    let brokers = live
+        .into_iter()
+        .map(|(id, host, port, rack)| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(id))
+                .with_host(str_bytes(host))
+                .with_port(port)
+                .with_rack(rack.map(str_bytes))
+        })
+        .collect();
     let mut response = MetadataResponse::default()
         .with_brokers(brokers)
         .with_controller_id(BrokerId(controller));
