@@ -549,3 +549,15 @@ pub fn test_seed(what: &str) -> u64 {
     eprintln!("{what} seed: {seed} (replay with STRATA_TEST_SEED={seed})");
     seed
 }
+
+/// Waits until Metadata from `bootstrap` lists `count` live brokers.
+pub fn wait_for_brokers(bootstrap: &str, count: usize) {
+    wait_for(&format!("{count} live brokers"), || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .create()
+            .ok()?;
+        let metadata = consumer.fetch_metadata(None, Duration::from_secs(5)).ok()?;
+        (metadata.brokers().len() == count).then_some(())
+    });
+}

@@ -17,7 +17,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
 use strata_tests::{
     ChildBroker, ClusterMember, DEADLINE, cluster_bootstrap, cluster_members, producer,
-    quorum_voters, start_member, test_seed, wait_for,
+    quorum_voters, start_member, test_seed, wait_for, wait_for_brokers,
 };
 
 const TOPIC: &str = "replicated";
@@ -149,14 +149,7 @@ async fn a_killed_leader_loses_no_acknowledged_record() {
         .set("bootstrap.servers", &bootstrap)
         .create()
         .unwrap();
-    wait_for("three live brokers", || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .create()
-            .ok()?;
-        let metadata = consumer.fetch_metadata(None, Duration::from_secs(5)).ok()?;
-        (metadata.brokers().len() == 3).then_some(())
-    });
+    wait_for_brokers(&bootstrap, 3);
     let created = admin
         .create_topics(
             &[NewTopic::new(TOPIC, PARTITIONS, TopicReplication::Fixed(3))],

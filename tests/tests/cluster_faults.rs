@@ -22,7 +22,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
 use strata_tests::{
     ChildBroker, ClusterMember, DEADLINE, cluster_bootstrap, cluster_members, producer,
-    quorum_voters, start_member, wait_for,
+    quorum_voters, start_member, wait_for, wait_for_brokers,
 };
 
 const TOPIC: &str = "faults";
@@ -128,14 +128,7 @@ async fn a_seeded_fault_schedule_loses_and_duplicates_nothing_acknowledged() {
         .set("bootstrap.servers", &bootstrap)
         .create()
         .unwrap();
-    wait_for("three live brokers", || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .create()
-            .ok()?;
-        let metadata = consumer.fetch_metadata(None, Duration::from_secs(5)).ok()?;
-        (metadata.brokers().len() == 3).then_some(())
-    });
+    wait_for_brokers(&bootstrap, 3);
     let created = admin
         .create_topics(
             &[NewTopic::new(TOPIC, PARTITIONS, TopicReplication::Fixed(3))],

@@ -29,7 +29,7 @@ use rdkafka::producer::FutureRecord;
 use strata_lake::Lake;
 use strata_tests::{
     ChildBroker, ClusterMember, DEADLINE, cluster_bootstrap, cluster_members, producer,
-    quorum_voters, run_to_exit, start_member, test_seed, wait_for,
+    quorum_voters, run_to_exit, start_member, test_seed, wait_for, wait_for_brokers,
 };
 
 const TOPIC: &str = "lake-failover";
@@ -310,14 +310,7 @@ async fn the_lake_stays_exact_across_leader_kills_and_pauses() {
         member.process = Some(start(&binary, member, &voters, &tier_url));
     }
     let bootstrap = cluster_bootstrap(&members);
-    wait_for("three live brokers", || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .create()
-            .ok()?;
-        let metadata = consumer.fetch_metadata(None, Duration::from_secs(5)).ok()?;
-        (metadata.brokers().len() == 3).then_some(())
-    });
+    wait_for_brokers(&bootstrap, 3);
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
         .create()

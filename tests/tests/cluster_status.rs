@@ -15,7 +15,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde_json::Value;
 use strata_tests::{
     ChildBroker, ClusterMember, cluster_bootstrap, cluster_members, quorum_voters, run_to_exit,
-    start_member, wait_for,
+    start_member, wait_for, wait_for_brokers,
 };
 
 /// Three replicas per partition: one lost broker leaves every partition led, with two in sync.
@@ -162,14 +162,7 @@ async fn status_shows_brokers_controller_and_a_lost_broker_s_partitions() {
     let everyone = cluster_bootstrap(&members);
 
     // Every broker registered, then the two topics, placed by the controller.
-    wait_for("three live brokers", || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &everyone)
-            .create()
-            .ok()?;
-        let metadata = consumer.fetch_metadata(None, Duration::from_secs(5)).ok()?;
-        (metadata.brokers().len() == 3).then_some(())
-    });
+    wait_for_brokers(&everyone, 3);
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", &everyone)
         .create()
