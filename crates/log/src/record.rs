@@ -109,8 +109,13 @@ pub fn decompress_into(
         codec::GZIP => read_bounded(flate2::read::MultiGzDecoder::new(input), out, limit)
             .map_err(|e| e.unwrap_or_else(|e| fail("gzip", &e))),
         codec::SNAPPY => snappy_into(input, out, limit),
-        codec::LZ4 => read_bounded(lz4_flex::frame::FrameDecoder::new(input), out, limit)
-            .map_err(|e| e.unwrap_or_else(|e| fail("lz4", &e))),
+        codec::LZ4 => {
+            // lz4_flex takes a frame cut short for a whole one; clients (liblz4) refuse it, and
+            // bytes after the last frame: check the framing first.
+            lz4_frames_whole(input).map_err(|e| fail("lz4", &e))?;
+            read_bounded(lz4_flex::frame::FrameDecoder::new(input), out, limit)
+                .map_err(|e| e.unwrap_or_else(|e| fail("lz4", &e)))
+        }
         codec::ZSTD => {
             let mut decoder =
                 zstd::stream::read::Decoder::with_buffer(input).map_err(|e| fail("zstd", &e))?;
@@ -475,6 +480,53 @@ pub fn validate_records(
     Ok(())
 }
 
+/// Checks that `input` is one or more whole LZ4 frames and nothing else: each frame's header,
+/// its blocks up to the end mark, and its content checksum when the frame has one (the checksums
+/// themselves are checked by the decoder).
+fn lz4_frames_whole(input: &[u8]) -> Result<(), String> {
+    const MAGIC: u32 = 0x184D_2204;
+    let mut at = 0usize;
+    let take = |at: &mut usize, n: usize| -> Result<usize, String> {
+        let start = *at;
+        *at = at
+            .checked_add(n)
+            .filter(|&end| end <= input.len())
+            .ok_or_else(|| format!("frame cut short at byte {start} of {}", input.len()))?;
+        Ok(start)
+    };
+    if input.is_empty() {
+        return Err("no frame".to_string());
+    }
+    while at < input.len() {
+        let magic = take(&mut at, 4)?;
+        if u32::from_le_bytes(input[magic..magic + 4].try_into().expect("4 bytes")) != MAGIC {
+            return Err(format!("no LZ4 frame magic at byte {magic}"));
+        }
+        let flg = input[take(&mut at, 2)?];
+        let block_checksums = flg & 0x10 != 0;
+        let content_size = flg & 0x08 != 0;
+        let content_checksum = flg & 0x04 != 0;
+        let dict_id = flg & 0x01 != 0;
+        take(
+            &mut at,
+            usize::from(content_size) * 8 + usize::from(dict_id) * 4 + 1,
+        )?;
+        loop {
+            let size_at = take(&mut at, 4)?;
+            let size = u32::from_le_bytes(input[size_at..size_at + 4].try_into().expect("4 bytes"))
+                & 0x7FFF_FFFF;
+            if size == 0 {
+                break;
+            }
+            take(&mut at, size as usize + usize::from(block_checksums) * 4)?;
+        }
+        if content_checksum {
+            take(&mut at, 4)?;
+        }
+    }
+    Ok(())
+}
+
 /// KIP-937: a CreateTime timestamp at most `before` ms in the past and `after` ms in the future.
 fn check_timestamp(timestamp: i64, rules: &RecordRules, now_ms: i64) -> Result<(), String> {
     if now_ms.saturating_sub(timestamp) > rules.timestamp_before_max_ms {
@@ -632,6 +684,33 @@ mod tests {
                 assert_eq!(values, [b"a".to_vec(), b"bb".to_vec(), Vec::new()]);
             }
         }
+    }
+
+    #[test]
+    fn lz4_frames_cut_short_or_followed_by_bytes_are_refused() {
+        let batch = encode_batch(&[b"a", b"bb", b"ccc"], 1_000, Compression::Lz4);
+        check(&batch, 2_000).unwrap();
+        let frame = batch[HEADER_BYTES..].to_vec();
+        assert!(lz4_frames_whole(&frame).is_ok());
+        let mut trailing = frame.clone();
+        trailing.extend_from_slice(&[0xbd, 0x39, 0x0c]);
+        assert!(lz4_frames_whole(&trailing).is_err());
+        let mut recompressed = batch[..HEADER_BYTES].to_vec();
+        recompressed.extend_from_slice(&trailing);
+        let fixed = |mut b: Vec<u8>| {
+            let len = (b.len() - 12) as i32;
+            b[8..12].copy_from_slice(&len.to_be_bytes());
+            let crc = crc32c::crc32c(&b[21..]);
+            b[17..21].copy_from_slice(&crc.to_be_bytes());
+            b
+        };
+        assert!(
+            check(&fixed(recompressed), 2_000).is_err(),
+            "trailing bytes"
+        );
+        let mut cut = batch[..HEADER_BYTES].to_vec();
+        cut.extend_from_slice(&frame[..frame.len() - 8]);
+        assert!(check(&fixed(cut), 2_000).is_err(), "no end mark");
     }
 
     #[test]
