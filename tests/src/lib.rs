@@ -561,3 +561,30 @@ pub fn wait_for_brokers(bootstrap: &str, count: usize) {
         (metadata.brokers().len() == count).then_some(())
     });
 }
+
+/// `(leader, isr)` of each partition of `topic` by index, as `bootstrap` answers now; `None`
+/// until the topic exists without error with all `partitions` partitions.
+pub fn partition_states(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+) -> Option<Vec<(i32, Vec<i32>)>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .ok()?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .ok()?;
+    let found = metadata.topics().iter().find(|t| t.name() == topic)?;
+    if found.error().is_some() || found.partitions().len() != partitions as usize {
+        return None;
+    }
+    let mut states: Vec<_> = found
+        .partitions()
+        .iter()
+        .map(|p| (p.id(), p.leader(), p.isr().to_vec()))
+        .collect();
+    states.sort();
+    Some(states.into_iter().map(|(_, l, isr)| (l, isr)).collect())
+}

@@ -110,24 +110,7 @@ fn log_end(bootstrap: &str, partition: i32) -> i64 {
 
 /// `(leader, isr)` of every partition of the topic, as the cluster answers now.
 fn partition_states(bootstrap: &str) -> Option<Vec<(i32, Vec<i32>)>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .ok()?;
-    let metadata = consumer
-        .fetch_metadata(Some(TOPIC), Duration::from_secs(5))
-        .ok()?;
-    let topic = metadata.topics().iter().find(|t| t.name() == TOPIC)?;
-    if topic.error().is_some() || topic.partitions().len() != PARTITIONS as usize {
-        return None;
-    }
-    let mut states: Vec<_> = topic
-        .partitions()
-        .iter()
-        .map(|p| (p.id(), p.leader(), p.isr().to_vec()))
-        .collect();
-    states.sort();
-    Some(states.into_iter().map(|(_, l, isr)| (l, isr)).collect())
+    strata_tests::partition_states(bootstrap, TOPIC, PARTITIONS)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,7 @@ use rdkafka::ClientConfig;
 use rdkafka::Offset;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
 use strata_tests::{
@@ -82,21 +82,10 @@ fn signal(process: &ChildBroker, name: &str) {
 
 /// Every partition led, with `isr` in-sync replicas at least.
 fn all_led(bootstrap: &str, isr: usize) -> Option<()> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .ok()?;
-    let metadata = consumer
-        .fetch_metadata(Some(TOPIC), Duration::from_secs(5))
-        .ok()?;
-    let topic = metadata.topics().iter().find(|t| t.name() == TOPIC)?;
-    (topic.error().is_none()
-        && topic.partitions().len() == PARTITIONS as usize
-        && topic
-            .partitions()
-            .iter()
-            .all(|p| p.leader() > 0 && p.isr().len() >= isr))
-    .then_some(())
+    strata_tests::partition_states(bootstrap, TOPIC, PARTITIONS)?
+        .iter()
+        .all(|(leader, in_sync)| *leader > 0 && in_sync.len() >= isr)
+        .then_some(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

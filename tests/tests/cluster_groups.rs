@@ -67,27 +67,7 @@ fn offsets_partition(group: &str) -> i32 {
 
 /// `(leader, isr)` of every `__consumer_offsets` partition (asked for by name), once all exist.
 fn offsets_topic(bootstrap: &str) -> Option<Vec<(i32, Vec<i32>)>> {
-    let client: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .ok()?;
-    let metadata = client
-        .fetch_metadata(Some(OFFSETS_TOPIC), Duration::from_secs(5))
-        .ok()?;
-    let topic = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == OFFSETS_TOPIC)?;
-    if topic.error().is_some() || topic.partitions().len() != OFFSETS_PARTITIONS as usize {
-        return None;
-    }
-    let mut partitions: Vec<_> = topic
-        .partitions()
-        .iter()
-        .map(|p| (p.id(), p.leader(), p.isr().to_vec()))
-        .collect();
-    partitions.sort();
-    Some(partitions.into_iter().map(|(_, l, isr)| (l, isr)).collect())
+    strata_tests::partition_states(bootstrap, OFFSETS_TOPIC, OFFSETS_PARTITIONS)
 }
 
 /// One request on a fresh connection, decoded.
