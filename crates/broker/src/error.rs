@@ -125,6 +125,8 @@ pub fn log_error_code(error: &strata_log::Error) -> ResponseError {
         strata_log::Error::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
         strata_log::Error::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
         strata_log::Error::Unsupported(_) => ResponseError::InvalidRecord,
+        strata_log::Error::InvalidTxnState { .. } => ResponseError::InvalidTxnState,
+        strata_log::Error::CoordinatorFenced { .. } => ResponseError::TransactionCoordinatorFenced,
         _ => ResponseError::KafkaStorageError,
     }
 }

@@ -56,9 +56,31 @@ pub enum Error {
         /// The epoch of the batch.
         received: i16,
     },
-    /// A transactional or control batch; transactions are not supported yet (INVALID_RECORD).
+    /// A batch the log does not take, e.g. a control batch from a client (INVALID_RECORD).
     #[error("{0}")]
     Unsupported(&'static str),
+    /// A batch that breaks the producer's transaction state (INVALID_TXN_STATE), e.g. a
+    /// non-transactional batch while its transaction is open.
+    #[error("producer {producer_id}: {reason}")]
+    InvalidTxnState {
+        /// The producer.
+        producer_id: i64,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A transaction marker from an older transaction coordinator
+    /// (TRANSACTION_COORDINATOR_FENCED).
+    #[error(
+        "producer {producer_id}: marker from coordinator epoch {received}, older than {current}"
+    )]
+    CoordinatorFenced {
+        /// The producer.
+        producer_id: i64,
+        /// The coordinator epoch of the last marker.
+        current: i32,
+        /// The coordinator epoch of this marker.
+        received: i32,
+    },
     /// A log file whose content cannot be right and cannot be repaired.
     #[error("corrupt log file {path}: {reason}")]
     Corrupt {

@@ -15,7 +15,9 @@
 //! - [`log`]: a partition's run of segments: append, read, roll, retention, flush, recovery.
 //! - [`policy`]: roll, retention and flush decisions as pure functions of state and `now`.
 //! - [`epochs`]: the leader epoch cache (`leader-epoch-checkpoint`), for replica truncation.
-//! - [`producer`]: idempotent producer state (duplicate and sequence-gap detection).
+//! - [`producer`]: idempotent producer state (duplicate and sequence-gap detection) and open and
+//!   aborted transactions.
+//! - [`txn`]: transaction markers (control batches) and aborted transactions.
 //! - [`config`]: per-log settings with Kafka's names and defaults.
 //!
 //! ## Example
@@ -43,6 +45,7 @@ pub mod policy;
 pub mod producer;
 pub mod record;
 mod segment;
+pub mod txn;
 
 pub use crate::config::{CompressionType, LogConfig, TimestampType};
 pub use crate::error::{Error, Result};

@@ -21,6 +21,7 @@ use crate::policy;
 use crate::producer::{ProducerStateTable, SequenceCheck};
 use crate::record;
 use crate::segment::{FileSlice, OpenMode, Segment, SegmentContent, SegmentFiles};
+use crate::txn::Marker;
 
 const LOG_START_OFFSET_FILE: &str = "log-start-offset";
 const RECOVERY_POINT_FILE: &str = "recovery-point";
@@ -202,11 +203,16 @@ impl Log {
             }
             _ => (ProducerStateTable::default(), first_base),
         };
+        table.reindex();
         for segment in self.segments.values().filter(|s| s.next_offset > from) {
-            for header in segment.headers_from(from)? {
-                table.record(&header);
+            for (header, marker) in segment.headers_and_markers_from(from)? {
+                match marker {
+                    Some(marker) => table.record_marker(&header, marker),
+                    None => table.record(&header),
+                }
             }
         }
+        table.forget_aborted_before(self.log_start_offset);
         self.producers = table;
         Ok(())
     }
@@ -293,9 +299,9 @@ impl Log {
             )
             .into());
         };
-        if header.is_transactional() || header.is_control() {
+        if header.is_control() {
             return Err(Error::Unsupported(
-                "transactional and control batches are not supported yet",
+                "a producer may not write control batches: transaction markers come from the transaction coordinator",
             ));
         }
         // Every record is read before anything is stored (Kafka's LogValidator): a batch whose
@@ -392,6 +398,72 @@ impl Log {
         })
     }
 
+    /// Appends a transaction marker (KIP-98) for `producer_id` as the partition leader at
+    /// `leader_epoch`: the producer's open transaction here ends, committed or aborted. A marker
+    /// of an older producer epoch or transaction coordinator epoch is refused.
+    pub fn append_marker(
+        &mut self,
+        producer_id: i64,
+        producer_epoch: i16,
+        marker: Marker,
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<AppendInfo> {
+        self.producers
+            .check_marker(producer_id, producer_epoch, marker.coordinator_epoch)?;
+        let mut bytes = crate::txn::marker_batch(producer_id, producer_epoch, marker, now_ms);
+        let base_offset = self.log_end_offset();
+        batch::set_base_offset(&mut bytes, base_offset);
+        batch::set_partition_leader_epoch(&mut bytes, leader_epoch);
+        let header = BatchHeader::parse(&bytes)?;
+        self.epochs.assign(leader_epoch, base_offset)?;
+        if policy::should_roll(
+            &self.active().stat(),
+            bytes.len() as u64,
+            base_offset,
+            now_ms,
+            &self.config,
+        ) {
+            self.roll(now_ms)?;
+        }
+        let (head, body) = bytes.split_at(HEADER_BYTES);
+        let head: &[u8; HEADER_BYTES] = head.try_into().expect("a marker batch");
+        self.active_mut().append(head, body, &header)?;
+        self.producers.record_marker(&header, marker);
+        self.unflushed_messages += 1;
+        if policy::should_flush(
+            self.unflushed_messages,
+            self.last_flush_ms,
+            now_ms,
+            &self.config,
+        ) {
+            self.flush(now_ms)?;
+        }
+        Ok(AppendInfo {
+            base_offset,
+            last_offset: base_offset,
+            log_append_time_ms: -1,
+            duplicate: false,
+        })
+    }
+
+    /// The first offset of the oldest open transaction, if any: the last stable offset is the
+    /// smaller of it and the high watermark.
+    pub fn first_unstable_offset(&self) -> Option<i64> {
+        self.producers.first_unstable_offset()
+    }
+
+    /// The aborted transactions whose records may lie in `[from, upto)` (see
+    /// [`ProducerStateTable::aborted_between`]).
+    pub fn aborted_between(&self, from: i64, upto: i64) -> Vec<crate::txn::AbortedTxn> {
+        self.producers.aborted_between(from, upto)
+    }
+
+    /// The producer state: idempotent producers and transactions.
+    pub fn producer_state(&self) -> &ProducerStateTable {
+        &self.producers
+    }
+
     /// Appends batches copied from the partition leader, as they are: their offsets, leader
     /// epochs and timestamps were assigned there (and their records validated there). Each batch
     /// must continue the log: one that starts below the log end was appended already and is
@@ -435,7 +507,14 @@ impl Log {
             let (head, body) = bytes.split_at(HEADER_BYTES);
             let head: &[u8; HEADER_BYTES] = head.try_into().expect("a validated batch");
             self.active_mut().append(head, body, &header)?;
-            self.producers.record(&header);
+            let marker = header
+                .is_control()
+                .then(|| crate::txn::parse_marker(bytes).ok().flatten())
+                .flatten();
+            match marker {
+                Some(marker) => self.producers.record_marker(&header, marker),
+                None => self.producers.record(&header),
+            }
             self.unflushed_messages += i64::from(header.record_count);
         }
         if policy::should_flush(
@@ -699,6 +778,7 @@ impl Log {
 
     /// Writes `log-start-offset` (durably) unless it holds the value already.
     fn store_log_start_offset(&mut self) -> Result<()> {
+        self.producers.forget_aborted_before(self.log_start_offset);
         if self.on_disk.log_start_offset == Some(self.log_start_offset) {
             return Ok(());
         }

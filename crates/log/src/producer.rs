@@ -1,13 +1,16 @@
 //! Idempotent producer state of one partition: the last batches of each producer, so that a retried
 //! batch is answered with its original offset instead of being appended twice, and a gap in the
-//! sequence is refused.
+//! sequence is refused. Also the transactions (KIP-98): each producer's open transaction (where
+//! it started: the last stable offset is the first of them) and the aborted ones, which
+//! `read_committed` consumers skip.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
 use crate::batch::BatchHeader;
 use crate::error::{Error, Result};
+use crate::txn::{AbortedTxn, Marker};
 
 /// Batches remembered per producer, as Kafka does (`max.in.flight.requests.per.connection` <= 5).
 pub const BATCHES_REMEMBERED: usize = 5;
@@ -30,6 +33,16 @@ pub struct ProducerEntry {
     pub epoch: i16,
     /// The last batches, oldest first, at most [`BATCHES_REMEMBERED`].
     pub batches: VecDeque<BatchMeta>,
+    /// The offset of the first record of its open transaction in this partition, if one is open.
+    #[serde(default)]
+    pub txn_first_offset: Option<i64>,
+    /// The coordinator epoch of the last marker written for it (-1: none).
+    #[serde(default = "no_coordinator_epoch")]
+    pub coordinator_epoch: i32,
+}
+
+fn no_coordinator_epoch() -> i32 {
+    -1
 }
 
 /// The outcome of checking a batch against the producer state.
@@ -44,16 +57,132 @@ pub enum SequenceCheck {
     },
 }
 
-/// Producer id → state, for one partition.
+/// Producer id → state, for one partition, and the aborted transactions still in the log.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProducerStateTable {
     producers: HashMap<i64, ProducerEntry>,
+    /// Aborted transactions by the offset of their marker (which only grows).
+    #[serde(default)]
+    aborted: VecDeque<AbortedTxn>,
+    /// Open transactions: first offset → producer id (derived from `producers`).
+    #[serde(skip)]
+    open: BTreeMap<i64, i64>,
 }
 
 impl ProducerStateTable {
+    /// Rebuilds what is derived from the producers (after deserialization).
+    pub(crate) fn reindex(&mut self) {
+        self.open = self
+            .producers
+            .iter()
+            .filter_map(|(&id, e)| e.txn_first_offset.map(|first| (first, id)))
+            .collect();
+    }
+
+    /// The first offset of the oldest open transaction: the last stable offset cannot pass it.
+    pub fn first_unstable_offset(&self) -> Option<i64> {
+        self.open.keys().next().copied()
+    }
+
+    /// The open transactions, `(first offset, producer id)`, oldest first.
+    pub fn open_transactions(&self) -> impl Iterator<Item = (i64, i64)> + '_ {
+        self.open.iter().map(|(&first, &id)| (first, id))
+    }
+
+    /// The aborted transactions whose records may lie in `[from, upto)`: marker at or after
+    /// `from` and first record before `upto`, by marker offset.
+    pub fn aborted_between(&self, from: i64, upto: i64) -> Vec<AbortedTxn> {
+        let start = self.aborted.partition_point(|a| a.last_offset < from);
+        self.aborted
+            .range(start..)
+            .filter(|a| a.first_offset < upto)
+            .copied()
+            .collect()
+    }
+
+    /// Forgets the aborted transactions whose marker is below `log_start_offset` (gone with
+    /// their segments).
+    pub fn forget_aborted_before(&mut self, log_start_offset: i64) {
+        while self
+            .aborted
+            .front()
+            .is_some_and(|a| a.last_offset < log_start_offset)
+        {
+            self.aborted.pop_front();
+        }
+    }
+
+    /// Every producer known, with its state.
+    pub fn producers(&self) -> impl Iterator<Item = (i64, &ProducerEntry)> {
+        self.producers.iter().map(|(&id, e)| (id, e))
+    }
+
+    /// Checks a transaction marker for producer `producer_id` before it is appended: a marker
+    /// of an older producer epoch (a fenced producer's) or of an older coordinator is refused.
+    pub fn check_marker(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        coordinator_epoch: i32,
+    ) -> Result<()> {
+        let Some(entry) = self.producers.get(&producer_id) else {
+            return Ok(());
+        };
+        if producer_epoch < entry.epoch {
+            return Err(Error::InvalidProducerEpoch {
+                producer_id,
+                current: entry.epoch,
+                received: producer_epoch,
+            });
+        }
+        if coordinator_epoch < entry.coordinator_epoch {
+            return Err(Error::CoordinatorFenced {
+                producer_id,
+                current: entry.coordinator_epoch,
+                received: coordinator_epoch,
+            });
+        }
+        Ok(())
+    }
+
+    /// Records an appended marker (a control batch at `batch.base_offset`): the producer's open
+    /// transaction ends, and is remembered as aborted if the marker aborts it.
+    pub fn record_marker(&mut self, batch: &BatchHeader, marker: Marker) {
+        let entry = self
+            .producers
+            .entry(batch.producer_id)
+            .or_insert_with(|| ProducerEntry {
+                epoch: batch.producer_epoch,
+                batches: VecDeque::new(),
+                txn_first_offset: None,
+                coordinator_epoch: -1,
+            });
+        if batch.producer_epoch > entry.epoch {
+            entry.epoch = batch.producer_epoch;
+            entry.batches.clear();
+        }
+        entry.coordinator_epoch = entry.coordinator_epoch.max(marker.coordinator_epoch);
+        if let Some(first) = entry.txn_first_offset.take() {
+            self.open.remove(&first);
+            if !marker.commit {
+                self.aborted.push_back(AbortedTxn {
+                    producer_id: batch.producer_id,
+                    first_offset: first,
+                    last_offset: batch.base_offset,
+                });
+            }
+        }
+    }
+
     /// Checks an incoming batch. Batches without a producer id always append.
     pub fn check(&self, batch: &BatchHeader) -> Result<SequenceCheck> {
         if !batch.has_producer_id() {
+            if batch.is_transactional() {
+                return Err(Error::InvalidTxnState {
+                    producer_id: batch.producer_id,
+                    reason: "a transactional batch without a producer id",
+                });
+            }
             return Ok(SequenceCheck::Append);
         }
         let Some(entry) = self.producers.get(&batch.producer_id) else {
@@ -70,6 +199,12 @@ impl ProducerStateTable {
         if batch.producer_epoch > entry.epoch {
             // A bumped epoch restarts the sequence.
             return expect_sequence(batch, 0);
+        }
+        if entry.txn_first_offset.is_some() && !batch.is_transactional() {
+            return Err(Error::InvalidTxnState {
+                producer_id: batch.producer_id,
+                reason: "a non-transactional batch while the producer's transaction is open",
+            });
         }
         let last_sequence = batch.last_sequence();
         if let Some(dup) = entry
@@ -88,9 +223,11 @@ impl ProducerStateTable {
         expect_sequence(batch, expected)
     }
 
-    /// Records a batch that was appended with its final offsets.
+    /// Records a data batch that was appended with its final offsets (markers go through
+    /// [`Self::record_marker`]). A transactional batch opens its producer's transaction here
+    /// unless one is open.
     pub fn record(&mut self, batch: &BatchHeader) {
-        if !batch.has_producer_id() {
+        if !batch.has_producer_id() || batch.is_control() {
             return;
         }
         let entry = self
@@ -99,10 +236,16 @@ impl ProducerStateTable {
             .or_insert_with(|| ProducerEntry {
                 epoch: batch.producer_epoch,
                 batches: VecDeque::new(),
+                txn_first_offset: None,
+                coordinator_epoch: -1,
             });
         if batch.producer_epoch != entry.epoch {
             entry.epoch = batch.producer_epoch;
             entry.batches.clear();
+        }
+        if batch.is_transactional() && entry.txn_first_offset.is_none() {
+            entry.txn_first_offset = Some(batch.base_offset);
+            self.open.insert(batch.base_offset, batch.producer_id);
         }
         if entry.batches.len() == BATCHES_REMEMBERED {
             entry.batches.pop_front();

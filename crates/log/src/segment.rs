@@ -551,6 +551,35 @@ impl Segment {
         Ok(headers)
     }
 
+    /// The headers of the batches from the one holding `offset` on, each control batch with its
+    /// transaction marker (read from the file: control batches are small).
+    pub(crate) fn headers_and_markers_from(
+        &self,
+        offset: i64,
+    ) -> Result<Vec<(BatchHeader, Option<crate::txn::Marker>)>> {
+        if offset >= self.next_offset {
+            return Ok(Vec::new());
+        }
+        let file = self.file.get()?;
+        let Some(mut position) = self.position_of(&file, offset)? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        while let Some(header) = self.header_at(&file, position, self.size_bytes, false)? {
+            let marker = if header.is_control() {
+                let mut whole = vec![0u8; header.total_bytes()];
+                file.read_exact_at(&mut whole, position)
+                    .at(&self.log_path)?;
+                crate::txn::parse_marker(&whole).ok().flatten()
+            } else {
+                None
+            };
+            position += header.total_bytes() as u64;
+            out.push((header, marker));
+        }
+        Ok(out)
+    }
+
     /// The segment's files to force to stable storage: the `.log` file, and the index files when
     /// `sealed` (an active segment's are written only at its seal or close).
     pub(crate) fn files(&self, sealed: bool) -> SegmentFiles {
