@@ -108,6 +108,8 @@ pub struct ReadResult {
     pub high_watermark: i64,
     /// First readable offset.
     pub log_start_offset: i64,
+    /// Offset below which every transaction is decided (the high watermark when none is open).
+    pub last_stable_offset: i64,
 }
 
 impl Partition {
@@ -361,6 +363,80 @@ impl Partition {
         Ok((info, epoch))
     }
 
+    /// Appends a transaction marker for `producer_id` (this broker must lead), with the leader
+    /// epoch it was stamped with; the high watermark moves as for any append.
+    pub fn append_marker(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        marker: strata_log::txn::Marker,
+        now_ms: i64,
+    ) -> Result<(AppendInfo, i32)> {
+        let role = self.role.lock();
+        if role.assignment.leader != self.node_id {
+            return Err(self.not_leader());
+        }
+        let epoch = role.assignment.leader_epoch;
+        let (info, end) = self.with_log(|log| {
+            let info = log.append_marker(producer_id, producer_epoch, marker, epoch, now_ms)?;
+            Ok((info, log.log_end_offset()))
+        })?;
+        self.log_end_offset.send_replace(end);
+        drop(role);
+        self.advance_high_watermark();
+        Ok((info, epoch))
+    }
+
+    /// The last stable offset: `read_committed` consumers read below it (the high watermark,
+    /// held back by the first record of the oldest transaction not yet decided everywhere).
+    pub fn last_stable_offset(&self) -> i64 {
+        let hw = self.high_watermark();
+        self.with_log(|log| Ok(log.last_stable_offset(hw)))
+            .unwrap_or(hw)
+    }
+
+    /// As [`Partition::read`] for a `read_committed` consumer: below the last stable offset, with
+    /// the aborted transactions whose records the slice may hold.
+    pub fn read_committed(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<(ReadResult, Vec<strata_log::txn::AbortedTxn>)> {
+        let high_watermark = self.high_watermark();
+        let (records, log_start_offset, last_stable_offset, aborted) = self.with_log(|log| {
+            let lso = log.last_stable_offset(high_watermark);
+            Ok((
+                log.read_upto(offset, max_bytes, lso)?,
+                log.log_start_offset(),
+                lso,
+                log.aborted_between(offset, lso),
+            ))
+        })?;
+        let read = ReadResult {
+            records,
+            high_watermark,
+            log_start_offset,
+            last_stable_offset,
+        };
+        Ok((read, aborted))
+    }
+
+    /// The producers of this partition and their open transactions, for DescribeProducers:
+    /// `(producer id, epoch, last sequence, first offset of the open transaction,
+    /// coordinator epoch)`.
+    pub fn producers(&self) -> Result<Vec<(i64, i16, i32, Option<i64>, i32)>> {
+        self.with_log(|log| {
+            Ok(log
+                .producer_state()
+                .producers()
+                .map(|(id, e)| {
+                    let last_sequence = e.batches.back().map_or(-1, |b| b.last_sequence);
+                    (id, e.epoch, last_sequence, e.txn_first_offset, e.coordinator_epoch)
+                })
+                .collect())
+        })
+    }
+
     /// Appends batches fetched from the leader, as they are, and takes the leader's high
     /// watermark (bounded by what this replica has). Returns the new log end offset.
     pub fn append_replicated(
@@ -587,16 +663,18 @@ impl Partition {
     pub fn read_as(&self, offset: i64, max_bytes: usize, replica: bool) -> Result<ReadResult> {
         let high_watermark = self.high_watermark();
         let upto = if replica { i64::MAX } else { high_watermark };
-        let (records, log_start_offset): (Option<FileSlice>, i64) = self.with_log(|log| {
+        let (records, log_start_offset, last_stable_offset) = self.with_log(|log| {
             Ok((
                 log.read_upto(offset, max_bytes, upto)?,
                 log.log_start_offset(),
+                log.last_stable_offset(high_watermark),
             ))
         })?;
         Ok(ReadResult {
             records,
             high_watermark,
             log_start_offset,
+            last_stable_offset,
         })
     }
 

@@ -453,6 +453,12 @@ impl Log {
         self.producers.first_unstable_offset()
     }
 
+    /// The last stable offset under `high_watermark` (see
+    /// [`ProducerStateTable::last_stable_offset`]): `read_committed` consumers read below it.
+    pub fn last_stable_offset(&mut self, high_watermark: i64) -> i64 {
+        self.producers.last_stable_offset(high_watermark)
+    }
+
     /// The aborted transactions whose records may lie in `[from, upto)` (see
     /// [`ProducerStateTable::aborted_between`]).
     pub fn aborted_between(&self, from: i64, upto: i64) -> Vec<crate::txn::AbortedTxn> {

@@ -67,6 +67,12 @@ pub struct ProducerStateTable {
     /// Open transactions: first offset → producer id (derived from `producers`).
     #[serde(skip)]
     open: BTreeMap<i64, i64>,
+    /// Transactions ended lately, `(marker offset, first offset)` by marker: until the high
+    /// watermark passes its marker a transaction still holds the last stable offset back (the
+    /// marker could be lost with this leader). Not kept across restarts: a restarted replica
+    /// starts with everything it has as committed or not by its new high watermark.
+    #[serde(skip)]
+    ended: VecDeque<(i64, i64)>,
 }
 
 impl ProducerStateTable {
@@ -82,6 +88,24 @@ impl ProducerStateTable {
     /// The first offset of the oldest open transaction: the last stable offset cannot pass it.
     pub fn first_unstable_offset(&self) -> Option<i64> {
         self.open.keys().next().copied()
+    }
+
+    /// The last stable offset under high watermark `high_watermark`: below the first record of
+    /// every transaction that is open, or ended by a marker the high watermark has not passed.
+    pub fn last_stable_offset(&mut self, high_watermark: i64) -> i64 {
+        while self
+            .ended
+            .front()
+            .is_some_and(|&(marker, _)| marker < high_watermark)
+        {
+            self.ended.pop_front();
+        }
+        let ended = self.ended.iter().map(|&(_, first)| first).min();
+        [Some(high_watermark), self.first_unstable_offset(), ended]
+            .into_iter()
+            .flatten()
+            .min()
+            .expect("the high watermark is there")
     }
 
     /// The open transactions, `(first offset, producer id)`, oldest first.
@@ -164,6 +188,7 @@ impl ProducerStateTable {
         entry.coordinator_epoch = entry.coordinator_epoch.max(marker.coordinator_epoch);
         if let Some(first) = entry.txn_first_offset.take() {
             self.open.remove(&first);
+            self.ended.push_back((batch.base_offset, first));
             if !marker.commit {
                 self.aborted.push_back(AbortedTxn {
                     producer_id: batch.producer_id,

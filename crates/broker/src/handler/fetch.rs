@@ -16,8 +16,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures::future::select_all;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::fetch_request::FetchTopic;
-use kafka_protocol::messages::fetch_response::PartitionData;
-use kafka_protocol::messages::{ApiKey, FetchRequest, ResponseHeader, TopicName};
+use kafka_protocol::messages::fetch_response::{AbortedTransaction, PartitionData};
+use kafka_protocol::messages::{ApiKey, FetchRequest, ProducerId, ResponseHeader, TopicName};
 use kafka_protocol::protocol::Encodable;
 use strata_log::FileSlice;
 use strata_log::batch::{LOG_OVERHEAD, peek_offset_and_size};
@@ -273,6 +273,11 @@ async fn read_once(
 ) -> (Answer, bool) {
     let mut budget = request.max_bytes.max(0) as usize;
     let mut total = 0usize;
+    let reader = match replica {
+        Some(_) => Reader::Replica,
+        None if request.isolation_level == READ_COMMITTED => Reader::Committed,
+        None => Reader::Uncommitted,
+    };
     let mut errors = false;
     let mut topics = Vec::with_capacity(request.topics.len());
     for (topic, resolved) in request.topics.iter().zip(partitions) {
@@ -286,7 +291,7 @@ async fn read_once(
                 wanted.fetch_offset,
                 limit,
                 total == 0,
-                replica.is_some(),
+                reader,
             )
             .await;
             errors |= data.error_code != 0;
@@ -321,6 +326,21 @@ fn topic_answer(
 
 const NO_RECORDS: Records = Records::Bytes(Bytes::new());
 
+/// Kafka's `isolation_level` of a `read_committed` consumer.
+const READ_COMMITTED: i8 = 1;
+
+/// Who reads, and so how far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reader {
+    /// A follower broker: to the log end.
+    Replica,
+    /// A `read_uncommitted` consumer: below the high watermark.
+    Uncommitted,
+    /// A `read_committed` consumer: below the last stable offset, told the aborted
+    /// transactions to drop.
+    Committed,
+}
+
 async fn read_partition(
     ctx: &Context,
     (partition, topic): (Option<&Partition>, &str),
@@ -328,8 +348,9 @@ async fn read_partition(
     offset: i64,
     limit: usize,
     first: bool,
-    replica: bool,
+    reader: Reader,
 ) -> (PartitionData, Records) {
+    let replica = reader == Reader::Replica;
     let data = PartitionData::default().with_partition_index(index);
     let Some(partition) = partition else {
         let code = if ctx
@@ -364,14 +385,15 @@ async fn read_partition(
             .start_offset(partition.topic(), index)
             .map_or(local_start, |s| s.min(local_start))
     };
-    let readable_end = if replica {
-        partition.log_end_offset()
-    } else {
-        partition.high_watermark()
+    let last_stable = partition.last_stable_offset();
+    let readable_end = match reader {
+        Reader::Replica => partition.log_end_offset(),
+        Reader::Uncommitted => partition.high_watermark(),
+        Reader::Committed => last_stable,
     };
     let data = data
         .with_high_watermark(partition.high_watermark())
-        .with_last_stable_offset(partition.high_watermark())
+        .with_last_stable_offset(last_stable)
         .with_log_start_offset(log_start);
     if offset == readable_end || (limit == 0 && !first) {
         return (data, NO_RECORDS);
@@ -383,16 +405,32 @@ async fn read_partition(
         // Committed on this leader but not yet everywhere: nothing to give yet.
         return (data, NO_RECORDS);
     }
-    match partition.read_as(offset, limit, replica) {
-        Ok(read) => {
+    let read = match reader {
+        Reader::Committed => partition
+            .read_committed(offset, limit)
+            .map(|(read, aborted)| (read, Some(aborted))),
+        _ => partition.read_as(offset, limit, replica).map(|r| (r, None)),
+    };
+    match read {
+        Ok((read, aborted)) => {
             // The slice holds at most `limit` bytes unless its first batch alone is larger.
             let records = match read.records {
                 Some(slice) if slice.len() <= limit || first => Records::File(slice),
                 _ => NO_RECORDS,
             };
+            let aborted = aborted.map(|list| {
+                list.into_iter()
+                    .map(|a| {
+                        AbortedTransaction::default()
+                            .with_producer_id(ProducerId(a.producer_id))
+                            .with_first_offset(a.first_offset)
+                    })
+                    .collect()
+            });
             let data = data
                 .with_high_watermark(read.high_watermark)
-                .with_last_stable_offset(read.high_watermark);
+                .with_last_stable_offset(read.last_stable_offset)
+                .with_aborted_transactions(aborted);
             (data, records)
         }
         Err(e) => {

@@ -37,7 +37,8 @@ pub(super) async fn handle(
                     continue;
                 }
             };
-            let answer = match lookup(ctx, &partition, wanted.timestamp).await {
+            let committed = version >= 2 && request.isolation_level == READ_COMMITTED;
+            let answer = match lookup(ctx, &partition, wanted.timestamp, committed).await {
                 Ok((offset, timestamp)) => {
                     let mut answer = answer.with_offset(offset).with_timestamp(timestamp);
                     if version >= 4 {
@@ -58,15 +59,21 @@ pub(super) async fn handle(
     ListOffsetsResponse::default().with_topics(topics)
 }
 
-/// `(offset, timestamp)` for a ListOffsets timestamp; `(-1, -1)` when no record qualifies.
+/// Kafka's `isolation_level` of a `read_committed` consumer.
+const READ_COMMITTED: i8 = 1;
+
+/// `(offset, timestamp)` for a ListOffsets timestamp; `(-1, -1)` when no record qualifies. The
+/// latest offset of a `read_committed` consumer (`committed`) is the last stable offset.
 async fn lookup(
     ctx: &Context,
     partition: &Partition,
     timestamp: i64,
+    committed: bool,
 ) -> Result<(i64, i64), ResponseError> {
     let local_start = partition.log_start_offset();
     let (topic, index) = (partition.topic(), partition.index());
     Ok(match timestamp {
+        LATEST if committed => (partition.last_stable_offset(), -1),
         LATEST => (partition.high_watermark(), -1),
         // The whole log starts in the lake when it holds older offsets.
         EARLIEST => (
