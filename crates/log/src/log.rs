@@ -727,6 +727,10 @@ impl Log {
                 self.offloaded_offset,
                 &self.config,
             )
+            .max(policy::segments_below_log_start(
+                sealed,
+                self.log_start_offset,
+            ))
         } else {
             0
         };
@@ -747,7 +751,10 @@ impl Log {
     }
 
     /// Deletes the whole sealed segments that end at or before `offset` and moves the log start
-    /// offset up to `offset` (used to drop what a compacted snapshot superseded). Returns how many.
+    /// offset up to `offset`, never back and never past the log end (DeleteRecords, a follower
+    /// following its leader's log start, what a compacted snapshot superseded). Returns how many.
+    /// Durable on return: the `log-start-offset` file and the folder holding it are fsynced, so
+    /// the records below cannot come back after a crash.
     pub fn delete_segments_before(&mut self, offset: i64) -> Result<usize> {
         let active_base = self.active().base_offset;
         let count = self
@@ -759,9 +766,14 @@ impl Log {
             self.delete_oldest_segments(count)?;
         }
         let clamped = offset.clamp(self.log_start_offset, self.log_end_offset());
-        if clamped > self.log_start_offset {
+        let moved = clamped > self.log_start_offset;
+        if moved {
             self.log_start_offset = clamped;
             self.store_log_start_offset()?;
+        }
+        if moved || count > 0 {
+            // The rename of `log-start-offset` and the removals are entries of the folder.
+            sync_dir(&self.dir)?;
         }
         Ok(count)
     }
@@ -983,6 +995,11 @@ fn read_i64(path: &Path) -> Result<Option<i64>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).at(path),
     }
+}
+
+/// Forces a folder's entries (files created, renamed or removed in it) to stable storage.
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }
 
 /// Replaces a small file atomically: write a temporary file, fsync it, rename it over the target.

@@ -86,6 +86,16 @@ pub fn segments_to_delete(
     count
 }
 
+/// How many of the oldest sealed segments lie entirely below the log start offset (moved there
+/// by DeleteRecords while they were still active, or by a follower following its leader): their
+/// records can no longer be read, so they go whatever retention and the offload say.
+pub fn segments_below_log_start(sealed: &[SegmentStat], log_start_offset: i64) -> usize {
+    sealed
+        .iter()
+        .take_while(|s| s.next_offset <= log_start_offset)
+        .count()
+}
+
 /// Whether `flush.messages` or `flush.ms` asks for an fsync now.
 pub fn should_flush(
     unflushed_messages: i64,
@@ -127,6 +137,20 @@ mod tests {
         assert!(should_roll(&active, 1, 10, 60_000, &config));
         assert!(should_roll(&active, 1, i64::from(u32::MAX) + 1, 1, &config));
         assert!(!should_roll(&seg(0, 0, -1), 5000, 10, 1_000_000, &config));
+    }
+
+    #[test]
+    fn segments_entirely_below_the_log_start_go_the_one_holding_it_stays() {
+        let sealed = [seg(0, 10, 5), seg(10, 10, 5), seg(20, 10, 5)];
+        assert_eq!(segments_below_log_start(&sealed, 0), 0);
+        assert_eq!(
+            segments_below_log_start(&sealed, 19),
+            1,
+            "19 is in the second"
+        );
+        assert_eq!(segments_below_log_start(&sealed, 20), 2);
+        assert_eq!(segments_below_log_start(&sealed, 1_000), 3);
+        assert_eq!(segments_below_log_start(&[], 1_000), 0);
     }
 
     #[test]
