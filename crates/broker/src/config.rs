@@ -274,6 +274,11 @@ pub const BROKER_SETTINGS: &[(&str, &str, ConfigType)] = &[
     ("group.min.session.timeout.ms", "6000", ConfigType::Int(1)),
     ("lake.read.cache.bytes", "268435456", ConfigType::Long(0)),
     (
+        "max.incremental.fetch.session.cache.slots",
+        "1000",
+        ConfigType::Int(0),
+    ),
+    (
         "leader.imbalance.check.interval.seconds",
         "300",
         ConfigType::Long(1),
@@ -455,6 +460,11 @@ impl BrokerConfig {
     /// `lake.read.cache.bytes`: decoded lake files kept for historic reads.
     pub fn lake_read_cache_bytes(&self) -> usize {
         self.long("lake.read.cache.bytes") as usize
+    }
+
+    /// `max.incremental.fetch.session.cache.slots`: fetch sessions (KIP-227) kept at once.
+    pub fn max_incremental_fetch_session_cache_slots(&self) -> usize {
+        self.long("max.incremental.fetch.session.cache.slots") as usize
     }
 
     /// `node.id`.

@@ -63,6 +63,8 @@ pub(crate) struct Context {
     pub(crate) advertised_port: i32,
     /// Cancelled when the broker shuts down; waiting fetches answer at once.
     pub(crate) shutdown: CancellationToken,
+    /// Incremental fetch sessions (KIP-227) of consumers and follower brokers.
+    pub(crate) fetch_sessions: crate::fetch_session::FetchSessionCache,
 }
 
 /// A broker as Metadata and DescribeCluster name it: `(id, host, port, rack)`.
@@ -369,6 +371,7 @@ pub(crate) mod tests {
         let coordinator =
             GroupCoordinator::open(&dir.join("offsets"), config.coordinator_config(), 0).unwrap();
         let groups = crate::groups::Groups::single(coordinator, config.coordinator_config());
+        let slots = config.max_incremental_fetch_session_cache_slots();
         let manager =
             PartitionManager::open(config, Box::new(LocalMetadataStore::new(dir)), 0).unwrap();
         Arc::new(Context {
@@ -381,6 +384,7 @@ pub(crate) mod tests {
             advertised_host: "127.0.0.1".into(),
             advertised_port: 9092,
             shutdown: CancellationToken::new(),
+            fetch_sessions: crate::fetch_session::FetchSessionCache::new(slots),
         })
     }
 

@@ -6,6 +6,8 @@
 //! Data flows from the socket down to the log:
 //! - [`server`]: accept loop, per-connection reader and in-order writer, maintenance, shutdown.
 //! - [`frame`]: length-prefixed frames, bounded by `socket.request.max.bytes`.
+//! - `fetch_session`: incremental fetch sessions (KIP-227): the partitions a fetcher follows,
+//!   kept between its fetches so that it sends and receives only what changed.
 //! - `outgoing`: responses as written: encoded bytes, and segment ranges sent with `sendfile(2)`.
 //! - `handler`: decodes a request with the `kafka-protocol` crate and routes it to one file per
 //!   Kafka API (`handler/produce.rs`, `handler/fetch.rs`, …).
@@ -46,6 +48,7 @@ mod clock;
 pub mod config;
 mod dir_lock;
 pub mod error;
+mod fetch_session;
 pub mod frame;
 mod groups;
 mod handler;

@@ -3,7 +3,9 @@
 //!   ([`PartitionManager::apply_cluster_state`]) and keeps one fetcher per leader broker;
 //! - a fetcher copies what its leader has: first, for a replica whose leader or epoch changed,
 //!   OffsetForLeaderEpoch and a truncation of what the leader never had; then Fetch requests with
-//!   this broker's id as `replica_id`, whose offsets tell the leader how far this replica is;
+//!   this broker's id as `replica_id`, whose offsets tell the leader how far this replica is, in
+//!   an incremental fetch session (KIP-227): after the first, a fetch names only the partitions
+//!   whose offsets moved and its answer only the partitions with news;
 //! - ISR changes proposed by the partitions this broker leads (a follower caught up, or one behind
 //!   for `replica.lag.time.max.ms`) are committed through the controller (AlterPartition).
 
@@ -30,6 +32,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
+use crate::fetch_session::FetchSessionHandler;
 use crate::handler::str_bytes;
 use crate::manager::PartitionManager;
 use crate::partition::Partition;
@@ -262,6 +265,8 @@ async fn fetch_from(
 ) {
     let me = manager.config().node_id();
     let mut peer: Option<Peer> = None;
+    // One fetch session (KIP-227) per connection: a full fetch, then only what changed.
+    let mut session = FetchSessionHandler::default();
     loop {
         if shutdown.is_cancelled() {
             return;
@@ -296,7 +301,7 @@ async fn fetch_from(
         }
         let client = peer.as_mut().expect("connected above");
         let round = tokio::select! {
-            round = replicate_once(client, me, &partitions) => round,
+            round = replicate_once(client, &mut session, me, &partitions) => round,
             () = shutdown.cancelled() => return,
         };
         match round {
@@ -305,6 +310,7 @@ async fn fetch_from(
             Err(e) => {
                 tracing::debug!(leader, error = %e, "replication round failed; reconnecting");
                 peer = None;
+                session.lost();
                 pause(&shutdown).await;
             }
         }
@@ -323,6 +329,7 @@ async fn pause(shutdown: &CancellationToken) {
 /// again at once.
 async fn replicate_once(
     peer: &mut Peer,
+    session: &mut FetchSessionHandler,
     me: i32,
     partitions: &[Arc<Partition>],
 ) -> anyhow::Result<bool> {
@@ -367,13 +374,12 @@ async fn replicate_once(
                 )
         })
         .collect();
-    let request = FetchRequest::default()
+    let mut request = FetchRequest::default()
         .with_replica_id(BrokerId(me))
         .with_max_wait_ms(FETCH_WAIT_MS)
         .with_min_bytes(1)
-        .with_max_bytes(FETCH_RESPONSE_BYTES)
-        .with_session_epoch(-1)
-        .with_topics(topics);
+        .with_max_bytes(FETCH_RESPONSE_BYTES);
+    session.prepare(&mut request, topics);
     let response: FetchResponse = peer
         .call(
             ApiKey::Fetch,
@@ -382,7 +388,11 @@ async fn replicate_once(
             Duration::from_secs(10),
         )
         .await?;
-    if response.error_code != 0 {
+    if !session.answered(response.error_code, response.session_id) {
+        if is_session_error(response.error_code) {
+            // Evicted, or a resend: the next fetch is full and starts a new session.
+            return Ok(true);
+        }
         anyhow::bail!("fetch refused with error {}", response.error_code);
     }
     let mut progressed = false;
@@ -438,6 +448,18 @@ async fn replicate_once(
         }
     }
     Ok(progressed || !refused)
+}
+
+/// Errors that end a fetch session but not the connection.
+fn is_session_error(error_code: i16) -> bool {
+    matches!(
+        ResponseError::try_from_code(error_code),
+        Some(
+            ResponseError::FetchSessionIdNotFound
+                | ResponseError::InvalidFetchSessionEpoch
+                | ResponseError::FetchSessionTopicIdError
+        )
+    )
 }
 
 /// Asks the leader where each replica's last epoch ended and truncates what the leader lacks.

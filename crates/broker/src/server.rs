@@ -83,6 +83,7 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
         config.lake_read_cache_bytes(),
     ));
     let advertised = config.advertised.clone();
+    let fetch_session_slots = config.max_incremental_fetch_session_cache_slots();
     // Before the partitions open: their segment files are cached within the limit found here.
     crate::open_files::fit_to_limit();
     let listener = TcpListener::bind(listen)
@@ -155,6 +156,7 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
         advertised_host,
         advertised_port,
         shutdown: shutdown.clone(),
+        fetch_sessions: crate::fetch_session::FetchSessionCache::new(fetch_session_slots),
     });
     let task = tokio::spawn(run(ctx, listener, dir_lock, background));
     Ok(BrokerHandle {

@@ -7,11 +7,11 @@ use kafka_protocol::messages::{ApiKey, ApiVersionsResponse, ResponseKind};
 use kafka_protocol::protocol::VersionRange;
 
 /// `(api, min, max)` for every API handled. Only versions whose every field is honoured are
-/// listed: Produce v12+/Fetch v13+ change semantics (transactions V2, topic ids) and wait for
-/// their issues.
+/// listed: Produce v12+ is transactions V2 (KIP-890); Fetch v14 answers followers
+/// OFFSET_MOVED_TO_TIERED_STORAGE, v15 carries `replica_state`, v16 KIP-951's leader endpoints.
 pub(crate) const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Produce, 3, 11),
-    (ApiKey::Fetch, 4, 12),
+    (ApiKey::Fetch, 4, 13),
     (ApiKey::ListOffsets, 1, 9),
     (ApiKey::Metadata, 0, 12),
     (ApiKey::ApiVersions, 0, 4),

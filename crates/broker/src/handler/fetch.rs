@@ -25,6 +25,7 @@ use tokio::sync::watch;
 
 use super::{Context, Refusal, now_ms};
 use crate::error::Error;
+use crate::fetch_session::SessionAnswer;
 use crate::outgoing::{FrameBuilder, Outgoing};
 use crate::partition::Partition;
 
@@ -53,6 +54,8 @@ impl Records {
 #[derive(Debug, Default)]
 pub(crate) struct Answer {
     error_code: i16,
+    /// The fetch session the answer belongs to (KIP-227), 0 for none.
+    session_id: i32,
     topics: Vec<TopicAnswer>,
 }
 
@@ -68,8 +71,14 @@ impl Answer {
     fn error(error: ResponseError) -> Self {
         Self {
             error_code: error.code(),
+            session_id: 0,
             topics: Vec::new(),
         }
+    }
+
+    fn with_session_id(mut self, session_id: i32) -> Self {
+        self.session_id = session_id;
+        self
     }
 
     /// Record bytes in the answer.
@@ -99,7 +108,7 @@ impl Answer {
         }
         if version >= 7 {
             buf.put_i16(self.error_code);
-            buf.put_i32(0); // session_id: no fetch sessions
+            buf.put_i32(self.session_id);
         }
         put_len(buf, self.topics.len(), flexible)?;
         for topic in &self.topics {
@@ -183,14 +192,40 @@ fn put_uvarint(buf: &mut BytesMut, mut value: u32) {
     buf.put_u8(value as u8);
 }
 
-pub(crate) async fn handle(ctx: &Arc<Context>, version: i16, request: FetchRequest) -> Answer {
-    // Fetch sessions (KIP-227) are not kept: session id 0 tells the client to send full requests.
-    if version >= 7 && request.session_id != 0 {
-        return Answer::error(ResponseError::FetchSessionIdNotFound);
+impl SessionAnswer for Answer {
+    fn retain_partitions(
+        &mut self,
+        keep: &mut dyn FnMut(&TopicName, uuid::Uuid, &PartitionData, usize) -> bool,
+    ) {
+        for topic in &mut self.topics {
+            let (name, id) = (&topic.topic, topic.topic_id);
+            topic
+                .partitions
+                .retain(|(data, records)| keep(name, id, data, records.len()));
+        }
+        self.topics.retain(|t| !t.partitions.is_empty());
     }
+}
+
+/// A fetch within its session (KIP-227): an incremental one reads every partition of the
+/// session and answers those with news.
+pub(crate) async fn handle(ctx: &Arc<Context>, version: i16, mut request: FetchRequest) -> Answer {
+    let session = match ctx.fetch_sessions.open(version, &mut request, now_ms()) {
+        Ok(session) => session,
+        Err(code) => return Answer::error(code),
+    };
+    let mut answer = fetch(ctx, version, request).await;
+    match ctx.fetch_sessions.finish(session, &mut answer, now_ms()) {
+        Ok(id) => answer.session_id = id,
+        Err((code, id)) => answer = Answer::error(code).with_session_id(id),
+    }
+    answer
+}
+
+async fn fetch(ctx: &Arc<Context>, version: i16, mut request: FetchRequest) -> Answer {
     let wait = Duration::from_millis(request.max_wait_ms.clamp(0, FETCH_WAIT_MS_MAX) as u64);
     let deadline = tokio::time::Instant::now() + wait;
-    let partitions = resolve(ctx, &request);
+    let partitions = resolve(ctx, version, &mut request);
     // A follower broker (replica id set) reads up to the log end, and its fetch offsets tell this
     // leader how far it is.
     let replica = (request.replica_id.0 >= 0).then_some(request.replica_id.0);
@@ -247,12 +282,21 @@ fn note_follower(ctx: &Context, replica: i32, request: &FetchRequest, partitions
     }
 }
 
-fn resolve(ctx: &Context, request: &FetchRequest) -> Resolved {
+/// From v13 topics are named by id: their names are filled in here.
+fn resolve(ctx: &Context, version: i16, request: &mut FetchRequest) -> Resolved {
     request
         .topics
-        .iter()
+        .iter_mut()
         .map(|topic| {
-            let found = ctx.manager.topic(&topic.topic);
+            let found = if version >= 13 {
+                let found = ctx.manager.topic_by_id(topic.topic_id);
+                if let Some(t) = &found {
+                    topic.topic = TopicName(super::str_bytes(t.name.clone()));
+                }
+                found
+            } else {
+                ctx.manager.topic(&topic.topic)
+            };
             topic
                 .partitions
                 .iter()
@@ -303,6 +347,7 @@ async fn read_once(
     }
     let answer = Answer {
         error_code: 0,
+        session_id: 0,
         topics,
     };
     (answer, errors)
@@ -311,8 +356,14 @@ async fn read_once(
 fn topic_answer(
     version: i16,
     topic: &FetchTopic,
-    partitions: Vec<(PartitionData, Records)>,
+    mut partitions: Vec<(PartitionData, Records)>,
 ) -> TopicAnswer {
+    if version >= 13 && topic.topic.is_empty() {
+        // No topic has this id (names are filled in by `resolve`).
+        for (data, _) in &mut partitions {
+            data.error_code = ResponseError::UnknownTopicId.code();
+        }
+    }
     TopicAnswer {
         topic: topic.topic.clone(),
         topic_id: if version >= 13 {
@@ -618,8 +669,10 @@ mod tests {
         };
         let stored = file.read().unwrap();
         for version in 4..=15 {
+            let session_id = if version >= 7 { 77 } else { 0 };
             let answer = Answer {
                 error_code: 0,
+                session_id,
                 topics: topics()
                     .into_iter()
                     .map(|(name, id, partitions)| TopicAnswer {
@@ -629,31 +682,33 @@ mod tests {
                     })
                     .collect(),
             };
-            let expected = FetchResponse::default().with_responses(
-                topics()
-                    .into_iter()
-                    .map(|(name, id, partitions)| {
-                        let mut t = FetchableTopicResponse::default().with_partitions(
-                            partitions
-                                .into_iter()
-                                .map(|(data, records)| {
-                                    let bytes = match records {
-                                        Records::Bytes(b) => b,
-                                        Records::File(_) => Bytes::from(stored.clone()),
-                                    };
-                                    data.with_records(Some(bytes))
-                                })
-                                .collect(),
-                        );
-                        if version >= 13 {
-                            t.topic_id = id;
-                        } else {
-                            t.topic = TopicName(name.into());
-                        }
-                        t
-                    })
-                    .collect(),
-            );
+            let expected = FetchResponse::default()
+                .with_session_id(session_id)
+                .with_responses(
+                    topics()
+                        .into_iter()
+                        .map(|(name, id, partitions)| {
+                            let mut t = FetchableTopicResponse::default().with_partitions(
+                                partitions
+                                    .into_iter()
+                                    .map(|(data, records)| {
+                                        let bytes = match records {
+                                            Records::Bytes(b) => b,
+                                            Records::File(_) => Bytes::from(stored.clone()),
+                                        };
+                                        data.with_records(Some(bytes))
+                                    })
+                                    .collect(),
+                            );
+                            if version >= 13 {
+                                t.topic_id = id;
+                            } else {
+                                t.topic = TopicName(name.into());
+                            }
+                            t
+                        })
+                        .collect(),
+                );
             let expected = crate::handler::encode(
                 ApiKey::Fetch,
                 version,
