@@ -1,4 +1,7 @@
-//! Shared helpers of Strata's benches: client-shaped record batches.
+//! Shared helpers of Strata's benches: client-shaped record batches, and a fetcher with
+//! incremental fetch sessions for `loadgen` ([`fetcher`]).
+
+pub mod fetcher;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::records::{

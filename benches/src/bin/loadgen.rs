@@ -159,6 +159,10 @@ struct Common {
     /// Extra client settings, `key=value`, for producers and consumers alike.
     #[arg(short = 'X', value_parser = parse_setting)]
     settings: Vec<(String, String)>,
+    /// Consumer (consume and e2e modes): librdkafka, or loadgen's own fetcher sending full
+    /// fetches (`full`) or keeping an incremental fetch session (`session`, KIP-227).
+    #[arg(long, value_enum, default_value_t = Client::Librdkafka)]
+    client: Client,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -171,6 +175,13 @@ fn parse_setting(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .ok_or_else(|| format!("`{s}` is not key=value"))
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum Client {
+    Librdkafka,
+    Full,
+    Session,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -342,6 +353,9 @@ struct ConsumerReport {
     mb_per_s: f64,
     first_record_ms: f64,
     verified: bool,
+    /// Fetches of loadgen's own fetcher (`--client full|session`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fetches: Option<strata_benches::fetcher::FetchStats>,
 }
 
 fn client_config(c: &Common) -> ClientConfig {
@@ -470,6 +484,9 @@ fn consume(
     payloads: &Payloads,
     latency: Option<&Mutex<Histogram<u64>>>,
 ) -> Result<ConsumerReport> {
+    if c.client != Client::Librdkafka {
+        return consume_fetching(c, payloads, latency);
+    }
     let consumer: BaseConsumer = client_config(c)
         .set("group.id", format!("loadgen-{}", now_micros()))
         .set("enable.auto.commit", "false")
@@ -541,6 +558,72 @@ fn consume(
         mb_per_s: bytes as f64 / reading / 1e6,
         first_record_ms: (first - start).as_secs_f64() * 1000.0,
         verified: true,
+        fetches: None,
+    })
+}
+
+/// [`consume`] with loadgen's own fetcher, with the same settings and the same checks.
+fn consume_fetching(
+    c: &Common,
+    payloads: &Payloads,
+    latency: Option<&Mutex<Histogram<u64>>>,
+) -> Result<ConsumerReport> {
+    use strata_benches::fetcher::{FetchSettings, Fetcher};
+    let settings = FetchSettings {
+        sessions: c.client == Client::Session,
+        max_wait_ms: 100,
+        min_bytes: 1,
+        max_bytes: 52_428_800,
+        partition_max_bytes: 10_485_760,
+    };
+    let deadline = Instant::now() + Duration::from_secs(c.timeout_s);
+    let start = Instant::now();
+    let mut fetcher = Fetcher::connect(&c.brokers, &c.topic, c.partitions, settings)?;
+    let mut first = None;
+    let mut next: HashMap<i32, u64> = HashMap::new();
+    let (mut records, mut bytes) = (0u64, 0u64);
+    // As with librdkafka: records sent before the first one came back measure start-up.
+    let mut warm: Option<u64> = None;
+    while records < c.count {
+        ensure!(
+            Instant::now() < deadline,
+            "timed out after {records} of {} records",
+            c.count
+        );
+        fetcher.fetch(&mut |partition, _offset, value| {
+            first.get_or_insert_with(Instant::now);
+            let (seq, sent) = payloads.check(value, partition)?;
+            let expected = next.entry(partition).or_insert(partition as u64);
+            ensure!(
+                seq == *expected,
+                "partition {partition}: record {seq} where {expected} was due (lost, duplicated or reordered)"
+            );
+            *expected += c.partitions as u64;
+            if let Some(h) = latency {
+                let now = now_micros();
+                if sent >= *warm.get_or_insert(now) {
+                    let _ = h.lock().expect("histogram").record(now.saturating_sub(sent).max(1));
+                }
+            }
+            records += 1;
+            bytes += value.len() as u64;
+            Ok(())
+        })?;
+    }
+    ensure!(
+        records == c.count,
+        "{records} records where {} were due",
+        c.count
+    );
+    let seconds = start.elapsed().as_secs_f64();
+    let first = first.unwrap_or(start);
+    Ok(ConsumerReport {
+        records,
+        seconds,
+        mb_per_s: bytes as f64 / first.elapsed().as_secs_f64() / 1e6,
+        first_record_ms: (first - start).as_secs_f64() * 1000.0,
+        verified: true,
+        fetches: Some(fetcher.stats()),
     })
 }
 
