@@ -26,6 +26,7 @@ use kafka_protocol::ResponseError;
 use parking_lot::RwLock;
 use strata_coordinator::offsets_log::{Durable, OffsetsLog};
 use strata_coordinator::{CoordinatorConfig, GroupCoordinator, Membership};
+use strata_log::txn::Marker;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
@@ -140,7 +141,52 @@ impl Groups {
         if topic.partition_count <= 0 {
             return Err(ResponseError::CoordinatorNotAvailable);
         }
-        let index = partition_for(group, topic.partition_count);
+        self.of_partition(manager, partition_for(group, topic.partition_count))
+    }
+
+    /// Ends `producer_id`'s transaction in the group coordinator of offsets partition
+    /// `offsets_partition` (a transaction marker for a `__consumer_offsets` partition): the
+    /// marker is written to that partition's log and the producer's pending offsets there are
+    /// committed or dropped ([`GroupCoordinator::complete_transaction`]). A single broker's one
+    /// coordinator serves every offsets partition. In a cluster: NOT_COORDINATOR unless this
+    /// broker leads the partition with its coordinator loaded, COORDINATOR_LOAD_IN_PROGRESS while
+    /// it loads, COORDINATOR_NOT_AVAILABLE when it failed to load or the topic does not exist
+    /// (all retriable). A marker the log refuses gets the log's code (INVALID_PRODUCER_EPOCH,
+    /// TRANSACTION_COORDINATOR_FENCED). The returned future resolves once the marker is durable
+    /// (on the in-sync replicas, in a cluster).
+    pub(crate) fn complete_transaction(
+        &self,
+        manager: &PartitionManager,
+        offsets_partition: i32,
+        producer_id: i64,
+        producer_epoch: i16,
+        commit: bool,
+        coordinator_epoch: i32,
+    ) -> Result<Durable, ResponseError> {
+        let coordinator = self.of_partition(manager, offsets_partition)?;
+        coordinator
+            .complete_transaction(
+                producer_id,
+                producer_epoch,
+                commit,
+                coordinator_epoch,
+                now_ms(),
+            )
+            .map_err(|e| txn_error_code(&e))
+    }
+
+    /// The coordinator of offsets partition `index` on this broker (see [`Groups::of`]).
+    fn of_partition(
+        &self,
+        manager: &PartitionManager,
+        index: i32,
+    ) -> Result<Arc<GroupCoordinator>, ResponseError> {
+        if let Some(single) = &self.single {
+            return Ok(Arc::clone(single));
+        }
+        if manager.topic(OFFSETS_TOPIC).is_none() {
+            return Err(ResponseError::CoordinatorNotAvailable);
+        }
         match self.led.read().get(&index) {
             Some(Slot::Ready {
                 epoch,
@@ -185,6 +231,25 @@ impl Groups {
             coordinator.close(now_ms);
         }
         self.led.write().clear();
+    }
+}
+
+/// The Kafka error code of a transactional write to an offsets log (a TxnOffsetCommit's offsets
+/// or a marker): a producer the log refuses gets the log's code (INVALID_PRODUCER_EPOCH for a
+/// fenced producer, TRANSACTION_COORDINATOR_FENCED, INVALID_TXN_STATE, OUT_OF_ORDER_SEQUENCE),
+/// other errors the group coordinator's.
+pub(crate) fn txn_error_code(error: &strata_coordinator::Error) -> ResponseError {
+    use strata_log::Error as L;
+    match error {
+        strata_coordinator::Error::Log {
+            source:
+                source @ (L::InvalidProducerEpoch { .. }
+                | L::CoordinatorFenced { .. }
+                | L::InvalidTxnState { .. }
+                | L::OutOfOrderSequence { .. }),
+            ..
+        } => crate::error::log_error_code(source),
+        other => crate::error::coordinator_error_code(other),
     }
 }
 
@@ -413,6 +478,21 @@ impl ReplicatedOffsets {
         })
     }
 
+    /// Refuses unless this broker leads the partition at the coordinator's epoch with enough
+    /// in-sync replicas (`min.insync.replicas`, as Kafka writes its offsets with acks=all).
+    fn check_writable(&self) -> strata_coordinator::Result<()> {
+        self.check_leader()?;
+        let assignment = self.partition.assignment();
+        if assignment.replicas.len() > 1 && assignment.isr.len() < self.min_insync {
+            return Err(strata_coordinator::Error::NotEnoughReplicas {
+                partition: self.name.clone(),
+                isr: assignment.isr.len(),
+                min_insync: self.min_insync,
+            });
+        }
+        Ok(())
+    }
+
     fn error(&self, error: Error) -> strata_coordinator::Error {
         match error {
             Error::Log(source) => strata_coordinator::Error::Log {
@@ -428,20 +508,38 @@ impl ReplicatedOffsets {
 
 impl OffsetsLog for ReplicatedOffsets {
     fn append(&mut self, batch: &[u8], now_ms: i64) -> strata_coordinator::Result<i64> {
-        self.check_leader()?;
-        let assignment = self.partition.assignment();
-        if assignment.replicas.len() > 1 && assignment.isr.len() < self.min_insync {
-            return Err(strata_coordinator::Error::NotEnoughReplicas {
-                partition: self.name.clone(),
-                isr: assignment.isr.len(),
-                min_insync: self.min_insync,
-            });
-        }
+        self.check_writable()?;
         let info = self
             .partition
             .append(batch, now_ms)
             .map_err(|e| self.error(e))?;
         Ok(info.last_offset)
+    }
+
+    fn append_marker(
+        &mut self,
+        producer_id: i64,
+        producer_epoch: i16,
+        marker: Marker,
+        now_ms: i64,
+    ) -> strata_coordinator::Result<i64> {
+        self.check_writable()?;
+        let (info, _) = self
+            .partition
+            .append_marker(producer_id, producer_epoch, marker, now_ms)
+            .map_err(|e| self.error(e))?;
+        Ok(info.last_offset)
+    }
+
+    fn next_sequence(&self, producer_id: i64, producer_epoch: i16) -> i32 {
+        // What the replica's log expects; if it cannot say, the append reports why.
+        let known = self.partition.producers().ok().and_then(|producers| {
+            producers
+                .into_iter()
+                .find(|p| p.0 == producer_id)
+                .map(|(_, epoch, last_sequence, _, _)| (epoch, last_sequence))
+        });
+        strata_coordinator::offsets_log::next_sequence(known, producer_epoch)
     }
 
     fn read(&self, offset: i64, max_bytes: usize) -> strata_coordinator::Result<Option<Bytes>> {
@@ -596,8 +694,11 @@ mod tests {
         let again =
             GroupCoordinator::load(Box::new(log), coordinator_config(), Membership::Members, 0)
                 .unwrap();
-        let found = again.fetch_offsets("g", None);
-        assert_eq!(found[0].2.as_ref().map(|o| o.offset), Some(42));
+        let found = again.fetch_offsets("g", None, false);
+        assert_eq!(
+            found[0].2.as_ref().unwrap().as_ref().map(|o| o.offset),
+            Some(42)
+        );
     }
 
     #[tokio::test]

@@ -29,6 +29,7 @@ mod offset_fetch;
 mod offset_for_leader_epoch;
 mod produce;
 mod sync_group;
+mod txn_offset_commit;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -280,6 +281,16 @@ fn route(
                 async move { offset_commit::finish(pending).await.into() },
             ));
         }
+        RequestKind::TxnOffsetCommit(r) => {
+            // Written now, in request order; answered once durable, as OffsetCommit.
+            let pending = txn_offset_commit::start(ctx, version, r);
+            return Ok(later(
+                ApiKey::TxnOffsetCommit,
+                version,
+                correlation_id,
+                async move { txn_offset_commit::finish(pending).await.into() },
+            ));
+        }
         RequestKind::OffsetFetch(r) => offset_fetch::handle(ctx, version, r).into(),
         RequestKind::ListGroups(r) => list_groups::handle(ctx, version, r).into(),
         RequestKind::DescribeGroups(r) => describe_groups::handle(ctx, version, r).into(),
@@ -488,6 +499,9 @@ pub(crate) mod tests {
                 .with_group_id(GroupId(str_bytes("g")))
                 .into(),
             ApiKey::OffsetForLeaderEpoch => OffsetForLeaderEpochRequest::default().into(),
+            ApiKey::TxnOffsetCommit => TxnOffsetCommitRequest::default()
+                .with_group_id(GroupId(str_bytes("g")))
+                .into(),
             other => panic!("add a default request for {other:?}"),
         }
     }

@@ -12,7 +12,7 @@ use kafka_protocol::ResponseError;
 use crate::error::{Error, Result};
 use crate::group::{Answer, Group, GroupState, GroupTimeouts, JoinRequest, JoinResult, SyncResult};
 use crate::offsets_log::{Durable, LocalOffsetsLog, OffsetsLog};
-use crate::store::{CommittedOffset, OffsetStore, StoreKey, StoreState, StoreValue};
+use crate::store::{BatchKind, CommittedOffset, OffsetStore, StoreKey, StoreState, StoreValue};
 
 /// Group and offset settings, from Kafka's broker settings.
 #[derive(Debug, Clone, Copy)]
@@ -53,8 +53,30 @@ pub struct GroupDescription {
     pub members: Vec<(String, Option<String>, String, String, Bytes, Bytes)>,
 }
 
-/// A partition's outcome in a commit or a fetch of offsets.
-pub type PartitionOffsets = Vec<(String, i32, Option<CommittedOffset>)>;
+/// OffsetFetch's answer: each partition's committed offset (`None`: there is none), or the error
+/// it gets (UNSTABLE_OFFSET_COMMIT while a transaction's offset for it is pending and the
+/// request requires stable offsets).
+pub type PartitionOffsets = Vec<(String, i32, Result<Option<CommittedOffset>, ResponseError>)>;
+
+/// A TxnOffsetCommit as the coordinator takes it: offsets a transactional producer commits in
+/// its transaction, in effect once the transaction commits.
+#[derive(Debug, Clone)]
+pub struct TxnOffsetCommit {
+    /// The producer's transactional id.
+    pub transactional_id: String,
+    /// The producer.
+    pub producer_id: i64,
+    /// Its epoch: the offsets log refuses an older one than its last (a fenced producer's).
+    pub producer_epoch: i16,
+    /// The consumer's member id (v3+; empty before).
+    pub member_id: String,
+    /// The consumer's static membership id (v3+).
+    pub group_instance_id: Option<String>,
+    /// The consumer's generation (v3+; -1 before).
+    pub generation_id: i32,
+    /// `(topic, partition, offset)`.
+    pub offsets: Vec<(String, i32, CommittedOffset)>,
+}
 
 /// What a group's record keeps besides its generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +115,7 @@ impl GroupCoordinator {
     ) -> Result<Self> {
         let (store, state) = OffsetStore::load(log)?;
         let mut groups: HashMap<String, Entry> = HashMap::new();
-        for (key, value) in &state {
+        for (key, value) in state.iter() {
             match (key, value) {
                 (
                     StoreKey::Offset {
@@ -112,6 +134,12 @@ impl GroupCoordinator {
                         Group::restore(group, g, now_ms);
                 }
                 _ => {}
+            }
+        }
+        // A group with pending transactional offsets only exists too, as Kafka creates it.
+        for (_, txn) in state.pending() {
+            for key in txn.offsets.keys() {
+                entry(&mut groups, key.group(), 0, now_ms);
             }
         }
         Ok(Self {
@@ -242,6 +270,25 @@ impl GroupCoordinator {
                 group: group_id.into(),
                 code,
             })?;
+        let (codes, accepted) = self.screen(offsets);
+        let records = offset_records(group_id, &accepted);
+        let durable = inner
+            .write(BatchKind::Plain, &records, now_ms)
+            .inspect_err(|e| {
+                tracing::error!(group = group_id, error = %e, "writing committed offsets");
+            })?;
+        let entry = inner.groups.get_mut(group_id).expect("created above");
+        for (topic, partition, o) in accepted {
+            entry.offsets.insert((topic, partition), o);
+        }
+        Ok((codes, durable))
+    }
+
+    /// Checks each offset's metadata size: an error code per offset, and the offsets accepted.
+    fn screen(
+        &self,
+        offsets: Vec<(String, i32, CommittedOffset)>,
+    ) -> (Vec<i16>, Vec<(String, i32, CommittedOffset)>) {
         let codes: Vec<i16> = offsets
             .iter()
             .map(|(_, _, o)| {
@@ -252,53 +299,160 @@ impl GroupCoordinator {
                 }
             })
             .collect();
-        let accepted: Vec<(String, i32, CommittedOffset)> = offsets
+        let accepted = offsets
             .into_iter()
             .zip(&codes)
             .filter(|(_, c)| **c == 0)
             .map(|(o, _)| o)
             .collect();
-        let records: Vec<_> = accepted
-            .iter()
-            .map(|(topic, partition, o)| {
-                (
-                    offset_key(group_id, topic, *partition),
-                    Some(StoreValue::Offset(o.clone())),
-                )
-            })
-            .collect();
-        let durable = inner.write(&records, now_ms).inspect_err(|e| {
-            tracing::error!(group = group_id, error = %e, "writing committed offsets");
-        })?;
-        let entry = inner.groups.get_mut(group_id).expect("created above");
-        for (topic, partition, o) in accepted {
-            entry.offsets.insert((topic, partition), o);
+        (codes, accepted)
+    }
+
+    /// TxnOffsetCommit: checks the member as Kafka does for a transactional producer's commit
+    /// ([`Group::check_txn_commit`]; a group that does not exist takes generation -1 only), then
+    /// writes the offsets in one transactional batch of the producer. They stay pending,
+    /// invisible to OffsetFetch, until [`GroupCoordinator::complete_transaction`] commits them.
+    /// Returns an error code per offset, and when the batch is durable (answer the client then).
+    pub fn commit_transactional(
+        &self,
+        group_id: &str,
+        request: TxnOffsetCommit,
+        now_ms: i64,
+    ) -> Result<(Vec<i16>, Durable)> {
+        if group_id.is_empty() {
+            return Err(Error::InvalidGroupId);
         }
+        let refused = |code| Error::Refused {
+            group: group_id.into(),
+            code,
+        };
+        if request.producer_id < 0 || request.producer_epoch < 0 {
+            return Err(refused(ResponseError::InvalidProducerIdMapping));
+        }
+        let mut inner = self.lock();
+        match inner.groups.get(group_id) {
+            Some(e) => e
+                .group
+                .check_txn_commit(
+                    &request.member_id,
+                    request.group_instance_id.as_deref(),
+                    request.generation_id,
+                )
+                .map_err(refused)?,
+            None if request.generation_id >= 0 => {
+                return Err(refused(ResponseError::IllegalGeneration));
+            }
+            None => {}
+        }
+        let (codes, accepted) = self.screen(request.offsets);
+        let records = offset_records(group_id, &accepted);
+        let kind = BatchKind::Transactional {
+            producer_id: request.producer_id,
+            producer_epoch: request.producer_epoch,
+        };
+        let durable = inner.write(kind, &records, now_ms).inspect_err(|e| {
+            tracing::warn!(group = group_id, transactional_id = %request.transactional_id,
+                producer_id = request.producer_id, error = %e,
+                "writing transactional offsets");
+        })?;
+        entry(&mut inner.groups, group_id, 0, now_ms);
         Ok((codes, durable))
     }
 
-    /// OffsetFetch: committed offsets of the requested partitions, or of every partition with one.
+    /// Ends `producer_id`'s transaction in this coordinator's offsets log (a transaction marker,
+    /// as WriteTxnMarkers delivers it): appends the marker (a control batch), then on commit
+    /// makes the producer's pending offsets the committed ones, except where a commit written
+    /// later holds the partition, and on abort drops them. The marker is written even when the
+    /// producer has no pending offset here, as Kafka writes it. The log refuses a marker of an
+    /// older producer epoch or coordinator epoch. Resolves the returned future once the marker is
+    /// durable.
+    pub fn complete_transaction(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        commit: bool,
+        coordinator_epoch: i32,
+        now_ms: i64,
+    ) -> Result<Durable> {
+        let mut inner = self.lock();
+        let Inner {
+            groups,
+            store,
+            state,
+        } = &mut *inner;
+        let store = store.as_mut().ok_or(Error::Closed)?;
+        let marker = strata_log::txn::Marker {
+            commit,
+            coordinator_epoch,
+        };
+        let position = store
+            .append_marker(producer_id, producer_epoch, marker, now_ms)
+            .inspect_err(|e| {
+                tracing::warn!(producer_id, producer_epoch, commit, error = %e,
+                    "writing a transaction marker to the offsets log");
+            })?;
+        let durable = store.durable(Some(position));
+        let committed = state.apply_marker(producer_id, commit);
+        tracing::debug!(
+            producer_id,
+            commit,
+            offsets = committed.len(),
+            "ended a transaction's offsets"
+        );
+        for (key, offset) in committed {
+            if let StoreKey::Offset {
+                group,
+                topic,
+                partition,
+            } = key
+            {
+                entry(groups, &group, 0, now_ms)
+                    .offsets
+                    .insert((topic, partition), offset);
+            }
+        }
+        Ok(durable)
+    }
+
+    /// OffsetFetch: committed offsets of the requested partitions, or of every partition with
+    /// one. With `require_stable` (v7+), a partition with a pending transactional offset gets
+    /// UNSTABLE_OFFSET_COMMIT instead, as in Kafka; without, its last committed offset.
     pub fn fetch_offsets(
         &self,
         group_id: &str,
         wanted: Option<Vec<(String, Vec<i32>)>>,
+        require_stable: bool,
     ) -> PartitionOffsets {
         let inner = self.lock();
         let offsets = inner.groups.get(group_id).map(|e| &e.offsets);
+        let answer = |topic: &str, partition: i32, found: Option<&CommittedOffset>| {
+            if require_stable
+                && inner
+                    .state
+                    .has_pending(&offset_key(group_id, topic, partition))
+            {
+                Err(ResponseError::UnstableOffsetCommit)
+            } else {
+                Ok(found.cloned())
+            }
+        };
         match wanted {
             Some(topics) => topics
                 .into_iter()
                 .flat_map(|(topic, partitions)| {
-                    partitions.into_iter().map(move |p| {
-                        let found = offsets.and_then(|o| o.get(&(topic.clone(), p)).cloned());
-                        (topic.clone(), p, found)
-                    })
+                    partitions
+                        .into_iter()
+                        .map(|p| {
+                            let found = offsets.and_then(|o| o.get(&(topic.clone(), p)));
+                            (topic.clone(), p, answer(&topic, p, found))
+                        })
+                        .collect::<Vec<_>>()
                 })
                 .collect(),
             None => offsets
                 .into_iter()
                 .flatten()
-                .map(|((t, p), o)| (t.clone(), *p, Some(o.clone())))
+                .map(|((t, p), o)| (t.clone(), *p, answer(t, *p, Some(o))))
                 .collect(),
         }
     }
@@ -371,19 +525,26 @@ impl GroupCoordinator {
             .keys()
             .map(|(t, p)| (offset_key(group_id, t, *p), None))
             .collect();
+        // Pending transactional offsets go too (a deletion drops them), as in Kafka.
+        for key in inner.state.pending_keys(group_id) {
+            if !records.iter().any(|(k, _)| *k == key) {
+                records.push((key, None));
+            }
+        }
         records.push((
             StoreKey::Group {
                 group: group_id.into(),
             },
             None,
         ));
-        let durable = inner.write(&records, now_ms)?;
+        let durable = inner.write(BatchKind::Plain, &records, now_ms)?;
         inner.groups.remove(group_id);
         Ok(durable)
     }
 
-    /// OffsetDelete: removes offsets of partitions of topics the group does not subscribe to.
-    /// Returns an error code per partition, and when the removal is durable.
+    /// OffsetDelete: removes offsets of partitions of topics the group does not subscribe to, and
+    /// any pending transactional offset of them (as Kafka's tombstone drops them). Returns an
+    /// error code per partition, and when the removal is durable.
     pub fn delete_offsets(
         &self,
         group_id: &str,
@@ -417,7 +578,7 @@ impl GroupCoordinator {
             .iter()
             .map(|(t, p)| (offset_key(group_id, t, *p), None))
             .collect();
-        let durable = inner.write(&records, now_ms)?;
+        let durable = inner.write(BatchKind::Plain, &records, now_ms)?;
         let e = inner.groups.get_mut(group_id).expect("checked");
         for key in doomed {
             e.offsets.remove(&key);
@@ -440,9 +601,9 @@ impl GroupCoordinator {
         if expire_offsets {
             inner.expire_offsets(self.config.offsets_retention_ms, now_ms);
         }
-        let state = inner.state.clone();
-        if let Some(store) = inner.store.as_mut()
-            && let Err(e) = store.compact_if_needed(&state, now_ms)
+        let Inner { store, state, .. } = &mut *inner;
+        if let Some(store) = store.as_mut()
+            && let Err(e) = store.compact_if_needed(state, now_ms)
         {
             tracing::error!(error = %e, "compacting the offsets log");
         }
@@ -459,9 +620,10 @@ impl GroupCoordinator {
 }
 
 impl Inner {
-    /// Appends the records; the future resolves once they are durable.
+    /// Appends the records as `kind`; the future resolves once they are durable.
     fn write(
         &mut self,
+        kind: BatchKind,
         records: &[(StoreKey, Option<StoreValue>)],
         now_ms: i64,
     ) -> Result<Durable> {
@@ -469,13 +631,10 @@ impl Inner {
             return Ok(crate::offsets_log::durable_now());
         }
         let store = self.store.as_mut().ok_or(Error::Closed)?;
-        let last = store.append(records, now_ms)?;
-        let durable = store.durable(last);
-        for (key, value) in records {
-            match value {
-                Some(v) => self.state.insert(key.clone(), v.clone()),
-                None => self.state.remove(key),
-            };
+        let positions = store.append(kind, records, now_ms)?;
+        let durable = store.durable(positions.last().copied());
+        for ((key, value), position) in records.iter().zip(positions) {
+            self.state.apply(kind, key.clone(), value.clone(), position);
         }
         Ok(durable)
     }
@@ -494,7 +653,7 @@ impl Inner {
                 e.group.record(membership == Membership::Members),
             )),
         );
-        if let Err(e) = self.write(&[record], now_ms) {
+        if let Err(e) = self.write(BatchKind::Plain, &[record], now_ms) {
             tracing::error!(group = group_id, error = %e, "persisting the group");
         }
     }
@@ -511,14 +670,18 @@ impl Inner {
             }
             let horizon = now_ms - retention_ms;
             let empty_since = e.group.empty_since_ms;
+            let state = &self.state;
+            // An offset with a pending transactional one stays until the transaction ends, and
+            // so does its group (as in Kafka).
             e.offsets.retain(|(t, p), o| {
-                let keep = o.commit_timestamp_ms.max(empty_since) > horizon;
+                let keep = o.commit_timestamp_ms.max(empty_since) > horizon
+                    || state.has_pending(&offset_key(id, t, *p));
                 if !keep {
                     records.push((offset_key(id, t, *p), None));
                 }
                 keep
             });
-            if e.offsets.is_empty() && empty_since <= horizon {
+            if e.offsets.is_empty() && empty_since <= horizon && state.pending_keys(id).is_empty() {
                 dead.push(id.clone());
                 records.push((StoreKey::Group { group: id.clone() }, None));
             }
@@ -528,7 +691,7 @@ impl Inner {
         }
         if !records.is_empty() {
             tracing::info!(expired = records.len(), "expired offsets and groups");
-            if let Err(e) = self.write(&records, now_ms) {
+            if let Err(e) = self.write(BatchKind::Plain, &records, now_ms) {
                 tracing::error!(error = %e, "writing expired offsets");
             }
         }
@@ -545,6 +708,22 @@ fn entry<'a>(
         group: Group::new(group_id, generation_id, now_ms),
         offsets: BTreeMap::new(),
     })
+}
+
+/// The records of committed offsets of `group`.
+fn offset_records(
+    group: &str,
+    offsets: &[(String, i32, CommittedOffset)],
+) -> Vec<(StoreKey, Option<StoreValue>)> {
+    offsets
+        .iter()
+        .map(|(topic, partition, o)| {
+            (
+                offset_key(group, topic, *partition),
+                Some(StoreValue::Offset(o.clone())),
+            )
+        })
+        .collect()
 }
 
 fn offset_key(group: &str, topic: &str, partition: i32) -> StoreKey {
@@ -605,13 +784,17 @@ mod tests {
         );
         drop(c);
         let c = GroupCoordinator::open(dir.path(), CONFIG, 10).unwrap();
-        let fetched = c.fetch_offsets("g", Some(vec![("t".into(), vec![0, 1])]));
-        assert_eq!(fetched[0].2.as_ref().unwrap().offset, 42);
-        assert!(fetched[1].2.is_none());
+        let fetched = c.fetch_offsets("g", Some(vec![("t".into(), vec![0, 1])]), true);
+        assert_eq!(fetched[0].2.as_ref().unwrap().as_ref().unwrap().offset, 42);
+        assert_eq!(fetched[1].2, Ok(None));
         c.tick(500, true);
-        assert_eq!(c.fetch_offsets("g", None).len(), 1, "not expired yet");
+        assert_eq!(
+            c.fetch_offsets("g", None, false).len(),
+            1,
+            "not expired yet"
+        );
         c.tick(5000, true);
-        assert!(c.fetch_offsets("g", None).is_empty(), "expired");
+        assert!(c.fetch_offsets("g", None, false).is_empty(), "expired");
         assert!(
             c.list().is_empty(),
             "the empty group without offsets is gone"
@@ -632,7 +815,7 @@ mod tests {
         let _durable = c.delete_group("g", 0).unwrap();
         drop(c);
         let c = GroupCoordinator::open(dir.path(), CONFIG, 0).unwrap();
-        assert!(c.fetch_offsets("g", None).is_empty());
+        assert!(c.fetch_offsets("g", None, false).is_empty());
     }
 
     /// A member joins "g" and waits in CompletingRebalance for the leader's assignment.
@@ -690,7 +873,10 @@ mod tests {
             c.commit("h", "", None, -1, vec![("t".into(), 0, committed(1, 0))], 0),
             Err(Error::Closed)
         ));
-        assert!(c.fetch_offsets("h", None).is_empty(), "nothing was stored");
+        assert!(
+            c.fetch_offsets("h", None, false).is_empty(),
+            "nothing was stored"
+        );
     }
 
     #[test]
@@ -736,5 +922,323 @@ mod tests {
         let c = GroupCoordinator::open(dir.path(), CONFIG, 0).unwrap();
         let _ = c.commit("h", "", None, -1, vec![("t".into(), 0, committed(1, 0))], 0);
         assert_eq!(c.describe("h").unwrap().state, "Empty");
+    }
+
+    const PRODUCER: i64 = 9;
+
+    /// A transactional producer's commit of `(partition, offset)` of topic "t", from outside
+    /// the group (generation -1), as TxnOffsetCommit before v3 sends it.
+    fn txn(producer_epoch: i16, offsets: &[(i32, i64)]) -> TxnOffsetCommit {
+        TxnOffsetCommit {
+            transactional_id: "tx".into(),
+            producer_id: PRODUCER,
+            producer_epoch,
+            member_id: String::new(),
+            group_instance_id: None,
+            generation_id: -1,
+            offsets: offsets
+                .iter()
+                .map(|&(p, o)| ("t".to_string(), p, committed(o, 0)))
+                .collect(),
+        }
+    }
+
+    fn commit_txn(c: &GroupCoordinator, producer_epoch: i16, offsets: &[(i32, i64)]) {
+        let (codes, _durable) = c
+            .commit_transactional("g", txn(producer_epoch, offsets), 0)
+            .unwrap();
+        assert!(codes.iter().all(|c| *c == 0), "{codes:?}");
+    }
+
+    fn end_txn(c: &GroupCoordinator, producer_epoch: i16, commit: bool) {
+        let _durable = c
+            .complete_transaction(PRODUCER, producer_epoch, commit, 0, 0)
+            .unwrap();
+    }
+
+    /// Group "g"'s committed offset of partition `partition` of "t", or its error.
+    fn fetched(
+        c: &GroupCoordinator,
+        partition: i32,
+        require_stable: bool,
+    ) -> Result<Option<i64>, ResponseError> {
+        let wanted = Some(vec![("t".to_string(), vec![partition])]);
+        let found = c.fetch_offsets("g", wanted, require_stable);
+        found[0].2.clone().map(|o| o.map(|o| o.offset))
+    }
+
+    const UNSTABLE: Result<Option<i64>, ResponseError> = Err(ResponseError::UnstableOffsetCommit);
+
+    #[test]
+    fn a_transaction_s_offsets_are_invisible_until_its_commit_marker_and_an_abort_drops_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = GroupCoordinator::open(dir.path(), CONFIG, 0).unwrap();
+        let _ = c
+            .commit("g", "", None, -1, vec![("t".into(), 0, committed(5, 0))], 0)
+            .unwrap();
+        commit_txn(&c, 0, &[(0, 10), (1, 11)]);
+        assert_eq!(
+            fetched(&c, 0, false),
+            Ok(Some(5)),
+            "the last committed offset"
+        );
+        assert_eq!(fetched(&c, 0, true), UNSTABLE);
+        assert_eq!(fetched(&c, 1, false), Ok(None));
+        assert_eq!(fetched(&c, 1, true), UNSTABLE);
+        // Fetching every offset lists the committed partitions, unstable ones marked so.
+        let all = c.fetch_offsets("g", None, true);
+        assert_eq!(all.len(), 1);
+        assert_eq!(
+            (all[0].1, all[0].2.clone()),
+            (0, Err(ResponseError::UnstableOffsetCommit))
+        );
+
+        end_txn(&c, 0, true);
+        assert_eq!(fetched(&c, 0, true), Ok(Some(10)));
+        assert_eq!(fetched(&c, 1, true), Ok(Some(11)));
+
+        // The producer's next transaction (same epoch, its sequence going on), aborted.
+        commit_txn(&c, 0, &[(0, 20)]);
+        commit_txn(&c, 0, &[(2, 21)]);
+        assert_eq!(fetched(&c, 2, true), UNSTABLE);
+        end_txn(&c, 0, false);
+        assert_eq!(fetched(&c, 0, true), Ok(Some(10)));
+        assert_eq!(fetched(&c, 2, true), Ok(None));
+
+        // Per-partition codes: metadata too long is refused, the rest is written.
+        let mut request = txn(0, &[(0, 30), (1, 31)]);
+        request.offsets[1].2.metadata = "x".repeat(11);
+        let (codes, _) = c.commit_transactional("g", request, 0).unwrap();
+        assert_eq!(codes, vec![0, ResponseError::OffsetMetadataTooLarge.code()]);
+        assert_eq!(fetched(&c, 0, true), UNSTABLE);
+        assert_eq!(fetched(&c, 1, true), Ok(Some(11)));
+    }
+
+    #[test]
+    fn a_new_coordinator_applies_the_marker_whether_it_came_before_or_after_it_took_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = GroupCoordinator::open(dir.path(), CONFIG, 0).unwrap();
+        commit_txn(&c, 0, &[(0, 10)]);
+        drop(c); // the coordinator fails over between TxnOffsetCommit and the marker
+
+        let c = GroupCoordinator::open(dir.path(), CONFIG, 0).unwrap();
+        assert_eq!(
+            fetched(&c, 0, true),
+            UNSTABLE,
+            "still pending after the replay"
+        );
+        assert_eq!(fetched(&c, 0, false), Ok(None));
+        assert_eq!(c.describe("g").unwrap().state, "Empty", "the group exists");
+        end_txn(&c, 0, true);
+        assert_eq!(fetched(&c, 0, true), Ok(Some(10)));
+        // The next transaction ends before the failover: the replay applies its marker.
+        commit_txn(&c, 0, &[(0, 20), (1, 21)]);
+        end_txn(&c, 0, false);
+        commit_txn(&c, 0, &[(1, 31)]);
+        end_txn(&c, 0, true);
+        drop(c);
+
+        let c = GroupCoordinator::open(dir.path(), CONFIG, 0).unwrap();
+        assert_eq!(fetched(&c, 0, true), Ok(Some(10)));
+        assert_eq!(fetched(&c, 1, true), Ok(Some(31)));
+        // The producer goes on where the log left it (its sequence, after the replay).
+        commit_txn(&c, 0, &[(0, 40)]);
+        end_txn(&c, 0, true);
+        assert_eq!(fetched(&c, 0, true), Ok(Some(40)));
+    }
+
+    #[test]
+    fn of_a_plain_and_a_transactional_commit_the_one_written_later_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = GroupCoordinator::open(dir.path(), CONFIG, 0).unwrap();
+        let plain = |partition, offset| {
+            let offsets = vec![("t".into(), partition, committed(offset, 0))];
+            let _ = c.commit("g", "", None, -1, offsets, 0).unwrap();
+        };
+        // Partition 0: the transaction's offset, then a plain commit. Partition 1: the other way.
+        commit_txn(&c, 0, &[(0, 10)]);
+        plain(0, 20);
+        plain(1, 20);
+        commit_txn(&c, 0, &[(1, 10)]);
+        assert_eq!(fetched(&c, 0, false), Ok(Some(20)));
+        end_txn(&c, 0, true);
+        assert_eq!(
+            fetched(&c, 0, true),
+            Ok(Some(20)),
+            "the later plain commit stays"
+        );
+        assert_eq!(
+            fetched(&c, 1, true),
+            Ok(Some(10)),
+            "the later transaction's"
+        );
+        drop(c);
+        let c = GroupCoordinator::open(dir.path(), CONFIG, 0).unwrap();
+        assert_eq!(
+            fetched(&c, 0, true),
+            Ok(Some(20)),
+            "the replay decides alike"
+        );
+        assert_eq!(fetched(&c, 1, true), Ok(Some(10)));
+    }
+
+    #[test]
+    fn transactional_commits_check_the_member_as_kafka_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = GroupCoordinator::open(dir.path(), CONFIG, 0).unwrap();
+        assert!(matches!(
+            c.commit_transactional("", txn(0, &[(0, 1)]), 0),
+            Err(Error::InvalidGroupId)
+        ));
+        let mut request = txn(0, &[(0, 1)]);
+        request.generation_id = 3;
+        assert!(matches!(
+            c.commit_transactional("nope", request, 0),
+            Err(Error::Refused { group, code: ResponseError::IllegalGeneration }) if group == "nope"
+        ));
+        assert!(
+            c.describe("nope").is_none(),
+            "a refused commit creates no group"
+        );
+        let mut request = txn(0, &[(0, 1)]);
+        request.producer_id = -1;
+        assert!(matches!(
+            c.commit_transactional("g", request, 0),
+            Err(Error::Refused {
+                code: ResponseError::InvalidProducerIdMapping,
+                ..
+            })
+        ));
+
+        let member = join_member(&c); // "g" waits for its leader's assignment, generation 1
+        let as_member = |member_id: &str, generation_id| {
+            let mut request = txn(0, &[(0, 1)]);
+            request.member_id = member_id.into();
+            request.generation_id = generation_id;
+            c.commit_transactional("g", request, 0)
+                .map(|(codes, _)| codes)
+        };
+        assert!(matches!(
+            as_member(&member, 7),
+            Err(Error::Refused {
+                code: ResponseError::IllegalGeneration,
+                ..
+            })
+        ));
+        assert!(matches!(
+            as_member("stranger", 1),
+            Err(Error::Refused {
+                code: ResponseError::UnknownMemberId,
+                ..
+            })
+        ));
+        // Unlike OffsetCommit, no REBALANCE_IN_PROGRESS; and a request naming no member (before
+        // v3) is taken in any state.
+        assert_eq!(as_member(&member, 1).unwrap(), vec![0]);
+        assert_eq!(as_member("", -1).unwrap(), vec![0]);
+    }
+
+    #[test]
+    fn a_fenced_producer_s_offsets_and_markers_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = GroupCoordinator::open(dir.path(), CONFIG, 0).unwrap();
+        commit_txn(&c, 0, &[(0, 10)]);
+        // The transaction coordinator fences the producer: it aborts at the bumped epoch.
+        let _ = c.complete_transaction(PRODUCER, 1, false, 3, 0).unwrap();
+        let zombie = c.commit_transactional("g", txn(0, &[(0, 11)]), 0);
+        assert!(matches!(
+            zombie,
+            Err(Error::Log {
+                source: strata_log::Error::InvalidProducerEpoch { .. },
+                ..
+            })
+        ));
+        assert!(matches!(
+            c.complete_transaction(PRODUCER, 0, true, 3, 0),
+            Err(Error::Log {
+                source: strata_log::Error::InvalidProducerEpoch { .. },
+                ..
+            })
+        ));
+        assert!(matches!(
+            c.complete_transaction(PRODUCER, 1, true, 2, 0),
+            Err(Error::Log {
+                source: strata_log::Error::CoordinatorFenced { .. },
+                ..
+            })
+        ));
+        assert_eq!(fetched(&c, 0, true), Ok(None), "nothing of the zombie's");
+        // The producer at its new epoch goes on.
+        commit_txn(&c, 1, &[(0, 12)]);
+        let _ = c.complete_transaction(PRODUCER, 1, true, 3, 0).unwrap();
+        assert_eq!(fetched(&c, 0, true), Ok(Some(12)));
+    }
+
+    #[test]
+    fn deleting_offsets_or_the_group_drops_pending_ones_and_expiry_waits_for_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = GroupCoordinator::open(dir.path(), CONFIG, 0).unwrap();
+        commit_txn(&c, 0, &[(0, 10)]);
+        let (codes, _) = c.delete_offsets("g", &[("t".into(), 0)], 0).unwrap();
+        assert_eq!(codes, vec![0]);
+        assert_eq!(fetched(&c, 0, true), Ok(None), "no longer pending");
+        end_txn(&c, 0, true);
+        assert_eq!(fetched(&c, 0, true), Ok(None), "nothing left to commit");
+
+        commit_txn(&c, 0, &[(1, 5)]);
+        let _ = c.delete_group("g", 0).unwrap();
+        end_txn(&c, 0, true);
+        assert!(c.describe("g").is_none());
+        drop(c);
+        let c = GroupCoordinator::open(dir.path(), CONFIG, 0).unwrap();
+        assert!(c.describe("g").is_none(), "the replay agrees");
+        assert_eq!(fetched(&c, 0, false), Ok(None));
+
+        // An expired offset with a pending one stays, and so does its group, until the end.
+        let offsets = vec![("t".into(), 0, committed(5, 0))];
+        let _ = c.commit("g", "", None, -1, offsets, 0).unwrap();
+        commit_txn(&c, 0, &[(0, 6)]);
+        c.tick(5_000, true);
+        assert_eq!(fetched(&c, 0, false), Ok(Some(5)));
+        end_txn(&c, 0, false);
+        c.tick(10_000, true);
+        assert_eq!(
+            fetched(&c, 0, false),
+            Ok(None),
+            "expired once the transaction ended"
+        );
+        assert!(c.list().is_empty());
+    }
+
+    #[test]
+    fn a_snapshot_keeps_pending_offsets_for_a_coordinator_taking_over() {
+        let log = crate::store::tests::MemoryLog::default();
+        let load = || {
+            let log = Box::new(log.clone());
+            GroupCoordinator::load(log, CONFIG, Membership::Generation, 0).unwrap()
+        };
+        let c = load();
+        commit_txn(&c, 0, &[(0, 10)]);
+        for offset in 0..20 {
+            let offsets = vec![("t".into(), 1, committed(offset, 0))];
+            let _ = c.commit("g", "", None, -1, offsets, 0).unwrap();
+        }
+        c.tick(0, false); // writes a snapshot, not durable yet
+        log.durable_below
+            .store(i64::MAX, std::sync::atomic::Ordering::Relaxed);
+        c.tick(0, false); // drops what it superseded
+        assert!(
+            log.log_start_offset() > 0,
+            "the transaction's own batch is gone"
+        );
+        drop(c);
+
+        let c = load();
+        assert_eq!(fetched(&c, 0, true), UNSTABLE);
+        assert_eq!(fetched(&c, 1, true), Ok(Some(19)));
+        end_txn(&c, 0, true);
+        assert_eq!(fetched(&c, 0, true), Ok(Some(10)));
+        drop(c);
+        assert_eq!(fetched(&load(), 0, true), Ok(Some(10)));
     }
 }

@@ -863,6 +863,25 @@ impl Group {
         Ok(())
     }
 
+    /// Checks the member of a TxnOffsetCommit as Kafka does. A request that names no member
+    /// (generation -1, no member id, no instance id: versions before 3 carry none) is accepted
+    /// in any state, as is one at generation -1 while the group is empty; otherwise the member
+    /// must be the group's at its generation. Unlike OffsetCommit, a rebalance does not refuse it.
+    pub fn check_txn_commit(
+        &self,
+        member_id: &str,
+        instance: Option<&str>,
+        generation_id: i32,
+    ) -> Result<(), ResponseError> {
+        if generation_id < 0 && self.state == GroupState::Empty {
+            return Ok(());
+        }
+        if generation_id >= 0 || !member_id.is_empty() || instance.is_some() {
+            return self.check_member(member_id, instance, generation_id);
+        }
+        Ok(())
+    }
+
     /// Topics the members subscribed to, when they use the consumer protocol.
     pub fn subscribed_topics(&self) -> Vec<String> {
         use kafka_protocol::messages::ConsumerProtocolSubscription;

@@ -9,11 +9,11 @@
 //!
 //! ## Layout
 //! - `coordinator`: [`GroupCoordinator`], a set of groups and their offsets behind one lock; each
-//!   change is appended to the offsets log before it is answered; timers, offset expiry and
-//!   compaction on `tick`.
+//!   change is appended to the offsets log before it is answered; transactional offset commits
+//!   pending until their transaction's marker; timers, offset expiry and compaction on `tick`.
 //! - [`group`]: the classic-protocol state machine of one group, pure and driven by `now_ms`.
-//! - [`store`]: what the offsets log's records mean (`__consumer_offsets`-like keys and values),
-//!   replayed on load, and its compaction by snapshot.
+//! - [`store`]: what the offsets log's records mean (`__consumer_offsets`-like keys and values,
+//!   transactional batches and their markers), replayed on load, and its compaction by snapshot.
 //! - [`offsets_log`]: the [`OffsetsLog`] trait the records are written through, and
 //!   [`LocalOffsetsLog`], a single broker's implementation.
 //! - [`error`]: the error type; the broker turns it into Kafka codes.
@@ -44,8 +44,8 @@
 //! let (codes, _durable) = coordinator.commit("billing", "", None, -1, offsets, 1_000)?;
 //! // A local log's append is durable at once; a replicated one's future waits for the ISR.
 //! assert_eq!(codes, vec![0]);
-//! let found = coordinator.fetch_offsets("billing", None);
-//! assert_eq!(found[0].2.as_ref().map(|o| o.offset), Some(42));
+//! let found = coordinator.fetch_offsets("billing", None, false);
+//! assert_eq!(found[0].2.as_ref().unwrap().as_ref().map(|o| o.offset), Some(42));
 //! coordinator.close(2_000);
 //! # Ok::<(), strata_coordinator::Error>(())
 //! ```
@@ -58,6 +58,7 @@ pub mod store;
 
 pub use crate::coordinator::{
     CoordinatorConfig, GroupCoordinator, GroupDescription, Membership, PartitionOffsets,
+    TxnOffsetCommit,
 };
 pub use crate::error::{Error, Result};
 pub use crate::offsets_log::{Durable, LocalOffsetsLog, OffsetsLog};

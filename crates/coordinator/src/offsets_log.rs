@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 
 use bytes::Bytes;
+use strata_log::txn::Marker;
 use strata_log::{Log, LogConfig};
 
 use crate::error::{Error, Result};
@@ -25,8 +26,24 @@ pub fn durable_now() -> Durable {
 
 /// The storage of the offsets log: record batches (magic 2) at consecutive offsets.
 pub trait OffsetsLog: Send + Debug {
-    /// Appends one record batch; returns the offset of its last record.
+    /// Appends one record batch; returns the offset of its last record. A transactional batch
+    /// (a TxnOffsetCommit's) carries its producer's id, epoch and next sequence
+    /// ([`OffsetsLog::next_sequence`]), and is checked as the log checks a producer's.
     fn append(&mut self, batch: &[u8], now_ms: i64) -> Result<i64>;
+
+    /// Appends the transaction marker that ends `producer_id`'s transaction (a control batch);
+    /// returns its offset. The log refuses a marker of an older producer or coordinator epoch.
+    fn append_marker(
+        &mut self,
+        producer_id: i64,
+        producer_epoch: i16,
+        marker: Marker,
+        now_ms: i64,
+    ) -> Result<i64>;
+
+    /// The base sequence the log expects of `producer_id`'s next batch at `producer_epoch` (see
+    /// [`next_sequence`]).
+    fn next_sequence(&self, producer_id: i64, producer_epoch: i16) -> i32;
 
     /// Whole stored batches from the one holding `offset`, about `max_bytes` of them (at least
     /// one); `None` at the log end.
@@ -62,6 +79,19 @@ pub trait OffsetsLog: Send + Debug {
 
     /// Flushes and closes what this log owns.
     fn close(self: Box<Self>, now_ms: i64) -> Result<()>;
+}
+
+/// The base sequence a log expects of a producer's next batch at `producer_epoch`, from what the
+/// log knows of the producer: `(its epoch, the last sequence of its last batch or -1)`. The
+/// sequence goes on from the last batch within an epoch and starts at 0 in a new one (or for a
+/// producer the log does not know); a batch of an older epoch is refused whatever its sequence.
+pub fn next_sequence(known: Option<(i16, i32)>, producer_epoch: i16) -> i32 {
+    match known {
+        Some((epoch, last)) if epoch == producer_epoch && last >= 0 => {
+            last.checked_add(1).unwrap_or(0)
+        }
+        _ => 0,
+    }
 }
 
 /// Segment size of a single broker's offsets log: small, so compaction keeps it small.
@@ -105,6 +135,30 @@ impl OffsetsLog for LocalOffsetsLog {
             .append(batch, 0, now_ms)
             .map_err(log_error(&self.dir))?;
         Ok(info.last_offset)
+    }
+
+    fn append_marker(
+        &mut self,
+        producer_id: i64,
+        producer_epoch: i16,
+        marker: Marker,
+        now_ms: i64,
+    ) -> Result<i64> {
+        let info = self
+            .log
+            .append_marker(producer_id, producer_epoch, marker, 0, now_ms)
+            .map_err(log_error(&self.dir))?;
+        Ok(info.last_offset)
+    }
+
+    fn next_sequence(&self, producer_id: i64, producer_epoch: i16) -> i32 {
+        let known = self
+            .log
+            .producer_state()
+            .producers()
+            .find(|(id, _)| *id == producer_id)
+            .map(|(_, e)| (e.epoch, e.batches.back().map_or(-1, |b| b.last_sequence)));
+        next_sequence(known, producer_epoch)
     }
 
     fn read(&self, offset: i64, max_bytes: usize) -> Result<Option<Bytes>> {

@@ -1,5 +1,6 @@
 //! OffsetFetch: committed offsets of one group (v1-v7) or of several (v8+), from the group's
-//! coordinator (NOT_COORDINATOR and the like when it is not this broker).
+//! coordinator (NOT_COORDINATOR and the like when it is not this broker). With `require_stable`
+//! (v7+), a partition whose transaction's offset is pending gets UNSTABLE_OFFSET_COMMIT.
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::offset_fetch_response::{
@@ -17,6 +18,7 @@ pub(super) fn handle(
     version: i16,
     request: OffsetFetchRequest,
 ) -> OffsetFetchResponse {
+    let require_stable = version >= 7 && request.require_stable;
     if version >= 8 {
         let groups = request
             .groups
@@ -28,7 +30,9 @@ pub(super) fn handle(
                         .collect()
                 });
                 let found = match ctx.coordinator(&g.group_id) {
-                    Ok(coordinator) => coordinator.fetch_offsets(&g.group_id, wanted),
+                    Ok(coordinator) => {
+                        coordinator.fetch_offsets(&g.group_id, wanted, require_stable)
+                    }
                     Err(code) => {
                         return OffsetFetchResponseGroup::default()
                             .with_group_id(g.group_id)
@@ -43,12 +47,13 @@ pub(super) fn handle(
                             .with_partitions(
                                 partitions
                                     .into_iter()
-                                    .map(|(p, offset, epoch, metadata)| {
+                                    .map(|(p, offset, epoch, metadata, error)| {
                                         OffsetFetchResponsePartitions::default()
                                             .with_partition_index(p)
                                             .with_committed_offset(offset)
                                             .with_committed_leader_epoch(epoch)
                                             .with_metadata(Some(metadata))
+                                            .with_error_code(error)
                                     })
                                     .collect(),
                             )
@@ -66,18 +71,19 @@ pub(super) fn handle(
         Ok(coordinator) => coordinator,
         Err(code) => return refused(version, code, wanted),
     };
-    let found = coordinator.fetch_offsets(&request.group_id, wanted);
+    let found = coordinator.fetch_offsets(&request.group_id, wanted, require_stable);
     let topics = grouped(found, |name, partitions| {
         OffsetFetchResponseTopic::default()
             .with_name(name)
             .with_partitions(
                 partitions
                     .into_iter()
-                    .map(|(p, offset, epoch, metadata)| {
+                    .map(|(p, offset, epoch, metadata, error)| {
                         let mut partition = OffsetFetchResponsePartition::default()
                             .with_partition_index(p)
                             .with_committed_offset(offset)
-                            .with_metadata(Some(metadata));
+                            .with_metadata(Some(metadata))
+                            .with_error_code(error);
                         if version >= 5 {
                             partition.committed_leader_epoch = epoch;
                         }
@@ -122,18 +128,24 @@ fn refused(
     OffsetFetchResponse::default().with_topics(topics)
 }
 
-/// `(partition, committed offset, leader epoch, metadata)`.
-type Row = (i32, i64, i32, StrBytes);
+/// `(partition, committed offset, leader epoch, metadata, error code)`.
+type Row = (i32, i64, i32, StrBytes, i16);
 
-/// Groups partitions by topic, in first-seen order; a missing offset is -1 with empty metadata.
+/// Groups partitions by topic, in first-seen order; a missing offset is -1 with empty metadata,
+/// as is one answered with an error.
 fn grouped<T>(found: PartitionOffsets, make: impl Fn(TopicName, Vec<Row>) -> T) -> Vec<T> {
     let mut topics: Vec<(String, Vec<Row>)> = Vec::new();
-    for (topic, partition, offset) in found {
+    for (topic, partition, found) in found {
+        let (offset, error) = match found {
+            Ok(offset) => (offset, 0),
+            Err(code) => (None, code.code()),
+        };
         let entry = (
             partition,
             offset.as_ref().map_or(-1, |o| o.offset),
             offset.as_ref().map_or(-1, |o| o.leader_epoch),
             str_bytes(offset.map(|o| o.metadata).unwrap_or_default()),
+            error,
         );
         match topics.iter_mut().find(|(t, _)| *t == topic) {
             Some((_, partitions)) => partitions.push(entry),
