@@ -9,10 +9,12 @@ mod api_versions;
 mod create_partitions;
 mod create_topics;
 mod delete_groups;
+mod delete_records;
 mod delete_topics;
 mod describe_cluster;
 mod describe_configs;
 mod describe_groups;
+mod describe_log_dirs;
 pub(crate) mod fetch;
 mod find_coordinator;
 mod heartbeat;
@@ -331,6 +333,17 @@ fn route(
         RequestKind::DescribeCluster(r) => describe_cluster::handle(ctx, version, r).into(),
         RequestKind::InitProducerId(r) => init_producer_id::handle(ctx, r).into(),
         RequestKind::OffsetForLeaderEpoch(r) => offset_for_leader_epoch::handle(ctx, r).into(),
+        RequestKind::DeleteRecords(r) => {
+            // Waits for the lake's commit or the followers: it runs apart.
+            let ctx = Arc::clone(ctx);
+            return Ok(later(
+                ApiKey::DeleteRecords,
+                version,
+                correlation_id,
+                async move { delete_records::handle(&ctx, r).await.into() },
+            ));
+        }
+        RequestKind::DescribeLogDirs(r) => describe_log_dirs::handle(ctx, version, r).into(),
         other => return Err(format!("no handler for {other:?}")),
     };
     let api_key = ApiKey::try_from(prefix.api_key).expect("checked in dispatch");
@@ -499,6 +512,8 @@ pub(crate) mod tests {
                 .with_group_id(GroupId(str_bytes("g")))
                 .into(),
             ApiKey::OffsetForLeaderEpoch => OffsetForLeaderEpochRequest::default().into(),
+            ApiKey::DeleteRecords => DeleteRecordsRequest::default().into(),
+            ApiKey::DescribeLogDirs => DescribeLogDirsRequest::default().into(),
             ApiKey::TxnOffsetCommit => TxnOffsetCommitRequest::default()
                 .with_group_id(GroupId(str_bytes("g")))
                 .into(),

@@ -4,6 +4,11 @@
 //! (ranged GETs), and keeps both in caches shared by every consumer. A load in flight is shared
 //! too, so ten consumers replaying the same history read each part of it from object storage
 //! once. A consumer reading on through a chunk makes the view fetch the next one ahead of it.
+//!
+//! The view also carries DeleteRecords to the lake: the log start offsets asked for wait here
+//! until the offload pipeline, the manifests' only writer, commits them
+//! ([`LakeView::request_log_start`], [`LakeView::wait_log_start`]), and a partition's log start
+//! across both tiers is read here ([`LakeView::log_start_offset`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
@@ -15,7 +20,7 @@ use parking_lot::{Mutex, RwLock};
 use bytes::Bytes;
 use strata_lake::reader::{Chunk, OpenFile};
 use strata_lake::{FileEntry, Lake, Manifest};
-use tokio::sync::OnceCell;
+use tokio::sync::{Notify, OnceCell, watch};
 
 /// Footers kept: they are small, and a footer read is a round trip per file.
 const FOOTER_CACHE_BYTES: usize = 64 * 1024 * 1024;
@@ -136,6 +141,13 @@ pub(crate) struct LakeView {
     manifests: RwLock<HashMap<(String, i32), Manifest>>,
     footers: SharedCache<String, OpenFile>,
     chunks: SharedCache<(String, usize), Chunk>,
+    /// Log start offsets DeleteRecords asked for that the partition's manifest does not hold
+    /// yet; the offload pipeline commits them.
+    wanted_log_starts: Mutex<HashMap<(String, i32), i64>>,
+    /// Wakes the offload pipeline before its next pass: a log start waits for its commit.
+    offload_wake: Notify,
+    /// Counts the manifests recorded, for those waiting on a commit.
+    manifest_changes: watch::Sender<u64>,
 }
 
 impl LakeView {
@@ -145,6 +157,9 @@ impl LakeView {
             manifests: RwLock::default(),
             footers: SharedCache::new(FOOTER_CACHE_BYTES),
             chunks: SharedCache::new(cache_bytes),
+            wanted_log_starts: Mutex::default(),
+            offload_wake: Notify::new(),
+            manifest_changes: watch::Sender::new(0),
         }
     }
 
@@ -154,14 +169,100 @@ impl LakeView {
 
     /// Records the committed manifest of a partition.
     pub(crate) fn set_manifest(&self, topic: &str, partition: i32, manifest: &Manifest) {
-        self.manifests
-            .write()
-            .insert((topic.to_string(), partition), manifest.clone());
+        let key = (topic.to_string(), partition);
+        {
+            let mut wanted = self.wanted_log_starts.lock();
+            if wanted
+                .get(&key)
+                .is_some_and(|&w| w <= manifest.log_start_offset)
+            {
+                wanted.remove(&key);
+            }
+        }
+        self.manifests.write().insert(key, manifest.clone());
+        self.manifest_changes
+            .send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Forgets a partition (its topic was deleted).
     pub(crate) fn forget_topic(&self, topic: &str) {
         self.manifests.write().retain(|(t, _), _| t != topic);
+        self.wanted_log_starts.lock().retain(|(t, _), _| t != topic);
+    }
+
+    /// The partition's log start offset across both tiers, given its local one: the lake's start
+    /// when it holds older offsets, and never below the log start DeleteRecords set (which a
+    /// leader's local log may not have reached yet after a failover).
+    pub(crate) fn log_start_offset(&self, topic: &str, partition: i32, local_start: i64) -> i64 {
+        let manifests = self.manifests.read();
+        let Some(manifest) = manifests.get(&(topic.to_string(), partition)) else {
+            return local_start;
+        };
+        manifest
+            .start_offset()
+            .map_or(local_start, |s| s.min(local_start))
+            .max(manifest.log_start_offset)
+    }
+
+    /// DeleteRecords moved a tiered partition's log start to `offset` (locally): the offload
+    /// pipeline is woken to commit it to the manifest (the files below it go).
+    /// Called before the local log start moves, so that a pass that sees the moved start also
+    /// sees this.
+    pub(crate) fn request_log_start(&self, topic: &str, partition: i32, offset: i64) {
+        let mut wanted = self.wanted_log_starts.lock();
+        let entry = wanted
+            .entry((topic.to_string(), partition))
+            .or_insert(offset);
+        *entry = (*entry).max(offset);
+        drop(wanted);
+        self.offload_wake.notify_one();
+    }
+
+    /// The log start offset DeleteRecords asked for and the manifest does not hold yet.
+    pub(crate) fn wanted_log_start(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.wanted_log_starts
+            .lock()
+            .get(&(topic.to_string(), partition))
+            .copied()
+    }
+
+    /// Resolves when a log start was asked for (or at once if one was asked for since the last
+    /// wait): the offload pipeline's wake-up.
+    pub(crate) async fn log_start_wanted(&self) {
+        self.offload_wake.notified().await;
+    }
+
+    /// Whether the lake is done with a log start of `offset`: the partition's manifest is known
+    /// and either records it or holds no offset below it.
+    fn holds_log_start(&self, topic: &str, partition: i32, offset: i64) -> bool {
+        self.manifests
+            .read()
+            .get(&(topic.to_string(), partition))
+            .is_some_and(|m| {
+                m.log_start_offset >= offset
+                    || m.files.first().is_none_or(|f| f.base_offset >= offset)
+            })
+    }
+
+    /// Waits until the lake is done with a log start of `offset` (see
+    /// [`LakeView::request_log_start`]) or `deadline` passes; returns whether it is.
+    pub(crate) async fn wait_log_start(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        deadline: tokio::time::Instant,
+    ) -> bool {
+        let mut changes = self.manifest_changes.subscribe();
+        loop {
+            if self.holds_log_start(topic, partition, offset) {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return self.holds_log_start(topic, partition, offset),
+            }
+        }
     }
 
     /// The first offset in the lake, if it holds any.
@@ -231,28 +332,38 @@ impl LakeView {
         });
     }
 
-    /// The first lake record at or after `timestamp_ms`: `(offset, timestamp)`.
+    /// The first lake record at or after `timestamp_ms` and at or after `from_offset` (the
+    /// log start): `(offset, timestamp)`.
     pub(crate) async fn offset_for_timestamp(
         &self,
         topic: &str,
         partition: i32,
         timestamp_ms: i64,
+        from_offset: i64,
     ) -> strata_lake::Result<Option<(i64, i64)>> {
-        // Earlier files end before the target: the first file reaching it holds the answer.
-        let Some((entry, _)) =
-            self.entries(topic, partition, |f| f.max_timestamp_ms >= timestamp_ms)
-        else {
-            return Ok(None);
-        };
-        let file = self.footer(&entry).await?;
-        for k in file.chunks_for_timestamp(timestamp_ms) {
-            if let Some(found) = self
-                .chunk(&file, k)
-                .await?
-                .offset_for_timestamp(timestamp_ms)?
-            {
-                return Ok(Some(found));
+        // Earlier files end before the target: the first file reaching it holds the answer,
+        // unless its records that reach it lie below `from_offset`; then the next file does.
+        let mut after = i64::MIN;
+        while let Some((entry, _)) = self.entries(topic, partition, |f| {
+            f.max_timestamp_ms >= timestamp_ms
+                && f.last_offset >= from_offset
+                && f.base_offset > after
+        }) {
+            let file = self.footer(&entry).await?;
+            let first = file
+                .chunks_for_timestamp(timestamp_ms)
+                .start
+                .max(file.chunks_for(from_offset).start);
+            for k in first..file.chunk_count() {
+                if let Some(found) = self
+                    .chunk(&file, k)
+                    .await?
+                    .offset_for_timestamp(timestamp_ms, from_offset)?
+                {
+                    return Ok(Some(found));
+                }
             }
+            after = entry.base_offset;
         }
         Ok(None)
     }
@@ -360,10 +471,70 @@ mod tests {
         );
         assert!(view.read("t", 0, 60, 100).await.unwrap().is_none());
         assert_eq!(
-            view.offset_for_timestamp("t", 0, 1045).await.unwrap(),
+            view.offset_for_timestamp("t", 0, 1045, 0).await.unwrap(),
             Some((45, 1045))
         );
-        assert_eq!(view.offset_for_timestamp("t", 0, 5000).await.unwrap(), None);
+        assert_eq!(
+            view.offset_for_timestamp("t", 0, 5000, 0).await.unwrap(),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn the_log_start_counts_across_tiers_and_timestamp_searches_skip_what_is_below() {
+        let (view, _, manifest) = view_with(3, 1 << 20).await;
+        let (moved, removed) = manifest.with_log_start(45);
+        assert_eq!((removed.len(), moved.files[0].base_offset), (1, 30));
+        view.set_manifest("t", 0, &moved);
+        assert_eq!(view.log_start_offset("t", 0, 90), 45, "in the lake");
+        assert_eq!(view.log_start_offset("t", 0, 40), 45, "not the local start");
+        assert_eq!(view.log_start_offset("t", 0, 95), 45);
+        assert_eq!(view.log_start_offset("other", 0, 7), 7, "no manifest");
+        // Offset 0 has timestamp 1000: the first record at or after it is now the log start.
+        assert_eq!(
+            view.offset_for_timestamp("t", 0, 1000, 45).await.unwrap(),
+            Some((45, 1045))
+        );
+        assert_eq!(
+            view.offset_for_timestamp("t", 0, 1052, 45).await.unwrap(),
+            Some((52, 1052))
+        );
+        // A file entirely below the start is skipped for the next one.
+        assert_eq!(
+            view.offset_for_timestamp("t", 0, 1000, 60).await.unwrap(),
+            Some((60, 1060))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_wanted_log_start_wakes_the_pipeline_and_its_commit_ends_the_wait() {
+        let (view, _, manifest) = view_with(2, 1 << 20).await;
+        view.request_log_start("t", 0, 40);
+        view.request_log_start("t", 0, 35);
+        assert_eq!(view.wanted_log_start("t", 0), Some(40), "never back");
+        tokio::time::timeout(std::time::Duration::from_secs(5), view.log_start_wanted())
+            .await
+            .expect("the pipeline is woken");
+        let soon = tokio::time::Instant::now() + std::time::Duration::from_millis(20);
+        assert!(
+            !view.wait_log_start("t", 0, 40, soon).await,
+            "not committed"
+        );
+        let waiting = {
+            let view = Arc::clone(&view);
+            let later = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+            tokio::spawn(async move { view.wait_log_start("t", 0, 40, later).await })
+        };
+        view.set_manifest("t", 0, &manifest.with_log_start(40).0);
+        assert!(waiting.await.unwrap(), "committed");
+        assert_eq!(view.wanted_log_start("t", 0), None);
+        // Nothing in the lake below the start: nothing to wait for.
+        let soon = tokio::time::Instant::now();
+        assert!(view.wait_log_start("t", 0, 10, soon).await);
+        assert!(
+            !view.wait_log_start("unknown", 0, 10, soon).await,
+            "no manifest yet"
+        );
     }
 
     #[tokio::test]

@@ -59,7 +59,8 @@ impl Topic {
 pub struct LakeState {
     /// Topics recorded in the lake.
     pub topics: Vec<strata_lake::TopicMetadata>,
-    /// `(topic, partition)` → offset after the last one in the lake.
+    /// `(topic, partition)` → offset after the last one in the lake (never below the log start
+    /// DeleteRecords set, see [`strata_lake::Manifest::resume_offset`]).
     pub next_offsets: HashMap<(String, i32), i64>,
 }
 

@@ -17,6 +17,12 @@
 //! below the high watermark are offloaded: every in-sync replica has them, so a failover never
 //! loses what the lake holds. Followers read the manifests of the partitions they follow now and
 //! then, so that their local retention deletes what the lake holds, and only that.
+//!
+//! DeleteRecords on a tiered partition moves the local log start at once and leaves the lake to
+//! this pipeline, the manifests' only writer: the leader commits the new log start to the
+//! manifest (the files entirely below it are deleted, a file holding it stays and is filtered on
+//! read) at its next pass, which the request wakes. A replica whose manifest holds a later log
+//! start than its local log (a new leader, a follower) moves its local log start there.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -109,7 +115,10 @@ pub(crate) async fn run(manager: Arc<PartitionManager>, view: Arc<LakeView>) {
     let mut ticks = tokio::time::interval(OFFLOAD_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticks.tick().await;
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = view.log_start_wanted() => {}
+        }
         let mut due = Vec::new();
         let mut refreshes = 0;
         for topic in manager.topics() {
@@ -316,8 +325,16 @@ async fn offload_partition(
         }
         state.swept_at_ms = now;
     }
+    // Read before the log start DeleteRecords asked for (which it records before moving the
+    // local start): a start moved by DeleteRecords is then in the manifest before it is used.
     let start = partition.log_start_offset();
-    let mut next = manifest.next_offset().unwrap_or(start).max(start);
+    manifest = commit_log_start(lake, view, name, index, &manifest, epoch).await?;
+    follow_lake_log_start(partition, manifest.log_start_offset).await;
+    let mut next = manifest
+        .next_offset()
+        .unwrap_or(start)
+        .max(start)
+        .max(manifest.log_start_offset);
     partition.set_offloaded_offset(manifest.next_offset().unwrap_or(-1))?;
     // Only what every in-sync replica has: any later leader holds the same records.
     let high_watermark = partition.high_watermark();
@@ -372,6 +389,57 @@ async fn offload_partition(
     Ok(())
 }
 
+/// Commits the log start offset DeleteRecords asked for (if the manifest does not hold it yet):
+/// the files entirely below it are removed from the manifest, then deleted. A file committed
+/// below the manifest's log start (an upload that raced the request) goes the same way.
+async fn commit_log_start(
+    lake: &Lake,
+    view: &LakeView,
+    name: &str,
+    index: i32,
+    manifest: &Manifest,
+    epoch: i32,
+) -> Result<Manifest, Failure> {
+    let wanted = view.wanted_log_start(name, index);
+    let committed = lake
+        .delete_records_before(name, index, manifest, wanted.unwrap_or(0), epoch)
+        .await?;
+    if committed != *manifest {
+        let removed = manifest.files.len() - committed.files.len();
+        tracing::info!(topic = %name, partition = index, log_start_offset = committed.log_start_offset,
+            removed_files = removed, "the lake's log start moved (DeleteRecords)");
+    }
+    if committed != *manifest || wanted.is_some() {
+        view.set_manifest(name, index, &committed);
+    }
+    Ok(committed)
+}
+
+/// Moves this replica's local log start up to the one the lake's manifest holds (set by
+/// DeleteRecords, maybe on an earlier leader), deleting the local segments below it.
+async fn follow_lake_log_start(partition: &Arc<Partition>, log_start_offset: i64) {
+    if log_start_offset <= partition.log_start_offset() {
+        return;
+    }
+    let moving = Arc::clone(partition);
+    let moved =
+        tokio::task::spawn_blocking(move || moving.delete_records_before(log_start_offset)).await;
+    match moved {
+        Ok(Ok(())) => {
+            tracing::info!(
+                topic = partition.topic(),
+                partition = partition.index(),
+                log_start_offset = partition.log_start_offset(),
+                "the local log start follows the lake's"
+            )
+        }
+        Ok(Err(crate::error::Error::NotLeader(_))) => {}
+        Ok(Err(e)) => tracing::error!(topic = partition.topic(), partition = partition.index(),
+            error = %e, "moving the local log start to the lake's failed"),
+        Err(e) => tracing::error!(error = %e, "moving the local log start to the lake's panicked"),
+    }
+}
+
 /// Claims the partition in the lake for this broker's leadership at `epoch` (see
 /// [`Lake::claim`]); the uploads earlier leaders left are looked for right after.
 async fn claim(
@@ -412,6 +480,7 @@ async fn follow_partition(
     };
     state.followed_version = version;
     view.set_manifest(name, index, &manifest);
+    follow_lake_log_start(partition, manifest.log_start_offset).await;
     if let Some(next) = manifest.next_offset() {
         // The lake holds every offset below `next`: records below some leader's high watermark,
         // the same on every replica.

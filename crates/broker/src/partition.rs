@@ -19,6 +19,8 @@ use tokio::sync::watch;
 
 use crate::error::{Error, Result};
 
+mod log_start;
+
 /// Who leads a partition and who is in sync, as the metadata says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Assignment {
@@ -54,6 +56,8 @@ struct FollowerState {
     last_fetch_ms: i64,
     /// The leader's log end offset at that fetch.
     leader_end_at_last_fetch: i64,
+    /// The log start offset it last reported (-1: not since this leadership began).
+    log_start_offset: i64,
 }
 
 #[derive(Debug)]
@@ -199,6 +203,7 @@ impl Partition {
                             last_caught_up_ms: now_ms,
                             last_fetch_ms: now_ms,
                             leader_end_at_last_fetch: -1,
+                            log_start_offset: -1,
                         },
                     )
                 })

@@ -7,7 +7,10 @@
 //!   an incremental fetch session (KIP-227): after the first, a fetch names only the partitions
 //!   whose offsets moved and its answer only the partitions with news;
 //! - ISR changes proposed by the partitions this broker leads (a follower caught up, or one behind
-//!   for `replica.lag.time.max.ms`) are committed through the controller (AlterPartition).
+//!   for `replica.lag.time.max.ms`) are committed through the controller (AlterPartition);
+//! - a follower follows its leader's log start offset, which the fetch answers carry (moved by
+//!   DeleteRecords, retention, or a snapshot of an offsets partition), and reports its own in its
+//!   fetches (the leader answers DeleteRecords once every in-sync replica has moved).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -416,6 +419,7 @@ async fn replicate_once(
                         Ok(_) => {
                             progressed |= !records.is_empty();
                             crate::groups::follow_log_start(partition, data.log_start_offset);
+                            follow_log_start(partition, data.log_start_offset);
                         }
                         Err(e) => {
                             tracing::warn!(topic = partition.topic(), partition = partition.index(),
@@ -448,6 +452,25 @@ async fn replicate_once(
         }
     }
     Ok(progressed || !refused)
+}
+
+/// A follower follows its leader's log start, up to its own high watermark: what lies below it
+/// is gone on the leader. Not a tiered partition's: its leader's local log starts later than the
+/// partition (older offsets are in the lake), so its followers keep their own local retention
+/// and learn the log start DeleteRecords set from the lake's manifest (see `offload`).
+fn follow_log_start(partition: &Partition, leader_log_start_offset: i64) {
+    if leader_log_start_offset <= partition.log_start_offset()
+        || partition.is_tiered().unwrap_or(true)
+    {
+        return;
+    }
+    let moved = crate::handler::off_the_workers(|| {
+        partition.delete_records_before(leader_log_start_offset)
+    });
+    if let Err(e) = moved {
+        tracing::warn!(topic = partition.topic(), partition = partition.index(), error = %e,
+            "following the leader's log start");
+    }
 }
 
 /// Errors that end a fetch session but not the connection.

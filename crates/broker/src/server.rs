@@ -234,7 +234,7 @@ async fn read_lake_state(view: &crate::lake_view::LakeView) -> crate::manager::L
         for (topic, partition) in lake.partitions().await? {
             let manifest = lake.manifest(&topic, partition).await?;
             view.set_manifest(&topic, partition, &manifest);
-            if let Some(next) = manifest.next_offset() {
+            if let Some(next) = manifest.resume_offset() {
                 next_offsets.insert((topic, partition), next);
             }
         }

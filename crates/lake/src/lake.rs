@@ -704,6 +704,30 @@ impl Lake {
         Ok(kept)
     }
 
+    /// DeleteRecords as the leader at `leader_epoch`: the manifest records the new log start
+    /// offset and loses the files entirely below it (a commit, see [`Lake::commit`]), then their
+    /// objects are deleted. A file holding the new start stays (see [`Manifest::with_log_start`]).
+    /// Returns the new manifest.
+    pub async fn delete_records_before(
+        &self,
+        topic: &str,
+        partition: i32,
+        manifest: &Manifest,
+        offset: i64,
+        leader_epoch: i32,
+    ) -> Result<Manifest> {
+        let (kept, removed) = manifest.with_log_start(offset);
+        if kept == *manifest {
+            return Ok(kept);
+        }
+        let kept = kept.at_epoch(leader_epoch);
+        self.commit(topic, partition, manifest, &kept).await?;
+        for f in removed {
+            self.delete_object(&f.path).await?;
+        }
+        Ok(kept)
+    }
+
     /// Every `(topic, partition)` with a manifest.
     pub async fn partitions(&self) -> Result<Vec<(String, i32)>> {
         use futures::TryStreamExt;
@@ -1010,6 +1034,64 @@ mod tests {
         assert!(lake.verify("t", 0).await.unwrap().is_clean());
     }
 
+    #[tokio::test]
+    async fn delete_records_removes_the_files_below_and_keeps_the_one_holding_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().display());
+        let lake = Lake::new(crate::store::open(&url, &BTreeMap::new()).unwrap());
+        let mut m = lake.claim("t", 0, 2).await.unwrap();
+        for base in [0, 20, 40] {
+            let (segment, _) = segment_of(base, 20);
+            m = lake
+                .offload_segment_at("t", 0, &m, segment, base, 2)
+                .await
+                .unwrap()
+                .manifest;
+        }
+        let before = lake.objects("t", 0).await.unwrap();
+        assert_eq!(before.len(), 3);
+        // A deposed leader cannot move the start.
+        let fenced = lake.delete_records_before("t", 0, &m, 25, 1).await;
+        assert!(
+            matches!(fenced, Err(Error::FencedLeaderEpoch { .. })),
+            "{fenced:?}"
+        );
+        let moved = lake.delete_records_before("t", 0, &m, 25, 2).await.unwrap();
+        assert_eq!(lake.manifest("t", 0).await.unwrap(), moved);
+        assert_eq!(
+            (moved.log_start_offset, moved.start_offset()),
+            (25, Some(25))
+        );
+        let after: Vec<String> = lake
+            .objects("t", 0)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        assert_eq!(after, vec![before[1].0.clone(), before[2].0.clone()]);
+        assert!(lake.verify("t", 0).await.unwrap().is_clean());
+        // Again at the same offset: nothing to commit.
+        assert_eq!(
+            lake.delete_records_before("t", 0, &moved, 25, 2)
+                .await
+                .unwrap(),
+            moved
+        );
+        // Offloading goes on after the start; a restarted broker continues after the lake.
+        let (segment, _) = segment_of(60, 10);
+        let m = lake
+            .offload_segment_at("t", 0, &moved, segment, 60, 2)
+            .await
+            .unwrap()
+            .manifest;
+        assert_eq!((m.log_start_offset, m.next_offset()), (25, Some(70)));
+        let gone = lake.delete_records_before("t", 0, &m, 70, 2).await.unwrap();
+        assert!(gone.files.is_empty());
+        assert_eq!(gone.resume_offset(), Some(70));
+        assert!(lake.objects("t", 0).await.unwrap().is_empty());
+    }
+
     /// Records of `batches` batches of `per_batch` records with `value_bytes` of pseudo-random
     /// (incompressible) values each, from offset `base`.
     fn random_records(
@@ -1259,6 +1341,7 @@ mod tests {
         let manifest = Manifest {
             files: vec![committed(&file_path("t", 0, 0, 9, 0))],
             leader_epoch: 3,
+            ..Manifest::default()
         };
         let objects: Vec<(String, u64)> = [
             file_path("t", 0, 0, 9, 0),   // committed

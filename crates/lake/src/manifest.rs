@@ -5,6 +5,10 @@
 //! One writer per partition: the manifest keeps the leader epoch of the last leader that committed
 //! it, and a commit at a lower epoch is refused ([`decide_commit`]), so a deposed leader (paused,
 //! then resumed) can never commit over its successor.
+//!
+//! The manifest also keeps the partition's log start offset when DeleteRecords moved it
+//! ([`Manifest::with_log_start`]): files entirely below it are removed, a file holding it stays
+//! and its rows below it count as deleted.
 
 use serde::{Deserialize, Serialize};
 
@@ -40,10 +44,19 @@ pub struct Manifest {
     /// broker, and for manifests written before epochs were kept (the field is then absent).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub leader_epoch: i32,
+    /// The partition's log start offset as DeleteRecords last moved it: no offset below it is
+    /// readable, whatever the files hold (the first file may start below it). 0 when it was
+    /// never moved (the field is then absent).
+    #[serde(default, skip_serializing_if = "is_zero_offset")]
+    pub log_start_offset: i64,
 }
 
 fn is_zero(epoch: &i32) -> bool {
     *epoch == 0
+}
+
+fn is_zero_offset(offset: &i64) -> bool {
+    *offset == 0
 }
 
 /// What a commit does, given the manifest stored now (see [`decide_commit`]).
@@ -84,9 +97,40 @@ impl Manifest {
         self.files.last().map(|f| f.last_offset + 1)
     }
 
-    /// The first offloaded offset still in the lake.
+    /// The first offloaded offset still in the lake and readable: the first file's, or the log
+    /// start offset when that file holds it.
     pub fn start_offset(&self) -> Option<i64> {
-        self.files.first().map(|f| f.base_offset)
+        self.files
+            .first()
+            .map(|f| f.base_offset.max(self.log_start_offset))
+    }
+
+    /// Where a partition without local data continues: after the last offloaded offset, and
+    /// never below the log start offset (DeleteRecords may have removed every file). `None` when
+    /// the lake knows nothing of the partition.
+    pub fn resume_offset(&self) -> Option<i64> {
+        let next = self.next_offset().unwrap_or(0).max(self.log_start_offset);
+        (next > 0).then_some(next)
+    }
+
+    /// DeleteRecords: the manifest with its log start offset moved up to `offset` (never back)
+    /// and without the files entirely below it, and the files removed. A file holding the new
+    /// start stays until retention removes it; its rows below the start are not readable.
+    pub fn with_log_start(&self, offset: i64) -> (Self, Vec<FileEntry>) {
+        let log_start_offset = self.log_start_offset.max(offset);
+        let drop = self
+            .files
+            .iter()
+            .take_while(|f| f.last_offset < log_start_offset)
+            .count();
+        (
+            Self {
+                files: self.files[drop..].to_vec(),
+                log_start_offset,
+                ..self.clone()
+            },
+            self.files[..drop].to_vec(),
+        )
     }
 
     /// The manifest with `entry` appended. An entry identical to the last one (a retry after a
@@ -114,15 +158,15 @@ impl Manifest {
         files.push(entry);
         Ok(Self {
             files,
-            leader_epoch: self.leader_epoch,
+            ..self.clone()
         })
     }
 
     /// The same files, committed by the leader at `leader_epoch`.
     pub fn at_epoch(&self, leader_epoch: i32) -> Self {
         Self {
-            files: self.files.clone(),
             leader_epoch,
+            ..self.clone()
         }
     }
 
@@ -157,7 +201,7 @@ impl Manifest {
         (
             Self {
                 files: self.files[drop..].to_vec(),
-                leader_epoch: self.leader_epoch,
+                ..self.clone()
             },
             removed,
         )
@@ -256,6 +300,7 @@ mod tests {
                 entry(20, 29, 300, 10),
             ],
             leader_epoch: 4,
+            ..Manifest::default()
         };
         let (kept, removed) = m.after_retention(1000, 850, -1);
         assert_eq!((kept.files.len(), removed.len()), (2, 1));
@@ -265,6 +310,55 @@ mod tests {
         assert_eq!(kept.start_offset(), Some(10));
         assert_eq!(kept.leader_epoch, 4, "retention keeps the writer's epoch");
         assert_eq!(m.after_retention(i64::MAX, -1, -1).1.len(), 0);
+    }
+
+    #[test]
+    fn the_log_start_removes_the_files_below_it_and_never_moves_back() {
+        let m = Manifest {
+            files: vec![entry(0, 9, 0, 5), entry(10, 19, 0, 5), entry(20, 29, 0, 5)],
+            leader_epoch: 2,
+            log_start_offset: 0,
+        };
+        let (kept, removed) = m.with_log_start(15);
+        assert_eq!(removed, m.files[..1].to_vec(), "entirely below 15");
+        assert_eq!(
+            kept.files,
+            m.files[1..].to_vec(),
+            "10..=19 holds 15: it stays"
+        );
+        assert_eq!((kept.log_start_offset, kept.leader_epoch), (15, 2));
+        assert_eq!(
+            kept.start_offset(),
+            Some(15),
+            "not 10: its rows below 15 are gone"
+        );
+        assert_eq!(kept.next_offset(), Some(30));
+        let (same, none) = kept.with_log_start(3);
+        assert_eq!((same, none), (kept.clone(), vec![]), "never backwards");
+        // Files keep continuing the manifest, and retention keeps the log start.
+        let grown = kept.with_file(entry(30, 39, 0, 5)).unwrap();
+        assert_eq!(grown.log_start_offset, 15);
+        assert_eq!(grown.after_retention(0, -1, 5).0.log_start_offset, 15);
+        assert_eq!(grown.at_epoch(3).log_start_offset, 15);
+        // Past every file: the lake is empty, the partition continues at the log start.
+        let (empty, removed) = grown.with_log_start(50);
+        assert_eq!((empty.files.len(), removed.len()), (0, 3));
+        assert_eq!(empty.start_offset(), None);
+        assert_eq!(
+            (empty.next_offset(), empty.resume_offset()),
+            (None, Some(50))
+        );
+        assert_eq!(grown.resume_offset(), Some(40));
+        assert_eq!(Manifest::default().resume_offset(), None);
+        // Written only when moved; read back as written.
+        let text = serde_json::to_string(&grown).unwrap();
+        assert!(text.contains("\"log_start_offset\":15"), "{text}");
+        assert_eq!(serde_json::from_str::<Manifest>(&text).unwrap(), grown);
+        assert!(
+            !serde_json::to_string(&m)
+                .unwrap()
+                .contains("log_start_offset")
+        );
     }
 
     #[test]

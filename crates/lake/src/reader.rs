@@ -236,17 +236,28 @@ impl Chunk {
         self.data.slice(start..end)
     }
 
-    /// The first record at or after `timestamp_ms`: `(offset, timestamp)`.
-    pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<(i64, i64)>> {
-        let Some(i) = self.batches.iter().position(|b| b.2 >= timestamp_ms) else {
-            return Ok(None);
-        };
-        let start = if i == 0 { 0 } else { self.batches[i - 1].3 };
-        let records = records::decode_batch(&self.data[start..self.batches[i].3])?;
-        Ok(records
-            .iter()
-            .find(|r| r.timestamp_ms >= timestamp_ms)
-            .map(|r| (r.offset, r.timestamp_ms)))
+    /// The first record at or after `timestamp_ms` whose offset is at least `from_offset` (the
+    /// log start: records below it were deleted): `(offset, timestamp)`.
+    pub fn offset_for_timestamp(
+        &self,
+        timestamp_ms: i64,
+        from_offset: i64,
+    ) -> Result<Option<(i64, i64)>> {
+        for (i, batch) in self.batches.iter().enumerate() {
+            if batch.1 < from_offset || batch.2 < timestamp_ms {
+                continue;
+            }
+            let start = if i == 0 { 0 } else { self.batches[i - 1].3 };
+            let records = records::decode_batch(&self.data[start..batch.3])?;
+            // Only the batch holding `from_offset` can hold a later timestamp below it.
+            if let Some(r) = records
+                .iter()
+                .find(|r| r.timestamp_ms >= timestamp_ms && r.offset >= from_offset)
+            {
+                return Ok(Some((r.offset, r.timestamp_ms)));
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -531,7 +542,15 @@ mod tests {
         let chunks = file.chunks_for_timestamp(1120);
         assert_eq!(chunks.len(), 1, "aligned row groups need one chunk");
         let chunk = read_chunk(&store, &file, chunks.start).await.unwrap();
-        assert_eq!(chunk.offset_for_timestamp(1120).unwrap(), Some((220, 1120)));
+        assert_eq!(
+            chunk.offset_for_timestamp(1120, 0).unwrap(),
+            Some((220, 1120))
+        );
+        // Records below the log start do not count.
+        assert_eq!(
+            chunk.offset_for_timestamp(1120, 223).unwrap(),
+            Some((223, 1123))
+        );
         assert!(file.chunks_for_timestamp(5000).is_empty());
     }
 

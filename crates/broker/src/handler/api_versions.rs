@@ -36,6 +36,8 @@ pub(crate) const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
+    (ApiKey::DeleteRecords, 0, 2),
+    (ApiKey::DescribeLogDirs, 1, 4),
     // v4 only lets the answer carry TRANSACTION_ABORTABLE; v5 is transactions V2 (KIP-890 part
     // 2: the group joins the transaction without AddOffsetsToTxn).
     (ApiKey::TxnOffsetCommit, 0, 4),

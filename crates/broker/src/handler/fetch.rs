@@ -270,6 +270,7 @@ fn note_follower(ctx: &Context, replica: i32, request: &FetchRequest, partitions
     for (topic, resolved) in request.topics.iter().zip(partitions) {
         for (wanted, partition) in topic.partitions.iter().zip(resolved) {
             let Some(partition) = partition else { continue };
+            partition.record_follower_log_start(replica, wanted.log_start_offset);
             if let Ok(Some((epoch, isr))) = partition.record_follower_fetch(
                 replica,
                 wanted.fetch_offset,
@@ -433,8 +434,7 @@ async fn read_partition(
         local_start
     } else {
         ctx.lake
-            .start_offset(partition.topic(), index)
-            .map_or(local_start, |s| s.min(local_start))
+            .log_start_offset(partition.topic(), index, local_start)
     };
     let last_stable = partition.last_stable_offset();
     let readable_end = match reader {
@@ -447,6 +447,11 @@ async fn read_partition(
         .with_last_stable_offset(last_stable)
         .with_log_start_offset(log_start);
     if offset == readable_end || (limit == 0 && !first) {
+        return (data, NO_RECORDS);
+    }
+    if !replica && offset < log_start {
+        // Below the log start (retention, DeleteRecords): the consumer resets its position.
+        let data = data.with_error_code(ResponseError::OffsetOutOfRange.code());
         return (data, NO_RECORDS);
     }
     if !replica && offset < local_start && offset >= log_start {

@@ -72,16 +72,13 @@ async fn lookup(
 ) -> Result<(i64, i64), ResponseError> {
     let local_start = partition.log_start_offset();
     let (topic, index) = (partition.topic(), partition.index());
+    let log_start = ctx.lake.log_start_offset(topic, index, local_start);
     Ok(match timestamp {
         LATEST if committed => (partition.last_stable_offset(), -1),
         LATEST => (partition.high_watermark(), -1),
-        // The whole log starts in the lake when it holds older offsets.
-        EARLIEST => (
-            ctx.lake
-                .start_offset(topic, index)
-                .map_or(local_start, |s| s.min(local_start)),
-            -1,
-        ),
+        // The whole log starts in the lake when it holds older offsets; never below the log
+        // start DeleteRecords set.
+        EARLIEST => (log_start, -1),
         EARLIEST_LOCAL => (local_start, -1),
         LATEST_TIERED => (ctx.lake.last_offset(topic, index).unwrap_or(-1), -1),
         // Only committed records (below the high watermark) are answered, as Kafka does.
@@ -92,7 +89,7 @@ async fn lookup(
             .unwrap_or((-1, -1)),
         // Both tiers: the lake holds the older offsets, so it is searched first.
         t if t >= 0 => {
-            let in_lake = ctx.lake.offset_for_timestamp(topic, index, t).await.map_err(|e| {
+            let in_lake = ctx.lake.offset_for_timestamp(topic, index, t, log_start).await.map_err(|e| {
                 tracing::warn!(topic, partition = index, error = %e, "lake timestamp search failed");
                 ResponseError::KafkaStorageError
             })?;
