@@ -313,6 +313,9 @@ async fn describe_log_dirs_names_the_data_folder_and_each_replicas_size() {
             let all = call(&mut stream, &every_topic, version);
             check_all(&all, version, &data, on_disk);
         }
+        // An empty list asks for no topic (null asks for all).
+        let none = call(&mut stream, &DescribeLogDirsRequest::default(), 4);
+        assert!(none.results[0].topics.is_empty(), "{none:?}");
         // Only what is asked for: partition 1 of "sized", nothing of an unknown topic.
         let wanted = DescribeLogDirsRequest::default().with_topics(Some(vec![
             DescribableLogDirTopic::default()

@@ -120,6 +120,20 @@ fn seeds() -> Vec<RequestKind> {
         RequestKind::DescribeGroups(DescribeGroupsRequest::default()),
         RequestKind::DeleteGroups(DeleteGroupsRequest::default()),
         RequestKind::OffsetDelete(OffsetDeleteRequest::default().with_group_id(group())),
+        // Another topic than the one checked afterwards: its records may go.
+        RequestKind::DeleteRecords(
+            DeleteRecordsRequest::default()
+                .with_timeout_ms(100)
+                .with_topics(vec![
+                    delete_records_request::DeleteRecordsTopic::default()
+                        .with_name(TopicName(StrBytes::from_static_str("fuzz-other")))
+                        .with_partitions(vec![
+                            delete_records_request::DeleteRecordsPartition::default()
+                                .with_offset(0),
+                        ]),
+                ]),
+        ),
+        RequestKind::DescribeLogDirs(DescribeLogDirsRequest::default().with_topics(None)),
     ]
 }
 
@@ -149,6 +163,8 @@ fn api_key(request: &RequestKind) -> ApiKey {
         RequestKind::DescribeGroups(_) => ApiKey::DescribeGroups,
         RequestKind::DeleteGroups(_) => ApiKey::DeleteGroups,
         RequestKind::OffsetDelete(_) => ApiKey::OffsetDelete,
+        RequestKind::DeleteRecords(_) => ApiKey::DeleteRecords,
+        RequestKind::DescribeLogDirs(_) => ApiKey::DescribeLogDirs,
         other => panic!("no seed for {other:?}"),
     }
 }
@@ -270,6 +286,14 @@ fn tame(key: ApiKey, version: i16, body: Vec<u8>) -> Vec<u8> {
             Ok(mut produce) if produce.acks == 0 => {
                 produce.acks = 1;
                 produce.encode(&mut out, version)
+            }
+            _ => return body,
+        },
+        // It may wait for the lake's commit up to its timeout.
+        ApiKey::DeleteRecords => match DeleteRecordsRequest::decode(&mut buf, version) {
+            Ok(mut delete) if delete.timeout_ms > 100 => {
+                delete.timeout_ms = 100;
+                delete.encode(&mut out, version)
             }
             _ => return body,
         },

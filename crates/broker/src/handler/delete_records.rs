@@ -107,6 +107,17 @@ fn move_log_start(
         return Err(ResponseError::OffsetOutOfRange);
     }
     let tiered = partition.is_tiered().map_err(|e| e.code())?;
+    let current = ctx
+        .lake
+        .log_start_offset(topic, index, partition.log_start_offset());
+    if offset <= current {
+        // Never backwards; the answer still waits until the replicas or the lake have it.
+        return Ok(Moved {
+            partition,
+            offset,
+            tiered,
+        });
+    }
     if tiered {
         // Recorded before the local start moves (see `LakeView::request_log_start`).
         ctx.lake.request_log_start(topic, index, offset);
