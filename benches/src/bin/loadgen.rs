@@ -150,6 +150,10 @@ struct Common {
     /// Produce rate in MB/s (e2e mode).
     #[arg(long, default_value_t = 50.0)]
     rate_mb: f64,
+    /// Produce mode: pace the producer to this many MB/s (as e2e's producer), instead of as fast
+    /// as it goes.
+    #[arg(long)]
+    pace_mb: Option<f64>,
     /// Replication factor when the topic is created.
     #[arg(long, default_value_t = 1)]
     replication_factor: i32,
@@ -704,7 +708,7 @@ fn run(mode: &Mode) -> Result<Report> {
         Mode::Gaps(_) | Mode::Describe(_) => unreachable!("returned above"),
         Mode::Produce(_) => {
             create_topic(c)?;
-            let (seconds, latency) = produce(c, &payloads, None)?;
+            let (seconds, latency) = produce(c, &payloads, c.pace_mb.map(|mb| mb * 1e6))?;
             report.seconds = seconds;
             report.produce_latency = Latency::of(&latency);
         }
