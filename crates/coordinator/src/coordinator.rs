@@ -1144,7 +1144,7 @@ mod tests {
         let c = GroupCoordinator::open(dir.path(), CONFIG, 0).unwrap();
         commit_txn(&c, 0, &[(0, 10)]);
         // The transaction coordinator fences the producer: it aborts at the bumped epoch.
-        let _ = c.complete_transaction(PRODUCER, 1, false, 3, 0).unwrap();
+        drop(c.complete_transaction(PRODUCER, 1, false, 3, 0).unwrap());
         let zombie = c.commit_transactional("g", txn(0, &[(0, 11)]), 0);
         assert!(matches!(
             zombie,
@@ -1170,7 +1170,7 @@ mod tests {
         assert_eq!(fetched(&c, 0, true), Ok(None), "nothing of the zombie's");
         // The producer at its new epoch goes on.
         commit_txn(&c, 1, &[(0, 12)]);
-        let _ = c.complete_transaction(PRODUCER, 1, true, 3, 0).unwrap();
+        drop(c.complete_transaction(PRODUCER, 1, true, 3, 0).unwrap());
         assert_eq!(fetched(&c, 0, true), Ok(Some(12)));
     }
 
@@ -1186,7 +1186,7 @@ mod tests {
         assert_eq!(fetched(&c, 0, true), Ok(None), "nothing left to commit");
 
         commit_txn(&c, 0, &[(1, 5)]);
-        let _ = c.delete_group("g", 0).unwrap();
+        let _durable = c.delete_group("g", 0).unwrap();
         end_txn(&c, 0, true);
         assert!(c.describe("g").is_none());
         drop(c);
