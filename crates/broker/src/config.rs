@@ -299,9 +299,51 @@ pub const BROKER_SETTINGS: &[(&str, &str, ConfigType)] = &[
     ("offsets.retention.minutes", "10080", ConfigType::Int(1)),
     ("offsets.topic.num.partitions", "10", ConfigType::Int(1)),
     ("offsets.topic.replication.factor", "3", ConfigType::Int(1)),
+    (
+        "transaction.state.log.num.partitions",
+        "10",
+        ConfigType::Int(1),
+    ),
+    (
+        "transaction.state.log.replication.factor",
+        "3",
+        ConfigType::Int(1),
+    ),
+    ("transaction.max.timeout.ms", "900000", ConfigType::Int(1)),
+    (
+        "transactional.id.expiration.ms",
+        "604800000",
+        ConfigType::Int(1),
+    ),
+    (
+        "transaction.abort.timed.out.transaction.cleanup.interval.ms",
+        "10000",
+        ConfigType::Int(1),
+    ),
     ("queued.max.request.bytes", "536870912", ConfigType::Long(1)),
     ("replica.lag.time.max.ms", "30000", ConfigType::Long(1)),
     ("socket.request.max.bytes", "104857600", ConfigType::Int(1)),
+    (
+        "transaction.abort.timed.out.transaction.cleanup.interval.ms",
+        "10000",
+        ConfigType::Int(1),
+    ),
+    ("transaction.max.timeout.ms", "900000", ConfigType::Int(1)),
+    (
+        "transaction.state.log.num.partitions",
+        "10",
+        ConfigType::Int(1),
+    ),
+    (
+        "transaction.state.log.replication.factor",
+        "3",
+        ConfigType::Int(1),
+    ),
+    (
+        "transactional.id.expiration.ms",
+        "604800000",
+        ConfigType::Int(1),
+    ),
 ];
 
 fn resolve_addr(value: &str) -> Option<SocketAddr> {
@@ -555,6 +597,36 @@ impl BrokerConfig {
     pub fn offsets_topic_replication_factor(&self) -> i16 {
         self.long("offsets.topic.replication.factor")
             .min(i64::from(i16::MAX)) as i16
+    }
+
+    /// `transaction.state.log.num.partitions`: partitions of `__transaction_state` (a
+    /// cluster's).
+    pub fn transaction_state_num_partitions(&self) -> i32 {
+        self.long("transaction.state.log.num.partitions")
+            .min(i64::from(crate::manager::PARTITIONS_MAX)) as i32
+    }
+
+    /// `transaction.state.log.replication.factor`: replicas of each `__transaction_state`
+    /// partition.
+    pub fn transaction_state_replication_factor(&self) -> i16 {
+        self.long("transaction.state.log.replication.factor")
+            .min(i64::from(i16::MAX)) as i16
+    }
+
+    /// `transaction.max.timeout.ms`: the longest `transaction.timeout.ms` a producer may ask for.
+    pub fn transaction_max_timeout_ms(&self) -> i64 {
+        self.long("transaction.max.timeout.ms")
+    }
+
+    /// `transactional.id.expiration.ms`: a transactional id idle this long is forgotten.
+    pub fn transactional_id_expiration_ms(&self) -> i64 {
+        self.long("transactional.id.expiration.ms")
+    }
+
+    /// `transaction.abort.timed.out.transaction.cleanup.interval.ms`: how often transactions
+    /// are checked against their timeout.
+    pub fn transaction_timeout_check_interval_ms(&self) -> i64 {
+        self.long("transaction.abort.timed.out.transaction.cleanup.interval.ms")
     }
 
     /// `offsets.retention.check.interval.ms`.

@@ -369,16 +369,28 @@ async fn load(groups: Arc<Groups>, partition: Arc<Partition>, epoch: i32, min_in
 /// replicas as there are live brokers then (a smaller cluster). Every broker tries; the first
 /// one wins and the others find the topic (or get TOPIC_ALREADY_EXISTS).
 pub(crate) async fn ensure_topic(manager: Arc<PartitionManager>, shutdown: CancellationToken) {
+    let wanted_rf = manager.config().offsets_topic_replication_factor();
+    let partitions = manager.config().offsets_topic_num_partitions();
+    ensure_internal_topic(manager, shutdown, OFFSETS_TOPIC, partitions, wanted_rf).await;
+}
+
+/// Creates the internal topic `topic` (`__consumer_offsets`, `__transaction_state`) as
+/// [`ensure_topic`] does, with `partitions` partitions of `wanted_rf` replicas.
+pub(crate) async fn ensure_internal_topic(
+    manager: Arc<PartitionManager>,
+    shutdown: CancellationToken,
+    topic: &'static str,
+    partitions: i32,
+    wanted_rf: i16,
+) {
     let Some(node) = manager.cluster().cloned() else {
         return;
     };
-    let wanted_rf = manager.config().offsets_topic_replication_factor();
-    let partitions = manager.config().offsets_topic_num_partitions();
     let started = tokio::time::Instant::now();
     let mut state = node.state();
     loop {
         let current = state.borrow_and_update().clone();
-        if current.topics.contains_key(OFFSETS_TOPIC) {
+        if current.topics.contains_key(topic) {
             return;
         }
         let live = current.brokers.values().filter(|b| !b.fenced).count();
@@ -392,7 +404,7 @@ pub(crate) async fn ensure_topic(manager: Arc<PartitionManager>, shutdown: Cance
                 .collect();
             let creator = Arc::clone(&manager);
             let created = tokio::task::spawn_blocking(move || {
-                creator.create_topic(OFFSETS_TOPIC, partitions, rf, configs, false, now_ms())
+                creator.create_topic(topic, partitions, rf, configs, false, now_ms())
             })
             .await;
             match created {
@@ -402,23 +414,19 @@ pub(crate) async fn ensure_topic(manager: Arc<PartitionManager>, shutdown: Cance
                             partitions,
                             replication_factor = rf,
                             wanted = wanted_rf,
-                            "created the offsets topic with fewer replicas than offsets.topic.replication.factor: only {live} brokers are live"
+                            "created {topic} with fewer replicas than its replication factor setting: only {live} brokers are live"
                         );
                     } else {
-                        tracing::info!(
-                            partitions,
-                            replication_factor = rf,
-                            "created the offsets topic"
-                        );
+                        tracing::info!(partitions, replication_factor = rf, "created {topic}");
                     }
                     return;
                 }
                 Ok(Err(Error::TopicExists(_))) => return,
                 Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "creating the offsets topic failed; retrying")
+                    tracing::warn!(error = %e, "creating {topic} failed; retrying")
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "creating the offsets topic panicked; retrying")
+                    tracing::warn!(error = %e, "creating {topic} panicked; retrying")
                 }
             }
         }
@@ -434,8 +442,8 @@ pub(crate) async fn ensure_topic(manager: Arc<PartitionManager>, shutdown: Cance
 /// snapshot), up to its own high watermark: what is below it was superseded. Other topics'
 /// follower logs are left to their own retention and the lake.
 pub(crate) fn follow_log_start(partition: &Partition, leader_log_start_offset: i64) {
-    if partition.topic() != OFFSETS_TOPIC || leader_log_start_offset <= partition.log_start_offset()
-    {
+    let internal = [OFFSETS_TOPIC, crate::txn::TXN_TOPIC].contains(&partition.topic());
+    if !internal || leader_log_start_offset <= partition.log_start_offset() {
         return;
     }
     if let Err(e) = partition.delete_records_before(leader_log_start_offset) {
@@ -742,6 +750,91 @@ mod tests {
             })
         ));
         assert_eq!(partition.log_end_offset(), 0, "nothing written");
+    }
+
+    #[tokio::test]
+    async fn transactional_offsets_and_their_marker_are_replicated_and_replayed_by_a_new_leader() {
+        let dir = tempfile::tempdir().unwrap();
+        let partition = offsets_partition(dir.path(), vec![1, 2]);
+        let load = || {
+            let log = ReplicatedOffsets::new(Arc::clone(&partition), 3, 2);
+            GroupCoordinator::load(Box::new(log), coordinator_config(), Membership::Members, 0)
+                .unwrap()
+        };
+        let c = load();
+        let txn = |offset| strata_coordinator::TxnOffsetCommit {
+            transactional_id: "tx".into(),
+            producer_id: 11,
+            producer_epoch: 0,
+            member_id: String::new(),
+            group_instance_id: None,
+            generation_id: -1,
+            offsets: vec![(
+                "orders".to_string(),
+                0,
+                CommittedOffset {
+                    offset,
+                    leader_epoch: -1,
+                    metadata: String::new(),
+                    commit_timestamp_ms: 0,
+                },
+            )],
+        };
+        // Two commits in one transaction: the partition's producer state takes both batches.
+        let (codes, mut first) = c.commit_transactional("g", txn(42), 0).unwrap();
+        assert_eq!(codes, vec![0]);
+        let (_, second) = c.commit_transactional("g", txn(43), 0).unwrap();
+        let waited = tokio::time::timeout(Duration::from_millis(200), &mut first).await;
+        assert!(waited.is_err(), "not durable before the follower has it");
+        let caught_up = |partition: &Partition| {
+            let end = partition.log_end_offset();
+            partition.record_follower_fetch(2, end, 3, 0).unwrap();
+        };
+        caught_up(&partition);
+        first.await.unwrap();
+        second.await.unwrap();
+        let producer = |partition: &Partition| {
+            let producers = partition.producers().unwrap();
+            producers.into_iter().find(|p| p.0 == 11).unwrap()
+        };
+        assert!(producer(&partition).3.is_some(), "its transaction is open");
+
+        // A new leader replays the pending offsets, and the marker reaches it.
+        drop(c);
+        let c = load();
+        let pending = c.fetch_offsets("g", None, false);
+        assert!(pending.is_empty(), "nothing committed yet");
+        let marker = c.complete_transaction(11, 0, true, 5, 0).unwrap();
+        caught_up(&partition);
+        marker.await.unwrap();
+        assert!(producer(&partition).3.is_none(), "the marker ended it");
+        let found = load().fetch_offsets("g", None, true);
+        assert_eq!(
+            found[0].2.as_ref().unwrap().as_ref().map(|o| o.offset),
+            Some(43)
+        );
+
+        // A marker of an older coordinator is refused with the log's code; a deposed coordinator
+        // answers NOT_COORDINATOR.
+        let stale = c.complete_transaction(11, 0, false, 4, 0).map(drop);
+        assert_eq!(
+            stale.map_err(|e| txn_error_code(&e)),
+            Err(ResponseError::TransactionCoordinatorFenced)
+        );
+        partition.set_assignment(
+            Assignment {
+                leader: 2,
+                leader_epoch: 4,
+                replicas: vec![1, 2],
+                isr: vec![1, 2],
+            },
+            0,
+        );
+        let deposed = c.complete_transaction(11, 0, false, 5, 0).map(drop);
+        assert_eq!(
+            deposed.map_err(|e| txn_error_code(&e)),
+            Err(ResponseError::NotCoordinator)
+        );
     }
 
     #[tokio::test]

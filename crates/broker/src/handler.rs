@@ -4,6 +4,8 @@
 //! appended in order. Only a fetch that must wait (long poll) runs apart, as a task whose response
 //! is written in its turn; requests behind it are handled meanwhile.
 
+mod add_offsets_to_txn;
+mod add_partitions_to_txn;
 mod alter_configs;
 mod api_versions;
 mod create_partitions;
@@ -15,6 +17,9 @@ mod describe_cluster;
 mod describe_configs;
 mod describe_groups;
 mod describe_log_dirs;
+mod describe_producers;
+mod describe_transactions;
+mod end_txn;
 pub(crate) mod fetch;
 mod find_coordinator;
 mod heartbeat;
@@ -24,6 +29,7 @@ mod join_group;
 mod leave_group;
 mod list_groups;
 mod list_offsets;
+mod list_transactions;
 mod metadata;
 mod offset_commit;
 mod offset_delete;
@@ -32,6 +38,7 @@ mod offset_for_leader_epoch;
 mod produce;
 mod sync_group;
 mod txn_offset_commit;
+mod write_txn_markers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -66,6 +73,9 @@ pub(crate) struct Context {
     pub(crate) advertised_port: i32,
     /// Cancelled when the broker shuts down; waiting fetches answer at once.
     pub(crate) shutdown: CancellationToken,
+    /// The transaction coordinators: one for every transaction, or in a cluster one per
+    /// `__transaction_state` partition this broker leads.
+    pub(crate) txns: Arc<crate::txn::Txns>,
     /// Incremental fetch sessions (KIP-227) of consumers and follower brokers.
     pub(crate) fetch_sessions: crate::fetch_session::FetchSessionCache,
 }
@@ -105,6 +115,20 @@ impl Context {
     /// COORDINATOR_NOT_AVAILABLE while the topic does not exist or that partition has no live
     /// leader.
     pub(crate) fn group_coordinator(&self, key: &str) -> Result<(i32, String, i32), ResponseError> {
+        self.coordinator_by(crate::groups::OFFSETS_TOPIC, key)
+    }
+
+    /// The broker coordinating transactional id `key`, as [`Context::group_coordinator`] over
+    /// `__transaction_state`.
+    pub(crate) fn txn_coordinator(&self, key: &str) -> Result<(i32, String, i32), ResponseError> {
+        self.coordinator_by(crate::txn::TXN_TOPIC, key)
+    }
+
+    fn coordinator_by(
+        &self,
+        internal_topic: &str,
+        key: &str,
+    ) -> Result<(i32, String, i32), ResponseError> {
         let Some(node) = self.manager.cluster() else {
             return Ok((
                 self.node_id(),
@@ -115,7 +139,7 @@ impl Context {
         let state = node.state().borrow().clone();
         let partitions = state
             .topics
-            .get(crate::groups::OFFSETS_TOPIC)
+            .get(internal_topic)
             .map(|t| &t.partitions)
             .filter(|p| !p.is_empty())
             .ok_or(ResponseError::CoordinatorNotAvailable)?;
@@ -331,7 +355,51 @@ fn route(
         RequestKind::AlterConfigs(r) => alter_configs::handle(ctx, r).into(),
         RequestKind::IncrementalAlterConfigs(r) => incremental_alter_configs::handle(ctx, r).into(),
         RequestKind::DescribeCluster(r) => describe_cluster::handle(ctx, version, r).into(),
-        RequestKind::InitProducerId(r) => init_producer_id::handle(ctx, r).into(),
+        RequestKind::InitProducerId(r) => {
+            let pending = init_producer_id::start(ctx, version, r);
+            return Ok(later(
+                ApiKey::InitProducerId,
+                version,
+                correlation_id,
+                async move { init_producer_id::finish(pending).await.into() },
+            ));
+        }
+        RequestKind::AddPartitionsToTxn(r) => {
+            let pending = add_partitions_to_txn::start(ctx, version, r);
+            return Ok(later(
+                ApiKey::AddPartitionsToTxn,
+                version,
+                correlation_id,
+                async move { add_partitions_to_txn::finish(pending).await.into() },
+            ));
+        }
+        RequestKind::AddOffsetsToTxn(r) => {
+            let pending = add_offsets_to_txn::start(ctx, version, r);
+            return Ok(later(
+                ApiKey::AddOffsetsToTxn,
+                version,
+                correlation_id,
+                async move { add_offsets_to_txn::finish(pending).await.into() },
+            ));
+        }
+        RequestKind::EndTxn(r) => {
+            let pending = end_txn::start(ctx, version, r);
+            return Ok(later(ApiKey::EndTxn, version, correlation_id, async move {
+                end_txn::finish(pending).await.into()
+            }));
+        }
+        RequestKind::WriteTxnMarkers(r) => {
+            let ctx = Arc::clone(ctx);
+            return Ok(later(
+                ApiKey::WriteTxnMarkers,
+                version,
+                correlation_id,
+                async move { write_txn_markers::handle(ctx, r).await.into() },
+            ));
+        }
+        RequestKind::DescribeTransactions(r) => describe_transactions::handle(ctx, r).into(),
+        RequestKind::ListTransactions(r) => list_transactions::handle(ctx, version, r).into(),
+        RequestKind::DescribeProducers(r) => describe_producers::handle(ctx, r).into(),
         RequestKind::OffsetForLeaderEpoch(r) => offset_for_leader_epoch::handle(ctx, r).into(),
         RequestKind::DeleteRecords(r) => {
             // Waits for the lake's commit or the followers: it runs apart.
@@ -398,9 +466,19 @@ pub(crate) mod tests {
         let slots = config.max_incremental_fetch_session_cache_slots();
         let manager =
             PartitionManager::open(config, Box::new(LocalMetadataStore::new(dir)), 0).unwrap();
+        let manager = Arc::new(manager);
+        let groups = Arc::new(groups);
+        let txn_log = strata_coordinator::offsets_log::LocalOffsetsLog::open(&dir.join("txn"), 0);
+        let txns = crate::txn::Txns::single(
+            Box::new(txn_log.unwrap()),
+            Arc::clone(&manager),
+            Arc::clone(&groups),
+        )
+        .unwrap();
         Arc::new(Context {
-            manager: Arc::new(manager),
-            groups: Arc::new(groups),
+            manager,
+            groups,
+            txns,
             lake: Arc::new(crate::lake_view::LakeView::new(
                 strata_lake::Lake::new(Arc::new(object_store::memory::InMemory::new())),
                 1 << 20,
@@ -512,11 +590,11 @@ pub(crate) mod tests {
                 .with_group_id(GroupId(str_bytes("g")))
                 .into(),
             ApiKey::OffsetForLeaderEpoch => OffsetForLeaderEpochRequest::default().into(),
-            ApiKey::DeleteRecords => DeleteRecordsRequest::default().into(),
-            ApiKey::DescribeLogDirs => DescribeLogDirsRequest::default().into(),
             ApiKey::TxnOffsetCommit => TxnOffsetCommitRequest::default()
                 .with_group_id(GroupId(str_bytes("g")))
                 .into(),
+            ApiKey::DeleteRecords => DeleteRecordsRequest::default().into(),
+            ApiKey::DescribeLogDirs => DescribeLogDirsRequest::default().into(),
             other => panic!("add a default request for {other:?}"),
         }
     }

@@ -61,6 +61,7 @@ mod outgoing;
 pub mod partition;
 mod replication;
 pub mod server;
+mod txn;
 
 pub use crate::config::BrokerConfig;
 pub use crate::error::{Error, Result};

@@ -336,12 +336,13 @@ async fn offload_partition(
         .max(start)
         .max(manifest.log_start_offset);
     partition.set_offloaded_offset(manifest.next_offset().unwrap_or(-1))?;
-    // Only what every in-sync replica has: any later leader holds the same records.
-    let high_watermark = partition.high_watermark();
+    // Only what every in-sync replica has (any later leader holds the same records), and only
+    // decided transactions: below the last stable offset.
+    let last_stable = partition.last_stable_offset();
     let segments: Vec<_> = partition
         .sealed_segments_from(next)?
         .into_iter()
-        .take_while(|s| s.next_offset <= high_watermark)
+        .take_while(|s| s.next_offset <= last_stable)
         .collect();
     let waiting_bytes: usize = segments.iter().map(|s| s.slice.len()).sum();
     if segments.len() > 1 {

@@ -436,7 +436,13 @@ impl Partition {
                 .producers()
                 .map(|(id, e)| {
                     let last_sequence = e.batches.back().map_or(-1, |b| b.last_sequence);
-                    (id, e.epoch, last_sequence, e.txn_first_offset, e.coordinator_epoch)
+                    (
+                        id,
+                        e.epoch,
+                        last_sequence,
+                        e.txn_first_offset,
+                        e.coordinator_epoch,
+                    )
                 })
                 .collect())
         })

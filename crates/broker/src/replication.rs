@@ -583,13 +583,14 @@ async fn truncate(peer: &mut Peer, me: i32, partitions: &[&Arc<Partition>]) -> a
 }
 
 /// A connection to another broker's Kafka listener.
-struct Peer {
+#[derive(Debug)]
+pub(crate) struct Peer {
     stream: TcpStream,
     correlation_id: i32,
 }
 
 impl Peer {
-    async fn connect(host: &str, port: u16) -> std::io::Result<Self> {
+    pub(crate) async fn connect(host: &str, port: u16) -> std::io::Result<Self> {
         let stream = TcpStream::connect((host, port)).await?;
         stream.set_nodelay(true)?;
         Ok(Self {
@@ -599,7 +600,7 @@ impl Peer {
     }
 
     /// Sends one request and reads its answer.
-    async fn call<Req: Encodable, Resp: Decodable>(
+    pub(crate) async fn call<Req: Encodable, Resp: Decodable>(
         &mut self,
         key: ApiKey,
         version: i16,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use kafka_protocol::messages::ApiKey;
 use strata_coordinator::GroupCoordinator;
+use strata_coordinator::offsets_log::LocalOffsetsLog;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
@@ -23,6 +24,7 @@ use crate::groups::Groups;
 use crate::handler::{self, Context, Reply};
 use crate::manager::PartitionManager;
 use crate::metadata::LocalMetadataStore;
+use crate::txn::Txns;
 
 /// Connections served at once; more wait in the kernel's accept queue.
 pub const CONNECTIONS_MAX: usize = 4096;
@@ -131,7 +133,27 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
     };
     let manager = Arc::new(manager);
     let groups = Arc::new(groups);
+    let txns = if manager.cluster().is_some() {
+        Txns::cluster(Arc::clone(&manager), Arc::clone(&groups))
+    } else {
+        let txn_dir = manager
+            .config()
+            .data_dir
+            .join("internal")
+            .join("__transaction_state-0");
+        let (m, g) = (Arc::clone(&manager), Arc::clone(&groups));
+        tokio::task::spawn_blocking(move || -> Result<_> {
+            let log = LocalOffsetsLog::open(&txn_dir, now_ms())?;
+            Ok(Txns::single(Box::new(log), m, g)?)
+        })
+        .await
+        .map_err(|e| Error::Metadata(format!("opening the transaction log panicked: {e}")))??
+    };
     let mut background = Vec::new();
+    background.push(tokio::spawn(crate::txn::tick(
+        Arc::clone(&txns),
+        shutdown.clone(),
+    )));
     if let Some((node, isr_rx)) = replication {
         background.push(tokio::spawn(crate::replication::run(
             Arc::clone(&manager),
@@ -148,10 +170,26 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
             Arc::clone(&manager),
             shutdown.clone(),
         )));
+        background.push(tokio::spawn(crate::txn::run(
+            Arc::clone(&txns),
+            shutdown.clone(),
+        )));
+        let (partitions, rf) = (
+            manager.config().transaction_state_num_partitions(),
+            manager.config().transaction_state_replication_factor(),
+        );
+        background.push(tokio::spawn(crate::groups::ensure_internal_topic(
+            Arc::clone(&manager),
+            shutdown.clone(),
+            crate::txn::TXN_TOPIC,
+            partitions,
+            rf,
+        )));
     }
     let ctx = Arc::new(Context {
         manager,
         groups,
+        txns,
         lake,
         advertised_host,
         advertised_port,

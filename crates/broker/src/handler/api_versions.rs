@@ -36,11 +36,21 @@ pub(crate) const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
-    (ApiKey::DeleteRecords, 0, 2),
-    (ApiKey::DescribeLogDirs, 1, 4),
     // v4 only lets the answer carry TRANSACTION_ABORTABLE; v5 is transactions V2 (KIP-890 part
     // 2: the group joins the transaction without AddOffsetsToTxn).
     (ApiKey::TxnOffsetCommit, 0, 4),
+    (ApiKey::DeleteRecords, 0, 2),
+    (ApiKey::DescribeLogDirs, 1, 4),
+    // v4+ is the broker-to-broker verification of KIP-890.
+    (ApiKey::AddPartitionsToTxn, 0, 3),
+    // v4 and EndTxn v5 are transactions V2 (KIP-890 part 2: an epoch bump per transaction).
+    (ApiKey::AddOffsetsToTxn, 0, 3),
+    (ApiKey::EndTxn, 0, 4),
+    (ApiKey::WriteTxnMarkers, 1, 1),
+    (ApiKey::DescribeTransactions, 0, 0),
+    // v2 filters by a transactional id pattern.
+    (ApiKey::ListTransactions, 0, 1),
+    (ApiKey::DescribeProducers, 0, 0),
 ];
 
 /// The versions of `api_key` this broker handles, if any.

@@ -1,6 +1,7 @@
 //! FindCoordinator (single key before v4, batched from v4): a single broker coordinates every
-//! group; in a cluster a group's coordinator is the leader of its `__consumer_offsets` partition
-//! (COORDINATOR_NOT_AVAILABLE while there is none).
+//! group and transaction; in a cluster a group's coordinator is the leader of its
+//! `__consumer_offsets` partition, a transactional id's the leader of its `__transaction_state`
+//! partition (COORDINATOR_NOT_AVAILABLE while there is none).
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
@@ -11,17 +12,29 @@ use super::{Context, str_bytes};
 
 /// Kafka's coordinator key types.
 const KEY_TYPE_GROUP: i8 = 0;
+const KEY_TYPE_TRANSACTION: i8 = 1;
 
 /// `(node id, host, port)` of the coordinator, or the error and its message.
 type Found = Result<(i32, String, i32), (i16, StrBytes)>;
 
 fn find(ctx: &Context, key_type: i8, key: &StrBytes) -> Found {
+    if key_type == KEY_TYPE_TRANSACTION {
+        return ctx.txn_coordinator(key).map_err(|code| {
+            (
+                code.code(),
+                str_bytes(format!(
+                    "no coordinator for transactional id {:?} yet",
+                    key.as_str()
+                )),
+            )
+        });
+    }
     if key_type != KEY_TYPE_GROUP {
         tracing::debug!(key = %key.as_str(), key_type, "no coordinator for this key type");
         return Err((
             ResponseError::InvalidRequest.code(),
             str_bytes(format!(
-                "key type {key_type} is not supported: only consumer groups (0)"
+                "key type {key_type} is not supported: only consumer groups (0) and transactions (1)"
             )),
         ));
     }

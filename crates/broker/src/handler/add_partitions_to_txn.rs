@@ -1,0 +1,99 @@
+//! AddPartitionsToTxn (v0–v3, the client's form): the partitions a transactional producer is
+//! about to write to join its transaction, so the coordinator writes their markers at its end.
+
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::add_partitions_to_txn_response::{
+    AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult,
+};
+use kafka_protocol::messages::{AddPartitionsToTxnRequest, AddPartitionsToTxnResponse};
+use strata_coordinator::Durable;
+
+use super::{Context, now_ms};
+use crate::txn::coordinator::Claim;
+
+/// An answer, and what must be durable before it is sent.
+pub(super) type Pending = (AddPartitionsToTxnResponse, Option<Durable>);
+
+/// The code of a stale producer epoch at `version` (PRODUCER_FENCED from v2, as Kafka).
+pub(super) fn fenced_code(version: i16) -> ResponseError {
+    if version >= 2 {
+        ResponseError::ProducerFenced
+    } else {
+        ResponseError::InvalidProducerEpoch
+    }
+}
+
+pub(super) fn start(ctx: &Context, version: i16, request: AddPartitionsToTxnRequest) -> Pending {
+    let wanted: Vec<(String, i32)> = request
+        .v3_and_below_topics
+        .iter()
+        .flat_map(|t| t.partitions.iter().map(|&p| (t.name.to_string(), p)))
+        .collect();
+    let unknown: Vec<bool> = wanted
+        .iter()
+        .map(|(topic, p)| !ctx.manager.partition_exists(topic, *p))
+        .collect();
+    let outcome = if unknown.iter().any(|&u| u) {
+        // Nothing is added when a partition is unknown; the others are not attempted.
+        Err(None)
+    } else {
+        let claim = Claim {
+            producer_id: request.v3_and_below_producer_id.0,
+            producer_epoch: request.v3_and_below_producer_epoch,
+            fenced: fenced_code(version),
+        };
+        let id = request.v3_and_below_transactional_id.as_str();
+        ctx.txns
+            .of(id)
+            .and_then(|c| c.add_partitions(id, claim, &wanted, now_ms()))
+            .map_err(Some)
+    };
+    let code_of = |i: usize| match &outcome {
+        Ok(_) => 0,
+        Err(Some(code)) => code.code(),
+        Err(None) if unknown[i] => ResponseError::UnknownTopicOrPartition.code(),
+        Err(None) => ResponseError::OperationNotAttempted.code(),
+    };
+    let mut i = 0;
+    let results = request
+        .v3_and_below_topics
+        .iter()
+        .map(|t| {
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|&p| {
+                    let code = code_of(i);
+                    i += 1;
+                    AddPartitionsToTxnPartitionResult::default()
+                        .with_partition_index(p)
+                        .with_partition_error_code(code)
+                })
+                .collect();
+            AddPartitionsToTxnTopicResult::default()
+                .with_name(t.name.clone())
+                .with_results_by_partition(partitions)
+        })
+        .collect();
+    let response =
+        AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(results);
+    (response, outcome.ok().flatten())
+}
+
+/// Answers once the added partitions are durable; otherwise every partition gets the error.
+pub(super) async fn finish(pending: Pending) -> AddPartitionsToTxnResponse {
+    let (mut response, durable) = pending;
+    if let Some(durable) = durable
+        && let Err(e) = durable.await
+    {
+        let code = crate::txn::coordinator::write_error_code(&e).code();
+        for p in response
+            .results_by_topic_v3_and_below
+            .iter_mut()
+            .flat_map(|t| t.results_by_partition.iter_mut())
+        {
+            p.partition_error_code = code;
+        }
+    }
+    response
+}

@@ -1,0 +1,56 @@
+//! DescribeProducers: the producers of partitions this broker leads, with their open
+//! transactions (for `kafka-transactions.sh describe-producers` and finding hanging
+//! transactions).
+
+use kafka_protocol::messages::describe_producers_response::{
+    PartitionResponse, ProducerState, TopicResponse,
+};
+use kafka_protocol::messages::{DescribeProducersRequest, DescribeProducersResponse, ProducerId};
+
+use super::{Context, message};
+
+pub(super) fn handle(
+    ctx: &Context,
+    request: DescribeProducersRequest,
+) -> DescribeProducersResponse {
+    let topics = request
+        .topics
+        .into_iter()
+        .map(|topic| {
+            let partitions = topic
+                .partition_indexes
+                .iter()
+                .map(|&index| {
+                    let answer = PartitionResponse::default().with_partition_index(index);
+                    let producers = ctx
+                        .manager
+                        .leader_partition(&topic.name, index)
+                        .and_then(|p| p.producers());
+                    match producers {
+                        Ok(producers) => answer.with_active_producers(
+                            producers
+                                .into_iter()
+                                .map(|(id, epoch, last_sequence, txn_start, coordinator_epoch)| {
+                                    ProducerState::default()
+                                        .with_producer_id(ProducerId(id))
+                                        .with_producer_epoch(i32::from(epoch))
+                                        .with_last_sequence(last_sequence)
+                                        .with_last_timestamp(-1)
+                                        .with_coordinator_epoch(coordinator_epoch)
+                                        .with_current_txn_start_offset(txn_start.unwrap_or(-1))
+                                })
+                                .collect(),
+                        ),
+                        Err(e) => answer
+                            .with_error_code(e.code().code())
+                            .with_error_message(message(&e)),
+                    }
+                })
+                .collect();
+            TopicResponse::default()
+                .with_name(topic.name)
+                .with_partitions(partitions)
+        })
+        .collect();
+    DescribeProducersResponse::default().with_topics(topics)
+}

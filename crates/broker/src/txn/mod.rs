@@ -1,0 +1,590 @@
+//! Transactions (KIP-98): which transaction coordinator serves a transactional id, where its
+//! state is kept, and the markers that end a transaction in every partition it wrote to.
+//!
+//! A single broker coordinates every transaction, with its state in a local log
+//! (`<data>/internal/__transaction_state-0`). In a cluster, transaction state lives in the
+//! internal replicated topic `__transaction_state` (`transaction.state.log.num.partitions`,
+//! `transaction.state.log.replication.factor`), as in Kafka: id `t` belongs to partition
+//! `abs(javaStringHashCode(t)) % partitions`, whose leader is its coordinator, loaded from the
+//! partition's log when the broker starts leading it (as the group coordinators are, see
+//! [`crate::groups`]). A new coordinator completes the transactions its predecessor had decided.
+//!
+//! Ending a transaction: EndTxn records the decision (PrepareCommit / PrepareAbort) and is
+//! answered once that is durable; the markers are then written to every partition of the
+//! transaction by its leader (this broker's directly, other brokers' with WriteTxnMarkers), each
+//! with `acks=all`, retried until written; then the transaction is complete.
+
+pub(crate) mod coordinator;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::write_txn_markers_request::{
+    WritableTxnMarker, WritableTxnMarkerTopic,
+};
+use kafka_protocol::messages::{
+    ApiKey, ProducerId, TopicName, WriteTxnMarkersRequest, WriteTxnMarkersResponse,
+};
+use parking_lot::{Mutex, RwLock};
+use strata_log::txn::Marker;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::now_ms;
+use crate::groups::{Groups, OFFSETS_TOPIC, ReplicatedOffsets};
+use crate::manager::PartitionManager;
+use crate::partition::{CommitWait, Partition};
+use crate::replication::Peer;
+use coordinator::{Completion, TxnConfig, TxnCoordinator};
+
+/// The internal topic holding transaction state in a cluster.
+pub(crate) const TXN_TOPIC: &str = "__transaction_state";
+/// How long a marker waits for the in-sync replicas of its partition.
+const MARKER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause between attempts to write the markers a transaction still lacks.
+const MARKER_RETRY: Duration = Duration::from_millis(200);
+/// Pause between checks of who leads what when no change is announced.
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// A `__transaction_state` partition this broker leads, and its coordinator's progress.
+#[derive(Debug, Clone)]
+enum Slot {
+    Loading {
+        epoch: i32,
+    },
+    Ready {
+        epoch: i32,
+        partition: Arc<Partition>,
+        coordinator: Arc<TxnCoordinator>,
+    },
+    Failed {
+        epoch: i32,
+    },
+}
+
+impl Slot {
+    fn epoch(&self) -> i32 {
+        match self {
+            Self::Loading { epoch } | Self::Ready { epoch, .. } | Self::Failed { epoch } => *epoch,
+        }
+    }
+}
+
+/// The transaction coordinators of this broker, and the marker writer they share.
+#[derive(Debug)]
+pub(crate) struct Txns {
+    /// A single broker's coordinator of every transaction; `None` in a cluster.
+    single: Option<Arc<TxnCoordinator>>,
+    config: TxnConfig,
+    /// In a cluster: the `__transaction_state` partitions this broker leads, by index.
+    led: RwLock<BTreeMap<i32, Slot>>,
+    manager: Arc<PartitionManager>,
+    groups: Arc<Groups>,
+    /// Connections to other brokers, for WriteTxnMarkers.
+    peers: Mutex<HashMap<i32, Arc<tokio::sync::Mutex<Option<Peer>>>>>,
+}
+
+impl Txns {
+    /// A single broker's: one coordinator over its local log; the transactions it had decided
+    /// are completed.
+    pub(crate) fn single(
+        log: Box<dyn strata_coordinator::offsets_log::OffsetsLog>,
+        manager: Arc<PartitionManager>,
+        groups: Arc<Groups>,
+    ) -> strata_coordinator::Result<Arc<Self>> {
+        let config = txn_config(&manager);
+        let (coordinator, pending) = TxnCoordinator::load(log, 0, 0, config)?;
+        let coordinator = Arc::new(coordinator);
+        let txns = Arc::new(Self {
+            single: Some(Arc::clone(&coordinator)),
+            config,
+            led: RwLock::default(),
+            manager,
+            groups,
+            peers: Mutex::default(),
+        });
+        for done in pending {
+            txns.complete(Arc::clone(&coordinator), done);
+        }
+        Ok(txns)
+    }
+
+    /// A clustered broker's: coordinators come and go with the leadership of the
+    /// `__transaction_state` partitions ([`run`]).
+    pub(crate) fn cluster(manager: Arc<PartitionManager>, groups: Arc<Groups>) -> Arc<Self> {
+        Arc::new(Self {
+            single: None,
+            config: txn_config(&manager),
+            led: RwLock::default(),
+            manager,
+            groups,
+            peers: Mutex::default(),
+        })
+    }
+
+    /// The coordinator of `transactional_id` on this broker, or the error its requests get
+    /// (as for groups: COORDINATOR_NOT_AVAILABLE, COORDINATOR_LOAD_IN_PROGRESS, NOT_COORDINATOR).
+    pub(crate) fn of(&self, transactional_id: &str) -> Result<Arc<TxnCoordinator>, ResponseError> {
+        if let Some(single) = &self.single {
+            return Ok(Arc::clone(single));
+        }
+        let Some(topic) = self.manager.topic(TXN_TOPIC) else {
+            return Err(ResponseError::CoordinatorNotAvailable);
+        };
+        if topic.partition_count <= 0 {
+            return Err(ResponseError::CoordinatorNotAvailable);
+        }
+        let index = crate::groups::partition_for(transactional_id, topic.partition_count);
+        match self.led.read().get(&index) {
+            Some(Slot::Ready {
+                epoch,
+                partition,
+                coordinator,
+            }) if partition.is_leader() && partition.leader_epoch() == *epoch => {
+                Ok(Arc::clone(coordinator))
+            }
+            Some(Slot::Loading { .. }) => Err(ResponseError::CoordinatorLoadInProgress),
+            Some(Slot::Failed { .. }) => Err(ResponseError::CoordinatorNotAvailable),
+            Some(Slot::Ready { .. }) | None => Err(ResponseError::NotCoordinator),
+        }
+    }
+
+    /// Every coordinator serving here.
+    pub(crate) fn all(&self) -> Vec<Arc<TxnCoordinator>> {
+        if let Some(single) = &self.single {
+            return vec![Arc::clone(single)];
+        }
+        self.led
+            .read()
+            .values()
+            .filter_map(|slot| match slot {
+                Slot::Ready { coordinator, .. } => Some(Arc::clone(coordinator)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Whether `coordinator` still serves its partition here.
+    fn is_current(&self, coordinator: &Arc<TxnCoordinator>) -> bool {
+        if let Some(single) = &self.single {
+            return Arc::ptr_eq(single, coordinator);
+        }
+        matches!(
+            self.led.read().get(&coordinator.partition),
+            Some(Slot::Ready { coordinator: c, partition, epoch })
+                if Arc::ptr_eq(c, coordinator) && partition.is_leader() && partition.leader_epoch() == *epoch
+        )
+    }
+
+    /// [`Txns::complete`] once the decision is durable (a decision lost with its coordinator
+    /// is not acted on: the next coordinator finds the transaction open and decides again).
+    pub(crate) fn complete_once(
+        self: &Arc<Self>,
+        coordinator: Arc<TxnCoordinator>,
+        done: Completion,
+        durable: strata_coordinator::Durable,
+    ) {
+        let txns = Arc::clone(self);
+        tokio::spawn(async move {
+            match durable.await {
+                Ok(()) => txns.complete(coordinator, done),
+                Err(e) => tracing::warn!(transactional_id = %done.transactional_id, error = %e,
+                    "the decision to end a transaction was not made durable"),
+            }
+        });
+    }
+
+    /// Writes the markers of a decided transaction in the background, retrying until every
+    /// partition has its marker (or this coordinator stops serving), then completes it.
+    pub(crate) fn complete(self: &Arc<Self>, coordinator: Arc<TxnCoordinator>, done: Completion) {
+        let txns = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut remaining = done.partitions.clone();
+            loop {
+                if !txns.is_current(&coordinator) {
+                    tracing::info!(transactional_id = %done.transactional_id,
+                        "no longer coordinating this transaction; its next coordinator completes it");
+                    return;
+                }
+                remaining = txns.write_markers(&coordinator, &done, remaining).await;
+                if remaining.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(MARKER_RETRY).await;
+            }
+            let finished = coordinator.finish(&done, now_ms());
+            let result = match finished {
+                Ok(durable) => durable.await.map_err(|e| e.to_string()),
+                Err(code) => Err(format!("{code:?}")),
+            };
+            match result {
+                Ok(()) => tracing::debug!(transactional_id = %done.transactional_id,
+                    commit = done.commit, "transaction complete"),
+                Err(e) => tracing::warn!(transactional_id = %done.transactional_id, error = %e,
+                    "recording a complete transaction failed; its next coordinator completes it"),
+            }
+        });
+    }
+
+    /// One attempt at the markers of `done` for `partitions`: those still to write.
+    async fn write_markers(
+        &self,
+        coordinator: &TxnCoordinator,
+        done: &Completion,
+        partitions: Vec<(String, i32)>,
+    ) -> Vec<(String, i32)> {
+        let me = self.manager.config().node_id();
+        let mut by_leader: BTreeMap<i32, Vec<(String, i32)>> = BTreeMap::new();
+        for (topic, index) in partitions {
+            match self.leader_of(&topic, index) {
+                Some(leader) => by_leader.entry(leader).or_default().push((topic, index)),
+                None => {
+                    // Deleted meanwhile: nothing to end there, as Kafka drops such markers.
+                    tracing::info!(topic, partition = index, transactional_id = %done.transactional_id,
+                        "no marker for a partition that no longer exists");
+                }
+            }
+        }
+        let marker = Marker {
+            commit: done.commit,
+            coordinator_epoch: coordinator.coordinator_epoch,
+        };
+        let mut remaining = Vec::new();
+        for (leader, partitions) in by_leader {
+            if leader == me || self.single.is_some() {
+                for (topic, index) in partitions {
+                    let written = self
+                        .write_local(&topic, index, done.producer_id, done.producer_epoch, marker)
+                        .await;
+                    if let Err(code) = written {
+                        if keep_trying(code) {
+                            remaining.push((topic, index));
+                        } else {
+                            tracing::warn!(topic, partition = index, error = ?code,
+                                transactional_id = %done.transactional_id, "a marker was refused; dropping it");
+                        }
+                    }
+                }
+            } else if leader < 0 {
+                remaining.extend(partitions);
+            } else {
+                remaining.extend(self.write_remote(leader, done, marker, partitions).await);
+            }
+        }
+        remaining
+    }
+
+    /// The broker leading `topic`-`index`: -1 while it has none, `None` when it does not exist.
+    fn leader_of(&self, topic: &str, index: i32) -> Option<i32> {
+        let me = self.manager.config().node_id();
+        let Some(node) = self.manager.cluster() else {
+            if topic == OFFSETS_TOPIC {
+                return Some(me);
+            }
+            let found = self.manager.topic(topic)?;
+            return found.partition(index).is_some().then_some(me);
+        };
+        let state = node.state().borrow().clone();
+        let partition = state.topics.get(topic)?.partitions.get(index as usize)?;
+        let live = state
+            .brokers
+            .get(&partition.leader)
+            .is_some_and(|b| !b.fenced);
+        Some(if live { partition.leader } else { -1 })
+    }
+
+    /// Writes a marker into a partition this broker leads, and waits for its in-sync replicas
+    /// (markers are written with `acks=all`). Markers for `__consumer_offsets` go through the
+    /// group coordinator, which makes the transaction's offsets visible or drops them.
+    pub(crate) async fn write_local(
+        &self,
+        topic: &str,
+        index: i32,
+        producer_id: i64,
+        producer_epoch: i16,
+        marker: Marker,
+    ) -> Result<(), ResponseError> {
+        if topic == OFFSETS_TOPIC {
+            let durable = self.groups.complete_transaction(
+                &self.manager,
+                index,
+                producer_id,
+                producer_epoch,
+                marker.commit,
+                marker.coordinator_epoch,
+            )?;
+            return durable
+                .await
+                .map_err(|e| crate::error::coordinator_error_code(&e));
+        }
+        let partition = self
+            .manager
+            .leader_partition(topic, index)
+            .map_err(|e| e.code())?;
+        let (info, epoch) = crate::handler::off_the_workers(|| {
+            partition.append_marker(producer_id, producer_epoch, marker, now_ms())
+        })
+        .map_err(|e| e.code())?;
+        match partition
+            .wait_committed(info.last_offset, epoch, MARKER_TIMEOUT)
+            .await
+        {
+            CommitWait::Committed => Ok(()),
+            CommitWait::NotLeader => Err(ResponseError::NotLeaderOrFollower),
+            CommitWait::TimedOut => Err(ResponseError::RequestTimedOut),
+        }
+    }
+
+    /// Sends the markers for `partitions` to their leader `leader`: those still to write.
+    async fn write_remote(
+        &self,
+        leader: i32,
+        done: &Completion,
+        marker: Marker,
+        partitions: Vec<(String, i32)>,
+    ) -> Vec<(String, i32)> {
+        let mut topics: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+        for (topic, index) in &partitions {
+            topics.entry(topic).or_default().push(*index);
+        }
+        let request = WriteTxnMarkersRequest::default().with_markers(vec![
+            WritableTxnMarker::default()
+                .with_producer_id(ProducerId(done.producer_id))
+                .with_producer_epoch(done.producer_epoch)
+                .with_transaction_result(marker.commit)
+                .with_coordinator_epoch(marker.coordinator_epoch)
+                .with_topics(
+                    topics
+                        .into_iter()
+                        .map(|(topic, indexes)| {
+                            WritableTxnMarkerTopic::default()
+                                .with_name(TopicName(crate::handler::str_bytes(topic)))
+                                .with_partition_indexes(indexes)
+                        })
+                        .collect(),
+                ),
+        ]);
+        let response = match self.call(leader, &request).await {
+            Ok(response) => response,
+            Err(e) => {
+                tracing::debug!(leader, error = %e, "sending transaction markers");
+                return partitions;
+            }
+        };
+        let mut remaining = Vec::new();
+        for result in response.markers {
+            for topic in result.topics {
+                for p in topic.partitions {
+                    if p.error_code == 0 {
+                        continue;
+                    }
+                    let code = ResponseError::try_from_code(p.error_code);
+                    if code.is_some_and(|c| !keep_trying(c)) {
+                        tracing::warn!(topic = %topic.name.as_str(), partition = p.partition_index,
+                            error = ?code, "a marker was refused; dropping it");
+                    } else {
+                        remaining.push((topic.name.to_string(), p.partition_index));
+                    }
+                }
+            }
+        }
+        remaining
+    }
+
+    async fn call(
+        &self,
+        broker: i32,
+        request: &WriteTxnMarkersRequest,
+    ) -> anyhow::Result<WriteTxnMarkersResponse> {
+        let slot = Arc::clone(self.peers.lock().entry(broker).or_default());
+        let mut peer = slot.lock().await;
+        if peer.is_none() {
+            let node = self
+                .manager
+                .cluster()
+                .ok_or_else(|| anyhow::anyhow!("not in a cluster"))?;
+            let endpoint = node
+                .state()
+                .borrow()
+                .brokers
+                .get(&broker)
+                .map(|b| (b.host.clone(), b.port));
+            let (host, port) =
+                endpoint.ok_or_else(|| anyhow::anyhow!("broker {broker} is unknown"))?;
+            *peer = Some(
+                tokio::time::timeout(Duration::from_secs(2), Peer::connect(&host, port))
+                    .await
+                    .map_err(|_| anyhow::anyhow!("connecting to broker {broker} timed out"))??,
+            );
+        }
+        let connection = peer.as_mut().expect("connected above");
+        let answer = connection
+            .call(
+                ApiKey::WriteTxnMarkers,
+                1,
+                request,
+                MARKER_TIMEOUT + Duration::from_secs(5),
+            )
+            .await;
+        if answer.is_err() {
+            *peer = None;
+        }
+        answer
+    }
+}
+
+/// Whether a marker refused with `code` should be sent again: not when the producer or this
+/// coordinator was fenced there (a newer decision supersedes this one).
+fn keep_trying(code: ResponseError) -> bool {
+    !matches!(
+        code,
+        ResponseError::InvalidProducerEpoch
+            | ResponseError::ProducerFenced
+            | ResponseError::TransactionCoordinatorFenced
+            | ResponseError::UnknownTopicOrPartition
+    )
+}
+
+fn txn_config(manager: &PartitionManager) -> TxnConfig {
+    TxnConfig {
+        max_timeout_ms: manager.config().transaction_max_timeout_ms(),
+        id_expiration_ms: manager.config().transactional_id_expiration_ms(),
+    }
+}
+
+/// Aborts timed-out transactions and forgets expired ids, every
+/// `transaction.abort.timed.out.transaction.cleanup.interval.ms`, until `shutdown`.
+pub(crate) async fn tick(txns: Arc<Txns>, shutdown: CancellationToken) {
+    let interval = txns
+        .manager
+        .config()
+        .transaction_timeout_check_interval_ms();
+    let mut ticks = tokio::time::interval(Duration::from_millis(interval.max(1) as u64));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        for coordinator in txns.all() {
+            let ticked = Arc::clone(&coordinator);
+            let aborts = tokio::task::spawn_blocking(move || ticked.tick(now_ms()))
+                .await
+                .unwrap_or_default();
+            for done in aborts {
+                txns.complete(Arc::clone(&coordinator), done);
+            }
+        }
+    }
+}
+
+/// Follows the `__transaction_state` partitions this broker leads until `shutdown`: a
+/// coordinator is loaded for each one it starts leading and dropped for each one it stops
+/// leading.
+pub(crate) async fn run(txns: Arc<Txns>, shutdown: CancellationToken) {
+    let mut roles = txns.manager.watch_roles();
+    loop {
+        roles.borrow_and_update();
+        reconcile(&txns);
+        tokio::select! {
+            changed = roles.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(RECHECK) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+fn reconcile(txns: &Arc<Txns>) {
+    let topic = txns.manager.topic(TXN_TOPIC);
+    let led: BTreeMap<i32, Arc<Partition>> = topic
+        .as_ref()
+        .map(|topic| {
+            topic
+                .partitions
+                .iter()
+                .filter(|p| p.is_leader())
+                .map(|p| (p.index(), Arc::clone(p)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let min_insync = topic.map_or(1, |t| t.config.min_insync_replicas());
+    let mut slots = txns.led.write();
+    slots.retain(|index, slot| {
+        let keep = led
+            .get(index)
+            .is_some_and(|p| p.leader_epoch() == slot.epoch());
+        if !keep {
+            tracing::info!(
+                partition = index,
+                epoch = slot.epoch(),
+                "no longer coordinating the transactions of this partition"
+            );
+        }
+        keep
+    });
+    for (index, partition) in led {
+        if slots.contains_key(&index) {
+            continue;
+        }
+        let epoch = partition.leader_epoch();
+        slots.insert(index, Slot::Loading { epoch });
+        tokio::spawn(load(Arc::clone(txns), partition, epoch, min_insync));
+    }
+}
+
+async fn load(txns: Arc<Txns>, partition: Arc<Partition>, epoch: i32, min_insync: usize) {
+    let index = partition.index();
+    let config = txns.config;
+    let log = ReplicatedOffsets::new(Arc::clone(&partition), epoch, min_insync);
+    let loaded = tokio::task::spawn_blocking(move || {
+        TxnCoordinator::load(Box::new(log), index, epoch, config)
+    })
+    .await;
+    let pending = {
+        let mut slots = txns.led.write();
+        let current = matches!(slots.get(&index), Some(Slot::Loading { epoch: e }) if *e == epoch);
+        match loaded {
+            Ok(Ok((coordinator, pending))) if current => {
+                tracing::info!(
+                    partition = index,
+                    epoch,
+                    transactions = coordinator.list().len(),
+                    "coordinating the transactions of this partition"
+                );
+                let coordinator = Arc::new(coordinator);
+                slots.insert(
+                    index,
+                    Slot::Ready {
+                        epoch,
+                        partition,
+                        coordinator: Arc::clone(&coordinator),
+                    },
+                );
+                Some((coordinator, pending))
+            }
+            Ok(Ok(_superseded)) => None,
+            Ok(Err(e)) => {
+                tracing::error!(partition = index, epoch, error = %e,
+                    "loading the transactions of this partition failed");
+                if current {
+                    slots.insert(index, Slot::Failed { epoch });
+                }
+                None
+            }
+            Err(e) => {
+                tracing::error!(partition = index, epoch, error = %e,
+                    "loading the transactions of this partition panicked");
+                if current {
+                    slots.insert(index, Slot::Failed { epoch });
+                }
+                None
+            }
+        }
+    };
+    if let Some((coordinator, pending)) = pending {
+        for done in pending {
+            txns.complete(Arc::clone(&coordinator), done);
+        }
+    }
+}
