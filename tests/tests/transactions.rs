@@ -180,17 +180,25 @@ async fn interleaved_commits_and_aborts_read_committed_and_uncommitted() {
         let bootstrap = broker.bootstrap.clone();
         let (c, a) = (committed.clone(), all.clone());
         tokio::task::spawn_blocking(move || {
-            let read = read_until_end(&bootstrap, "read_committed", "txn", 3, "end-");
-            assert_eq!(read, c, "read_committed (round {round})");
-            let read = read_until_end(&bootstrap, "read_uncommitted", "txn", 3, "end-");
-            // Records of the two producers interleave within a partition: compare as sets per
-            // partition, and counts (nothing twice).
-            for p in 0..3 {
-                let got: BTreeSet<_> = read[&p].iter().collect();
-                let want: BTreeSet<_> = a[&p].iter().collect();
-                assert_eq!(got, want, "read_uncommitted partition {p} (round {round})");
-                assert_eq!(read[&p].len(), a[&p].len());
-            }
+            // Records of the two producers interleave within a partition: compare each
+            // partition's records sorted (every one exactly once), and each producer's order.
+            let check = |isolation: &str, want: &BTreeMap<i32, Vec<String>>| {
+                let read = read_until_end(&bootstrap, isolation, "txn", 3, "end-");
+                for p in 0..3 {
+                    let (mut got, mut wanted) = (read[&p].clone(), want[&p].clone());
+                    for producer in ["-p0-", "-p1-"] {
+                        let order = |v: &[String]| -> Vec<String> {
+                            v.iter().filter(|x| x.contains(producer)).cloned().collect()
+                        };
+                        assert_eq!(order(&got), order(&wanted), "{isolation} {p} {producer}");
+                    }
+                    got.sort();
+                    wanted.sort();
+                    assert_eq!(got, wanted, "{isolation} partition {p} (round {round})");
+                }
+            };
+            check("read_committed", &c);
+            check("read_uncommitted", &a);
         })
         .await
         .unwrap();
@@ -297,8 +305,8 @@ async fn a_zombie_producer_is_fenced() {
 }
 
 /// A transaction left open past `transaction.timeout.ms` is aborted by the coordinator: the last
-/// stable offset moves on, read_committed never sees it, the producer's commit fails, and after
-/// aborting it works again.
+/// stable offset moves on, read_committed never sees it, the producer is fenced (as in Kafka),
+/// and a new instance with the same id works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_open_past_its_timeout_is_aborted() {
     let dir = tempfile::tempdir().unwrap();
@@ -313,7 +321,10 @@ async fn a_transaction_open_past_its_timeout_is_aborted() {
         let producer = transactional(
             &bootstrap,
             "hung-producer",
-            &[("transaction.timeout.ms", "2000")],
+            &[
+                ("transaction.timeout.ms", "2000"),
+                ("message.timeout.ms", "2000"),
+            ],
         );
         producer.begin_transaction().unwrap();
         send(&producer, "hung", 0, "never-committed");
@@ -326,8 +337,14 @@ async fn a_transaction_open_past_its_timeout_is_aborted() {
             let (_, lso) = committed.fetch_watermarks("hung", 0, TIMEOUT).unwrap();
             (lso == 2).then_some(())
         });
-        assert!(producer.commit_transaction(TIMEOUT).is_err());
-        producer.abort_transaction(TIMEOUT).unwrap();
+        // As with Kafka, the producer was fenced by the abort (its epoch was bumped): its
+        // commit fails for good, and a new instance takes over the transactional id.
+        match producer.commit_transaction(TIMEOUT) {
+            Err(KafkaError::Transaction(e)) => assert!(e.is_fatal(), "{e:?}"),
+            other => panic!("the commit of a timed-out transaction: {other:?}"),
+        }
+        drop(producer);
+        let producer = transactional(&bootstrap, "hung-producer", &[]);
         producer.begin_transaction().unwrap();
         send(&producer, "hung", 0, "committed-after");
         producer.commit_transaction(TIMEOUT).unwrap();
@@ -410,6 +427,7 @@ async fn consume_transform_produce_commits_offsets_with_the_output() {
             if round == 1 {
                 // Abort one round: its output is dropped, its offsets not committed, and the
                 // consumer goes back to the committed offsets to process it again.
+                producer.flush(TIMEOUT).unwrap();
                 producer.abort_transaction(TIMEOUT).unwrap();
                 let committed = consumer.committed(TIMEOUT).unwrap();
                 for element in committed.elements() {
