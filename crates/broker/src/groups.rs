@@ -544,8 +544,8 @@ impl OffsetsLog for ReplicatedOffsets {
         let known = self.partition.producers().ok().and_then(|producers| {
             producers
                 .into_iter()
-                .find(|p| p.0 == producer_id)
-                .map(|(_, epoch, last_sequence, _, _)| (epoch, last_sequence))
+                .find(|p| p.producer_id == producer_id)
+                .map(|p| (p.epoch, p.last_sequence))
         });
         strata_coordinator::offsets_log::next_sequence(known, producer_epoch)
     }
@@ -795,9 +795,12 @@ mod tests {
         second.await.unwrap();
         let producer = |partition: &Partition| {
             let producers = partition.producers().unwrap();
-            producers.into_iter().find(|p| p.0 == 11).unwrap()
+            producers.into_iter().find(|p| p.producer_id == 11).unwrap()
         };
-        assert!(producer(&partition).3.is_some(), "its transaction is open");
+        assert!(
+            producer(&partition).txn_start_offset.is_some(),
+            "its transaction is open"
+        );
 
         // A new leader replays the pending offsets, and the marker reaches it.
         drop(c);
@@ -807,7 +810,10 @@ mod tests {
         let marker = c.complete_transaction(11, 0, true, 5, 0).unwrap();
         caught_up(&partition);
         marker.await.unwrap();
-        assert!(producer(&partition).3.is_none(), "the marker ended it");
+        assert!(
+            producer(&partition).txn_start_offset.is_none(),
+            "the marker ended it"
+        );
         let found = load().fetch_offsets("g", None, true);
         assert_eq!(
             found[0].2.as_ref().unwrap().as_ref().map(|o| o.offset),

@@ -595,6 +595,13 @@ pub(crate) mod tests {
                 .into(),
             ApiKey::DeleteRecords => DeleteRecordsRequest::default().into(),
             ApiKey::DescribeLogDirs => DescribeLogDirsRequest::default().into(),
+            ApiKey::AddPartitionsToTxn => AddPartitionsToTxnRequest::default().into(),
+            ApiKey::AddOffsetsToTxn => AddOffsetsToTxnRequest::default().into(),
+            ApiKey::EndTxn => EndTxnRequest::default().into(),
+            ApiKey::WriteTxnMarkers => WriteTxnMarkersRequest::default().into(),
+            ApiKey::DescribeTransactions => DescribeTransactionsRequest::default().into(),
+            ApiKey::ListTransactions => ListTransactionsRequest::default().into(),
+            ApiKey::DescribeProducers => DescribeProducersRequest::default().into(),
             other => panic!("add a default request for {other:?}"),
         }
     }

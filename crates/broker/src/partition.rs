@@ -102,6 +102,21 @@ pub enum CommitWait {
     TimedOut,
 }
 
+/// A producer of a partition, as DescribeProducers shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerInfo {
+    /// The producer id.
+    pub producer_id: i64,
+    /// Its epoch.
+    pub epoch: i16,
+    /// The sequence of its last record here, -1 when none.
+    pub last_sequence: i32,
+    /// The first offset of its open transaction here.
+    pub txn_start_offset: Option<i64>,
+    /// The coordinator epoch of its last marker here, -1 when none.
+    pub coordinator_epoch: i32,
+}
+
 /// What a read found.
 #[derive(Debug, Clone)]
 pub struct ReadResult {
@@ -426,23 +441,18 @@ impl Partition {
         Ok((read, aborted))
     }
 
-    /// The producers of this partition and their open transactions, for DescribeProducers:
-    /// `(producer id, epoch, last sequence, first offset of the open transaction,
-    /// coordinator epoch)`.
-    pub fn producers(&self) -> Result<Vec<(i64, i16, i32, Option<i64>, i32)>> {
+    /// The producers of this partition and their open transactions, for DescribeProducers.
+    pub fn producers(&self) -> Result<Vec<ProducerInfo>> {
         self.with_log(|log| {
             Ok(log
                 .producer_state()
                 .producers()
-                .map(|(id, e)| {
-                    let last_sequence = e.batches.back().map_or(-1, |b| b.last_sequence);
-                    (
-                        id,
-                        e.epoch,
-                        last_sequence,
-                        e.txn_first_offset,
-                        e.coordinator_epoch,
-                    )
+                .map(|(id, e)| ProducerInfo {
+                    producer_id: id,
+                    epoch: e.epoch,
+                    last_sequence: e.batches.back().map_or(-1, |b| b.last_sequence),
+                    txn_start_offset: e.txn_first_offset,
+                    coordinator_epoch: e.coordinator_epoch,
                 })
                 .collect())
         })

@@ -30,14 +30,16 @@ pub(super) fn handle(
                         Ok(producers) => answer.with_active_producers(
                             producers
                                 .into_iter()
-                                .map(|(id, epoch, last_sequence, txn_start, coordinator_epoch)| {
+                                .map(|p| {
                                     ProducerState::default()
-                                        .with_producer_id(ProducerId(id))
-                                        .with_producer_epoch(i32::from(epoch))
-                                        .with_last_sequence(last_sequence)
+                                        .with_producer_id(ProducerId(p.producer_id))
+                                        .with_producer_epoch(i32::from(p.epoch))
+                                        .with_last_sequence(p.last_sequence)
                                         .with_last_timestamp(-1)
-                                        .with_coordinator_epoch(coordinator_epoch)
-                                        .with_current_txn_start_offset(txn_start.unwrap_or(-1))
+                                        .with_coordinator_epoch(p.coordinator_epoch)
+                                        .with_current_txn_start_offset(
+                                            p.txn_start_offset.unwrap_or(-1),
+                                        )
                                 })
                                 .collect(),
                         ),

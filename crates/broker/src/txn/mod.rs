@@ -306,17 +306,18 @@ impl Txns {
         marker: Marker,
     ) -> Result<(), ResponseError> {
         if topic == OFFSETS_TOPIC {
-            let durable = self.groups.complete_transaction(
-                &self.manager,
-                index,
-                producer_id,
-                producer_epoch,
-                marker.commit,
-                marker.coordinator_epoch,
-            )?;
-            return durable
-                .await
-                .map_err(|e| crate::error::coordinator_error_code(&e));
+            // The marker is appended (and may fsync) on this thread: handed off the workers.
+            let durable = crate::handler::off_the_workers(|| {
+                self.groups.complete_transaction(
+                    &self.manager,
+                    index,
+                    producer_id,
+                    producer_epoch,
+                    marker.commit,
+                    marker.coordinator_epoch,
+                )
+            })?;
+            return durable.await.map_err(|e| crate::groups::txn_error_code(&e));
         }
         let partition = self
             .manager
