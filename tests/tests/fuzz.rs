@@ -134,6 +134,51 @@ fn seeds() -> Vec<RequestKind> {
                 ]),
         ),
         RequestKind::DescribeLogDirs(DescribeLogDirsRequest::default().with_topics(None)),
+        RequestKind::AddPartitionsToTxn(
+            AddPartitionsToTxnRequest::default()
+                .with_v3_and_below_transactional_id(TransactionalId(StrBytes::from_static_str(
+                    "fuzz-txn",
+                )))
+                .with_v3_and_below_topics(vec![
+                    add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+                        .with_name(TopicName(StrBytes::from_static_str("fuzz-other")))
+                        .with_partitions(vec![0]),
+                ]),
+        ),
+        RequestKind::AddOffsetsToTxn(
+            AddOffsetsToTxnRequest::default()
+                .with_transactional_id(TransactionalId(StrBytes::from_static_str("fuzz-txn")))
+                .with_group_id(group()),
+        ),
+        RequestKind::EndTxn(
+            EndTxnRequest::default()
+                .with_transactional_id(TransactionalId(StrBytes::from_static_str("fuzz-txn"))),
+        ),
+        // Markers only for the other topic: a stray abort marker is harmless, but the topic
+        // checked afterwards keeps exactly its records.
+        RequestKind::WriteTxnMarkers(WriteTxnMarkersRequest::default().with_markers(vec![
+            write_txn_markers_request::WritableTxnMarker::default().with_topics(vec![
+                write_txn_markers_request::WritableTxnMarkerTopic::default()
+                    .with_name(TopicName(StrBytes::from_static_str("fuzz-other")))
+                    .with_partition_indexes(vec![0]),
+            ]),
+        ])),
+        RequestKind::DescribeTransactions(
+            DescribeTransactionsRequest::default().with_transactional_ids(vec![TransactionalId(
+                StrBytes::from_static_str("fuzz-txn"),
+            )]),
+        ),
+        RequestKind::ListTransactions(ListTransactionsRequest::default()),
+        RequestKind::TxnOffsetCommit(
+            TxnOffsetCommitRequest::default()
+                .with_transactional_id(TransactionalId(StrBytes::from_static_str("fuzz-txn")))
+                .with_group_id(group()),
+        ),
+        RequestKind::DescribeProducers(DescribeProducersRequest::default().with_topics(vec![
+            describe_producers_request::TopicRequest::default()
+                .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
+                .with_partition_indexes(vec![0]),
+        ])),
     ]
 }
 
@@ -165,6 +210,14 @@ fn api_key(request: &RequestKind) -> ApiKey {
         RequestKind::OffsetDelete(_) => ApiKey::OffsetDelete,
         RequestKind::DeleteRecords(_) => ApiKey::DeleteRecords,
         RequestKind::DescribeLogDirs(_) => ApiKey::DescribeLogDirs,
+        RequestKind::AddPartitionsToTxn(_) => ApiKey::AddPartitionsToTxn,
+        RequestKind::AddOffsetsToTxn(_) => ApiKey::AddOffsetsToTxn,
+        RequestKind::EndTxn(_) => ApiKey::EndTxn,
+        RequestKind::WriteTxnMarkers(_) => ApiKey::WriteTxnMarkers,
+        RequestKind::DescribeTransactions(_) => ApiKey::DescribeTransactions,
+        RequestKind::ListTransactions(_) => ApiKey::ListTransactions,
+        RequestKind::TxnOffsetCommit(_) => ApiKey::TxnOffsetCommit,
+        RequestKind::DescribeProducers(_) => ApiKey::DescribeProducers,
         other => panic!("no seed for {other:?}"),
     }
 }
