@@ -150,10 +150,23 @@ struct Common {
     /// Produce rate in MB/s (e2e mode).
     #[arg(long, default_value_t = 50.0)]
     rate_mb: f64,
+    /// Consumers' `fetch.max.bytes`: most bytes one fetch answer carries.
+    #[arg(long, default_value_t = 52_428_800)]
+    fetch_max_bytes: i32,
+    /// Consumers' `max.partition.fetch.bytes`: most bytes per partition in one answer.
+    #[arg(long, default_value_t = 10_485_760)]
+    partition_fetch_bytes: i32,
     /// Produce mode: pace the producer to this many MB/s (as e2e's producer), instead of as fast
     /// as it goes.
     #[arg(long)]
     pace_mb: Option<f64>,
+    /// Produce as an idempotent producer (`enable.idempotence=true`, which needs acks=all).
+    #[arg(long)]
+    idempotent: bool,
+    /// Produce transactionally (a `transactional.id`, idempotent, acks=all), committing a
+    /// transaction every this many records.
+    #[arg(long)]
+    transaction_records: Option<u64>,
     /// Replication factor when the topic is created.
     #[arg(long, default_value_t = 1)]
     replication_factor: i32,
@@ -424,19 +437,43 @@ fn produce(c: &Common, payloads: &Payloads, rate: Option<f64>) -> Result<(f64, H
         latency: Mutex::new(histogram()),
         failed: AtomicBool::new(false),
     };
-    let producer: BaseProducer<Acks> = client_config(c)
+    let mut config = client_config(c);
+    config
         .set("acks", &c.acks)
         .set("compression.type", c.compression.name())
         .set("linger.ms", c.linger_ms.to_string())
         .set("batch.size", c.batch_size.to_string())
         .set("queue.buffering.max.kbytes", "1048576")
         .set("queue.buffering.max.messages", "1000000")
-        .set("enable.idempotence", "false")
-        .create_with_context(acks)?;
+        .set(
+            "enable.idempotence",
+            (c.idempotent || c.transaction_records.is_some()).to_string(),
+        );
+    if c.transaction_records.is_some() {
+        config
+            .set("transactional.id", format!("loadgen-{}", now_micros()))
+            .set("acks", "all");
+    }
+    let producer: BaseProducer<Acks> = config.create_with_context(acks)?;
     let deadline = Instant::now() + Duration::from_secs(c.timeout_s);
+    if c.transaction_records.is_some() {
+        producer
+            .init_transactions(Duration::from_secs(30))
+            .context("init_transactions")?;
+        producer.begin_transaction()?;
+    }
     let start = Instant::now();
     let mut value = Vec::with_capacity(c.size);
     for seq in 0..c.count {
+        if let Some(every) = c.transaction_records
+            && seq > 0
+            && seq % every == 0
+        {
+            producer
+                .commit_transaction(deadline.saturating_duration_since(Instant::now()))
+                .context("committing a transaction")?;
+            producer.begin_transaction()?;
+        }
         if let Some(rate) = rate {
             let due = start + Duration::from_secs_f64((seq * c.size as u64) as f64 / rate);
             while Instant::now() < due {
@@ -463,6 +500,11 @@ fn produce(c: &Common, payloads: &Payloads, rate: Option<f64>) -> Result<(f64, H
             }
         }
         producer.poll(Duration::ZERO);
+    }
+    if c.transaction_records.is_some() {
+        producer
+            .commit_transaction(deadline.saturating_duration_since(Instant::now()))
+            .context("committing the last transaction")?;
     }
     producer
         .flush(deadline.saturating_duration_since(Instant::now()))
@@ -494,8 +536,11 @@ fn consume(
     let consumer: BaseConsumer = client_config(c)
         .set("group.id", format!("loadgen-{}", now_micros()))
         .set("enable.auto.commit", "false")
-        .set("fetch.max.bytes", "52428800")
-        .set("max.partition.fetch.bytes", "10485760")
+        .set("fetch.max.bytes", c.fetch_max_bytes.to_string())
+        .set(
+            "max.partition.fetch.bytes",
+            c.partition_fetch_bytes.to_string(),
+        )
         .set("queued.max.messages.kbytes", "262144")
         .set("fetch.wait.max.ms", "100")
         .create()?;
@@ -577,8 +622,8 @@ fn consume_fetching(
         sessions: c.client == Client::Session,
         max_wait_ms: 100,
         min_bytes: 1,
-        max_bytes: 52_428_800,
-        partition_max_bytes: 10_485_760,
+        max_bytes: c.fetch_max_bytes,
+        partition_max_bytes: c.partition_fetch_bytes,
     };
     let deadline = Instant::now() + Duration::from_secs(c.timeout_s);
     let start = Instant::now();
