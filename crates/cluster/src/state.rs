@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub mod reassignment;
+
 /// `leader` of a partition that has no leader (every ISR member is fenced).
 pub const NO_LEADER: i32 = -1;
 
@@ -50,6 +52,13 @@ pub struct PartitionState {
     pub leader_epoch: i32,
     /// The in-sync replicas; holds the leader whenever there is one.
     pub isr: Vec<i32>,
+    /// Replicas a reassignment in progress adds (KIP-455): they fetch from the leader until they
+    /// are in sync. Empty when no reassignment is in progress.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adding_replicas: Vec<i32>,
+    /// Replicas a reassignment in progress removes once every adding replica is in sync.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removing_replicas: Vec<i32>,
 }
 
 /// One topic.
@@ -143,6 +152,19 @@ pub enum Command {
         /// The new ISR.
         isr: Vec<i32>,
     },
+    /// Starts, replaces or cancels the reassignment of a partition (KIP-455); see
+    /// [`reassignment`].
+    AlterPartitionReassignment {
+        /// The topic name.
+        topic: String,
+        /// The partition id.
+        partition: i32,
+        /// The target replicas, preferred leader first; `None` cancels the reassignment in
+        /// progress.
+        target: Option<Vec<i32>>,
+        /// Whether the target may hold another number of replicas than the partition has.
+        allow_replication_factor_change: bool,
+    },
     /// Moves leadership back to the first replica.
     ElectPreferredLeader {
         /// The topic name.
@@ -202,9 +224,17 @@ pub enum RejectKind {
     ElectionNotNeeded,
     /// PREFERRED_LEADER_NOT_AVAILABLE (80): the preferred replica is fenced or out of the ISR.
     PreferredLeaderNotAvailable,
+    /// NO_REASSIGNMENT_IN_PROGRESS (85): cancelling a reassignment where none is in progress.
+    NoReassignmentInProgress,
+    /// ELIGIBLE_LEADERS_NOT_AVAILABLE (83): no in-sync replica could lead afterwards (a cancelled
+    /// reassignment whose only in-sync replicas are the ones being added).
+    EligibleLeadersNotAvailable,
+    /// INVALID_REPLICATION_FACTOR (38): a reassignment that changes the number of replicas when
+    /// the request did not allow it.
+    InvalidReplicationFactor,
 }
 
-fn reject(kind: RejectKind, message: impl Into<String>) -> Response {
+pub(crate) fn reject(kind: RejectKind, message: impl Into<String>) -> Response {
     Response::Rejected {
         kind,
         message: message.into(),
@@ -223,6 +253,7 @@ impl Command {
             Command::CreatePartitions { .. } => "CreatePartitions",
             Command::AlterTopicConfigs { .. } => "AlterTopicConfigs",
             Command::AlterPartition { .. } => "AlterPartition",
+            Command::AlterPartitionReassignment { .. } => "AlterPartitionReassignment",
             Command::ElectPreferredLeader { .. } => "ElectPreferredLeader",
             Command::AllocateProducerIds { .. } => "AllocateProducerIds",
         }
@@ -268,6 +299,17 @@ impl ClusterState {
                 leader_epoch,
                 isr,
             } => self.alter_partition(topic, *partition, *leader_epoch, isr),
+            Command::AlterPartitionReassignment {
+                topic,
+                partition,
+                target,
+                allow_replication_factor_change,
+            } => self.alter_reassignment(
+                topic,
+                *partition,
+                target.as_deref(),
+                *allow_replication_factor_change,
+            ),
             Command::ElectPreferredLeader { topic, partition } => {
                 self.elect_preferred_leader(topic, *partition)
             }
@@ -427,7 +469,10 @@ impl ClusterState {
             );
         }
         let existing = topic.partitions.len();
-        if let Some(rf) = topic.partitions.first().map(|p| p.replicas.len())
+        if let Some(rf) = topic
+            .partitions
+            .first()
+            .map(|p| p.original_replicas().len())
             && assignments[0].len() != rf
         {
             return reject(
@@ -494,6 +539,8 @@ impl ClusterState {
                 leader,
                 leader_epoch: 0,
                 isr,
+                adding_replicas: Vec::new(),
+                removing_replicas: Vec::new(),
             });
         }
         Ok(partitions)
@@ -546,8 +593,12 @@ impl ClusterState {
                 format!("{at}: broker {fenced} is fenced"),
             );
         }
+        let mut next = current.clone();
+        next.isr = isr.to_vec();
+        // An ISR that now holds every replica being added completes the reassignment.
+        reassignment::complete_if_in_sync(&mut next, &self.brokers);
         if let Some(p) = self.partition_mut(topic, partition) {
-            p.isr = isr.to_vec();
+            *p = next;
         }
         Response::Ok
     }
@@ -594,14 +645,18 @@ impl ClusterState {
         Response::ProducerIdBlock { start }
     }
 
-    fn partition_mut(&mut self, topic: &str, partition: i32) -> Option<&mut PartitionState> {
+    pub(crate) fn partition_mut(
+        &mut self,
+        topic: &str,
+        partition: i32,
+    ) -> Option<&mut PartitionState> {
         let index = usize::try_from(partition).ok()?;
         self.topics.get_mut(topic)?.partitions.get_mut(index)
     }
 }
 
 /// The first replica, in replica order, that is in `isr` and unfenced.
-fn first_eligible(
+pub(crate) fn first_eligible(
     replicas: &[i32],
     isr: &[i32],
     brokers: &BTreeMap<i32, BrokerInfo>,
@@ -612,7 +667,7 @@ fn first_eligible(
         .find(|r| isr.contains(r) && brokers.get(r).is_some_and(|b| !b.fenced))
 }
 
-fn first_duplicate(ids: &[i32]) -> Option<i32> {
+pub(crate) fn first_duplicate(ids: &[i32]) -> Option<i32> {
     ids.iter()
         .enumerate()
         .find(|(i, id)| ids[..*i].contains(id))

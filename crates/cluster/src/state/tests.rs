@@ -131,7 +131,9 @@ fn create_topic_leads_with_the_first_replica() {
             replicas: vec![2, 3, 1],
             leader: 2,
             leader_epoch: 0,
-            isr: vec![2, 3, 1]
+            isr: vec![2, 3, 1],
+            adding_replicas: vec![],
+            removing_replicas: vec![]
         }
     );
     assert_eq!(topic.partitions[1].leader, 3);
@@ -188,7 +190,9 @@ fn create_topic_leaves_fenced_replicas_out_of_the_isr() {
             replicas: vec![1, 2, 3],
             leader: 2,
             leader_epoch: 0,
-            isr: vec![2, 3]
+            isr: vec![2, 3],
+            adding_replicas: vec![],
+            removing_replicas: vec![]
         }
     );
     applied(&mut state, fence(2));
@@ -215,7 +219,9 @@ fn fence_moves_leadership_to_the_next_in_sync_replica() {
             replicas: vec![1, 2, 3],
             leader: 2,
             leader_epoch: 1,
-            isr: vec![2, 3]
+            isr: vec![2, 3],
+            adding_replicas: vec![],
+            removing_replicas: vec![]
         }
     );
     // Not led by 1: only the ISR shrinks, the leader epoch stays.
@@ -225,7 +231,9 @@ fn fence_moves_leadership_to_the_next_in_sync_replica() {
             replicas: vec![2, 3, 1],
             leader: 2,
             leader_epoch: 0,
-            isr: vec![2, 3]
+            isr: vec![2, 3],
+            adding_replicas: vec![],
+            removing_replicas: vec![]
         }
     );
     assert_eq!(part(&state, "t", 2).isr, vec![3, 2]);
@@ -249,7 +257,9 @@ fn fence_of_the_last_in_sync_replica_takes_the_partition_offline() {
             replicas: vec![1, 2],
             leader: NO_LEADER,
             leader_epoch: 1,
-            isr: vec![1]
+            isr: vec![1],
+            adding_replicas: vec![],
+            removing_replicas: vec![]
         }
     );
     // 2 comes back, but it is not in the ISR: no unclean election.
@@ -263,7 +273,9 @@ fn fence_of_the_last_in_sync_replica_takes_the_partition_offline() {
             replicas: vec![1, 2],
             leader: 1,
             leader_epoch: 2,
-            isr: vec![1]
+            isr: vec![1],
+            adding_replicas: vec![],
+            removing_replicas: vec![]
         }
     );
 }
@@ -283,7 +295,9 @@ fn fence_with_only_fenced_replicas_left_in_the_isr() {
             replicas: vec![2, 1],
             leader: NO_LEADER,
             leader_epoch: 2,
-            isr: vec![1]
+            isr: vec![1],
+            adding_replicas: vec![],
+            removing_replicas: vec![]
         }
     );
 }
@@ -384,7 +398,9 @@ fn elect_preferred_leader_rules() {
             replicas: vec![1, 2, 3],
             leader: 1,
             leader_epoch: 2,
-            isr: vec![2, 3, 1]
+            isr: vec![2, 3, 1],
+            adding_replicas: vec![],
+            removing_replicas: vec![]
         }
     );
     let unknown = Command::ElectPreferredLeader {
