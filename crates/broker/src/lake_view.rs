@@ -369,7 +369,9 @@ impl LakeView {
     }
 
     /// Batches from the one holding `offset`: at most `max_bytes`, but at least one whole batch.
-    /// `Ok(None)` when the lake does not hold the offset.
+    /// An offset the lake left out (a marker's, an aborted record's) answers with the next batch
+    /// of its file, or with one whose header covers it (see [`strata_lake::reader`]), so that a
+    /// consumer always moves on. `Ok(None)` when the lake does not hold the offset.
     pub(crate) async fn read(
         self: &Arc<Self>,
         topic: &str,
@@ -477,6 +479,101 @@ mod tests {
         assert_eq!(
             view.offset_for_timestamp("t", 0, 5000, 0).await.unwrap(),
             None
+        );
+    }
+
+    /// A segment of `records` batches of 10 (transactional of producer 7 when `txn`) from
+    /// `base`, ended by producer 7's marker (`commit`).
+    fn segment_with_marker(base: i64, records: i64, txn: bool, commit: bool) -> Bytes {
+        let attributes = if txn {
+            strata_log::batch::ATTR_TRANSACTIONAL
+        } else {
+            0
+        };
+        let records: Vec<LakeRecord> = (base..base + records)
+            .map(|o| LakeRecord {
+                batch_attributes: attributes,
+                producer_id: 7,
+                producer_epoch: 0,
+                ..record(o, o - (o - base) % 10)
+            })
+            .collect();
+        let mut bytes = strata_lake::segment::encode(&records).to_vec();
+        let end = base + records.len() as i64;
+        let marker = strata_log::txn::Marker {
+            commit,
+            coordinator_epoch: 0,
+        };
+        let mut marker = strata_log::txn::marker_batch(7, 0, marker, 5000);
+        marker[..8].copy_from_slice(&end.to_be_bytes());
+        bytes.extend_from_slice(&marker);
+        Bytes::from(bytes)
+    }
+
+    /// Files with gaps where the lake left out markers and an aborted transaction: one ending
+    /// in a marker, one holding nothing (an aborted transaction), one after. A consumer fetching
+    /// at any offset gets the records at or after it and a last batch that moves it on, never
+    /// nothing, and reads the committed records from there to the lake's end.
+    #[tokio::test]
+    async fn reads_cross_the_gaps_of_markers_and_aborted_transactions() {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let lake = Lake::new(Arc::clone(&store));
+        let segments = [
+            (0, segment_with_marker(0, 30, false, true), vec![]),
+            (
+                31,
+                segment_with_marker(31, 12, true, false),
+                vec![strata_log::txn::AbortedTxn {
+                    producer_id: 7,
+                    first_offset: 31,
+                    last_offset: 43,
+                }],
+            ),
+            (44, segment_with_marker(44, 20, true, true), vec![]),
+        ];
+        let mut manifest = Manifest::default();
+        for (base, bytes, aborted) in segments {
+            manifest = lake
+                .offload_segment_at("t", 0, &manifest, bytes, &aborted, base, 0)
+                .await
+                .unwrap()
+                .manifest;
+        }
+        let spans: Vec<(i64, i64, u64)> = manifest
+            .files
+            .iter()
+            .map(|f| (f.base_offset, f.last_offset, f.rows))
+            .collect();
+        assert_eq!(spans, vec![(0, 30, 30), (31, 43, 0), (44, 64, 20)]);
+        let view = Arc::new(LakeView::new(lake, 1 << 20));
+        view.set_manifest("t", 0, &manifest);
+        let committed: Vec<i64> = (0..30).chain(44..64).collect();
+        for budget in [1, 1 << 20] {
+            for start in 0..=64 {
+                let (mut at, mut taken) = (start, Vec::new());
+                while at <= 64 {
+                    let bytes = view.read("t", 0, at, budget).await.unwrap().unwrap();
+                    let mut reader = strata_lake::segment::BatchReader::new(&bytes[..]);
+                    let mut next = at;
+                    while let Some(batch) = reader.next_batch().unwrap() {
+                        taken.extend(batch.decode(at).unwrap().iter().map(|r| r.offset));
+                        next = batch.header.next_offset();
+                    }
+                    assert!(next > at, "a fetch at {at} moves the consumer on");
+                    at = next;
+                }
+                assert_eq!(at, 65);
+                let expected: Vec<i64> =
+                    committed.iter().copied().filter(|&o| o >= start).collect();
+                assert_eq!(taken, expected, "from {start}, budget {budget}");
+            }
+        }
+        assert!(view.read("t", 0, 65, 1 << 20).await.unwrap().is_none());
+        assert_eq!(view.last_offset("t", 0), Some(64));
+        // Timestamp searches skip the empty file.
+        assert_eq!(
+            view.offset_for_timestamp("t", 0, 1031, 0).await.unwrap(),
+            Some((44, 1044))
         );
     }
 

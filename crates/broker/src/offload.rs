@@ -18,6 +18,11 @@
 //! loses what the lake holds. Followers read the manifests of the partitions they follow now and
 //! then, so that their local retention deletes what the lake holds, and only that.
 //!
+//! The lake holds committed records only: a segment goes once every transaction with records
+//! in it is decided (it lies below the last stable offset), and its control batches and the
+//! batches of its aborted transactions (which the partition's log knows) are left out of the
+//! file, whose manifest entry still covers the segment's offsets.
+//!
 //! DeleteRecords on a tiered partition moves the local log start at once and leaves the lake to
 //! this pipeline, the manifests' only writer: the leader commits the new log start to the
 //! manifest (the files entirely below it are deleted, a file holding it stays and is filtered on
@@ -350,8 +355,10 @@ async fn offload_partition(
     }
     for segment in segments {
         let file = segment.slice.open()?;
+        // The lake holds committed records only: the segment's aborted transactions stay out.
+        let aborted = partition.aborted_between(next, segment.next_offset)?;
         let uploaded = lake
-            .upload_segment(name, index, &manifest, file, next, epoch)
+            .upload_segment(name, index, &manifest, file, &aborted, next, epoch)
             .await?;
         if let Some(uploaded) = uploaded {
             if partition.leading_epoch() != Some(epoch) {

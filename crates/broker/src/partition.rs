@@ -709,6 +709,16 @@ impl Partition {
         self.with_log(|log| Ok(log.max_timestamp()))
     }
 
+    /// The aborted transactions whose records may lie in `[from, upto)` (see
+    /// [`strata_log::Log::aborted_between`]): what the offload leaves out of a segment.
+    pub fn aborted_between(
+        &self,
+        from: i64,
+        upto: i64,
+    ) -> Result<Vec<strata_log::txn::AbortedTxn>> {
+        self.with_log(|log| Ok(log.aborted_between(from, upto)))
+    }
+
     /// Sealed segments holding offsets at or after `offset`, for offloading.
     pub fn sealed_segments_from(&self, offset: i64) -> Result<Vec<SealedSegment>> {
         self.with_log(|log| Ok(log.sealed_segments_from(offset)))

@@ -42,6 +42,8 @@ use crate::error::{Error, Result};
 use crate::manifest::{CommitDecision, FileEntry, Manifest, VerifyReport, decide_commit};
 use crate::parquet_file::{self, FileSummary, FileWriter, RowGroupLimits};
 use crate::segment::{self, BatchReader, SegmentSource};
+use crate::txn::CommittedFilter;
+use strata_log::txn::AbortedTxn;
 
 /// Part size of multipart uploads (S3 wants at least 5 MiB but for the last part). A file that
 /// fits in one part goes up in a single PUT.
@@ -469,8 +471,9 @@ impl Lake {
         Ok(done.manifest)
     }
 
-    /// Offloads the records of a sealed segment from `from_offset` on as a single broker (leader
-    /// epoch 0): [`Lake::offload_segment_at`].
+    /// Offloads the records of a sealed segment holding no aborted transaction (its control
+    /// batches are still left out) from `from_offset` on as a single broker (leader epoch 0):
+    /// [`Lake::offload_segment_at`].
     pub async fn offload_segment(
         &self,
         topic: &str,
@@ -479,18 +482,21 @@ impl Lake {
         segment: impl SegmentSource + Send + 'static,
         from_offset: i64,
     ) -> Result<Offloaded> {
-        self.offload_segment_at(topic, partition, manifest, segment, from_offset, 0)
+        self.offload_segment_at(topic, partition, manifest, segment, &[], from_offset, 0)
             .await
     }
 
-    /// Offloads the records of a sealed segment from `from_offset` on as the partition leader at
-    /// `leader_epoch`: [`Lake::upload_segment`], then [`Lake::commit_file`].
+    /// Offloads the committed records of a sealed segment from `from_offset` on as the partition
+    /// leader at `leader_epoch`: [`Lake::upload_segment`] (which leaves out the batches of
+    /// `aborted` and control batches), then [`Lake::commit_file`].
+    #[allow(clippy::too_many_arguments)] // As upload_segment.
     pub async fn offload_segment_at(
         &self,
         topic: &str,
         partition: i32,
         manifest: &Manifest,
         segment: impl SegmentSource + Send + 'static,
+        aborted: &[AbortedTxn],
         from_offset: i64,
         leader_epoch: i32,
     ) -> Result<Offloaded> {
@@ -500,6 +506,7 @@ impl Lake {
                 partition,
                 manifest,
                 segment,
+                aborted,
                 from_offset,
                 leader_epoch,
             )
@@ -529,16 +536,26 @@ impl Lake {
     /// 1 MiB of decoded records waiting for it, and three upload parts (the one being filled,
     /// one queued, one being uploaded). With the defaults about 16 + 3 × 8 MiB.
     ///
+    /// Only committed records go to the file (see [`crate::txn`]): control batches are left out,
+    /// and so are the batches of `aborted`, the aborted transactions whose records may lie in
+    /// the segment (the partition's log knows them). The caller offloads only decided
+    /// transactions: segments below the last stable offset.
+    ///
     /// The file's name and manifest entry come from the segment's batch headers (read first,
-    /// which checks the framing of the whole segment before anything is uploaded) and from what
-    /// the conversion counted; a segment whose records disagree with its headers fails with
-    /// [`Error::CorruptSegment`].
+    /// which checks the framing of the whole segment before anything is uploaded): the entry
+    /// covers every offset of the segment from `from_offset` on, those of the records left out
+    /// too, so the manifest continues after the segment however few rows the file holds (none
+    /// when every batch was left out: the file is then an empty one with the lake's schema). Its
+    /// rows and timestamps are what the conversion counted; a record outside its batch's offsets
+    /// fails with [`Error::CorruptSegment`].
+    #[allow(clippy::too_many_arguments)] // The partition, its manifest, the segment and its txns.
     pub async fn upload_segment(
         &self,
         topic: &str,
         partition: i32,
         manifest: &Manifest,
         segment: impl SegmentSource + Send + 'static,
+        aborted: &[AbortedTxn],
         from_offset: i64,
         leader_epoch: i32,
     ) -> Result<Option<Uploaded>> {
@@ -563,17 +580,20 @@ impl Lake {
             )));
         }
         let path = file_path(topic, partition, first, last, leader_epoch);
+        let filter = CommittedFilter::new(aborted);
         let (summary, size_bytes, peak_buffered_bytes) = self
-            .convert_and_upload(&Path::from(path.as_str()), reader, from_offset)
+            .convert_and_upload(&Path::from(path.as_str()), reader, filter, from_offset)
             .await?;
-        if (summary.first_offset, summary.last_offset) != (first, last) {
-            // The file is uploaded but not committed: the next attempt overwrites it.
+        if summary.rows > 0 && (summary.first_offset < first || summary.last_offset > last) {
+            // Each record was checked against its batch, and each batch against the span: a
+            // broken invariant unless the segment changed between the two reads. The file is
+            // uploaded but not committed: the next attempt overwrites it.
             return Err(Error::CorruptSegment {
                 segment: segment_name,
                 offset: summary.first_offset,
                 position: 0,
                 reason: format!(
-                    "records hold offsets {}..={} where the batch headers say {first}..={last}",
+                    "records hold offsets {}..={} outside the batch headers' {first}..={last}",
                     summary.first_offset, summary.last_offset
                 ),
             });
@@ -626,13 +646,14 @@ impl Lake {
         &self,
         path: &Path,
         reader: BatchReader<S>,
+        filter: CommittedFilter,
         from_offset: i64,
     ) -> Result<(FileSummary, u64, usize)> {
         let (sink, parts) = PartSink::new(self.limits.part_bytes);
         let in_flight = Arc::clone(&sink.in_flight);
         let limits = self.limits.row_group;
         let conversion =
-            tokio::task::spawn_blocking(move || convert(reader, from_offset, sink, limits));
+            tokio::task::spawn_blocking(move || convert(reader, filter, from_offset, sink, limits));
         let (uploaded, converted) = tokio::join!(self.upload(path, parts, &in_flight), conversion);
         let converted =
             converted.map_err(|e| Error::Corrupt(format!("conversion task failed: {e}")))?;
@@ -940,10 +961,12 @@ impl Write for PartSink {
     }
 }
 
-/// Converts the records of `reader` from `from_offset` on into a lake file written into `sink`,
-/// batch by batch. Returns what the file holds and the most bytes held at once.
+/// Converts the committed records of `reader` (the batches `filter` keeps) from `from_offset` on
+/// into a lake file written into `sink`, batch by batch. Returns what the file holds and the most
+/// bytes held at once.
 fn convert<S: SegmentSource>(
     mut reader: BatchReader<S>,
+    mut filter: CommittedFilter,
     from_offset: i64,
     sink: PartSink,
     limits: RowGroupLimits,
@@ -951,6 +974,10 @@ fn convert<S: SegmentSource>(
     let mut writer = FileWriter::new(sink, limits)?;
     let mut peak = 0;
     while let Some(batch) = reader.next_batch()? {
+        // Decided from the header: a batch left out is never decompressed.
+        if !filter.keeps(&batch.header) {
+            continue;
+        }
         let records = batch.decode(from_offset)?;
         let decoded: usize = records.iter().map(record_bytes).sum();
         let held = reader.buffered_bytes() + decoded;
@@ -1043,7 +1070,7 @@ mod tests {
         for base in [0, 20, 40] {
             let (segment, _) = segment_of(base, 20);
             m = lake
-                .offload_segment_at("t", 0, &m, segment, base, 2)
+                .offload_segment_at("t", 0, &m, segment, &[], base, 2)
                 .await
                 .unwrap()
                 .manifest;
@@ -1081,7 +1108,7 @@ mod tests {
         // Offloading goes on after the start; a restarted broker continues after the lake.
         let (segment, _) = segment_of(60, 10);
         let m = lake
-            .offload_segment_at("t", 0, &moved, segment, 60, 2)
+            .offload_segment_at("t", 0, &moved, segment, &[], 60, 2)
             .await
             .unwrap()
             .manifest;
@@ -1268,6 +1295,235 @@ mod tests {
         assert_eq!(lake.objects("t", 0).await.unwrap(), Vec::new());
     }
 
+    /// What a segment of transactions holds, batch by batch.
+    enum Written {
+        /// A batch of `records` records of a producer (-1: none), transactional or not.
+        Data {
+            producer_id: i64,
+            records: i64,
+            transactional: bool,
+        },
+        /// A producer's marker.
+        Marker { producer_id: i64, commit: bool },
+    }
+
+    /// A segment of `written` from offset `base`: its bytes, the records a read_committed
+    /// consumer would get, and its aborted transactions (as the log records them).
+    fn txn_segment(base: i64, written: &[Written]) -> (Bytes, Vec<LakeRecord>, Vec<AbortedTxn>) {
+        use strata_log::batch::ATTR_TRANSACTIONAL;
+        let (mut bytes, mut committed, mut aborted) = (Vec::new(), Vec::new(), Vec::new());
+        let mut open: BTreeMap<i64, (i64, Vec<LakeRecord>)> = BTreeMap::new();
+        let mut offset = base;
+        for w in written {
+            match *w {
+                Written::Data {
+                    producer_id,
+                    records,
+                    transactional,
+                } => {
+                    let batch: Vec<LakeRecord> = (offset..offset + records)
+                        .map(|o| LakeRecord {
+                            offset: o,
+                            timestamp_ms: 5000 + o,
+                            key: Some(Bytes::from(format!("k{o}"))),
+                            value: Some(Bytes::from(format!("p{producer_id}-{o}"))),
+                            headers: vec![("h".into(), None)],
+                            batch_offset: offset,
+                            batch_attributes: if transactional { ATTR_TRANSACTIONAL } else { 0 },
+                            producer_id,
+                            producer_epoch: if producer_id < 0 { -1 } else { 2 },
+                            sequence: if producer_id < 0 { -1 } else { o as i32 },
+                            partition_leader_epoch: 1,
+                        })
+                        .collect();
+                    bytes.extend_from_slice(&segment::encode(&batch));
+                    if transactional {
+                        let (_, pending) = open.entry(producer_id).or_insert((offset, Vec::new()));
+                        pending.extend(batch);
+                    } else {
+                        committed.extend(batch);
+                    }
+                    offset += records;
+                }
+                Written::Marker {
+                    producer_id,
+                    commit,
+                } => {
+                    let marker = strata_log::txn::Marker {
+                        commit,
+                        coordinator_epoch: 0,
+                    };
+                    let mut batch = strata_log::txn::marker_batch(producer_id, 2, marker, 9000);
+                    batch[..8].copy_from_slice(&offset.to_be_bytes());
+                    bytes.extend_from_slice(&batch);
+                    let (first_offset, pending) = open.remove(&producer_id).unwrap();
+                    if commit {
+                        committed.extend(pending);
+                    } else {
+                        aborted.push(AbortedTxn {
+                            producer_id,
+                            first_offset,
+                            last_offset: offset,
+                        });
+                    }
+                    offset += 1;
+                }
+            }
+        }
+        assert!(open.is_empty(), "every transaction is decided");
+        committed.sort_by_key(|r| r.offset);
+        (Bytes::from(bytes), committed, aborted)
+    }
+
+    /// The lake holds committed records only, with their offsets: no control record, no record
+    /// of an aborted transaction, another producer's interleaved committed records kept. Each
+    /// file's entry still covers its whole segment (it ends with a marker), so the manifest
+    /// continues after it; a segment of nothing but aborted transactions becomes an empty file
+    /// that the manifest still counts; and every offset of it reads through the Kafka protocol.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_committed_records_reach_the_lake_and_files_cover_their_segments() {
+        use Written::{Data, Marker};
+        let dir = tempfile::tempdir().unwrap();
+        let lake = file_lake(dir.path()).with_limits(small_limits());
+        let txn = |producer_id, records| Data {
+            producer_id,
+            records,
+            transactional: true,
+        };
+        let plain = |records| Data {
+            producer_id: -1,
+            records,
+            transactional: false,
+        };
+        let end = |producer_id, commit| Marker {
+            producer_id,
+            commit,
+        };
+        // Producer 1 aborts around producer 2's commit; both interleave with plain records;
+        // producer 1 then commits; the segment ends with markers.
+        let (first, committed, aborted) = txn_segment(
+            0,
+            &[
+                txn(1, 3),
+                txn(2, 2),
+                plain(4),
+                txn(1, 2),
+                txn(2, 3),
+                end(1, false),
+                txn(1, 2),
+                end(2, true),
+                plain(1),
+                end(1, true),
+            ],
+        );
+        assert_eq!(aborted.len(), 1);
+        let m = lake
+            .offload_segment_at("t", 0, &Manifest::default(), first, &aborted, 0, 0)
+            .await
+            .unwrap()
+            .manifest;
+        let entry = m.files[0].clone();
+        assert_eq!((entry.base_offset, entry.last_offset), (0, 19));
+        assert_eq!(m.next_offset(), Some(20), "the markers count");
+        assert_eq!(entry.rows, committed.len() as u64);
+        assert_eq!(
+            (entry.min_timestamp_ms, entry.max_timestamp_ms),
+            (5003, 5018),
+            "the records' timestamps, not the markers'"
+        );
+        let rows = lake.read_file(&entry.path).await.unwrap();
+        assert_eq!(rows, committed);
+        let offsets: Vec<i64> = rows.iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, [3, 4, 5, 6, 7, 8, 11, 12, 13, 15, 16, 18]);
+        assert!(rows.iter().all(|r| r.batch_attributes & 0x20 == 0));
+
+        // Every batch aborted: an empty file with the schema, counted by the manifest.
+        let (second, none, aborted) = txn_segment(
+            20,
+            &[
+                txn(3, 4),
+                txn(4, 2),
+                end(4, false),
+                txn(3, 1),
+                end(3, false),
+            ],
+        );
+        assert!(none.is_empty());
+        let m = lake
+            .offload_segment_at("t", 0, &m, second, &aborted, 20, 0)
+            .await
+            .unwrap()
+            .manifest;
+        let empty = m.files[1].clone();
+        assert_eq!(
+            (empty.base_offset, empty.last_offset, empty.rows),
+            (20, 28, 0)
+        );
+        assert_eq!((empty.min_timestamp_ms, empty.max_timestamp_ms), (-1, -1));
+        assert!(lake.read_file(&empty.path).await.unwrap().is_empty());
+        assert!(lake.verify("t", 0).await.unwrap().is_clean());
+        // A committed transaction whose marker ends the file.
+        let (third, _, none) = txn_segment(29, &[txn(5, 2), end(5, true)]);
+        let m = lake
+            .offload_segment_at("t", 0, &m, third, &none, 29, 0)
+            .await
+            .unwrap()
+            .manifest;
+        assert_eq!((m.files[2].rows, m.next_offset()), (2, Some(32)));
+
+        // Read as a consumer would, through ranged reads: from every offset, exactly the
+        // committed records from there on, and out of the lake at its end.
+        let files = [entry, empty, m.files[2].clone()];
+        let all: Vec<i64> = offsets.iter().copied().chain([29, 30]).collect();
+        for start in 0..32 {
+            let (mut at, mut taken) = (start, Vec::new());
+            while at < 32 {
+                let entry = files.iter().find(|f| f.last_offset >= at).unwrap();
+                let file = Arc::new(lake.open_file(entry).await.unwrap());
+                let k = file.chunks_for(at).start;
+                let chunk = lake.read_chunk(&file, k).await.unwrap();
+                let bytes = chunk.slice_from(at, 1);
+                let mut reader = BatchReader::new(&bytes[..]);
+                let mut next = at;
+                while let Some(batch) = reader.next_batch().unwrap() {
+                    taken.extend(batch.decode(at).unwrap().iter().map(|r| r.offset));
+                    next = batch.header.next_offset();
+                }
+                assert!(next > at, "a fetch at {at} moves on");
+                at = next;
+            }
+            let expected: Vec<i64> = all.iter().copied().filter(|&o| o >= start).collect();
+            assert_eq!(taken, expected, "from {start}");
+        }
+    }
+
+    /// The conversion leaves out what it drops without decoding it, and checks what it keeps:
+    /// a record outside its batch's offsets fails the offload.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_record_outside_its_batch_fails_the_offload() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = file_lake(dir.path());
+        let (bytes, _) = segment_of(0, 10);
+        let mut bytes = bytes.to_vec();
+        // The second batch (offsets 5..=9) claims to end at offset 7; CRC made valid again.
+        let second = bytes.len() / 2;
+        let header = strata_log::batch::BatchHeader::parse(&bytes[second..]).unwrap();
+        assert_eq!(header.base_offset, 5);
+        bytes[second + 23..second + 27].copy_from_slice(&2i32.to_be_bytes());
+        let crc = crc32c::crc32c(&bytes[second + 21..]);
+        bytes[second + 17..second + 21].copy_from_slice(&crc.to_be_bytes());
+        let e = lake
+            .offload("t", 0, &Manifest::default(), Bytes::from(bytes), 0)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::CorruptSegment { offset: 5, reason, .. }
+                if reason.contains("outside its batch's offsets 5..=7")),
+            "{e}"
+        );
+        assert_eq!(lake.manifest("t", 0).await.unwrap(), Manifest::default());
+    }
+
     /// Records below `from_offset` are left out, the file named after what remains.
     #[tokio::test]
     async fn offload_from_an_offset_inside_the_segment() {
@@ -1371,7 +1627,7 @@ mod tests {
         let at_1 = lake.claim("t", 0, 1).await.unwrap();
         assert_eq!(at_1.leader_epoch, 1);
         let at_1 = lake
-            .offload_segment_at("t", 0, &at_1, first, 0, 1)
+            .offload_segment_at("t", 0, &at_1, first, &[], 0, 1)
             .await
             .unwrap()
             .manifest;
@@ -1379,7 +1635,7 @@ mod tests {
         // Leader 1 uploads the next segment twice over (say, a retry), then is deposed.
         let (second, _) = segment_of(10, 10);
         let left = lake
-            .upload_segment("t", 0, &at_1, second.clone(), 0, 1)
+            .upload_segment("t", 0, &at_1, second.clone(), &[], 0, 1)
             .await
             .unwrap()
             .unwrap();
@@ -1390,7 +1646,7 @@ mod tests {
             vec![left.entry.path.clone()]
         );
         let late = lake
-            .upload_segment("t", 0, &at_1, second.clone(), 0, 1)
+            .upload_segment("t", 0, &at_1, second.clone(), &[], 0, 1)
             .await
             .unwrap()
             .unwrap();
@@ -1425,7 +1681,7 @@ mod tests {
             Err(Error::FencedLeaderEpoch { .. })
         ));
         let at_2 = lake
-            .offload_segment_at("t", 0, &at_2, second, 0, 2)
+            .offload_segment_at("t", 0, &at_2, second, &[], 0, 2)
             .await
             .unwrap()
             .manifest;

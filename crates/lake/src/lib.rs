@@ -17,6 +17,8 @@
 //! - [`store`]: the object store a tier URL names (`file://`, with conditional updates under a
 //!   file lock, or `s3://`).
 //! - [`status`]: a partition's failing offload, as the broker last saw it.
+//! - [`txn`]: transactions in the lake: which batches hold committed records (control batches
+//!   and aborted transactions are left out, their offsets left as gaps).
 //! - [`error`]: the crate's one error type.
 //!
 //! ## Example
@@ -39,6 +41,7 @@ pub mod records;
 pub mod segment;
 pub mod status;
 pub mod store;
+pub mod txn;
 
 pub use crate::error::{Error, Result};
 pub use crate::lake::{Lake, ManifestVersion, TopicMetadata, Uploaded};

@@ -6,6 +6,15 @@
 //! A *chunk* is what one row group serves: every batch that starts in it, in offset order. The
 //! writer ends row groups at batch boundaries, so a chunk is usually exactly its row group; a batch
 //! that continues into the next row group (files written otherwise) is completed from it.
+//!
+//! A file covers the offsets of its manifest entry, which may be more than its rows hold: the
+//! offsets of control batches and aborted transactions, left out of the lake, are gaps (see
+//! [`crate::txn`]). A consumer fetching inside a gap is served the next batch after it in the
+//! file; past the file's last record, its last batch, whose header then covers the file's
+//! offsets to the end (as compaction leaves a batch whose last records it removed), so the
+//! consumer's next fetch starts after the file; in a file with no record at all, batches of no
+//! record covering it. Every offset of a file's range thus answers with the batches that
+//! move a consumer on, never with nothing.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -23,7 +32,7 @@ use parquet::file::statistics::Statistics;
 
 use crate::error::{Error, Result};
 use crate::manifest::FileEntry;
-use crate::records::{self, LakeRecord};
+use crate::records::{self, BATCH_SPAN_MAX, LakeRecord};
 
 /// Where a row group's records lie, from its column statistics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,9 +110,15 @@ impl OpenFile {
         let ordered = groups
             .windows(2)
             .all(|w| w[0].last_offset < w[1].first_offset);
-        let covers = groups.first().map(|g| g.first_offset) == Some(entry.base_offset)
-            && groups.last().map(|g| g.last_offset) == Some(entry.last_offset);
-        if !ordered || !covers {
+        // Rows may leave gaps (records left out of the lake), never fall outside the entry.
+        let within = entry.base_offset <= entry.last_offset
+            && groups
+                .first()
+                .is_none_or(|g| g.first_offset >= entry.base_offset)
+            && groups
+                .last()
+                .is_none_or(|g| g.last_offset <= entry.last_offset);
+        if !ordered || !within {
             return Err(Error::Corrupt(format!(
                 "lake file {} does not hold offsets {}..={} in order as its manifest says",
                 entry.path, entry.base_offset, entry.last_offset
@@ -136,10 +151,17 @@ impl OpenFile {
         self.continues(k) && self.groups[k].first_batch == self.groups[k].last_batch
     }
 
-    /// The chunks to look in, in order, for the batch holding `offset`: the one whose row group
-    /// holds it, preceded by the chunk where its batch may have begun.
+    /// The chunks to look in, in order, for the batch holding `offset` (or the first after it):
+    /// the one whose row group holds it, preceded by the chunk where its batch may have begun.
+    /// Past the last record but within the file's offsets, the last chunk (whose last batch
+    /// covers them); in a file without records, its one chunk of empty batches.
     pub fn chunks_for(&self, offset: i64) -> Range<usize> {
-        let Some(mut k) = self.groups.iter().position(|g| g.last_offset >= offset) else {
+        let in_file = (self.entry.base_offset..=self.entry.last_offset).contains(&offset);
+        if self.groups.is_empty() {
+            return if in_file { 0..1 } else { 0..0 };
+        }
+        let found = self.groups.iter().position(|g| g.last_offset >= offset);
+        let Some(mut k) = found.or_else(|| in_file.then_some(self.groups.len() - 1)) else {
             return self.groups.len()..self.groups.len();
         };
         let end = k + 1;
@@ -172,9 +194,17 @@ impl OpenFile {
         k..end
     }
 
-    /// The number of chunks (row groups).
+    /// The number of chunks (row groups): none in a file without records, whose one chunk
+    /// (of empty batches, see [`OpenFile::chunks_for`]) needs no read.
     pub fn chunk_count(&self) -> usize {
         self.groups.len()
+    }
+
+    /// Where chunk `k`'s last batch ends: at the file's last offset for the chunk holding the
+    /// file's last batch, at its last record otherwise (`None`).
+    fn chunk_end(&self, k: usize) -> Option<i64> {
+        let last_batch = self.groups.last().map(|g| g.last_batch);
+        (Some(self.groups[k].last_batch) == last_batch).then_some(self.entry.last_offset)
     }
 }
 
@@ -189,6 +219,14 @@ pub struct Chunk {
 impl Chunk {
     /// Encodes records (whole batches, in offset order) for serving.
     pub fn from_records(records: &[LakeRecord]) -> Self {
+        Self::covering(records, None)
+    }
+
+    /// [`Chunk::from_records`] whose last batch covers offsets up to `last_offset` (when given,
+    /// at or after the last record's): its header says so, so that a consumer reading it
+    /// continues after `last_offset`. Batches of no record cover what one batch's header
+    /// cannot, and all of it when there is no record.
+    pub fn covering(records: &[LakeRecord], last_offset: Option<i64>) -> Self {
         let payload: usize = records
             .iter()
             .map(|r| {
@@ -197,15 +235,46 @@ impl Chunk {
             .sum();
         let mut data = BytesMut::with_capacity(payload + 64 * records.len().min(1 << 16));
         let mut batches = Vec::new();
-        for batch in records.chunk_by(|a, b| a.batch_offset == b.batch_offset) {
-            records::encode_batch_into(batch, &mut data);
-            let last = batch.last().expect("chunks are not empty");
+        let mut groups = records
+            .chunk_by(|a, b| a.batch_offset == b.batch_offset)
+            .peekable();
+        let end = last_offset.unwrap_or(i64::MIN);
+        let mut covered = None;
+        while let Some(batch) = groups.next() {
+            let base = batch[0].batch_offset;
+            let last = batch.last().expect("chunks are not empty").offset;
+            // The last batch takes the rest of the range when its header can say it.
+            let last = if groups.peek().is_none() && end > last && end - base < BATCH_SPAN_MAX {
+                end
+            } else {
+                last
+            };
+            records::encode_batch_covering_into(batch, last, &mut data);
             let max_ts = batch.iter().map(|r| r.timestamp_ms).max().unwrap_or(-1);
-            batches.push((batch[0].batch_offset, last.offset, max_ts, data.len()));
+            batches.push((base, last, max_ts, data.len()));
+            covered = Some(last);
+        }
+        if let Some(covered) = covered
+            && end > covered
+        {
+            // More offsets than one header can cover: batches of no record take the rest.
+            records::encode_empty_batches_into(covered + 1, end, &mut data);
+            batches.push((covered + 1, end, -1, data.len()));
         }
         Self {
             data: data.freeze(),
             batches,
+        }
+    }
+
+    /// Batches of no record covering `base_offset..=last_offset`: what a file without records
+    /// serves.
+    pub fn empty(base_offset: i64, last_offset: i64) -> Self {
+        let mut data = BytesMut::new();
+        records::encode_empty_batches_into(base_offset, last_offset, &mut data);
+        Self {
+            batches: vec![(base_offset, last_offset, -1, data.len())],
+            data: data.freeze(),
         }
     }
 
@@ -361,6 +430,11 @@ pub async fn read_chunk(
     file: &Arc<OpenFile>,
     k: usize,
 ) -> Result<Chunk> {
+    if file.chunk_count() == 0 && k == 0 {
+        // A file without records: its offsets were all left out of the lake.
+        let entry = file.entry();
+        return Ok(Chunk::empty(entry.base_offset, entry.last_offset));
+    }
     if k >= file.chunk_count() || file.empty_chunk(k) {
         return Ok(Chunk::default());
     }
@@ -416,7 +490,7 @@ fn decode_chunk(file: &OpenFile, k: usize, groups: Range<usize>, source: Fetched
             entry.path
         )));
     }
-    Ok(Chunk::from_records(&records))
+    Ok(Chunk::covering(&records, file.chunk_end(k)))
 }
 
 #[cfg(test)]
@@ -446,12 +520,24 @@ mod tests {
         records: &[LakeRecord],
         rows_per_group: usize,
     ) -> (Arc<dyn ObjectStore>, Arc<OpenFile>) {
+        let span = (records[0].offset, records.last().unwrap().offset);
+        stored_as(records, rows_per_group, false, span).await
+    }
+
+    /// A file of `records` whose manifest entry covers offsets `span` (first, last); row groups
+    /// of `rows_per_group` rows, ended at batch boundaries when `align`.
+    async fn stored_as(
+        records: &[LakeRecord],
+        rows_per_group: usize,
+        align: bool,
+        (base_offset, last_offset): (i64, i64),
+    ) -> (Arc<dyn ObjectStore>, Arc<OpenFile>) {
         let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
-        let file = crate::parquet_file::write_with(records, rows_per_group, false).unwrap();
+        let file = crate::parquet_file::write_with(records, rows_per_group, align).unwrap();
         let entry = FileEntry {
             path: "t/f.parquet".into(),
-            base_offset: records[0].offset,
-            last_offset: records.last().unwrap().offset,
+            base_offset,
+            last_offset,
             min_timestamp_ms: 0,
             max_timestamp_ms: 0,
             rows: records.len() as u64,
@@ -480,6 +566,160 @@ mod tests {
             }
         }
         Vec::new()
+    }
+
+    /// What a consumer fetching at `offset` takes from the file (as librdkafka and the Java
+    /// client do): the records at or after `offset` of the batches served, and the offset it
+    /// fetches next (after the last batch's header's last offset).
+    async fn consume_once(
+        store: &Arc<dyn ObjectStore>,
+        file: &Arc<OpenFile>,
+        offset: i64,
+        max_bytes: usize,
+    ) -> (Vec<i64>, i64) {
+        for k in file.chunks_for(offset) {
+            let chunk = read_chunk(store, file, k).await.unwrap();
+            let bytes = chunk.slice_from(offset, max_bytes);
+            if bytes.is_empty() {
+                continue;
+            }
+            let mut reader = crate::segment::BatchReader::new(&bytes[..]);
+            let (mut taken, mut next) = (Vec::new(), offset);
+            while let Some(batch) = reader.next_batch().unwrap() {
+                batch.check().unwrap();
+                let records = batch.decode(offset).unwrap();
+                taken.extend(records.iter().map(|r| r.offset));
+                next = next.max(batch.header.next_offset());
+            }
+            return (taken, next);
+        }
+        (Vec::new(), offset)
+    }
+
+    /// Records of producer batches `(base offset, records)`, in order.
+    fn batches_at(batches: &[(i64, i64)]) -> Vec<LakeRecord> {
+        batches
+            .iter()
+            .flat_map(|&(base, count)| {
+                (base..base + count).map(move |offset| LakeRecord {
+                    offset,
+                    timestamp_ms: 1000 + offset,
+                    key: None,
+                    value: Some(Bytes::from(format!("v{offset}"))),
+                    headers: Vec::new(),
+                    batch_offset: base,
+                    batch_attributes: strata_log::batch::ATTR_TRANSACTIONAL,
+                    producer_id: 9,
+                    producer_epoch: 0,
+                    sequence: offset as i32,
+                    partition_leader_epoch: 4,
+                })
+            })
+            .collect()
+    }
+
+    /// A file whose records leave gaps (offsets of markers and aborted records, left out of the
+    /// lake) at its start, in its middle and at its end: a consumer starting at any offset of
+    /// the file's range reads exactly the records from there, never stays in place, and leaves
+    /// the file at its last offset + 1; with row groups aligned on batches or not, and budgets
+    /// of one batch or all.
+    #[tokio::test]
+    async fn a_consumer_starting_anywhere_crosses_the_gaps_and_leaves_at_the_files_end() {
+        // The entry covers 95..=130; records at 100..=104, 110..=112, 114..=116, 117..=118.
+        let all = batches_at(&[(100, 5), (110, 3), (114, 3), (117, 2)]);
+        let span = (95, 130);
+        for (rows, align) in [(5, true), (2, false), (4, false), (100, true)] {
+            let (store, file) = stored_as(&all, rows, align, span).await;
+            for max_bytes in [1, 1 << 20] {
+                for start in 95..=130 {
+                    let (mut at, mut taken, mut fetches) = (start, Vec::new(), 0);
+                    while at <= 130 {
+                        let (records, next) = consume_once(&store, &file, at, max_bytes).await;
+                        assert!(next > at, "a fetch at {at} moves the consumer on");
+                        taken.extend(records);
+                        at = next;
+                        fetches += 1;
+                        assert!(fetches <= 10, "from {start}: no end");
+                    }
+                    assert_eq!(at, 131, "from {start}: leaves after the file");
+                    let expected: Vec<i64> = all
+                        .iter()
+                        .map(|r| r.offset)
+                        .filter(|&o| o >= start)
+                        .collect();
+                    assert_eq!(taken, expected, "from {start} ({rows} rows, {max_bytes} B)");
+                }
+                // Past the range: nothing, as before.
+                assert_eq!(
+                    consume_once(&store, &file, 131, max_bytes).await,
+                    (vec![], 131)
+                );
+            }
+        }
+    }
+
+    /// The last batch's header covers the file's end; its records and CRC are intact.
+    #[tokio::test]
+    async fn the_last_batch_covers_the_end_of_the_file() {
+        let all = batches_at(&[(100, 5), (110, 3)]);
+        let (store, file) = stored_as(&all, 100, true, (100, 120)).await;
+        let chunk = read_chunk(&store, &file, 0).await.unwrap();
+        let bytes = chunk.slice_from(0, usize::MAX);
+        let mut reader = crate::segment::BatchReader::new(&bytes[..]);
+        let first = reader.next_batch().unwrap().unwrap().header;
+        assert_eq!((first.base_offset, first.last_offset()), (100, 104));
+        let last = reader.next_batch().unwrap().unwrap();
+        last.check().unwrap();
+        assert_eq!(
+            (last.header.base_offset, last.header.last_offset()),
+            (110, 120)
+        );
+        assert_eq!(last.header.record_count, 3);
+        assert_eq!(last.header.partition_leader_epoch, 4);
+        assert_eq!(last.decode(0).unwrap(), all[5..].to_vec());
+        assert!(reader.next_batch().unwrap().is_none());
+    }
+
+    /// A file without records (its segment held only aborted transactions and markers) serves
+    /// batches of no record covering it, without reading the file beyond its footer.
+    #[tokio::test]
+    async fn a_file_without_records_moves_a_consumer_past_it() {
+        let (store, file) = stored_as(&[], 100, true, (200, 210)).await;
+        assert_eq!(file.chunk_count(), 0);
+        for start in 200..=210 {
+            assert_eq!(file.chunks_for(start), 0..1);
+            assert_eq!(
+                consume_once(&store, &file, start, 1).await,
+                (vec![], 211),
+                "from {start}"
+            );
+        }
+        assert!(file.chunks_for(211).is_empty() && file.chunks_for(199).is_empty());
+        assert!(file.chunks_for_timestamp(0).is_empty());
+        let chunk = read_chunk(&store, &file, 0).await.unwrap();
+        assert_eq!(chunk.offset_for_timestamp(0, 0).unwrap(), None);
+        // A file whose records fall outside its entry is refused.
+        let all = batches_at(&[(100, 5)]);
+        let bytes = crate::parquet_file::write(&all).unwrap();
+        let entry = FileEntry {
+            path: "t/g.parquet".into(),
+            base_offset: 101,
+            last_offset: 110,
+            min_timestamp_ms: 0,
+            max_timestamp_ms: 0,
+            rows: 5,
+            size_bytes: bytes.len() as u64,
+            source_bytes: 0,
+        };
+        store
+            .put(&Path::from("t/g.parquet"), PutPayload::from(bytes))
+            .await
+            .unwrap();
+        let e = open(&store, &entry).await.unwrap_err();
+        assert!(
+            e.to_string().contains("does not hold offsets 101..=110"),
+            "{e}"
+        );
     }
 
     #[tokio::test]

@@ -112,8 +112,27 @@ pub fn encode_batch(records: &[LakeRecord]) -> BytesMut {
 
 /// [`encode_batch`] appending to `out`: each record is written once, in place.
 pub fn encode_batch_into(records: &[LakeRecord], out: &mut BytesMut) {
+    let last = records.last().expect("a batch has a record");
+    encode_batch_covering_into(records, last.offset, out);
+}
+
+/// The most offsets one batch spans: its `lastOffsetDelta` is an i32.
+pub const BATCH_SPAN_MAX: i64 = i32::MAX as i64 + 1;
+
+/// [`encode_batch_into`] for a batch that covers offsets up to `last_offset`, at or after its
+/// last record's: its `lastOffsetDelta` says so, as for a batch whose last records compaction
+/// removed, so that a consumer's next fetch starts after `last_offset` (librdkafka and the Java
+/// client continue at the batch's last offset + 1, KAFKA-5443). The lake serves a file's last
+/// batch so when the file's last offsets held no committed record.
+pub fn encode_batch_covering_into(records: &[LakeRecord], last_offset: i64, out: &mut BytesMut) {
     let first = records.first().expect("a batch has a record");
     let base_offset = first.batch_offset;
+    let last_offset_delta = last_offset - base_offset;
+    assert!(
+        records.last().is_some_and(|r| r.offset <= last_offset)
+            && (0..BATCH_SPAN_MAX).contains(&last_offset_delta),
+        "a batch covers its records, within {BATCH_SPAN_MAX} offsets"
+    );
     let log_append_time = first.batch_attributes & ATTR_LOG_APPEND_TIME != 0;
     let max_timestamp = records.iter().map(|r| r.timestamp_ms).max().unwrap_or(-1);
     let base_timestamp = if log_append_time {
@@ -148,7 +167,6 @@ pub fn encode_batch_into(records: &[LakeRecord], out: &mut BytesMut) {
             varlong_len(len as i64) + len
         })
         .sum();
-    let last = records.last().expect("a batch has a record");
     let start = out.len();
     out.reserve(HEADER_BYTES + body_len);
     out.put_i64(base_offset);
@@ -157,7 +175,7 @@ pub fn encode_batch_into(records: &[LakeRecord], out: &mut BytesMut) {
     out.put_i8(batch::MAGIC_V2);
     out.put_u32(0); // CRC, below
     out.put_i16(first.batch_attributes & !ATTR_COMPRESSION_MASK);
-    out.put_i32((last.offset - base_offset) as i32);
+    out.put_i32(last_offset_delta as i32);
     out.put_i64(base_timestamp);
     out.put_i64(max_timestamp);
     out.put_i64(first.producer_id);
@@ -180,6 +198,40 @@ pub fn encode_batch_into(records: &[LakeRecord], out: &mut BytesMut) {
     debug_assert_eq!(out.len() - start, HEADER_BYTES + body_len);
     let crc = crc32c::crc32c(&out[start + 21..]);
     out[start + 17..start + 21].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// Appends batches of no record covering offsets `base_offset..=last_offset` (one per
+/// [`BATCH_SPAN_MAX`] offsets): what Kafka's log cleaner leaves of a batch whose records it all
+/// removed. A consumer takes no record from them and continues after `last_offset`. The lake
+/// serves them for a file that holds no record (its segment held only aborted transactions and
+/// markers). No producer, no timestamp, no leader epoch (-1 each).
+pub fn encode_empty_batches_into(base_offset: i64, last_offset: i64, out: &mut BytesMut) {
+    assert!(
+        base_offset <= last_offset,
+        "an empty batch covers an offset"
+    );
+    let mut base = base_offset;
+    while base <= last_offset {
+        let last = last_offset.min(base + (BATCH_SPAN_MAX - 1));
+        let start = out.len();
+        out.reserve(HEADER_BYTES);
+        out.put_i64(base);
+        out.put_i32((HEADER_BYTES - batch::LOG_OVERHEAD) as i32);
+        out.put_i32(-1); // partition leader epoch
+        out.put_i8(batch::MAGIC_V2);
+        out.put_u32(0); // CRC, below
+        out.put_i16(0); // attributes
+        out.put_i32((last - base) as i32);
+        out.put_i64(-1); // base timestamp
+        out.put_i64(-1); // max timestamp
+        out.put_i64(-1); // producer id
+        out.put_i16(-1); // producer epoch
+        out.put_i32(-1); // base sequence
+        out.put_i32(0); // record count
+        let crc = crc32c::crc32c(&out[start + 21..]);
+        out[start + 17..start + 21].copy_from_slice(&crc.to_be_bytes());
+        base = last + 1;
+    }
 }
 
 /// Bytes of a zig-zag varint.
@@ -303,5 +355,49 @@ pub(crate) mod tests {
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = decode_batch(&bytes);
         }
+
+        /// A batch covering offsets past its last record says so in its header and decodes to
+        /// the same records.
+        #[test]
+        fn a_covering_batch_keeps_its_records(records in arb_records(), past in 0i64..1 << 20) {
+            let last = records.last().unwrap().offset + past;
+            let mut batch = BytesMut::new();
+            encode_batch_covering_into(&records, last, &mut batch);
+            let header = strata_log::batch::validate_batch(&batch).unwrap();
+            prop_assert_eq!(header.last_offset(), last);
+            prop_assert_eq!(header.record_count as usize, records.len());
+            prop_assert_eq!(decode_batch(&batch).unwrap(), records);
+        }
+    }
+
+    #[test]
+    fn empty_batches_cover_their_offsets_and_hold_no_record() {
+        let mut out = BytesMut::new();
+        encode_empty_batches_into(10, 10, &mut out);
+        encode_empty_batches_into(11, 11 + 2 * BATCH_SPAN_MAX, &mut out);
+        let segment = crate::segment::decode(&out).unwrap();
+        assert!(segment.is_empty());
+        let mut reader = crate::segment::BatchReader::new(&out[..]);
+        let mut spans = Vec::new();
+        while let Some(batch) = reader.next_batch().unwrap() {
+            batch.check().unwrap();
+            spans.push((batch.header.base_offset, batch.header.last_offset()));
+            assert_eq!(batch.header.record_count, 0);
+        }
+        let after = 11 + BATCH_SPAN_MAX;
+        assert_eq!(
+            spans,
+            vec![
+                (10, 10),
+                (11, after - 1),
+                (after, after + BATCH_SPAN_MAX - 1),
+                (after + BATCH_SPAN_MAX, 11 + 2 * BATCH_SPAN_MAX)
+            ]
+        );
+        // kafka-protocol's decoder (a client's view) reads them as batches of no record.
+        let mut bytes = bytes::Bytes::from(out.to_vec());
+        let decoded = kafka_protocol::records::RecordBatchDecoder::decode_all(&mut bytes).unwrap();
+        assert_eq!(decoded.len(), 4);
+        assert!(decoded.iter().all(|set| set.records.is_empty()));
     }
 }

@@ -290,8 +290,9 @@ impl Batch<'_> {
         Ok(())
     }
 
-    /// The batch's records from `from_offset` on. Whatever is wrong with it (CRC, codec, records)
-    /// is an [`Error::CorruptSegment`] naming the segment, the batch's offset and position.
+    /// The batch's records from `from_offset` on. Whatever is wrong with it (CRC, codec, records,
+    /// a record outside the header's offsets) is an [`Error::CorruptSegment`] naming the segment,
+    /// the batch's offset and position.
     pub fn decode(&self, from_offset: i64) -> Result<Vec<LakeRecord>> {
         let base_offset = self.header.base_offset;
         let mut records = records::decode_batch(self.bytes).map_err(|e| {
@@ -305,6 +306,19 @@ impl Batch<'_> {
                 .map_or(reason.clone(), str::to_string);
             corrupt(self.segment, base_offset, self.position, reason)
         })?;
+        // The manifest entry's offsets come from the headers: a record outside its batch's
+        // offsets would lie outside its file's.
+        let last_offset = self.header.last_offset();
+        if let Some(r) = records
+            .iter()
+            .find(|r| r.offset < base_offset || r.offset > last_offset)
+        {
+            let reason = format!(
+                "record at offset {} lies outside its batch's offsets {base_offset}..={last_offset}",
+                r.offset
+            );
+            return Err(corrupt(self.segment, base_offset, self.position, reason));
+        }
         records.retain(|r| r.offset >= from_offset);
         Ok(records)
     }
