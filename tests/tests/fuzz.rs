@@ -179,6 +179,19 @@ fn seeds() -> Vec<RequestKind> {
                 .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
                 .with_partition_indexes(vec![0]),
         ])),
+        RequestKind::ElectLeaders(ElectLeadersRequest::default().with_topic_partitions(None)),
+        // To this broker (node.id 0) alone: the only target a single broker accepts.
+        RequestKind::AlterPartitionReassignments(
+            AlterPartitionReassignmentsRequest::default().with_topics(vec![
+                alter_partition_reassignments_request::ReassignableTopic::default()
+                    .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
+                    .with_partitions(vec![
+                        alter_partition_reassignments_request::ReassignablePartition::default()
+                            .with_replicas(Some(vec![BrokerId(0)])),
+                    ]),
+            ]),
+        ),
+        RequestKind::ListPartitionReassignments(ListPartitionReassignmentsRequest::default()),
     ]
 }
 
@@ -218,6 +231,9 @@ fn api_key(request: &RequestKind) -> ApiKey {
         RequestKind::ListTransactions(_) => ApiKey::ListTransactions,
         RequestKind::TxnOffsetCommit(_) => ApiKey::TxnOffsetCommit,
         RequestKind::DescribeProducers(_) => ApiKey::DescribeProducers,
+        RequestKind::ElectLeaders(_) => ApiKey::ElectLeaders,
+        RequestKind::AlterPartitionReassignments(_) => ApiKey::AlterPartitionReassignments,
+        RequestKind::ListPartitionReassignments(_) => ApiKey::ListPartitionReassignments,
         other => panic!("no seed for {other:?}"),
     }
 }

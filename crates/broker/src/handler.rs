@@ -7,6 +7,7 @@
 mod add_offsets_to_txn;
 mod add_partitions_to_txn;
 mod alter_configs;
+mod alter_partition_reassignments;
 mod api_versions;
 mod create_partitions;
 mod create_topics;
@@ -19,6 +20,7 @@ mod describe_groups;
 mod describe_log_dirs;
 mod describe_producers;
 mod describe_transactions;
+mod elect_leaders;
 mod end_txn;
 pub(crate) mod fetch;
 mod find_coordinator;
@@ -29,6 +31,7 @@ mod join_group;
 mod leave_group;
 mod list_groups;
 mod list_offsets;
+mod list_partition_reassignments;
 mod list_transactions;
 mod metadata;
 mod offset_commit;
@@ -412,6 +415,32 @@ fn route(
             ));
         }
         RequestKind::DescribeLogDirs(r) => describe_log_dirs::handle(ctx, version, r).into(),
+        // Committed through the controller: they run apart.
+        RequestKind::ElectLeaders(r) => {
+            let ctx = Arc::clone(ctx);
+            return Ok(later(
+                ApiKey::ElectLeaders,
+                version,
+                correlation_id,
+                async move { elect_leaders::handle(&ctx, r).await.into() },
+            ));
+        }
+        RequestKind::AlterPartitionReassignments(r) => {
+            let ctx = Arc::clone(ctx);
+            return Ok(later(
+                ApiKey::AlterPartitionReassignments,
+                version,
+                correlation_id,
+                async move {
+                    alter_partition_reassignments::handle(&ctx, version, r)
+                        .await
+                        .into()
+                },
+            ));
+        }
+        RequestKind::ListPartitionReassignments(r) => {
+            list_partition_reassignments::handle(ctx, r).into()
+        }
         other => return Err(format!("no handler for {other:?}")),
     };
     let api_key = ApiKey::try_from(prefix.api_key).expect("checked in dispatch");
@@ -602,6 +631,13 @@ pub(crate) mod tests {
             ApiKey::DescribeTransactions => DescribeTransactionsRequest::default().into(),
             ApiKey::ListTransactions => ListTransactionsRequest::default().into(),
             ApiKey::DescribeProducers => DescribeProducersRequest::default().into(),
+            ApiKey::ElectLeaders => ElectLeadersRequest::default().into(),
+            ApiKey::AlterPartitionReassignments => {
+                AlterPartitionReassignmentsRequest::default().into()
+            }
+            ApiKey::ListPartitionReassignments => {
+                ListPartitionReassignmentsRequest::default().into()
+            }
             other => panic!("add a default request for {other:?}"),
         }
     }

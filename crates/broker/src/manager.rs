@@ -284,6 +284,8 @@ impl PartitionManager {
             metadata.cluster_id = state.cluster_id.clone();
         }
         let mut updated = HashMap::new();
+        // Replicas hosted here that a reassignment moved to other brokers, with their last role.
+        let mut moved_away = Vec::new();
         for (name, wanted) in &state.topics {
             let current = self.topic(name).filter(|t| t.topic_id == wanted.topic_id);
             let config = self.config.topic_config(&wanted.configs);
@@ -293,15 +295,18 @@ impl PartitionManager {
             let mut partitions = Vec::new();
             for (index, p) in wanted.partitions.iter().enumerate() {
                 let index = index as i32;
-                if !p.replicas.contains(&me) {
-                    continue;
-                }
                 let assignment = crate::partition::Assignment {
                     leader: p.leader,
                     leader_epoch: p.leader_epoch,
                     replicas: p.replicas.clone(),
                     isr: p.isr.clone(),
                 };
+                if !p.replicas.contains(&me) {
+                    if let Some(gone) = current.as_ref().and_then(|t| t.partition(index)) {
+                        moved_away.push((gone, assignment));
+                    }
+                    continue;
+                }
                 if let Some(existing) = current.as_ref().and_then(|t| t.partition(index)) {
                     if configs_changed && let Err(e) = existing.set_config(config.log_config()) {
                         tracing::warn!(topic = name, partition = index, error = %e, "applying topic configs");
@@ -371,10 +376,39 @@ impl PartitionManager {
             }
             tracing::info!(topic = %topic.name, "deleted topic");
         }
-        if !changed.is_empty() || removed_any {
+        let moved_any = !moved_away.is_empty();
+        for (partition, assignment) in moved_away {
+            self.remove_moved_replica(&partition, assignment, now_ms);
+        }
+        if !changed.is_empty() || removed_any || moved_any {
             self.roles.send_modify(|n| *n += 1);
         }
         changed
+    }
+
+    /// Closes and deletes the local copy of a replica a reassignment moved to other brokers
+    /// (KIP-455). It takes its last role first, so that requests waiting on it as leader (an
+    /// `acks=all` produce) answer NOT_LEADER_OR_FOLLOWER and clients go to the new leader.
+    fn remove_moved_replica(
+        &self,
+        partition: &Partition,
+        assignment: crate::partition::Assignment,
+        now_ms: i64,
+    ) {
+        let (topic, index) = (partition.topic(), partition.index());
+        partition.set_assignment(assignment, now_ms);
+        if let Err(e) = partition.close(now_ms) {
+            tracing::warn!(topic, partition = index, error = %e, "closing a replica moved away");
+        }
+        let dir = partition_dir(&self.config, topic, index);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "removing a moved replica's folder");
+        }
+        tracing::info!(
+            topic,
+            partition = index,
+            "replica reassigned to other brokers: local copy removed"
+        );
     }
 
     /// The replica of a partition that this broker leads: NOT_LEADER_OR_FOLLOWER when another
@@ -405,6 +439,31 @@ impl PartitionManager {
         .map_err(|e| Error::Cluster(e.to_string()))?;
         let state = node.state().borrow().clone();
         self.apply_cluster_state(&state, crate::clock::now_ms());
+        match response {
+            strata_cluster::Response::Rejected { kind, message } => Err(rejected(kind, message)),
+            other => Ok(other),
+        }
+    }
+
+    /// As the private `submit`, without blocking a worker thread: for admin requests that run
+    /// apart (ElectLeaders, AlterPartitionReassignments). A refused command is an error carrying
+    /// its Kafka code.
+    pub async fn commit(
+        &self,
+        command: strata_cluster::Command,
+        timeout: std::time::Duration,
+    ) -> Result<strata_cluster::Response> {
+        let Some(node) = self.cluster() else {
+            return Err(Error::Cluster("not part of a cluster".to_string()));
+        };
+        let response = node
+            .submit(command, timeout)
+            .await
+            .map_err(|e| Error::Cluster(e.to_string()))?;
+        let state = node.state().borrow().clone();
+        crate::handler::off_the_workers(|| {
+            self.apply_cluster_state(&state, crate::clock::now_ms())
+        });
         match response {
             strata_cluster::Response::Rejected { kind, message } => Err(rejected(kind, message)),
             other => Ok(other),
@@ -952,10 +1011,22 @@ fn rejected(kind: strata_cluster::RejectKind, message: String) -> Error {
         K::TopicAlreadyExists => Error::TopicExists(message),
         K::UnknownTopic => Error::UnknownTopic(message),
         K::FencedLeaderEpoch => Error::FencedLeaderEpoch(message),
-        _ => Error::InvalidRequest {
-            code: kafka_protocol::ResponseError::InvalidRequest,
-            message,
-        },
+        kind => {
+            use kafka_protocol::ResponseError as E;
+            let code = match kind {
+                K::InvalidTopic => E::InvalidTopicException,
+                K::InvalidReplicaAssignment => E::InvalidReplicaAssignment,
+                K::InvalidPartitions => E::InvalidPartitions,
+                K::UnknownBroker => E::BrokerIdNotRegistered,
+                K::ElectionNotNeeded => E::ElectionNotNeeded,
+                K::PreferredLeaderNotAvailable => E::PreferredLeaderNotAvailable,
+                K::NoReassignmentInProgress => E::NoReassignmentInProgress,
+                K::EligibleLeadersNotAvailable => E::EligibleLeadersNotAvailable,
+                K::InvalidReplicationFactor => E::InvalidReplicationFactor,
+                _ => E::InvalidRequest,
+            };
+            Error::InvalidRequest { code, message }
+        }
     }
 }
 

@@ -60,6 +60,19 @@ struct FollowerState {
     log_start_offset: i64,
 }
 
+impl FollowerState {
+    /// A follower not heard from since this leadership began (or since it was added).
+    fn unknown(now_ms: i64) -> Self {
+        Self {
+            log_end_offset: -1,
+            last_caught_up_ms: now_ms,
+            last_fetch_ms: now_ms,
+            leader_end_at_last_fetch: -1,
+            log_start_offset: -1,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Role {
     assignment: Assignment,
@@ -210,18 +223,7 @@ impl Partition {
                 .replicas
                 .iter()
                 .filter(|&&r| r != self.node_id)
-                .map(|&r| {
-                    (
-                        r,
-                        FollowerState {
-                            log_end_offset: -1,
-                            last_caught_up_ms: now_ms,
-                            last_fetch_ms: now_ms,
-                            leader_end_at_last_fetch: -1,
-                            log_start_offset: -1,
-                        },
-                    )
-                })
+                .map(|&r| (r, FollowerState::unknown(now_ms)))
                 .collect();
             role.pending_isr = None;
             role.leader_start_offset = self.log_end_offset();
@@ -229,6 +231,18 @@ impl Partition {
                 .store(assignment.leader_epoch, Ordering::Release);
             if assignment.leader != self.node_id {
                 self.needs_truncation.store(true, Ordering::Release);
+            }
+        } else if role.assignment.replicas != assignment.replicas {
+            // A reassignment added or removed replicas under the same leader and epoch (KIP-455):
+            // the new ones are followed from now on, the removed ones forgotten.
+            role.followers
+                .retain(|r, _| assignment.replicas.contains(r));
+            for &r in &assignment.replicas {
+                if r != self.node_id {
+                    role.followers
+                        .entry(r)
+                        .or_insert_with(|| FollowerState::unknown(now_ms));
+                }
             }
         }
         if role.pending_isr.as_ref() == Some(&assignment.isr) {
@@ -765,3 +779,6 @@ impl Partition {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
