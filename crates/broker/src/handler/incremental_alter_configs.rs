@@ -40,6 +40,17 @@ pub(super) fn handle(
                     }),
                     None => Err(Error::UnknownTopic(resource.resource_name.to_string())),
                 },
+                // No broker setting is ever set dynamically, so deleting dynamic ones deletes
+                // nothing: success, as Kafka answers for an unset one. `kafka-reassign-partitions.sh`
+                // clears its replication throttles this way after every reassignment.
+                RESOURCE_BROKER
+                    if resource
+                        .configs
+                        .iter()
+                        .all(|op| op.config_operation == OP_DELETE) =>
+                {
+                    Ok(())
+                }
                 RESOURCE_BROKER => Err(static_broker_settings()),
                 other => Err(Error::InvalidRequest {
                     code: ResponseError::InvalidRequest,
@@ -106,5 +117,47 @@ fn invalid(message: String) -> Error {
     Error::InvalidRequest {
         code: ResponseError::InvalidRequest,
         message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kafka_protocol::messages::incremental_alter_configs_request::AlterConfigsResource;
+
+    use super::*;
+    use crate::handler::str_bytes;
+
+    fn broker_ops(ops: &[(&str, i8)]) -> IncrementalAlterConfigsRequest {
+        let configs = ops
+            .iter()
+            .map(|(name, op)| {
+                AlterableConfig::default()
+                    .with_name(str_bytes(*name))
+                    .with_config_operation(*op)
+                    .with_value(None)
+            })
+            .collect();
+        IncrementalAlterConfigsRequest::default().with_resources(vec![
+            AlterConfigsResource::default()
+                .with_resource_type(RESOURCE_BROKER)
+                .with_resource_name(str_bytes("0"))
+                .with_configs(configs),
+        ])
+    }
+
+    #[test]
+    fn deleting_dynamic_broker_settings_deletes_nothing_and_setting_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::handler::tests::context(dir.path());
+        let throttles = broker_ops(&[
+            ("leader.replication.throttled.rate", OP_DELETE),
+            ("follower.replication.throttled.rate", OP_DELETE),
+        ]);
+        assert_eq!(handle(&ctx, throttles).responses[0].error_code, 0);
+        let set = broker_ops(&[("leader.replication.throttled.rate", OP_SET)]);
+        assert_eq!(
+            handle(&ctx, set).responses[0].error_code,
+            ResponseError::InvalidRequest.code()
+        );
     }
 }
