@@ -1,6 +1,7 @@
-//! `strata cluster status`: the brokers, the active controller, the cluster id, and the partitions
-//! that are under-replicated or offline, over the Kafka protocol (Metadata v12 for every topic,
-//! DescribeCluster v0 for the controller), as one broker of the cluster sees them.
+//! `strata cluster status`: the brokers, the active controller, the cluster id, the partitions
+//! that are under-replicated or offline and the reassignments in progress, over the Kafka protocol
+//! (Metadata v12 for every topic, DescribeCluster v0 for the controller,
+//! ListPartitionReassignments v0), as one broker of the cluster sees them.
 //!
 //! [`ClusterStatus::from_responses`] and [`ClusterStatus::render`] are pure: the network stays in
 //! [`status`].
@@ -10,7 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::{Result, bail};
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::{
-    BrokerId, DescribeClusterRequest, DescribeClusterResponse, MetadataRequest, MetadataResponse,
+    BrokerId, DescribeClusterRequest, DescribeClusterResponse, ListPartitionReassignmentsRequest,
+    ListPartitionReassignmentsResponse, MetadataRequest, MetadataResponse,
 };
 use serde::Serialize;
 
@@ -21,6 +23,8 @@ use crate::groups::{or_dash, table};
 const METADATA_VERSION: i16 = 12;
 /// DescribeCluster v0: cluster id, controller and brokers (v1 only adds the endpoint type).
 const DESCRIBE_CLUSTER_VERSION: i16 = 0;
+/// ListPartitionReassignments v0, the only version.
+const LIST_REASSIGNMENTS_VERSION: i16 = 0;
 
 /// What `strata cluster status` reports (and prints as JSON with `--json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -46,6 +50,23 @@ pub struct ClusterStatus {
     pub offline: Vec<PartitionRow>,
     /// Topics the broker could not describe (their partitions are counted nowhere).
     pub unreadable_topics: Vec<TopicError>,
+    /// Partition reassignments in progress (KIP-455), by topic and partition.
+    pub reassigning: Vec<ReassignmentRow>,
+}
+
+/// One partition reassignment in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReassignmentRow {
+    /// Topic.
+    pub topic: String,
+    /// Partition index.
+    pub partition: i32,
+    /// Every replica meanwhile: the target, then the replicas being removed.
+    pub replicas: Vec<i32>,
+    /// Replicas catching up, to be added.
+    pub adding_replicas: Vec<i32>,
+    /// Replicas removed once every adding one is in sync.
+    pub removing_replicas: Vec<i32>,
 }
 
 /// One live broker.
@@ -173,7 +194,29 @@ impl ClusterStatus {
             under_replicated,
             offline,
             unreadable_topics,
+            reassigning: Vec::new(),
         }
+    }
+
+    /// Adds the reassignments in progress a ListPartitionReassignments response lists.
+    pub fn with_reassignments(mut self, response: &ListPartitionReassignmentsResponse) -> Self {
+        let ids = |ids: &[BrokerId]| ids.iter().map(|b| b.0).collect::<Vec<i32>>();
+        self.reassigning = response
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions.iter().map(|p| ReassignmentRow {
+                    topic: t.name.to_string(),
+                    partition: p.partition_index,
+                    replicas: ids(&p.replicas),
+                    adding_replicas: ids(&p.adding_replicas),
+                    removing_replicas: ids(&p.removing_replicas),
+                })
+            })
+            .collect();
+        self.reassigning
+            .sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        self
     }
 
     /// The text `strata cluster status` prints: the cluster, a table of brokers (the missing ones
@@ -221,6 +264,9 @@ impl ClusterStatus {
             self.under_replicated.len(),
             self.offline.len()
         ));
+        if !self.reassigning.is_empty() {
+            out.push_str(&format!(", {} reassigning", self.reassigning.len()));
+        }
         for (title, partitions) in [
             ("UNDER-REPLICATED", &self.under_replicated),
             ("OFFLINE", &self.offline),
@@ -228,6 +274,12 @@ impl ClusterStatus {
             if !partitions.is_empty() {
                 out.push_str(&format!("\n\n{title}\n{}", partition_table(partitions)));
             }
+        }
+        if !self.reassigning.is_empty() {
+            out.push_str(&format!(
+                "\n\nREASSIGNING\n{}",
+                reassignment_table(&self.reassigning)
+            ));
         }
         if !self.unreadable_topics.is_empty() {
             out.push('\n');
@@ -243,14 +295,6 @@ impl ClusterStatus {
 }
 
 fn partition_table(partitions: &[PartitionRow]) -> String {
-    let list = |ids: &[i32]| {
-        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
-        if ids.is_empty() {
-            "-".to_string()
-        } else {
-            ids.join(",")
-        }
-    };
     let rows: Vec<Vec<String>> = partitions
         .iter()
         .map(|p| {
@@ -277,6 +321,36 @@ fn partition_table(partitions: &[PartitionRow]) -> String {
         ],
         &rows,
     )
+}
+
+fn reassignment_table(rows: &[ReassignmentRow]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.topic.clone(),
+                r.partition.to_string(),
+                list(&r.replicas),
+                list(&r.adding_replicas),
+                list(&r.removing_replicas),
+            ]
+        })
+        .collect();
+    table(
+        &["TOPIC", "PARTITION", "REPLICAS", "ADDING", "REMOVING"],
+        &rows,
+    )
+}
+
+/// Broker ids separated by commas, `-` for none.
+fn list(ids: &[i32]) -> String {
+    if ids.is_empty() {
+        return "-".to_string();
+    }
+    ids.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Asks the first broker of `bootstrap` (`HOST:PORT`, or several separated by commas, tried in
@@ -326,7 +400,18 @@ fn ask(address: &str) -> Result<ClusterStatus> {
             cluster.error_code
         );
     }
-    Ok(ClusterStatus::from_responses(address, &metadata, &cluster))
+    let status = ClusterStatus::from_responses(address, &metadata, &cluster);
+    let reassignments = client.call(
+        &ListPartitionReassignmentsRequest::default(),
+        LIST_REASSIGNMENTS_VERSION,
+    )?;
+    if let Some(error) = ResponseError::try_from_code(reassignments.error_code) {
+        bail!(
+            "listing reassignments: {error} (Kafka error {})",
+            reassignments.error_code
+        );
+    }
+    Ok(status.with_reassignments(&reassignments))
 }
 
 #[cfg(test)]
@@ -463,6 +548,53 @@ mod tests {
         assert_eq!(
             json["under_replicated"][1]["isr"],
             serde_json::json!([2, 1])
+        );
+    }
+
+    #[test]
+    fn reassignments_in_progress_are_listed() {
+        use kafka_protocol::messages::list_partition_reassignments_response::{
+            OngoingPartitionReassignment, OngoingTopicReassignment,
+        };
+        let metadata = MetadataResponse::default()
+            .with_brokers(vec![broker(1, None), broker(2, None), broker(3, None)])
+            .with_topics(vec![topic(
+                "orders",
+                vec![
+                    partition(0, 1, &[1, 2], &[1, 2]),
+                    partition(1, 1, &[2, 3, 1], &[1, 2]),
+                ],
+            )]);
+        let status = ClusterStatus::from_responses("h:1", &metadata, &cluster(1));
+        assert!(!status.render().contains("reassigning"));
+        let ids = |ids: &[i32]| ids.iter().map(|&i| BrokerId(i)).collect::<Vec<_>>();
+        let listed = ListPartitionReassignmentsResponse::default().with_topics(vec![
+            OngoingTopicReassignment::default()
+                .with_name(TopicName(StrBytes::from_static_str("orders")))
+                .with_partitions(vec![
+                    OngoingPartitionReassignment::default()
+                        .with_partition_index(1)
+                        .with_replicas(ids(&[2, 3, 1]))
+                        .with_adding_replicas(ids(&[3]))
+                        .with_removing_replicas(ids(&[1])),
+                ]),
+        ]);
+        let status = status.with_reassignments(&listed);
+        assert!(status.every_partition_led());
+        let text = status.render();
+        assert!(
+            text.contains("1 under-replicated, 0 offline, 1 reassigning"),
+            "{text}"
+        );
+        assert!(text.contains("REASSIGNING\nTOPIC"), "{text}");
+        assert!(
+            text.contains("orders  1          2,3,1     3       1"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(
+            json["reassigning"][0]["adding_replicas"],
+            serde_json::json!([3])
         );
     }
 
