@@ -5,6 +5,10 @@
 #   - backlog: RECORDS records of 1 KiB produced (acks=1), then read back whole by one consumer
 #     per client in CLIENTS, the broker's CPU-seconds (utime + stime from /proc/PID/stat) counted
 #     around each read;
+#   - small: the same records read again per client in SMALL_CLIENTS with fetches of at most
+#     SMALL_FETCH_BYTES (fetch.max.bytes and max.partition.fetch.bytes), as a consumer keeping up
+#     with a live stream gets them: each fetch carries little, so what a fetch costs per partition
+#     it names and answers shows;
 #   - tail: for each client, a producer paced at RATE_MB MB/s with that consumer keeping up
 #     (`loadgen e2e`, TAIL_RECORDS records), the broker's CPU counted around it, less the CPU of
 #     the same paced produce alone (counted first, on its own topic): what the consumer cost.
@@ -25,7 +29,9 @@ TAIL_RECORDS=${TAIL_RECORDS:-200000}
 RATE_MB=${RATE_MB:-20}
 COUNTS=${COUNTS:-6 1000}
 CLIENTS=${CLIENTS:-librdkafka full session}
-RUNS=${RUNS:-backlog tail}
+RUNS=${RUNS:-backlog small}
+SMALL_CLIENTS=${SMALL_CLIENTS:-full session}
+SMALL_FETCH_BYTES=${SMALL_FETCH_BYTES:-65536}
 ROUNDS=${ROUNDS:-2}
 PORT=${PORT:-19196}
 TARGET=${CARGO_TARGET_DIR:-target}
@@ -80,6 +86,16 @@ for round in $(seq 1 "$ROUNDS"); do
         for client in $CLIENTS; do
           measure "$name backlog $client p$partitions round $round" "$gb" consume \
             "${common[@]}" --topic backlog --count "$RECORDS" --client "$client"
+        done
+        ;;
+      esac
+      case " $RUNS " in *" small "*)
+        gb=$(python3 -c "print($RECORDS * 1024 / 1e9)")
+        for client in $SMALL_CLIENTS; do
+          measure "$name small $client p$partitions round $round" "$gb" consume \
+            "${common[@]}" --topic backlog --count "$RECORDS" --client "$client" \
+            --fetch-max-bytes "$SMALL_FETCH_BYTES" --partition-fetch-bytes "$SMALL_FETCH_BYTES" \
+            -X "message.max.bytes=$SMALL_FETCH_BYTES"
         done
         ;;
       esac
