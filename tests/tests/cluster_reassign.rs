@@ -121,9 +121,12 @@ fn reassign(addr: SocketAddr, topic: &str, partition: i32, target: Option<&[i32]
     p.error_code
 }
 
+/// `(topic, partition, replicas, adding, removing)` of a listed reassignment.
+type Listed = (String, i32, Vec<i32>, Vec<i32>, Vec<i32>);
+
 /// The reassignments ListPartitionReassignments lists: `(topic, partition, replicas, adding,
 /// removing)`.
-fn reassignments(addr: SocketAddr) -> Vec<(String, i32, Vec<i32>, Vec<i32>, Vec<i32>)> {
+fn reassignments(addr: SocketAddr) -> Vec<Listed> {
     let response = call(addr, &ListPartitionReassignmentsRequest::default(), 0).expect("an answer");
     assert_eq!(response.error_code, 0);
     let ids = |ids: &[BrokerId]| ids.iter().map(|b| b.0).collect::<Vec<_>>();

@@ -115,10 +115,11 @@ mod tests {
         state
     }
 
+    /// `(topic, partition, replicas, adding, removing)` of a listed reassignment.
+    type Listed = (String, i32, Vec<i32>, Vec<i32>, Vec<i32>);
+
     /// `(topic, partition, replicas, adding, removing)` of each listed reassignment.
-    fn listed(
-        topics: Option<Vec<ListPartitionReassignmentsTopics>>,
-    ) -> Vec<(String, i32, Vec<i32>, Vec<i32>, Vec<i32>)> {
+    fn listed(topics: Option<Vec<ListPartitionReassignmentsTopics>>) -> Vec<Listed> {
         let request = ListPartitionReassignmentsRequest::default().with_topics(topics);
         let ids = |ids: &[BrokerId]| ids.iter().map(|b| b.0).collect::<Vec<_>>();
         ongoing(&state(), &request)
