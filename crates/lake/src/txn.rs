@@ -62,10 +62,9 @@ impl CommittedFilter {
             let begun = self.pending.pop().expect("checked");
             self.active.insert(begun.producer_id, begun.last_offset);
         }
-        !self
-            .active
+        self.active
             .get(&header.producer_id)
-            .is_some_and(|&marker| base <= marker)
+            .is_none_or(|&marker| marker < base)
     }
 }
 
