@@ -431,6 +431,23 @@ impl ProducerContext for Acks {
     }
 }
 
+/// Waits until every record sent has its delivery report. The crate's `commit_transaction`
+/// flushes first, and its flush polls in steps of 100 ms that always last their whole step: a
+/// commit would cost 100 ms whatever the broker does.
+fn drain(producer: &BaseProducer<Acks>, deadline: Instant) -> Result<()> {
+    // One flush call without waiting sends what lingers at once (as librdkafka's own commit
+    // does); it reports a timeout while records are in flight, which is expected here.
+    let _ = producer.flush(Duration::ZERO);
+    while producer.in_flight_count() > 0 {
+        ensure!(
+            Instant::now() < deadline,
+            "timed out waiting for acknowledgements"
+        );
+        producer.poll(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
 /// Produces `count` records, paced to `rate` bytes/s when given. Returns seconds and latencies.
 fn produce(c: &Common, payloads: &Payloads, rate: Option<f64>) -> Result<(f64, Histogram<u64>)> {
     let acks = Acks {
@@ -469,6 +486,7 @@ fn produce(c: &Common, payloads: &Payloads, rate: Option<f64>) -> Result<(f64, H
             && seq > 0
             && seq % every == 0
         {
+            drain(&producer, deadline)?;
             producer
                 .commit_transaction(deadline.saturating_duration_since(Instant::now()))
                 .context("committing a transaction")?;
@@ -502,6 +520,7 @@ fn produce(c: &Common, payloads: &Payloads, rate: Option<f64>) -> Result<(f64, H
         producer.poll(Duration::ZERO);
     }
     if c.transaction_records.is_some() {
+        drain(&producer, deadline)?;
         producer
             .commit_transaction(deadline.saturating_duration_since(Instant::now()))
             .context("committing the last transaction")?;

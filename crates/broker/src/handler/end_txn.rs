@@ -1,11 +1,15 @@
-//! EndTxn: a transactional producer commits or aborts. The decision is answered once durable;
-//! the markers are written to the transaction's partitions after (see [`crate::txn`]).
+//! EndTxn: a transactional producer commits or aborts. The decision is made durable, then the
+//! markers are written to the transaction's partitions (see [`crate::txn`]); the answer waits for
+//! them up to [`COMPLETION_WAIT`].
 
 use kafka_protocol::messages::{EndTxnRequest, EndTxnResponse};
 use strata_coordinator::Durable;
 
 use super::{Context, now_ms};
 use crate::txn::coordinator::Claim;
+
+/// How long an EndTxn answer waits for the transaction's markers once its decision is durable.
+const COMPLETION_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// An answer, and what must be durable before it is sent.
 pub(super) type Pending = (EndTxnResponse, Option<Durable>);
@@ -24,34 +28,24 @@ pub(super) fn start(ctx: &Context, version: i16, request: EndTxnRequest) -> Pend
     };
     match coordinator.end(id, claim, request.committed, now_ms()) {
         Ok((durable, done)) => {
-            if let Some(done) = done {
-                let txns = std::sync::Arc::clone(&ctx.txns);
-                // The markers go out once the decision is durable: a decision that is lost
-                // with its coordinator was never answered, and the next one aborts it.
-                match durable {
-                    Some(durable) => {
-                        let (tx, rx) = tokio::sync::oneshot::channel();
-                        tokio::spawn(async move {
-                            let result = durable.await;
-                            let ok = result.is_ok();
-                            let _ = tx.send(result);
-                            if ok {
-                                txns.complete(coordinator, done);
-                            }
-                        });
-                        let waited: Durable = Box::pin(async move {
-                            rx.await.unwrap_or_else(|_| {
-                                Err(strata_coordinator::Error::NotCoordinator {
-                                    reason: "the transaction log write was dropped".into(),
-                                })
-                            })
-                        });
-                        return (response, Some(waited));
-                    }
-                    None => txns.complete(coordinator, done),
+            let txns = std::sync::Arc::clone(&ctx.txns);
+            let settled: Durable = Box::pin(async move {
+                // The markers go out once the decision is durable: a decision lost with its
+                // coordinator was never answered, and the next coordinator aborts it.
+                if let Some(durable) = durable {
+                    durable.await?;
                 }
-            }
-            (response, durable)
+                if let Some(done) = done {
+                    // Answered once the markers are written (usually within milliseconds), so
+                    // that the producer's next transaction does not find this one still ending
+                    // (CONCURRENT_TRANSACTIONS, which clients retry only after their backoff);
+                    // a slow partition only delays the answer up to COMPLETION_WAIT.
+                    let completed = txns.complete(coordinator, done);
+                    let _ = tokio::time::timeout(COMPLETION_WAIT, completed).await;
+                }
+                Ok(())
+            });
+            (response, Some(settled))
         }
         Err(code) => (response.with_error_code(code.code()), None),
     }

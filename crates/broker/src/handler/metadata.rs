@@ -1,6 +1,6 @@
 //! Metadata: brokers, topics and partitions, auto-creating requested topics when allowed. In a
-//! cluster the internal `__consumer_offsets` is listed only when asked for by name, marked
-//! internal, and never auto-created by a request (the brokers create it).
+//! cluster the internal `__consumer_offsets` and `__transaction_state` are listed only when asked
+//! for by name, marked internal, and never auto-created by a request (the brokers create them).
 
 use std::sync::Arc;
 
@@ -81,9 +81,11 @@ pub(super) fn handle(ctx: &Context, version: i16, request: MetadataRequest) -> M
     response
 }
 
-/// Whether `name` is the cluster's internal offsets topic.
+/// Whether `name` is one of the cluster's internal topics (`__consumer_offsets`,
+/// `__transaction_state`).
 fn is_internal(ctx: &Context, name: &str) -> bool {
-    ctx.manager.cluster().is_some() && name == crate::groups::OFFSETS_TOPIC
+    ctx.manager.cluster().is_some()
+        && (name == crate::groups::OFFSETS_TOPIC || name == crate::txn::TXN_TOPIC)
 }
 
 fn lookup(ctx: &Context, name: &TopicName, auto_create: bool) -> Result<Arc<Topic>, ResponseError> {

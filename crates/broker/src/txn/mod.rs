@@ -105,7 +105,7 @@ impl Txns {
             peers: Mutex::default(),
         });
         for done in pending {
-            txns.complete(Arc::clone(&coordinator), done);
+            drop(txns.complete(Arc::clone(&coordinator), done));
         }
         Ok(txns)
     }
@@ -188,7 +188,7 @@ impl Txns {
         let txns = Arc::clone(self);
         tokio::spawn(async move {
             match durable.await {
-                Ok(()) => txns.complete(coordinator, done),
+                Ok(()) => drop(txns.complete(coordinator, done)),
                 Err(e) => tracing::warn!(transactional_id = %done.transactional_id, error = %e,
                     "the decision to end a transaction was not made durable"),
             }
@@ -197,8 +197,14 @@ impl Txns {
 
     /// Writes the markers of a decided transaction in the background, retrying until every
     /// partition has its marker (or this coordinator stops serving), then completes it.
-    pub(crate) fn complete(self: &Arc<Self>, coordinator: Arc<TxnCoordinator>, done: Completion) {
+    /// The receiver hears `true` once the transaction is complete.
+    pub(crate) fn complete(
+        self: &Arc<Self>,
+        coordinator: Arc<TxnCoordinator>,
+        done: Completion,
+    ) -> tokio::sync::oneshot::Receiver<bool> {
         let txns = Arc::clone(self);
+        let (completed, receiver) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             let mut remaining = done.partitions.clone();
             loop {
@@ -219,12 +225,16 @@ impl Txns {
                 Err(code) => Err(format!("{code:?}")),
             };
             match result {
-                Ok(()) => tracing::debug!(transactional_id = %done.transactional_id,
-                    commit = done.commit, "transaction complete"),
+                Ok(()) => {
+                    tracing::debug!(transactional_id = %done.transactional_id,
+                        commit = done.commit, "transaction complete");
+                    let _ = completed.send(true);
+                }
                 Err(e) => tracing::warn!(transactional_id = %done.transactional_id, error = %e,
                     "recording a complete transaction failed; its next coordinator completes it"),
             }
         });
+        receiver
     }
 
     /// One attempt at the markers of `done` for `partitions`: those still to write.
@@ -250,28 +260,41 @@ impl Txns {
             commit: done.commit,
             coordinator_epoch: coordinator.coordinator_epoch,
         };
+        // Every partition at once: the local markers are appended one after the other and
+        // their replication awaited together; each other leader gets one request, all at once.
+        let mut local = Vec::new();
+        let mut remote = Vec::new();
         let mut remaining = Vec::new();
         for (leader, partitions) in by_leader {
             if leader == me || self.single.is_some() {
-                for (topic, index) in partitions {
-                    let written = self
-                        .write_local(&topic, index, done.producer_id, done.producer_epoch, marker)
-                        .await;
-                    if let Err(code) = written {
-                        if keep_trying(code) {
-                            remaining.push((topic, index));
-                        } else {
-                            tracing::warn!(topic, partition = index, error = ?code,
-                                transactional_id = %done.transactional_id, "a marker was refused; dropping it");
-                        }
-                    }
-                }
+                local.extend(partitions);
             } else if leader < 0 {
                 remaining.extend(partitions);
             } else {
-                remaining.extend(self.write_remote(leader, done, marker, partitions).await);
+                remote.push(self.write_remote(leader, done, marker, partitions));
             }
         }
+        let local_writes = local.into_iter().map(|(topic, index)| async move {
+            let written = self
+                .write_local(&topic, index, done.producer_id, done.producer_epoch, marker)
+                .await;
+            match written {
+                Ok(()) => None,
+                Err(code) if keep_trying(code) => Some((topic, index)),
+                Err(code) => {
+                    tracing::warn!(topic, partition = index, error = ?code,
+                        transactional_id = %done.transactional_id, "a marker was refused; dropping it");
+                    None
+                }
+            }
+        });
+        let (local, remote) = futures::future::join(
+            futures::future::join_all(local_writes),
+            futures::future::join_all(remote),
+        )
+        .await;
+        remaining.extend(local.into_iter().flatten());
+        remaining.extend(remote.into_iter().flatten());
         remaining
     }
 
@@ -474,7 +497,7 @@ pub(crate) async fn tick(txns: Arc<Txns>, shutdown: CancellationToken) {
                 .await
                 .unwrap_or_default();
             for done in aborts {
-                txns.complete(Arc::clone(&coordinator), done);
+                drop(txns.complete(Arc::clone(&coordinator), done));
             }
         }
     }
@@ -585,7 +608,7 @@ async fn load(txns: Arc<Txns>, partition: Arc<Partition>, epoch: i32, min_insync
     };
     if let Some((coordinator, pending)) = pending {
         for done in pending {
-            txns.complete(Arc::clone(&coordinator), done);
+            drop(txns.complete(Arc::clone(&coordinator), done));
         }
     }
 }
