@@ -20,6 +20,10 @@
 //! manifest at its epoch, which fences every earlier leader), then removes the uploads earlier
 //! leaders left uncommitted ([`Lake::remove_orphans`]): those can never be committed any more.
 //!
+//! The lake holds committed records only: a segment's control batches and the batches of its
+//! aborted transactions are left out as it is converted ([`crate::txn`]), while its file's
+//! manifest entry covers the segment's whole offset range.
+//!
 //! Offloading streams: a blocking task reads the segment batch by batch, encodes row group by row
 //! group and hands the file out in parts that the async side uploads as they come (one PUT when
 //! the whole file fits in a part), so memory stays bounded whatever the segment's size (see
