@@ -27,6 +27,9 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 use kafka_protocol::records::RecordBatchDecoder;
 
+/// Called with each new record: partition, offset, value.
+pub type OnRecord<'a> = dyn FnMut(i32, i64, &[u8]) -> Result<()> + 'a;
+
 /// Largest answer read: a fetch's `max_bytes` plus room for its fields.
 const RESPONSE_BYTES_MAX: usize = 128 << 20;
 
@@ -184,10 +187,7 @@ impl Fetcher {
 
     /// One fetch: calls `on_record(partition, offset, value)` for each new record, in offset
     /// order per partition, and returns how many there were.
-    pub fn fetch(
-        &mut self,
-        on_record: &mut dyn FnMut(i32, i64, &[u8]) -> Result<()>,
-    ) -> Result<u64> {
+    pub fn fetch(&mut self, on_record: &mut OnRecord<'_>) -> Result<u64> {
         let request = self.request();
         let (response, sent, received) = exchange::<FetchRequest>(
             &mut self.stream,
@@ -297,7 +297,7 @@ impl Fetcher {
         &mut self,
         partition: i32,
         records: Option<Bytes>,
-        on_record: &mut dyn FnMut(i32, i64, &[u8]) -> Result<()>,
+        on_record: &mut OnRecord<'_>,
     ) -> Result<u64> {
         let Some(mut bytes) = records else {
             return Ok(0);

@@ -642,6 +642,9 @@ mod tests {
         }
     }
 
+    /// A fetch's outcome: the session id, the partitions answered, the topics read.
+    type Fetched = (i32, Vec<(String, i32)>, Vec<FetchTopic>);
+
     /// Opens `request`, answers it as [`Answer::of`] would, and finishes: the session id and
     /// the partitions answered.
     fn fetch(
@@ -651,7 +654,7 @@ mod tests {
         hw: i64,
         with_records: &[(&str, i32)],
         now_ms: i64,
-    ) -> Result<(i32, Vec<(String, i32)>, Vec<FetchTopic>), (ResponseError, i32)> {
+    ) -> Result<Fetched, (ResponseError, i32)> {
         let opened = cache
             .open(version, &mut request, now_ms)
             .map_err(|e| (e, 0))?;
