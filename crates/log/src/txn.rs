@@ -238,7 +238,7 @@ mod tests {
         // An open transaction again, then a crash (no clean close): both come back.
         log.append(&txn_batch(7, 0, 2, 1), 0, 3).unwrap(); // 5
         drop(log);
-        let mut log = Log::open(dir.path(), LogConfig::default(), 4).unwrap();
+        let log = Log::open(dir.path(), LogConfig::default(), 4).unwrap();
         assert_eq!(log.first_unstable_offset(), Some(5));
         assert_eq!(log.aborted_between(0, 6), vec![aborted]);
         // And after a clean close (from the snapshot).

@@ -697,7 +697,7 @@ mod tests {
         // A new coordinator finds the decided transaction and completes it.
         let (c, pending) = open(dir.path());
         assert_eq!(pending, vec![done.clone()]);
-        ok(c.finish(&done, 5));
+        drop(ok(c.finish(&done, 5)));
         assert_eq!(c.describe("t").unwrap().state, TxnState::CompleteCommit);
         assert!(
             retried(c.end("t", claim(100, 0), true, 6)),
@@ -730,7 +730,7 @@ mod tests {
             Err(ResponseError::ConcurrentTransactions),
             "until the markers are written"
         );
-        ok(c.finish(&done, 4));
+        drop(ok(c.finish(&done, 4)));
         assert_eq!(init(&c, "t", 5), Ok((100, 2)));
         // The old instance is fenced everywhere.
         assert_eq!(
@@ -757,7 +757,7 @@ mod tests {
         let aborts = c.tick(11_001);
         assert_eq!(aborts.len(), 1);
         assert_eq!(aborts[0].producer_epoch, 1);
-        ok(c.finish(&aborts[0], 11_002));
+        drop(ok(c.finish(&aborts[0], 11_002)));
         // The producer aborts too (a retry of the abort), then bumps its epoch (KIP-360).
         assert!(retried(c.end("t", claim(100, 0), false, 11_003)));
         assert_eq!(
