@@ -379,8 +379,13 @@ async fn run(
     }
     // An upload cut short here is redone at the next start: nothing is committed half-way.
     offloader.abort();
-    let (manager, groups) = (Arc::clone(&ctx.manager), Arc::clone(&ctx.groups));
+    let (manager, groups, txns) = (
+        Arc::clone(&ctx.manager),
+        Arc::clone(&ctx.groups),
+        Arc::clone(&ctx.txns),
+    );
     let _ = tokio::task::spawn_blocking(move || {
+        txns.close(now_ms());
         groups.close(now_ms());
         manager.close(now_ms());
     })

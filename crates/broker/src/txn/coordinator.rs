@@ -125,8 +125,12 @@ pub(crate) struct Claim {
 
 #[derive(Debug)]
 struct Inner {
-    log: Box<dyn OffsetsLog>,
+    /// `None` once closed.
+    log: Option<Box<dyn OffsetsLog>>,
     txns: HashMap<String, TxnMeta>,
+    /// A snapshot appended and not yet durable: `(its first offset, its last)`; what precedes it
+    /// is dropped once it is durable.
+    pending_snapshot: Option<(i64, i64)>,
 }
 
 /// The coordinator of the transactions of one `__transaction_state` partition.
@@ -160,7 +164,11 @@ impl TxnCoordinator {
             partition,
             coordinator_epoch,
             config,
-            inner: Mutex::new(Inner { log, txns }),
+            inner: Mutex::new(Inner {
+                log: Some(log),
+                txns,
+                pending_snapshot: None,
+            }),
         };
         Ok((coordinator, pending))
     }
@@ -350,6 +358,16 @@ impl TxnCoordinator {
         }
     }
 
+    /// Closes the log (a single broker's flushes it); later writes get
+    /// COORDINATOR_NOT_AVAILABLE.
+    pub(crate) fn close(&self, now_ms: i64) {
+        if let Some(log) = self.inner.lock().log.take()
+            && let Err(e) = log.close(now_ms)
+        {
+            tracing::error!(error = %e, "closing the transaction log");
+        }
+    }
+
     /// Records that every marker of `done` is written: the transaction is complete.
     pub(crate) fn finish(&self, done: &Completion, now_ms: i64) -> Result<Durable, ResponseError> {
         let mut inner = self.inner.lock();
@@ -480,15 +498,21 @@ fn write(
     now_ms: i64,
 ) -> Result<Durable, ResponseError> {
     let batch = encode(&[(transactional_id, meta.as_ref())], now_ms);
-    let last = inner.log.append(&batch, now_ms).map_err(|e| {
+    // Closed at shutdown: retriable, the client finds the coordinator again.
+    let log = inner
+        .log
+        .as_mut()
+        .ok_or(ResponseError::CoordinatorNotAvailable)?;
+    let last = log.append(&batch, now_ms).map_err(|e| {
         tracing::warn!(transactional_id, error = %e, "writing the transaction log");
         write_error_code(&e)
     })?;
+    let durable = log.durable(last);
     match meta {
         Some(meta) => inner.txns.insert(transactional_id.to_string(), meta),
         None => inner.txns.remove(transactional_id),
     };
-    Ok(inner.log.durable(last))
+    Ok(durable)
 }
 
 /// The code a transactional request gets when the transaction log refused a write.
@@ -502,28 +526,40 @@ pub(crate) fn write_error_code(error: &strata_coordinator::Error) -> ResponseErr
 
 /// Rewrites the live states at the log end and drops what they supersede, once the log holds
 /// many more records than live ones.
+/// A snapshot that is not durable yet is looked at again at the next call, and no other is
+/// appended meanwhile.
 fn compact_if_needed(inner: &mut Inner, now_ms: i64) {
     let live = inner.txns.len();
-    let held = inner.log.log_end_offset() - inner.log.log_start_offset();
-    if held < COMPACT_RECORDS_MIN.max(live * 2) as i64 || !inner.log.wants_compaction(live) {
+    let Some(log) = inner.log.as_mut() else {
         return;
-    }
-    let snapshot_start = inner.log.log_end_offset();
-    let records: Vec<(String, TxnMeta)> = inner
-        .txns
-        .iter()
-        .map(|(id, m)| (id.clone(), m.clone()))
-        .collect();
+    };
     let compacted = (|| -> strata_coordinator::Result<()> {
-        inner.log.before_snapshot(now_ms)?;
-        for chunk in records.chunks(1_000) {
-            let refs: Vec<(&str, Option<&TxnMeta>)> =
-                chunk.iter().map(|(id, m)| (id.as_str(), Some(m))).collect();
-            inner.log.append(&encode(&refs, now_ms), now_ms)?;
+        if let Some((start, last)) = inner.pending_snapshot {
+            if log.is_durable(last) {
+                log.delete_before(start, now_ms)?;
+                inner.pending_snapshot = None;
+            }
+            return Ok(());
         }
-        let last = inner.log.log_end_offset() - 1;
-        if inner.log.is_durable(last) {
-            inner.log.delete_before(snapshot_start, now_ms)?;
+        let held = log.log_end_offset() - log.log_start_offset();
+        if held < COMPACT_RECORDS_MIN.max(live * 2) as i64 || !log.wants_compaction(live) {
+            return Ok(());
+        }
+        let start = log.log_end_offset();
+        log.before_snapshot(now_ms)?;
+        let records: Vec<(&String, &TxnMeta)> = inner.txns.iter().collect();
+        for chunk in records.chunks(1_000) {
+            let refs: Vec<(&str, Option<&TxnMeta>)> = chunk
+                .iter()
+                .map(|(id, m)| (id.as_str(), Some(*m)))
+                .collect();
+            log.append(&encode(&refs, now_ms), now_ms)?;
+        }
+        let last = log.log_end_offset() - 1;
+        if log.is_durable(last) {
+            log.delete_before(start, now_ms)?;
+        } else {
+            inner.pending_snapshot = Some((start, last));
         }
         Ok(())
     })();

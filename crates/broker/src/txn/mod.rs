@@ -165,6 +165,15 @@ impl Txns {
             .collect()
     }
 
+    /// Closes every coordinator's log (a single broker's is its own; in a cluster the
+    /// partitions belong to the manager, which closes them).
+    pub(crate) fn close(&self, now_ms: i64) {
+        if let Some(single) = &self.single {
+            single.close(now_ms);
+        }
+        self.led.write().clear();
+    }
+
     /// Whether `coordinator` still serves its partition here.
     fn is_current(&self, coordinator: &Arc<TxnCoordinator>) -> bool {
         if let Some(single) = &self.single {
