@@ -16,14 +16,12 @@
 //!   committed moves the log start up to it; followers follow the leader's log start
 //!   ([`follow_log_start`]).
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
-use parking_lot::RwLock;
 use strata_coordinator::offsets_log::{Durable, OffsetsLog};
 use strata_coordinator::{CoordinatorConfig, GroupCoordinator, Membership};
 use strata_log::txn::Marker;
@@ -31,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
 use crate::error::Error;
+use crate::led::Led;
 use crate::manager::PartitionManager;
 use crate::partition::{CommitWait, Partition};
 
@@ -70,37 +69,14 @@ pub(crate) fn partition_for(group: &str, partitions: i32) -> i32 {
     abs % partitions
 }
 
-/// An offsets partition this broker leads, and its coordinator's progress.
-#[derive(Debug, Clone)]
-enum Slot {
-    /// Replaying the partition's log.
-    Loading { epoch: i32 },
-    /// Serving its groups.
-    Ready {
-        epoch: i32,
-        partition: Arc<Partition>,
-        coordinator: Arc<GroupCoordinator>,
-    },
-    /// The log could not be replayed at this epoch (logged); tried again at the next one.
-    Failed { epoch: i32 },
-}
-
-impl Slot {
-    fn epoch(&self) -> i32 {
-        match self {
-            Self::Loading { epoch } | Self::Ready { epoch, .. } | Self::Failed { epoch } => *epoch,
-        }
-    }
-}
-
 /// The group coordinators of this broker.
 #[derive(Debug)]
 pub(crate) struct Groups {
     /// A single broker's coordinator of every group; `None` in a cluster.
     single: Option<Arc<GroupCoordinator>>,
     config: CoordinatorConfig,
-    /// In a cluster: the offsets partitions this broker leads, by index.
-    led: RwLock<BTreeMap<i32, Slot>>,
+    /// In a cluster: the coordinators of the offsets partitions this broker leads.
+    led: Arc<Led<GroupCoordinator>>,
 }
 
 impl Groups {
@@ -109,7 +85,7 @@ impl Groups {
         Self {
             single: Some(Arc::new(coordinator)),
             config,
-            led: RwLock::default(),
+            led: Arc::new(Led::new(OFFSETS_TOPIC)),
         }
     }
 
@@ -119,7 +95,7 @@ impl Groups {
         Self {
             single: None,
             config,
-            led: RwLock::default(),
+            led: Arc::new(Led::new(OFFSETS_TOPIC)),
         }
     }
 
@@ -135,13 +111,7 @@ impl Groups {
         if let Some(single) = &self.single {
             return Ok(Arc::clone(single));
         }
-        let Some(topic) = manager.topic(OFFSETS_TOPIC) else {
-            return Err(ResponseError::CoordinatorNotAvailable);
-        };
-        if topic.partition_count <= 0 {
-            return Err(ResponseError::CoordinatorNotAvailable);
-        }
-        self.of_partition(manager, partition_for(group, topic.partition_count))
+        self.led.of(manager, group)
     }
 
     /// Ends `producer_id`'s transaction in the group coordinator of offsets partition
@@ -184,21 +154,7 @@ impl Groups {
         if let Some(single) = &self.single {
             return Ok(Arc::clone(single));
         }
-        if manager.topic(OFFSETS_TOPIC).is_none() {
-            return Err(ResponseError::CoordinatorNotAvailable);
-        }
-        match self.led.read().get(&index) {
-            Some(Slot::Ready {
-                epoch,
-                partition,
-                coordinator,
-            }) if partition.is_leader() && partition.leader_epoch() == *epoch => {
-                Ok(Arc::clone(coordinator))
-            }
-            Some(Slot::Loading { .. }) => Err(ResponseError::CoordinatorLoadInProgress),
-            Some(Slot::Failed { .. }) => Err(ResponseError::CoordinatorNotAvailable),
-            Some(Slot::Ready { .. }) | None => Err(ResponseError::NotCoordinator),
-        }
+        self.led.at(manager, index)
     }
 
     /// Every coordinator serving here, and whether another is still loading.
@@ -206,16 +162,7 @@ impl Groups {
         if let Some(single) = &self.single {
             return (vec![Arc::clone(single)], false);
         }
-        let led = self.led.read();
-        let ready = led
-            .values()
-            .filter_map(|slot| match slot {
-                Slot::Ready { coordinator, .. } => Some(Arc::clone(coordinator)),
-                _ => None,
-            })
-            .collect();
-        let loading = led.values().any(|s| matches!(s, Slot::Loading { .. }));
-        (ready, loading)
+        self.led.all()
     }
 
     /// Group timers, offset expiry (when `expire_offsets`) and compaction of every coordinator.
@@ -230,7 +177,7 @@ impl Groups {
         for coordinator in self.all().0 {
             coordinator.close(now_ms);
         }
-        self.led.write().clear();
+        self.led.clear();
     }
 }
 
@@ -253,115 +200,23 @@ pub(crate) fn txn_error_code(error: &strata_coordinator::Error) -> ResponseError
     }
 }
 
-/// Follows the offsets partitions this broker leads until `shutdown`: a coordinator is loaded
-/// for each one it starts leading (or leads at a new epoch) and dropped for each one it stops
-/// leading; its waiting JoinGroup and SyncGroup requests then get NOT_COORDINATOR.
+/// Follows the offsets partitions this broker leads until `shutdown` ([`crate::led::follow`]):
+/// a coordinator is loaded for each one it starts leading (or leads at a new epoch) and dropped
+/// for each one it stops leading; its waiting JoinGroup and SyncGroup requests then get
+/// NOT_COORDINATOR.
 pub(crate) async fn run(
     groups: Arc<Groups>,
     manager: Arc<PartitionManager>,
     shutdown: CancellationToken,
 ) {
-    let mut roles = manager.watch_roles();
-    loop {
-        roles.borrow_and_update();
-        reconcile(&groups, &manager);
-        tokio::select! {
-            changed = roles.changed() => if changed.is_err() { return },
-            () = tokio::time::sleep(RECHECK) => {}
-            () = shutdown.cancelled() => return,
-        }
-    }
-}
-
-/// Makes the coordinators match the leadership of the offsets partitions now.
-fn reconcile(groups: &Arc<Groups>, manager: &Arc<PartitionManager>) {
-    let led: BTreeMap<i32, Arc<Partition>> = manager
-        .topic(OFFSETS_TOPIC)
-        .map(|topic| {
-            topic
-                .partitions
-                .iter()
-                .filter(|p| p.is_leader())
-                .map(|p| (p.index(), Arc::clone(p)))
-                .collect()
-        })
-        .unwrap_or_default();
-    let min_insync = manager
-        .topic(OFFSETS_TOPIC)
-        .map_or(1, |t| t.config.min_insync_replicas());
-    let mut slots = groups.led.write();
-    slots.retain(|index, slot| {
-        let keep = led
-            .get(index)
-            .is_some_and(|p| p.leader_epoch() == slot.epoch());
-        if !keep {
-            // Dropped, not closed: a request still holding it gets NOT_COORDINATOR from its
-            // log (which refuses writes at a lost epoch), not a storage error.
-            tracing::info!(
-                partition = index,
-                epoch = slot.epoch(),
-                "no longer coordinating the groups of this offsets partition"
-            );
-        }
-        keep
-    });
-    for (index, partition) in led {
-        if slots.contains_key(&index) {
-            continue;
-        }
-        let epoch = partition.leader_epoch();
-        slots.insert(index, Slot::Loading { epoch });
-        tokio::spawn(load(Arc::clone(groups), partition, epoch, min_insync));
-    }
-}
-
-/// Replays an offsets partition into a coordinator, which serves its groups unless leadership
-/// moved on meanwhile.
-async fn load(groups: Arc<Groups>, partition: Arc<Partition>, epoch: i32, min_insync: usize) {
-    let index = partition.index();
     let config = groups.config;
-    let log = ReplicatedOffsets::new(Arc::clone(&partition), epoch, min_insync);
-    let started = std::time::Instant::now();
-    let loaded = tokio::task::spawn_blocking(move || {
-        GroupCoordinator::load(Box::new(log), config, Membership::Members, now_ms())
-    })
-    .await;
-    let mut slots = groups.led.write();
-    let current = matches!(slots.get(&index), Some(Slot::Loading { epoch: e }) if *e == epoch);
-    match loaded {
-        Ok(Ok(coordinator)) if current => {
-            tracing::info!(
-                partition = index,
-                epoch,
-                groups = coordinator.list().len(),
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "coordinating the groups of this offsets partition"
-            );
-            slots.insert(
-                index,
-                Slot::Ready {
-                    epoch,
-                    partition,
-                    coordinator: Arc::new(coordinator),
-                },
-            );
-        }
-        Ok(Ok(_superseded)) => {}
-        Ok(Err(e)) => {
-            tracing::error!(partition = index, epoch, error = %e,
-                "loading the groups of this offsets partition failed");
-            if current {
-                slots.insert(index, Slot::Failed { epoch });
-            }
-        }
-        Err(e) => {
-            tracing::error!(partition = index, epoch, error = %e,
-                "loading the groups of this offsets partition panicked");
-            if current {
-                slots.insert(index, Slot::Failed { epoch });
-            }
-        }
-    }
+    let load: crate::led::Load<GroupCoordinator, ()> = Arc::new(move |_, _, log| {
+        let coordinator =
+            GroupCoordinator::load(Box::new(log), config, Membership::Members, now_ms())?;
+        Ok((coordinator, ()))
+    });
+    let ready: crate::led::Ready<GroupCoordinator, ()> = Arc::new(|_, ()| {});
+    crate::led::follow(Arc::clone(&groups.led), manager, shutdown, load, ready).await;
 }
 
 /// Creates `__consumer_offsets` through the controller unless it exists: as soon as

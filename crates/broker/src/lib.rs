@@ -53,6 +53,7 @@ pub mod frame;
 mod groups;
 mod handler;
 mod lake_view;
+mod led;
 pub mod manager;
 pub mod metadata;
 mod offload;

@@ -27,14 +27,15 @@ use kafka_protocol::messages::write_txn_markers_request::{
 use kafka_protocol::messages::{
     ApiKey, ProducerId, TopicName, WriteTxnMarkersRequest, WriteTxnMarkersResponse,
 };
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use strata_log::txn::Marker;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
-use crate::groups::{Groups, OFFSETS_TOPIC, ReplicatedOffsets};
+use crate::groups::{Groups, OFFSETS_TOPIC};
+use crate::led::Led;
 use crate::manager::PartitionManager;
-use crate::partition::{CommitWait, Partition};
+use crate::partition::CommitWait;
 use crate::replication::Peer;
 use coordinator::{Completion, TxnConfig, TxnCoordinator};
 
@@ -44,32 +45,6 @@ pub(crate) const TXN_TOPIC: &str = "__transaction_state";
 const MARKER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause between attempts to write the markers a transaction still lacks.
 const MARKER_RETRY: Duration = Duration::from_millis(200);
-/// Pause between checks of who leads what when no change is announced.
-const RECHECK: Duration = Duration::from_secs(1);
-
-/// A `__transaction_state` partition this broker leads, and its coordinator's progress.
-#[derive(Debug, Clone)]
-enum Slot {
-    Loading {
-        epoch: i32,
-    },
-    Ready {
-        epoch: i32,
-        partition: Arc<Partition>,
-        coordinator: Arc<TxnCoordinator>,
-    },
-    Failed {
-        epoch: i32,
-    },
-}
-
-impl Slot {
-    fn epoch(&self) -> i32 {
-        match self {
-            Self::Loading { epoch } | Self::Ready { epoch, .. } | Self::Failed { epoch } => *epoch,
-        }
-    }
-}
 
 /// The transaction coordinators of this broker, and the marker writer they share.
 #[derive(Debug)]
@@ -77,8 +52,9 @@ pub(crate) struct Txns {
     /// A single broker's coordinator of every transaction; `None` in a cluster.
     single: Option<Arc<TxnCoordinator>>,
     config: TxnConfig,
-    /// In a cluster: the `__transaction_state` partitions this broker leads, by index.
-    led: RwLock<BTreeMap<i32, Slot>>,
+    /// In a cluster: the coordinators of the `__transaction_state` partitions this broker
+    /// leads.
+    led: Arc<Led<TxnCoordinator>>,
     manager: Arc<PartitionManager>,
     groups: Arc<Groups>,
     /// Connections to other brokers, for WriteTxnMarkers.
@@ -99,7 +75,7 @@ impl Txns {
         let txns = Arc::new(Self {
             single: Some(Arc::clone(&coordinator)),
             config,
-            led: RwLock::default(),
+            led: Arc::new(Led::new(TXN_TOPIC)),
             manager,
             groups,
             peers: Mutex::default(),
@@ -116,7 +92,7 @@ impl Txns {
         Arc::new(Self {
             single: None,
             config: txn_config(&manager),
-            led: RwLock::default(),
+            led: Arc::new(Led::new(TXN_TOPIC)),
             manager,
             groups,
             peers: Mutex::default(),
@@ -129,25 +105,7 @@ impl Txns {
         if let Some(single) = &self.single {
             return Ok(Arc::clone(single));
         }
-        let Some(topic) = self.manager.topic(TXN_TOPIC) else {
-            return Err(ResponseError::CoordinatorNotAvailable);
-        };
-        if topic.partition_count <= 0 {
-            return Err(ResponseError::CoordinatorNotAvailable);
-        }
-        let index = crate::groups::partition_for(transactional_id, topic.partition_count);
-        match self.led.read().get(&index) {
-            Some(Slot::Ready {
-                epoch,
-                partition,
-                coordinator,
-            }) if partition.is_leader() && partition.leader_epoch() == *epoch => {
-                Ok(Arc::clone(coordinator))
-            }
-            Some(Slot::Loading { .. }) => Err(ResponseError::CoordinatorLoadInProgress),
-            Some(Slot::Failed { .. }) => Err(ResponseError::CoordinatorNotAvailable),
-            Some(Slot::Ready { .. }) | None => Err(ResponseError::NotCoordinator),
-        }
+        self.led.of(&self.manager, transactional_id)
     }
 
     /// Every coordinator serving here.
@@ -155,14 +113,7 @@ impl Txns {
         if let Some(single) = &self.single {
             return vec![Arc::clone(single)];
         }
-        self.led
-            .read()
-            .values()
-            .filter_map(|slot| match slot {
-                Slot::Ready { coordinator, .. } => Some(Arc::clone(coordinator)),
-                _ => None,
-            })
-            .collect()
+        self.led.all().0
     }
 
     /// Closes every coordinator's log (a single broker's is its own; in a cluster the
@@ -171,7 +122,7 @@ impl Txns {
         if let Some(single) = &self.single {
             single.close(now_ms);
         }
-        self.led.write().clear();
+        self.led.clear();
     }
 
     /// Whether `coordinator` still serves its partition here.
@@ -179,11 +130,7 @@ impl Txns {
         if let Some(single) = &self.single {
             return Arc::ptr_eq(single, coordinator);
         }
-        matches!(
-            self.led.read().get(&coordinator.partition),
-            Some(Slot::Ready { coordinator: c, partition, epoch })
-                if Arc::ptr_eq(c, coordinator) && partition.is_leader() && partition.leader_epoch() == *epoch
-        )
+        self.led.is_current(coordinator.partition, coordinator)
     }
 
     /// [`Txns::complete`] once the decision is durable (a decision lost with its coordinator
@@ -512,112 +459,22 @@ pub(crate) async fn tick(txns: Arc<Txns>, shutdown: CancellationToken) {
     }
 }
 
-/// Follows the `__transaction_state` partitions this broker leads until `shutdown`: a
-/// coordinator is loaded for each one it starts leading and dropped for each one it stops
-/// leading.
+/// Follows the `__transaction_state` partitions this broker leads until `shutdown`
+/// ([`crate::led::follow`]): a coordinator is loaded for each one it starts leading, completing
+/// the transactions its predecessor had decided, and dropped for each one it stops leading.
 pub(crate) async fn run(txns: Arc<Txns>, shutdown: CancellationToken) {
-    let mut roles = txns.manager.watch_roles();
-    loop {
-        roles.borrow_and_update();
-        reconcile(&txns);
-        tokio::select! {
-            changed = roles.changed() => if changed.is_err() { return },
-            () = tokio::time::sleep(RECHECK) => {}
-            () = shutdown.cancelled() => return,
-        }
-    }
-}
-
-fn reconcile(txns: &Arc<Txns>) {
-    let topic = txns.manager.topic(TXN_TOPIC);
-    let led: BTreeMap<i32, Arc<Partition>> = topic
-        .as_ref()
-        .map(|topic| {
-            topic
-                .partitions
-                .iter()
-                .filter(|p| p.is_leader())
-                .map(|p| (p.index(), Arc::clone(p)))
-                .collect()
-        })
-        .unwrap_or_default();
-    let min_insync = topic.map_or(1, |t| t.config.min_insync_replicas());
-    let mut slots = txns.led.write();
-    slots.retain(|index, slot| {
-        let keep = led
-            .get(index)
-            .is_some_and(|p| p.leader_epoch() == slot.epoch());
-        if !keep {
-            tracing::info!(
-                partition = index,
-                epoch = slot.epoch(),
-                "no longer coordinating the transactions of this partition"
-            );
-        }
-        keep
-    });
-    for (index, partition) in led {
-        if slots.contains_key(&index) {
-            continue;
-        }
-        let epoch = partition.leader_epoch();
-        slots.insert(index, Slot::Loading { epoch });
-        tokio::spawn(load(Arc::clone(txns), partition, epoch, min_insync));
-    }
-}
-
-async fn load(txns: Arc<Txns>, partition: Arc<Partition>, epoch: i32, min_insync: usize) {
-    let index = partition.index();
     let config = txns.config;
-    let log = ReplicatedOffsets::new(Arc::clone(&partition), epoch, min_insync);
-    let loaded = tokio::task::spawn_blocking(move || {
-        TxnCoordinator::load(Box::new(log), index, epoch, config)
-    })
-    .await;
-    let pending = {
-        let mut slots = txns.led.write();
-        let current = matches!(slots.get(&index), Some(Slot::Loading { epoch: e }) if *e == epoch);
-        match loaded {
-            Ok(Ok((coordinator, pending))) if current => {
-                tracing::info!(
-                    partition = index,
-                    epoch,
-                    transactions = coordinator.list().len(),
-                    "coordinating the transactions of this partition"
-                );
-                let coordinator = Arc::new(coordinator);
-                slots.insert(
-                    index,
-                    Slot::Ready {
-                        epoch,
-                        partition,
-                        coordinator: Arc::clone(&coordinator),
-                    },
-                );
-                Some((coordinator, pending))
+    let load: crate::led::Load<TxnCoordinator, Vec<Completion>> =
+        Arc::new(move |index, epoch, log| {
+            TxnCoordinator::load(Box::new(log), index, epoch, config)
+        });
+    let completer = Arc::clone(&txns);
+    let ready: crate::led::Ready<TxnCoordinator, Vec<Completion>> =
+        Arc::new(move |coordinator, pending| {
+            for done in pending {
+                drop(completer.complete(Arc::clone(&coordinator), done));
             }
-            Ok(Ok(_superseded)) => None,
-            Ok(Err(e)) => {
-                tracing::error!(partition = index, epoch, error = %e,
-                    "loading the transactions of this partition failed");
-                if current {
-                    slots.insert(index, Slot::Failed { epoch });
-                }
-                None
-            }
-            Err(e) => {
-                tracing::error!(partition = index, epoch, error = %e,
-                    "loading the transactions of this partition panicked");
-                if current {
-                    slots.insert(index, Slot::Failed { epoch });
-                }
-                None
-            }
-        }
-    };
-    if let Some((coordinator, pending)) = pending {
-        for done in pending {
-            drop(txns.complete(Arc::clone(&coordinator), done));
-        }
-    }
+        });
+    let (led, manager) = (Arc::clone(&txns.led), Arc::clone(&txns.manager));
+    crate::led::follow(led, manager, shutdown, load, ready).await;
 }
