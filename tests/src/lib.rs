@@ -309,6 +309,27 @@ pub fn free_port() -> SocketAddr {
         .unwrap()
 }
 
+/// Creates topic `name` with `partitions` partitions of one replica, failing the test otherwise.
+pub async fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .create()
+            .unwrap();
+    let results = admin
+        .create_topics(
+            [&rdkafka::admin::NewTopic::new(
+                name,
+                partitions,
+                rdkafka::admin::TopicReplication::Fixed(1),
+            )],
+            &rdkafka::admin::AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+}
+
 /// A producer with the given extra settings.
 pub fn producer(bootstrap: &str, extra: &[(&str, &str)]) -> FutureProducer {
     let mut config = ClientConfig::new();

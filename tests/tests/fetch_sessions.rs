@@ -22,26 +22,8 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 use kafka_protocol::records::{Compression, RecordBatchDecoder};
 use rdkafka::Offset;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::producer::FutureRecord;
-use strata_tests::{TestBroker, client_batch, producer, read};
-
-async fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .unwrap();
-    let results = admin
-        .create_topics(
-            [&NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await
-        .unwrap();
-    assert!(results.iter().all(Result::is_ok), "{results:?}");
-}
+use strata_tests::{TestBroker, client_batch, create_topic, producer, read};
 
 /// librdkafka fetches at v13 (topic ids, no session) once the broker offers it: every record of
 /// 120 partitions comes back exactly once, in order, with its offset.

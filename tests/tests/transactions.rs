@@ -6,32 +6,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
-use strata_tests::{DEADLINE, TestBroker, wait_for};
+use strata_tests::{DEADLINE, TestBroker, create_topic, wait_for};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-async fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .unwrap();
-    let results = admin
-        .create_topics(
-            [&NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await
-        .unwrap();
-    assert!(results.iter().all(Result::is_ok), "{results:?}");
-}
 
 fn transactional(bootstrap: &str, id: &str, extra: &[(&str, &str)]) -> BaseProducer {
     let mut config = ClientConfig::new();
