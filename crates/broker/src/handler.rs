@@ -43,7 +43,6 @@ mod sync_group;
 mod txn_offset_commit;
 mod write_txn_markers;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -57,6 +56,7 @@ use tokio_util::sync::CancellationToken;
 use crate::frame::{self, RequestPrefix};
 use crate::manager::PartitionManager;
 use crate::outgoing::Outgoing;
+use crate::session::Session;
 
 #[cfg(test)]
 pub(crate) use api_versions::SUPPORTED_APIS;
@@ -81,6 +81,8 @@ pub(crate) struct Context {
     pub(crate) txns: Arc<crate::txn::Txns>,
     /// Incremental fetch sessions (KIP-227) of consumers and follower brokers.
     pub(crate) fetch_sessions: crate::fetch_session::FetchSessionCache,
+    /// SCRAM credentials, ACL bindings and client quotas.
+    pub(crate) security: Arc<crate::security::SecurityStore>,
 }
 
 /// A broker as Metadata and DescribeCluster name it: `(id, host, port, rack)`.
@@ -192,7 +194,7 @@ pub(crate) fn off_the_workers<T>(work: impl FnOnce() -> T) -> T {
 /// Handles one frame.
 pub(crate) fn dispatch(
     ctx: &Arc<Context>,
-    peer: SocketAddr,
+    session: &Session,
     frame: Bytes,
 ) -> Result<Reply, Refusal> {
     let Some(prefix) = frame::parse_prefix(&frame) else {
@@ -230,7 +232,7 @@ pub(crate) fn dispatch(
     .map_err(|e| format!("malformed {api_key:?} request header: {e}"))?;
     let request = RequestKind::decode(api_key, &mut body, prefix.api_version)
         .map_err(|e| format!("malformed {api_key:?} v{} request: {e}", prefix.api_version))?;
-    route(ctx, peer, prefix, &header, request)
+    route(ctx, session, prefix, &header, request)
 }
 
 /// Runs `finish` as a task whose response is written in its turn.
@@ -246,7 +248,7 @@ where
 
 fn route(
     ctx: &Arc<Context>,
-    peer: SocketAddr,
+    session: &Session,
     prefix: RequestPrefix,
     header: &RequestHeader,
     request: RequestKind,
@@ -278,7 +280,7 @@ fn route(
         }
         RequestKind::JoinGroup(r) => {
             // The group state changes now, in request order; only the wait runs apart.
-            let answer = join_group::start(ctx, header, peer, version, r);
+            let answer = join_group::start(ctx, header, session.peer, version, r);
             let ctx = Arc::clone(ctx);
             return Ok(later(
                 ApiKey::JoinGroup,
@@ -483,9 +485,15 @@ pub(crate) mod tests {
     use super::*;
     use crate::config::BrokerConfig;
     use crate::metadata::LocalMetadataStore;
+    use std::net::SocketAddr;
 
     const PEER: SocketAddr =
         SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 1);
+
+    /// An anonymous client on a PLAINTEXT listener.
+    pub(crate) fn session() -> Session {
+        Session::plaintext(PEER)
+    }
 
     pub(crate) fn context(dir: &std::path::Path) -> Arc<Context> {
         let config = BrokerConfig::for_dir(dir.to_path_buf(), "127.0.0.1:0".parse().unwrap());
@@ -516,6 +524,7 @@ pub(crate) mod tests {
             advertised_port: 9092,
             shutdown: CancellationToken::new(),
             fetch_sessions: crate::fetch_session::FetchSessionCache::new(slots),
+            security: Arc::new(crate::security::SecurityStore::local(dir).unwrap()),
         })
     }
 
@@ -540,7 +549,7 @@ pub(crate) mod tests {
                     .unwrap();
                 let request = default_request(key, version);
                 request.encode(&mut frame, version).unwrap();
-                let reply = dispatch(&ctx, PEER, frame.freeze())
+                let reply = dispatch(&ctx, &session(), frame.freeze())
                     .unwrap_or_else(|e| panic!("{key:?} v{version}: {e}"));
                 let frame = match reply {
                     Reply::Ready(Some(frame)) => frame,
@@ -646,7 +655,7 @@ pub(crate) mod tests {
     fn short_unknown_and_unsupported_requests_are_refused_with_a_reason() {
         let dir = tempfile::tempdir().unwrap();
         let ctx = context(dir.path());
-        let refuse = |bytes: &'static [u8]| match dispatch(&ctx, PEER, Bytes::from_static(bytes)) {
+        let refuse = |bytes: &'static [u8]| match dispatch(&ctx, &session(), Bytes::from_static(bytes)) {
             Err(reason) => reason,
             Ok(_) => panic!("accepted {bytes:?}"),
         };
@@ -658,7 +667,7 @@ pub(crate) mod tests {
         assert!(matches!(
             dispatch(
                 &ctx,
-                PEER,
+                &session(),
                 Bytes::from_static(&[0, 18, 0x7f, 0, 0, 0, 0, 1])
             ),
             Ok(Reply::Ready(Some(_)))

@@ -31,6 +31,9 @@
 //! - `clock`: the wall clock, read at the edges; decisions take `now_ms` as an argument.
 //! - [`config`]: broker settings and topic configs with Kafka's names.
 //! - [`error`]: the error type and the one mapping to Kafka error codes.
+//! - [`session`]: a connection's listener, security protocol and principal.
+//! - [`security`]: the store of SCRAM credentials, ACL bindings and client quotas (a file, or the
+//!   replicated metadata in a cluster).
 //! - `dir_lock`: one broker per data folder (`<data_dir>/.lock`, as Kafka's).
 //!
 //! ## Example
@@ -61,7 +64,9 @@ mod open_files;
 mod outgoing;
 pub mod partition;
 mod replication;
+pub mod security;
 pub mod server;
+pub mod session;
 mod txn;
 
 pub use crate::config::BrokerConfig;

@@ -24,6 +24,8 @@ use crate::groups::Groups;
 use crate::handler::{self, Context, Reply};
 use crate::manager::PartitionManager;
 use crate::metadata::LocalMetadataStore;
+use crate::security::SecurityStore;
+use crate::session::{SecurityProtocol, Session};
 use crate::txn::Txns;
 
 /// Connections served at once; more wait in the kernel's accept queue.
@@ -133,6 +135,10 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
     };
     let manager = Arc::new(manager);
     let groups = Arc::new(groups);
+    let security = Arc::new(match manager.cluster() {
+        Some(node) => SecurityStore::cluster(Arc::clone(node)),
+        None => SecurityStore::local(&manager.config().data_dir)?,
+    });
     let txns = if manager.cluster().is_some() {
         Txns::cluster(Arc::clone(&manager), Arc::clone(&groups))
     } else {
@@ -155,6 +161,11 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
         shutdown.clone(),
     )));
     if let Some((node, isr_rx)) = replication {
+        background.push(tokio::spawn(import_security_records(
+            Arc::clone(&security),
+            manager.config().data_dir.clone(),
+            shutdown.clone(),
+        )));
         background.push(tokio::spawn(crate::replication::run(
             Arc::clone(&manager),
             node,
@@ -195,6 +206,7 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
         advertised_port,
         shutdown: shutdown.clone(),
         fetch_sessions: crate::fetch_session::FetchSessionCache::new(fetch_session_slots),
+        security,
     });
     let task = tokio::spawn(run(ctx, listener, dir_lock, background));
     Ok(BrokerHandle {
@@ -257,6 +269,25 @@ async fn start_cluster_node(
         .map_err(|e| Error::Cluster(format!("starting the metadata quorum: {e}")))?;
     let (tx, rx): IsrChannel = tokio::sync::mpsc::unbounded_channel();
     Ok((node, tx, rx))
+}
+
+/// In a cluster: commits the security records written offline into the data folder (`strata
+/// users add --data-dir`) once the metadata quorum answers, retrying until then.
+async fn import_security_records(
+    security: Arc<SecurityStore>,
+    data_dir: std::path::PathBuf,
+    shutdown: CancellationToken,
+) {
+    loop {
+        match security.import_local(&data_dir).await {
+            Ok(()) => return,
+            Err(e) => tracing::warn!(error = %e, "importing the offline security records; retrying"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
 }
 
 /// How long start-up waits for object storage before going on without the lake's state.
@@ -463,13 +494,13 @@ fn writes_files(frame: &[u8]) -> bool {
 /// every other goes on (locks do not poison).
 fn handle_frame(
     ctx: &Arc<Context>,
-    peer: SocketAddr,
+    session: &Session,
     frame: bytes::Bytes,
 ) -> Result<Reply, handler::Refusal> {
     if writes_files(&frame) {
-        handler::off_the_workers(|| handler::dispatch(ctx, peer, frame))
+        handler::off_the_workers(|| handler::dispatch(ctx, session, frame))
     } else {
-        handler::dispatch(ctx, peer, frame)
+        handler::dispatch(ctx, session, frame)
     }
 }
 
@@ -480,6 +511,7 @@ async fn serve_connection(
     budget: frame::RequestBudget,
 ) {
     let _ = stream.set_nodelay(true);
+    let session = Session::new(peer, Arc::from("PLAINTEXT"), SecurityProtocol::Plaintext);
     let (mut reader, mut writer) = stream.into_split();
     let (queue, mut replies) = mpsc::channel::<Pending>(IN_FLIGHT_PER_CONNECTION_MAX);
     let write_task = tokio::spawn(async move {
@@ -521,7 +553,7 @@ async fn serve_connection(
                 break;
             }
         };
-        let reply = match handle_frame(&ctx, peer, frame) {
+        let reply = match handle_frame(&ctx, &session, frame) {
             Ok(reply) => reply,
             Err(problem) => {
                 tracing::warn!(%peer, problem, "closing connection");

@@ -65,5 +65,6 @@ pub use crate::node::{
 };
 pub use crate::placement::place;
 pub use crate::state::{
-    BrokerInfo, ClusterState, Command, NO_LEADER, PartitionState, RejectKind, Response, TopicState,
+    BrokerInfo, ClusterState, Command, NO_LEADER, PartitionState, RejectKind, Response,
+    SecurityChange, TopicState,
 };

@@ -85,6 +85,21 @@ pub struct ClusterState {
     pub producer_id_block_end: i64,
     /// Raft log index of the last applied entry (set by the state machine, not by `apply`).
     pub applied_index: u64,
+    /// Security records (SCRAM credentials, ACL bindings, client quotas) by kind, then key: JSON
+    /// values that the brokers interpret; the quorum only stores and replicates them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub security: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// One change to the security records: `value` `None` deletes the record.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+pub struct SecurityChange {
+    /// The kind of record: `scram`, `acl`, `quota`.
+    pub kind: String,
+    /// The record's key within its kind.
+    pub key: String,
+    /// The new value, or `None` to delete the record.
+    pub value: Option<String>,
 }
 
 /// A change to the metadata, committed through Raft.
@@ -110,6 +125,11 @@ pub enum Command {
     FenceBroker {
         /// The broker.
         id: i32,
+    },
+    /// Sets or deletes security records, all of them at once.
+    PutSecurity {
+        /// The changes, applied in order.
+        changes: Vec<SecurityChange>,
     },
     /// Creates a topic with explicit replica assignments (see [`crate::place`]).
     CreateTopic {
@@ -256,6 +276,7 @@ impl Command {
             Command::AlterPartitionReassignment { .. } => "AlterPartitionReassignment",
             Command::ElectPreferredLeader { .. } => "ElectPreferredLeader",
             Command::AllocateProducerIds { .. } => "AllocateProducerIds",
+            Command::PutSecurity { .. } => "PutSecurity",
         }
     }
 }
@@ -314,7 +335,35 @@ impl ClusterState {
                 self.elect_preferred_leader(topic, *partition)
             }
             Command::AllocateProducerIds { count } => self.allocate_producer_ids(*count),
+            Command::PutSecurity { changes } => self.put_security(changes),
         }
+    }
+
+    fn put_security(&mut self, changes: &[SecurityChange]) -> Response {
+        if changes
+            .iter()
+            .any(|c| c.kind.is_empty() || c.key.is_empty())
+        {
+            return reject(
+                RejectKind::InvalidRequest,
+                "a security record needs a kind and a key",
+            );
+        }
+        for change in changes {
+            let kind = self.security.entry(change.kind.clone()).or_default();
+            match &change.value {
+                Some(value) => {
+                    kind.insert(change.key.clone(), value.clone());
+                }
+                None => {
+                    kind.remove(&change.key);
+                }
+            }
+            if kind.is_empty() {
+                self.security.remove(&change.kind);
+            }
+        }
+        Response::Ok
     }
 
     /// Whether `id` is a registered, unfenced broker.
