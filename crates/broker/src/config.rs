@@ -288,6 +288,7 @@ pub const BROKER_SETTINGS: &[(&str, &str, ConfigType)] = &[
         "300000",
         ConfigType::Long(1),
     ),
+    ("metrics.listen", "", ConfigType::Text),
     ("node.id", "0", ConfigType::Int(0)),
     ("num.partitions", "1", ConfigType::Int(1)),
     ("offset.metadata.max.bytes", "4096", ConfigType::Int(0)),
@@ -545,6 +546,19 @@ impl BrokerConfig {
         }
         resolve_addr(value).map(Some).ok_or_else(|| {
             Error::InvalidConfig(format!("controller.listen {value:?} is not HOST:PORT"))
+        })
+    }
+
+    /// `metrics.listen`: where `/metrics`, `/health` and `/ready` are served over HTTP; `None`
+    /// (the default) serves none.
+    pub fn metrics_listen(&self) -> Result<Option<SocketAddr>> {
+        let value = self.setting("metrics.listen");
+        let value = value.trim();
+        if value.is_empty() {
+            return Ok(None);
+        }
+        resolve_addr(value).map(Some).ok_or_else(|| {
+            Error::InvalidConfig(format!("metrics.listen {value:?} is not HOST:PORT"))
         })
     }
 

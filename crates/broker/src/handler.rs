@@ -81,6 +81,8 @@ pub(crate) struct Context {
     pub(crate) txns: Arc<crate::txn::Txns>,
     /// Incremental fetch sessions (KIP-227) of consumers and follower brokers.
     pub(crate) fetch_sessions: crate::fetch_session::FetchSessionCache,
+    /// What the request path counts, for `/metrics`.
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
     /// SCRAM credentials, ACL bindings and client quotas.
     pub(crate) security: Arc<crate::security::SecurityStore>,
 }
@@ -191,12 +193,21 @@ pub(crate) fn off_the_workers<T>(work: impl FnOnce() -> T) -> T {
     }
 }
 
-/// Handles one frame.
+/// Handles one frame, counting and timing it (metrics): an answer that waits is timed when it is
+/// ready.
 pub(crate) fn dispatch(
     ctx: &Arc<Context>,
     session: &Session,
     frame: Bytes,
 ) -> Result<Reply, Refusal> {
+    let started = std::time::Instant::now();
+    let api_key = frame::parse_prefix(&frame).map(|p| p.api_key);
+    let reply = decode_and_route(ctx, session, frame);
+    ctx.metrics.requests.finish(api_key, started, reply)
+}
+
+/// Decodes a frame and hands it to its API's handler.
+fn decode_and_route(ctx: &Arc<Context>, session: &Session, frame: Bytes) -> Result<Reply, Refusal> {
     let Some(prefix) = frame::parse_prefix(&frame) else {
         return Err(format!(
             "request of {} bytes is shorter than a request header",
@@ -524,6 +535,7 @@ pub(crate) mod tests {
             advertised_port: 9092,
             shutdown: CancellationToken::new(),
             fetch_sessions: crate::fetch_session::FetchSessionCache::new(slots),
+            metrics: Default::default(),
             security: Arc::new(crate::security::SecurityStore::local(dir).unwrap()),
         })
     }

@@ -33,6 +33,8 @@ struct SharedCache<K, V> {
     inner: Mutex<CacheInner<K, V>>,
     /// Loads that ran (misses that went to object storage).
     loads: AtomicU64,
+    /// Values asked for: the hits are those that ran no load.
+    lookups: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -86,6 +88,7 @@ impl<K: Clone + Eq + Hash, V> SharedCache<K, V> {
                 loading: HashMap::new(),
             }),
             loads: AtomicU64::new(0),
+            lookups: AtomicU64::new(0),
         }
     }
 
@@ -104,6 +107,7 @@ impl<K: Clone + Eq + Hash, V> SharedCache<K, V> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>>,
     {
+        self.lookups.fetch_add(1, Ordering::Relaxed);
         let cell = {
             let mut inner = self.lock();
             if let Some(found) = inner.touch(key) {
@@ -148,6 +152,8 @@ pub(crate) struct LakeView {
     offload_wake: Notify,
     /// Counts the manifests recorded, for those waiting on a commit.
     manifest_changes: watch::Sender<u64>,
+    /// Reads and uploads, for the metrics.
+    metrics: crate::metrics::LakeMetrics,
 }
 
 impl LakeView {
@@ -160,7 +166,30 @@ impl LakeView {
             wanted_log_starts: Mutex::default(),
             offload_wake: Notify::new(),
             manifest_changes: watch::Sender::new(0),
+            metrics: crate::metrics::LakeMetrics::default(),
         }
+    }
+
+    /// What the read path and the offload pipeline counted.
+    pub(crate) fn metrics(&self) -> &crate::metrics::LakeMetrics {
+        &self.metrics
+    }
+
+    /// `(cache, lookups, loads)` of the footer and row-group caches: a lookup that ran no load
+    /// was a hit (the value was cached, or another reader's load in flight brought it).
+    pub(crate) fn cache_counts(&self) -> [(&'static str, u64, u64); 2] {
+        let counts = |lookups: &AtomicU64, loads: &AtomicU64| {
+            (
+                lookups.load(Ordering::Relaxed),
+                loads.load(Ordering::Relaxed),
+            )
+        };
+        let (footer_lookups, footer_loads) = counts(&self.footers.lookups, &self.footers.loads);
+        let (chunk_lookups, chunk_loads) = counts(&self.chunks.lookups, &self.chunks.loads);
+        [
+            ("footers", footer_lookups, footer_loads),
+            ("row_groups", chunk_lookups, chunk_loads),
+        ]
     }
 
     pub(crate) fn lake(&self) -> &Lake {
@@ -298,7 +327,7 @@ impl LakeView {
     async fn footer(&self, entry: &FileEntry) -> strata_lake::Result<Arc<OpenFile>> {
         self.footers
             .get_or_load(&entry.path, OpenFile::memory_bytes, || {
-                self.lake.open_file(entry)
+                self.metrics.timed(self.lake.open_file(entry))
             })
             .await
     }
@@ -306,7 +335,7 @@ impl LakeView {
     async fn chunk(&self, file: &Arc<OpenFile>, k: usize) -> strata_lake::Result<Arc<Chunk>> {
         self.chunks
             .get_or_load(&(file.entry().path.clone(), k), Chunk::memory_bytes, || {
-                self.lake.read_chunk(file, k)
+                self.metrics.timed(self.lake.read_chunk(file, k))
             })
             .await
     }
@@ -392,6 +421,9 @@ impl LakeView {
                 // A consumer reading on will want the next chunk: it loads while this one is
                 // served (once; a load in flight or done is shared).
                 self.prefetch(&file, k, next);
+                self.metrics
+                    .read_bytes
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 return Ok(Some(bytes));
             }
         }

@@ -27,6 +27,8 @@
 //!   partition of the replicated `__consumer_offsets` this broker leads, loaded from the
 //!   partition's log when it becomes leader (group coordinator failover).
 //! - `offload`: the background pipeline that moves sealed segments into the lake.
+//! - `metrics`: Prometheus metrics, counted on the request path and computed at scrape, served
+//!   with `/health` and `/ready` on `metrics.listen`.
 //! - `open_files`: the open-files limit, raised at start and shared with the log's file cache.
 //! - `clock`: the wall clock, read at the edges; decisions take `now_ms` as an argument.
 //! - [`config`]: broker settings and topic configs with Kafka's names.
@@ -59,6 +61,7 @@ mod lake_view;
 mod led;
 pub mod manager;
 pub mod metadata;
+mod metrics;
 mod offload;
 mod open_files;
 mod outgoing;

@@ -189,7 +189,12 @@ pub(crate) async fn run(manager: Arc<PartitionManager>, view: Arc<LakeView>) {
                     state.claimed_epoch = None;
                     state.manifest = None;
                 }
-                Err(e) => record_failure(&topic, &partition, &mut state, &e),
+                Err(e) => {
+                    view.metrics()
+                        .upload_failures
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    record_failure(&topic, &partition, &mut state, &e)
+                }
             }
             if state.failures == 0 && state.error_shown != Some(false) {
                 show_error(&partition, &mut state, None);
@@ -369,9 +374,11 @@ async fn offload_partition(
                 state.claimed_epoch = None;
                 return Ok(());
             }
+            let entry = uploaded.entry.clone();
             manifest = lake
                 .commit_file(name, index, &manifest, uploaded.entry, epoch)
                 .await?;
+            view.metrics().uploaded(&entry);
             view.set_manifest(name, index, &manifest);
             tracing::debug!(topic = %name, partition = index, next_offset = segment.next_offset,
                 peak_buffered_bytes = uploaded.peak_buffered_bytes, "offloaded segment");

@@ -738,6 +738,11 @@ impl Partition {
         self.with_log(|log| Ok(log.sealed_segments_from(offset)))
     }
 
+    /// What of this replica's log the lake does not hold yet (see [`strata_log::Log::offload_lag`]).
+    pub fn offload_lag(&self) -> Result<strata_log::OffloadLag> {
+        self.with_log(|log| Ok(log.offload_lag()))
+    }
+
     /// Records that offsets below `offset` are durable in the lake, so local retention may delete
     /// the segments holding them.
     pub fn set_offloaded_offset(&self, offset: i64) -> Result<()> {

@@ -44,6 +44,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct BrokerHandle {
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -52,6 +53,11 @@ impl BrokerHandle {
     /// The address the broker listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address `/metrics`, `/health` and `/ready` are served on (`metrics.listen`), if any.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Stops accepting, answers in-flight requests, closes every log cleanly.
@@ -102,6 +108,8 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
     })?;
     let (advertised_host, advertised_port) =
         advertised_endpoint(advertised.as_deref(), local_addr)?;
+    let metrics_listener = bind_metrics(&config).await?;
+    let metrics = Arc::new(crate::metrics::Metrics::default());
     let shutdown = CancellationToken::new();
     let mut replication = None;
     let (manager, groups) = if config.is_clustered() {
@@ -171,6 +179,7 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
             node,
             isr_rx,
             shutdown.clone(),
+            Arc::clone(&metrics),
         )));
         background.push(tokio::spawn(crate::groups::run(
             Arc::clone(&groups),
@@ -206,14 +215,44 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
         advertised_port,
         shutdown: shutdown.clone(),
         fetch_sessions: crate::fetch_session::FetchSessionCache::new(fetch_session_slots),
+        metrics,
         security,
     });
+    let metrics_addr = match metrics_listener {
+        Some((listener, addr)) => {
+            tokio::spawn(crate::metrics::serve(listener, Arc::clone(&ctx)));
+            tracing::info!(%addr, "serving /metrics, /health and /ready");
+            Some(addr)
+        }
+        None => None,
+    };
     let task = tokio::spawn(run(ctx, listener, dir_lock, background));
     Ok(BrokerHandle {
         local_addr,
+        metrics_addr,
         shutdown,
         task,
     })
+}
+
+/// Binds `metrics.listen`, when it is set: the listener and its bound address.
+async fn bind_metrics(
+    config: &BrokerConfig,
+) -> Result<Option<(tokio::net::TcpListener, SocketAddr)>> {
+    let Some(addr) = config.metrics_listen()? else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Io {
+            what: format!("binding the metrics listener {addr}"),
+            source,
+        })?;
+    let bound = listener.local_addr().map_err(|source| Error::Io {
+        what: "reading the metrics listener's address".into(),
+        source,
+    })?;
+    Ok(Some((listener, bound)))
 }
 
 /// The channel on which leaders propose ISR changes.

@@ -49,5 +49,7 @@ pub mod txn;
 
 pub use crate::config::{CompressionType, LogConfig, TimestampType};
 pub use crate::error::{Error, Result};
-pub use crate::log::{AppendInfo, FlushJob, Log, Maintenance, RecoveryReport, SealedSegment};
+pub use crate::log::{
+    AppendInfo, FlushJob, Log, Maintenance, OffloadLag, RecoveryReport, SealedSegment,
+};
 pub use crate::segment::{FileSlice, SegmentContent};

@@ -120,6 +120,15 @@ struct StateFiles {
     producer_snapshot: Option<i64>,
 }
 
+/// What of a tiered log the lake does not hold yet ([`Log::offload_lag`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OffloadLag {
+    /// Bytes of the segments holding offsets the lake does not.
+    pub bytes: u64,
+    /// When the first of them was created (ms since the epoch), `None` when there is none.
+    pub oldest_ms: Option<i64>,
+}
+
 /// A sealed segment, for offloading.
 #[derive(Debug, Clone)]
 pub struct SealedSegment {
@@ -826,6 +835,19 @@ impl Log {
     /// Records that every offset below `offset` is durable in the lake.
     pub fn set_offloaded_offset(&mut self, offset: i64) {
         self.offloaded_offset = self.offloaded_offset.max(offset);
+    }
+
+    /// What of this log the lake does not hold yet (offsets from the offloaded offset on): its
+    /// bytes, and when the first segment holding such offsets was created.
+    pub fn offload_lag(&self) -> OffloadLag {
+        let mut lag = OffloadLag::default();
+        for segment in self.segments.values() {
+            if segment.next_offset > self.offloaded_offset && segment.size_bytes > 0 {
+                lag.bytes += segment.size_bytes;
+                lag.oldest_ms.get_or_insert(segment.created_ms);
+            }
+        }
+        lag
     }
 
     /// Sealed segments (never the active one) holding offsets at or after `offset`, in order.

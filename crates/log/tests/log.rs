@@ -840,3 +840,30 @@ fn a_log_without_its_epoch_checkpoint_learns_the_epochs_from_its_batches() {
     assert_eq!(log.end_offset_for_epoch(4).unwrap(), Some((2, 30)));
     assert_eq!(log.end_offset_for_epoch(5).unwrap(), Some((5, 60)));
 }
+
+#[test]
+fn offload_lag_is_what_the_lake_does_not_hold_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small_segments(), 0).unwrap();
+    assert_eq!(log.offload_lag(), strata_log::OffloadLag::default());
+    for i in 0..40 {
+        log.append(&client_batch(i, 1, 0, 300), 0, 100 + i as i64)
+            .unwrap();
+    }
+    let sealed = log.sealed_segments_from(0);
+    assert!(sealed.len() >= 3);
+    // Nothing offloaded: every byte, since the first segment was created.
+    let all = log.offload_lag();
+    assert_eq!(all.bytes, log.size_bytes());
+    assert_eq!(all.oldest_ms, Some(0));
+    // The first two segments in the lake: the rest.
+    log.set_offloaded_offset(sealed[2].base_offset);
+    let rest = log.offload_lag();
+    let offloaded: u64 = sealed[..2].iter().map(|s| s.slice.len() as u64).sum();
+    assert_eq!(rest.bytes, log.size_bytes() - offloaded);
+    assert!(rest.oldest_ms.unwrap() > 0, "{rest:?}");
+    // Everything up to the log end: nothing, whatever the empty active segment.
+    log.roll(1_000).unwrap();
+    log.set_offloaded_offset(log.log_end_offset());
+    assert_eq!(log.offload_lag(), strata_log::OffloadLag::default());
+}

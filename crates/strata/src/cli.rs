@@ -186,6 +186,10 @@ pub struct ServeArgs {
     /// This broker's rack, for rack-aware replica placement (setting `broker.rack`).
     #[arg(long, value_name = "RACK")]
     rack: Option<String>,
+    /// Where to serve Prometheus metrics (`/metrics`), `/health` and `/ready` over HTTP
+    /// (setting `metrics.listen`) [default: not served].
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_listen: Option<String>,
 }
 
 /// The config file's shape.
@@ -273,6 +277,7 @@ pub fn broker_config(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result
         ("controller.listen", args.controller_listen.clone()),
         ("controller.quorum.voters", args.controller_quorum.clone()),
         ("broker.rack", args.rack.clone()),
+        ("metrics.listen", args.metrics_listen.clone()),
     ];
     for (name, value) in flags {
         if let Some(value) = value {

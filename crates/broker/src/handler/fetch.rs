@@ -210,6 +210,7 @@ impl SessionAnswer for Answer {
 /// A fetch within its session (KIP-227): an incremental one reads every partition of the
 /// session and answers those with news.
 pub(crate) async fn handle(ctx: &Arc<Context>, version: i16, mut request: FetchRequest) -> Answer {
+    let consumer = request.replica_id.0 < 0;
     let session = match ctx.fetch_sessions.open(version, &mut request, now_ms()) {
         Ok(session) => session,
         Err(code) => return Answer::error(code),
@@ -218,6 +219,13 @@ pub(crate) async fn handle(ctx: &Arc<Context>, version: i16, mut request: FetchR
     match ctx.fetch_sessions.finish(session, &mut answer, now_ms()) {
         Ok(id) => answer.session_id = id,
         Err((code, id)) => answer = Answer::error(code).with_session_id(id),
+    }
+    if consumer {
+        // Once per topic of the answer (metrics); a follower's replication is not counted.
+        for topic in &answer.topics {
+            let bytes = topic.partitions.iter().map(|(_, r)| r.len() as u64).sum();
+            ctx.metrics.topics.bytes_out(&topic.topic, bytes);
+        }
     }
     answer
 }

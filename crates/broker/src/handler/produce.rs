@@ -58,6 +58,8 @@ pub(super) fn handle(ctx: &Context, version: i16, request: ProduceRequest) -> Ou
         .enumerate()
         .map(|(t, topic)| {
             let name = topic.name.clone();
+            // Counted once per topic, not per partition (metrics).
+            let mut bytes_in = 0u64;
             let partition_responses = topic
                 .partition_data
                 .into_iter()
@@ -76,6 +78,9 @@ pub(super) fn handle(ctx: &Context, version: i16, request: ProduceRequest) -> Ou
                         acks_all,
                         answer,
                     );
+                    if answer.error_code == 0 {
+                        bytes_in += data.records.as_ref().map_or(0, |r| r.len() as u64);
+                    }
                     if let Some(mut wait) = wait {
                         wait.at = (t, p);
                         waits.push(wait);
@@ -83,6 +88,7 @@ pub(super) fn handle(ctx: &Context, version: i16, request: ProduceRequest) -> Ou
                     answer
                 })
                 .collect();
+            ctx.metrics.topics.bytes_in(&name, bytes_in);
             TopicProduceResponse::default()
                 .with_name(name)
                 .with_partition_responses(partition_responses)
