@@ -324,6 +324,20 @@ pub const BROKER_SETTINGS: &[(&str, &str, ConfigType)] = &[
     ("queued.max.request.bytes", "536870912", ConfigType::Long(1)),
     ("replica.lag.time.max.ms", "30000", ConfigType::Long(1)),
     ("socket.request.max.bytes", "104857600", ConfigType::Int(1)),
+    // SASL (security::sasl): KIP-368 re-authentication is off at 0, as in Kafka.
+    ("connections.max.reauth.ms", "0", ConfigType::Long(0)),
+    (
+        "sasl.enabled.mechanisms",
+        "SCRAM-SHA-256,SCRAM-SHA-512",
+        ConfigType::Text,
+    ),
+    ("sasl.jaas.config", "", ConfigType::Text),
+    (
+        "sasl.mechanism.inter.broker.protocol",
+        "SCRAM-SHA-256",
+        ConfigType::Choice(&["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]),
+    ),
+    ("sasl.plain.allow.plaintext", "false", ConfigType::Boolean),
     (
         "transaction.abort.timed.out.transaction.cleanup.interval.ms",
         "10000",

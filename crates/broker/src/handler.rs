@@ -8,6 +8,7 @@ mod add_offsets_to_txn;
 mod add_partitions_to_txn;
 mod alter_configs;
 mod alter_partition_reassignments;
+mod alter_user_scram_credentials;
 mod api_versions;
 mod create_partitions;
 mod create_topics;
@@ -20,6 +21,7 @@ mod describe_groups;
 mod describe_log_dirs;
 mod describe_producers;
 mod describe_transactions;
+mod describe_user_scram_credentials;
 mod elect_leaders;
 mod end_txn;
 pub(crate) mod fetch;
@@ -39,6 +41,8 @@ mod offset_delete;
 mod offset_fetch;
 mod offset_for_leader_epoch;
 mod produce;
+mod sasl_authenticate;
+mod sasl_handshake;
 mod sync_group;
 mod txn_offset_commit;
 mod write_txn_markers;
@@ -454,6 +458,22 @@ fn route(
         RequestKind::ListPartitionReassignments(r) => {
             list_partition_reassignments::handle(ctx, r).into()
         }
+        // On a SASL listener these are served before dispatch (security::sasl).
+        RequestKind::SaslHandshake(_) => sasl_handshake::handle().into(),
+        RequestKind::SaslAuthenticate(_) => sasl_authenticate::handle().into(),
+        RequestKind::DescribeUserScramCredentials(r) => {
+            describe_user_scram_credentials::handle(ctx, r).into()
+        }
+        RequestKind::AlterUserScramCredentials(r) => {
+            // Stored through the security store (the quorum, in a cluster): answered apart.
+            let pending = alter_user_scram_credentials::start(ctx, r);
+            return Ok(later(
+                ApiKey::AlterUserScramCredentials,
+                version,
+                correlation_id,
+                async move { alter_user_scram_credentials::finish(pending).await.into() },
+            ));
+        }
         other => return Err(format!("no handler for {other:?}")),
     };
     let api_key = ApiKey::try_from(prefix.api_key).expect("checked in dispatch");
@@ -659,6 +679,12 @@ pub(crate) mod tests {
             ApiKey::ListPartitionReassignments => {
                 ListPartitionReassignmentsRequest::default().into()
             }
+            ApiKey::SaslHandshake => SaslHandshakeRequest::default().into(),
+            ApiKey::SaslAuthenticate => SaslAuthenticateRequest::default().into(),
+            ApiKey::DescribeUserScramCredentials => {
+                DescribeUserScramCredentialsRequest::default().into()
+            }
+            ApiKey::AlterUserScramCredentials => AlterUserScramCredentialsRequest::default().into(),
             other => panic!("add a default request for {other:?}"),
         }
     }
@@ -667,10 +693,11 @@ pub(crate) mod tests {
     fn short_unknown_and_unsupported_requests_are_refused_with_a_reason() {
         let dir = tempfile::tempdir().unwrap();
         let ctx = context(dir.path());
-        let refuse = |bytes: &'static [u8]| match dispatch(&ctx, &session(), Bytes::from_static(bytes)) {
-            Err(reason) => reason,
-            Ok(_) => panic!("accepted {bytes:?}"),
-        };
+        let refuse =
+            |bytes: &'static [u8]| match dispatch(&ctx, &session(), Bytes::from_static(bytes)) {
+                Err(reason) => reason,
+                Ok(_) => panic!("accepted {bytes:?}"),
+            };
         assert!(refuse(&[0, 1, 0]).contains("shorter than a request header"));
         assert!(refuse(&[0x7f, 0, 0, 0, 0, 0, 0, 1]).contains("unknown API key"));
         assert!(refuse(&[0, 0, 0x7f, 0, 0, 0, 0, 1]).contains("not supported"));

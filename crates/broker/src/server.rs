@@ -25,6 +25,7 @@ use crate::handler::{self, Context, Reply};
 use crate::manager::PartitionManager;
 use crate::metadata::LocalMetadataStore;
 use crate::security::SecurityStore;
+use crate::security::sasl::{Gate, SaslConnection};
 use crate::session::{SecurityProtocol, Session};
 use crate::txn::Txns;
 
@@ -94,6 +95,8 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
     ));
     let advertised = config.advertised.clone();
     let fetch_session_slots = config.max_incremental_fetch_session_cache_slots();
+    // Checked here so that an unknown mechanism stops the start, naming the setting.
+    crate::security::sasl::SaslSettings::from_config(&config).map_err(Error::InvalidConfig)?;
     // Before the partitions open: their segment files are cached within the limit found here.
     crate::open_files::fit_to_limit();
     let listener = TcpListener::bind(listen)
@@ -320,7 +323,9 @@ async fn import_security_records(
     loop {
         match security.import_local(&data_dir).await {
             Ok(()) => return,
-            Err(e) => tracing::warn!(error = %e, "importing the offline security records; retrying"),
+            Err(e) => {
+                tracing::warn!(error = %e, "importing the offline security records; retrying")
+            }
         }
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -550,7 +555,10 @@ async fn serve_connection(
     budget: frame::RequestBudget,
 ) {
     let _ = stream.set_nodelay(true);
-    let session = Session::new(peer, Arc::from("PLAINTEXT"), SecurityProtocol::Plaintext);
+    let mut session = Session::new(peer, Arc::from("PLAINTEXT"), SecurityProtocol::Plaintext);
+    // On a SASL listener nothing but ApiVersions and the SASL exchange reaches the dispatcher
+    // before the client authenticated (security::sasl).
+    let mut sasl = SaslConnection::for_session(ctx.manager.config(), &session);
     let (mut reader, mut writer) = stream.into_split();
     let (queue, mut replies) = mpsc::channel::<Pending>(IN_FLIGHT_PER_CONNECTION_MAX);
     let write_task = tokio::spawn(async move {
@@ -592,6 +600,27 @@ async fn serve_connection(
                 break;
             }
         };
+        if let Some(sasl) = sasl.as_mut() {
+            match sasl.gate(&ctx.security, &mut session, &frame, now_ms()) {
+                Gate::Dispatch => {}
+                gate => {
+                    let (answer, close) = gate.split();
+                    if let Some(answer) = answer
+                        && queue
+                            .send((Reply::Ready(Some(answer.into())), admission))
+                            .await
+                            .is_err()
+                    {
+                        break;
+                    }
+                    if let Some(why) = close {
+                        tracing::info!(%peer, listener = %session.listener, why, "closing connection");
+                        break;
+                    }
+                    continue;
+                }
+            }
+        }
         let reply = match handle_frame(&ctx, &session, frame) {
             Ok(reply) => reply,
             Err(problem) => {

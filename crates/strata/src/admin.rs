@@ -1,14 +1,18 @@
 //! A small blocking Kafka protocol client for the admin subcommands, built on the same codecs as
 //! the broker (`kafka-protocol`). It talks to any Kafka-compatible broker, Strata included.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use bytes::{Buf, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
+use strata_broker::security::sasl::{SaslLogin, SaslMechanism};
+use strata_broker::security::scram::{self, ScramClient};
 
 /// Largest response accepted (bounds the allocation a broker could size).
 const RESPONSE_MAX_BYTES: usize = 100 * 1024 * 1024;
@@ -36,6 +40,62 @@ impl AdminClient {
             bootstrap: bootstrap.to_string(),
             correlation_id: 0,
         })
+    }
+
+    /// Connects to `bootstrap` as `security` says: plain TCP, and a SASL login on a
+    /// SASL_PLAINTEXT listener.
+    pub fn connect_with(bootstrap: &str, security: &ClientSecurity) -> Result<Self> {
+        let mut client = Self::connect(bootstrap)?;
+        if let Some(login) = &security.sasl {
+            client
+                .authenticate(login)
+                .with_context(|| format!("authenticating to {bootstrap} as {}", login.username))?;
+        }
+        Ok(client)
+    }
+
+    /// SaslHandshake v1, then SaslAuthenticate v2 with the mechanism's tokens.
+    fn authenticate(&mut self, login: &SaslLogin) -> Result<()> {
+        use kafka_protocol::messages::{SaslAuthenticateRequest, SaslHandshakeRequest};
+        let handshake = SaslHandshakeRequest::default()
+            .with_mechanism(StrBytes::from_static_str(login.mechanism.name()));
+        let response = self.call(&handshake, 1)?;
+        if response.error_code != 0 {
+            let offered: Vec<&str> = response.mechanisms.iter().map(|m| m.as_str()).collect();
+            bail!(
+                "the broker does not offer {} (error {}); it offers {offered:?}",
+                login.mechanism.name(),
+                response.error_code
+            );
+        }
+        let mut round = |token: Vec<u8>| -> Result<Bytes> {
+            let request = SaslAuthenticateRequest::default().with_auth_bytes(token.into());
+            let response = self.call(&request, 2)?;
+            if response.error_code != 0 {
+                bail!(
+                    "{}",
+                    response
+                        .error_message
+                        .as_ref()
+                        .map_or("authentication failed", |m| m.as_str())
+                );
+            }
+            Ok(response.auth_bytes)
+        };
+        match login.mechanism {
+            SaslMechanism::Plain => {
+                round(format!("\0{}\0{}", login.username, login.password).into_bytes())?;
+            }
+            SaslMechanism::Scram(m) => {
+                let mut client =
+                    ScramClient::new(m, &login.username, &login.password, &scram::new_nonce());
+                let server_first = round(client.first())?;
+                let last = client.last(&server_first)?;
+                let server_last = round(last)?;
+                client.verify(&server_last)?;
+            }
+        }
+        Ok(())
     }
 
     /// Sends `request` at `version` and reads its response.
@@ -82,5 +142,136 @@ impl AdminClient {
             tracing::debug!(left = body.remaining(), "bytes left after the response");
         }
         Ok(response)
+    }
+}
+
+/// How the admin client connects: Kafka client properties (`--command-config FILE`).
+#[derive(Debug, Clone, Default)]
+pub struct ClientSecurity {
+    /// The login on a SASL listener; `None` for PLAINTEXT.
+    pub sasl: Option<SaslLogin>,
+}
+
+impl ClientSecurity {
+    /// Reads a Kafka client properties file: `security.protocol` (PLAINTEXT or SASL_PLAINTEXT),
+    /// `sasl.mechanism` (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512), and the login as librdkafka takes
+    /// it (`sasl.username`, `sasl.password`) or as the Java client does (`sasl.jaas.config`).
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the client properties {}", path.display()))?;
+        Self::from_properties(&parse_properties(&text))
+            .with_context(|| format!("in {}", path.display()))
+    }
+
+    /// From properties already parsed.
+    pub fn from_properties(properties: &BTreeMap<String, String>) -> Result<Self> {
+        let get = |name: &str| properties.get(name).map(|v| v.trim().to_string());
+        let protocol = get("security.protocol").unwrap_or_else(|| "PLAINTEXT".into());
+        match protocol.to_ascii_uppercase().as_str() {
+            "PLAINTEXT" => Ok(Self::default()),
+            "SASL_PLAINTEXT" => {
+                let name = get("sasl.mechanism").context(
+                    "security.protocol=SASL_PLAINTEXT needs sasl.mechanism (PLAIN, SCRAM-SHA-256 \
+                     or SCRAM-SHA-512)",
+                )?;
+                let mechanism = SaslMechanism::parse(&name)
+                    .with_context(|| format!("sasl.mechanism={name} is not supported"))?;
+                let login = match (
+                    get("sasl.username"),
+                    get("sasl.password"),
+                    get("sasl.jaas.config"),
+                ) {
+                    (Some(username), Some(password), _) => SaslLogin {
+                        mechanism,
+                        username,
+                        password,
+                    },
+                    (None, None, Some(jaas)) => {
+                        strata_broker::security::sasl::login_from_jaas(mechanism, &jaas)
+                            .map_err(anyhow::Error::msg)?
+                    }
+                    _ => bail!("give sasl.username and sasl.password, or sasl.jaas.config"),
+                };
+                Ok(Self { sasl: Some(login) })
+            }
+            "SSL" | "SASL_SSL" => bail!(
+                "security.protocol={protocol}: the strata admin commands do not speak TLS yet; \
+                 use a PLAINTEXT or SASL_PLAINTEXT listener"
+            ),
+            other => bail!("security.protocol={other} is not a Kafka security protocol"),
+        }
+    }
+}
+
+/// Parses Java properties as Kafka's tools read them: `name=value` or `name: value` lines, `#`
+/// and `!` comments, a trailing `\` continuing a line.
+pub fn parse_properties(text: &str) -> BTreeMap<String, String> {
+    let mut properties = BTreeMap::new();
+    let mut logical = String::new();
+    for line in text.lines() {
+        let line = line.trim_start();
+        if logical.is_empty() && (line.is_empty() || line.starts_with('#') || line.starts_with('!'))
+        {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(start) => {
+                logical.push_str(start);
+                continue;
+            }
+            None => logical.push_str(line),
+        }
+        let entry = std::mem::take(&mut logical);
+        let split = entry.find(['=', ':']).unwrap_or(entry.len());
+        let (name, value) = entry.split_at(split);
+        let value = value.get(1..).unwrap_or_default();
+        properties.insert(name.trim().to_string(), value.trim().to_string());
+    }
+    properties
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_properties_give_the_login() {
+        let properties = parse_properties(
+            "# admin\nsecurity.protocol=SASL_PLAINTEXT\nsasl.mechanism = SCRAM-SHA-512\n\
+             sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required \\\n  \
+             username=\"admin\" password=\"s=cr:et\";\n",
+        );
+        let security = ClientSecurity::from_properties(&properties).unwrap();
+        let login = security.sasl.unwrap();
+        assert_eq!(login.username, "admin");
+        assert_eq!(login.password, "s=cr:et");
+        let properties = parse_properties(
+            "security.protocol: SASL_PLAINTEXT\nsasl.mechanism=PLAIN\nsasl.username=u\nsasl.password=p\n",
+        );
+        let login = ClientSecurity::from_properties(&properties)
+            .unwrap()
+            .sasl
+            .unwrap();
+        assert_eq!(
+            (login.mechanism, login.password.as_str()),
+            (SaslMechanism::Plain, "p")
+        );
+        assert!(
+            ClientSecurity::from_properties(&parse_properties(""))
+                .unwrap()
+                .sasl
+                .is_none()
+        );
+        for bad in [
+            "security.protocol=SASL_PLAINTEXT\nsasl.username=u\nsasl.password=p",
+            "security.protocol=SASL_PLAINTEXT\nsasl.mechanism=GSSAPI\nsasl.username=u\nsasl.password=p",
+            "security.protocol=SASL_PLAINTEXT\nsasl.mechanism=PLAIN\nsasl.username=u",
+            "security.protocol=TLS",
+        ] {
+            assert!(
+                ClientSecurity::from_properties(&parse_properties(bad)).is_err(),
+                "{bad}"
+            );
+        }
     }
 }

@@ -43,6 +43,8 @@ enum Command {
     Lake(LakeArgs),
     /// A cluster as its brokers see it.
     Cluster(ClusterArgs),
+    /// SCRAM users: on a running broker, or offline on a stopped broker's data folder.
+    Users(crate::users::UsersArgs),
 }
 
 /// Options of `strata cluster`.
@@ -213,6 +215,10 @@ pub fn main() -> ExitCode {
         Command::Groups(args) => groups(args).map(|()| ExitCode::SUCCESS),
         Command::Lake(args) => lake(args).map(|()| ExitCode::SUCCESS),
         Command::Cluster(args) => cluster(args),
+        Command::Users(args) => {
+            let env: BTreeMap<String, String> = std::env::vars().collect();
+            crate::users::run(args, |given| bootstrap(given, &env)).map(|()| ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,

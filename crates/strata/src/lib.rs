@@ -11,6 +11,7 @@
 //! - [`groups`]: `strata groups list | describe | reset-offsets`.
 //! - [`lake`]: `strata lake ls | verify`.
 //! - [`cluster`]: `strata cluster status`.
+//! - [`users`]: `strata users add | remove | list`, online or on a stopped broker's data folder.
 //!
 //! ## Example
 //! ```text
@@ -25,3 +26,4 @@ pub mod cli;
 pub mod cluster;
 pub mod groups;
 pub mod lake;
+pub mod users;

@@ -54,6 +54,12 @@ pub(crate) const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ElectLeaders, 0, 2),
     (ApiKey::AlterPartitionReassignments, 0, 1),
     (ApiKey::ListPartitionReassignments, 0, 0),
+    // v0 is followed by raw SASL tokens; v1 by SaslAuthenticate (security::sasl).
+    (ApiKey::SaslHandshake, 0, 1),
+    // v1 carries session_lifetime_ms (KIP-368 re-authentication); v2 is flexible.
+    (ApiKey::SaslAuthenticate, 0, 2),
+    (ApiKey::DescribeUserScramCredentials, 0, 0),
+    (ApiKey::AlterUserScramCredentials, 0, 0),
 ];
 
 /// The versions of `api_key` this broker handles, if any.

@@ -11,5 +11,6 @@ pub mod sasl;
 pub mod scram;
 pub mod store;
 pub mod tls;
+pub mod users;
 
 pub use store::{LocalSecurityStore, SecurityChange, SecurityRecords, SecurityStore};
