@@ -253,12 +253,14 @@ pub const IGNORED_TOPIC_CONFIGS: &[(&str, &str)] = &[
 
 /// Broker settings that are not topic defaults.
 pub const BROKER_SETTINGS: &[(&str, &str, ConfigType)] = &[
+    ("advertised.listeners", "", ConfigType::Text),
     ("auto.create.topics.enable", "true", ConfigType::Boolean),
     ("auto.leader.rebalance.enable", "true", ConfigType::Boolean),
     ("broker.heartbeat.interval.ms", "500", ConfigType::Int(10)),
     ("broker.rack", "", ConfigType::Text),
     ("broker.session.timeout.ms", "3000", ConfigType::Int(100)),
     ("controller.listen", "", ConfigType::Text),
+    ("controller.listener.names", "", ConfigType::Text),
     ("controller.quorum.voters", "", ConfigType::Text),
     ("default.replication.factor", "1", ConfigType::Int(1)),
     (
@@ -272,7 +274,14 @@ pub const BROKER_SETTINGS: &[(&str, &str, ConfigType)] = &[
         ConfigType::Int(1),
     ),
     ("group.min.session.timeout.ms", "6000", ConfigType::Int(1)),
+    ("inter.broker.listener.name", "", ConfigType::Text),
     ("lake.read.cache.bytes", "268435456", ConfigType::Long(0)),
+    (
+        "listener.security.protocol.map",
+        crate::security::listener::DEFAULT_PROTOCOL_MAP,
+        ConfigType::Text,
+    ),
+    ("listeners", "", ConfigType::Text),
     (
         "max.incremental.fetch.session.cache.slots",
         "1000",
@@ -324,6 +333,18 @@ pub const BROKER_SETTINGS: &[(&str, &str, ConfigType)] = &[
     ("queued.max.request.bytes", "536870912", ConfigType::Long(1)),
     ("replica.lag.time.max.ms", "30000", ConfigType::Long(1)),
     ("socket.request.max.bytes", "104857600", ConfigType::Int(1)),
+    (
+        "ssl.client.auth",
+        "none",
+        ConfigType::Choice(&["none", "requested", "required"]),
+    ),
+    ("ssl.keystore.certificate.chain", "", ConfigType::Text),
+    ("ssl.keystore.key", "", ConfigType::Text),
+    ("ssl.keystore.location", "", ConfigType::Text),
+    ("ssl.keystore.type", "PEM", ConfigType::Choice(&["PEM"])),
+    ("ssl.truststore.certificates", "", ConfigType::Text),
+    ("ssl.truststore.location", "", ConfigType::Text),
+    ("ssl.truststore.type", "PEM", ConfigType::Choice(&["PEM"])),
     // SASL (security::sasl): KIP-368 re-authentication is off at 0, as in Kafka.
     ("connections.max.reauth.ms", "0", ConfigType::Long(0)),
     (
@@ -396,7 +417,8 @@ pub struct BrokerConfig {
     /// Where partitions, metadata and (by default) the lake live; always absolute (a relative
     /// folder given to [`BrokerConfig::new`] is resolved against the working directory).
     pub data_dir: PathBuf,
-    /// Address to listen on.
+    /// Address of the one PLAINTEXT listener when the `listeners` setting is not set (which
+    /// takes Kafka's `NAME://HOST:PORT,…` list instead).
     pub listen: SocketAddr,
     /// `host:port` given to clients in Metadata; `None` means the bound listen address.
     pub advertised: Option<String>,
@@ -434,14 +456,18 @@ impl BrokerConfig {
             None => strata_lake::store::file_url(&data_dir.join("lake"))
                 .map_err(|e| Error::InvalidConfig(format!("default tier URL: {e}")))?,
         };
-        Ok(Self {
+        let config = Self {
             data_dir,
             listen,
             advertised,
             tier_url,
             settings,
             tier_env: BTreeMap::new(),
-        })
+        };
+        // Listener settings are checked against each other here, so that a bad list is an
+        // error at start-up, naming the setting.
+        config.listeners()?;
+        Ok(config)
     }
 
     /// A config for tests and embedding: defaults everywhere, listening on `listen`.
@@ -549,6 +575,40 @@ impl BrokerConfig {
     /// Whether this broker is part of a cluster (`controller.quorum.voters` is set).
     pub fn is_clustered(&self) -> bool {
         !self.setting("controller.quorum.voters").trim().is_empty()
+    }
+
+    /// The listeners: `listeners` when set, else one PLAINTEXT listener on [`Self::listen`];
+    /// with `listener.security.protocol.map`, `advertised.listeners` (and `--advertised` for
+    /// the first listener), `inter.broker.listener.name` and `controller.listener.names`.
+    pub(crate) fn listeners(&self) -> Result<crate::security::listener::Listeners> {
+        let listen = self.listen.to_string();
+        let listeners = self.setting("listeners");
+        let settings = [
+            "listener.security.protocol.map",
+            "advertised.listeners",
+            "inter.broker.listener.name",
+            "controller.listener.names",
+        ]
+        .map(|name| self.setting(name));
+        crate::security::listener::parse(&crate::security::listener::ListenerSettings {
+            listeners: if listeners.trim().is_empty() {
+                &listen
+            } else {
+                &listeners
+            },
+            protocol_map: &settings[0],
+            advertised_listeners: &settings[1],
+            advertised: self.advertised.as_deref(),
+            inter_broker_listener_name: &settings[2],
+            controller_listener_names: &settings[3],
+        })
+        .map_err(Error::InvalidConfig)
+    }
+
+    /// The TLS settings of listener `name` (`listener.name.<name>.ssl.*` first, then `ssl.*`).
+    pub(crate) fn tls_settings(&self, name: &str) -> Result<crate::security::tls::TlsSettings> {
+        crate::security::tls::TlsSettings::read(name, |setting| self.settings.get(setting).cloned())
+            .map_err(Error::InvalidConfig)
     }
 
     /// `controller.listen`: where this voter serves the metadata quorum.
@@ -669,6 +729,7 @@ impl BrokerConfig {
             .map(|(n, _, _)| *n)
             .chain(TOPIC_CONFIGS.iter().map(|d| d.broker_name));
         let mut all: Vec<_> = names
+            .filter(|n| !is_sensitive(n))
             .map(|n| (n.to_string(), self.setting(n), self.is_set(n)))
             .collect();
         all.sort();
@@ -692,7 +753,20 @@ impl BrokerConfig {
     }
 }
 
+/// Settings whose values DescribeConfigs never shows (private keys).
+fn is_sensitive(name: &str) -> bool {
+    name.ends_with("ssl.keystore.key")
+}
+
 fn broker_setting_type(name: &str) -> Option<ConfigType> {
+    // A TLS setting of one listener: `listener.name.<name>.ssl.keystore.location`, ….
+    let name = match name.strip_prefix("listener.name.") {
+        Some(rest) => rest
+            .split_once('.')
+            .map(|(_, setting)| setting)
+            .filter(|s| crate::security::tls::TLS_SETTINGS.contains(s))?,
+        None => name,
+    };
     BROKER_SETTINGS
         .iter()
         .find(|(n, _, _)| *n == name)

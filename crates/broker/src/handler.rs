@@ -78,6 +78,9 @@ pub(crate) struct Context {
     pub(crate) advertised_host: String,
     /// Port given to clients.
     pub(crate) advertised_port: i32,
+    /// Every listener's advertised `(name, host, port)`: clients are told the endpoints of the
+    /// listener they connected on (`advertised_host`/`advertised_port` are the first's).
+    pub(crate) advertised_listeners: Vec<(Arc<str>, String, i32)>,
     /// Cancelled when the broker shuts down; waiting fetches answer at once.
     pub(crate) shutdown: CancellationToken,
     /// The transaction coordinators: one for every transaction, or in a cluster one per
@@ -101,14 +104,10 @@ impl Context {
 
     /// The live brokers clients are told of, `(id, host, port, rack)` by id, and the active
     /// controller: this broker alone for a single broker; in a cluster every unfenced broker.
-    pub(crate) fn live_brokers(&self) -> (Vec<LiveBroker>, i32) {
+    pub(crate) fn live_brokers(&self, listener: &str) -> (Vec<LiveBroker>, i32) {
         let Some(node) = self.manager.cluster() else {
-            let me = (
-                self.node_id(),
-                self.advertised_host.clone(),
-                self.advertised_port,
-                None,
-            );
+            let (host, port) = self.own_endpoint(listener);
+            let me = (self.node_id(), host, port, None);
             return (vec![me], self.node_id());
         };
         let state = node.state().borrow().clone();
@@ -116,7 +115,10 @@ impl Context {
             .brokers
             .values()
             .filter(|b| !b.fenced)
-            .map(|b| (b.id, b.host.clone(), i32::from(b.port), b.rack.clone()))
+            .map(|b| {
+                let (host, port) = endpoint_on(b, listener);
+                (b.id, host, port, b.rack.clone())
+            })
             .collect();
         (brokers, node.controller_id().unwrap_or(-1))
     }
@@ -125,27 +127,45 @@ impl Context {
     /// in a cluster the leader of the group's `__consumer_offsets` partition, or
     /// COORDINATOR_NOT_AVAILABLE while the topic does not exist or that partition has no live
     /// leader.
-    pub(crate) fn group_coordinator(&self, key: &str) -> Result<(i32, String, i32), ResponseError> {
-        self.coordinator_by(crate::groups::OFFSETS_TOPIC, key)
+    pub(crate) fn group_coordinator(
+        &self,
+        key: &str,
+        listener: &str,
+    ) -> Result<(i32, String, i32), ResponseError> {
+        self.coordinator_by(crate::groups::OFFSETS_TOPIC, key, listener)
     }
 
     /// The broker coordinating transactional id `key`, as [`Context::group_coordinator`] over
     /// `__transaction_state`.
-    pub(crate) fn txn_coordinator(&self, key: &str) -> Result<(i32, String, i32), ResponseError> {
-        self.coordinator_by(crate::txn::TXN_TOPIC, key)
+    pub(crate) fn txn_coordinator(
+        &self,
+        key: &str,
+        listener: &str,
+    ) -> Result<(i32, String, i32), ResponseError> {
+        self.coordinator_by(crate::txn::TXN_TOPIC, key, listener)
+    }
+
+    /// This broker's advertised endpoint on `listener` (the first listener's for a name it
+    /// does not have).
+    fn own_endpoint(&self, listener: &str) -> (String, i32) {
+        self.advertised_listeners
+            .iter()
+            .find(|(name, _, _)| **name == *listener)
+            .map_or_else(
+                || (self.advertised_host.clone(), self.advertised_port),
+                |(_, host, port)| (host.clone(), *port),
+            )
     }
 
     fn coordinator_by(
         &self,
         internal_topic: &str,
         key: &str,
+        listener: &str,
     ) -> Result<(i32, String, i32), ResponseError> {
         let Some(node) = self.manager.cluster() else {
-            return Ok((
-                self.node_id(),
-                self.advertised_host.clone(),
-                self.advertised_port,
-            ));
+            let (host, port) = self.own_endpoint(listener);
+            return Ok((self.node_id(), host, port));
         };
         let state = node.state().borrow().clone();
         let partitions = state
@@ -161,7 +181,8 @@ impl Context {
             .get(&leader)
             .filter(|b| !b.fenced)
             .ok_or(ResponseError::CoordinatorNotAvailable)?;
-        Ok((broker.id, broker.host.clone(), i32::from(broker.port)))
+        let (host, port) = endpoint_on(broker, listener);
+        Ok((broker.id, host, port))
     }
 
     /// The coordinator of `group` here, or the error its requests get (NOT_COORDINATOR when
@@ -169,6 +190,13 @@ impl Context {
     pub(crate) fn coordinator(&self, group: &str) -> Result<Arc<GroupCoordinator>, ResponseError> {
         self.groups.of(&self.manager, group)
     }
+}
+
+/// Where clients of listener `listener` reach `broker`: its endpoint of that name, else its main
+/// (inter-broker) one.
+fn endpoint_on(broker: &strata_cluster::BrokerInfo, listener: &str) -> (String, i32) {
+    let (host, port) = crate::security::client::endpoint_of(broker, listener);
+    (host, i32::from(port))
 }
 
 /// A response to write, now or when a waiting fetch completes. `Ready(None)` is acks=0.
@@ -272,7 +300,7 @@ fn route(
     let correlation_id = header.correlation_id;
     let response: ResponseKind = match request {
         RequestKind::ApiVersions(_) => api_versions::handle(version).into(),
-        RequestKind::Metadata(r) => metadata::handle(ctx, version, r).into(),
+        RequestKind::Metadata(r) => metadata::handle(ctx, &session.listener, version, r).into(),
         RequestKind::Produce(r) => match produce::handle(ctx, version, r) {
             produce::Outcome::Ready(response) => response.into(),
             produce::Outcome::Silent => return Ok(Reply::Ready(None)),
@@ -314,7 +342,9 @@ fn route(
                 async move { sync_group::finish(ctx, version, answer).await.into() },
             ));
         }
-        RequestKind::FindCoordinator(r) => find_coordinator::handle(ctx, version, r).into(),
+        RequestKind::FindCoordinator(r) => {
+            find_coordinator::handle(ctx, &session.listener, version, r).into()
+        }
         RequestKind::Heartbeat(r) => heartbeat::handle(ctx, r).into(),
         RequestKind::LeaveGroup(r) => leave_group::handle(ctx, version, r).into(),
         RequestKind::OffsetCommit(r) => {
@@ -374,7 +404,9 @@ fn route(
         RequestKind::DescribeConfigs(r) => describe_configs::handle(ctx, version, r).into(),
         RequestKind::AlterConfigs(r) => alter_configs::handle(ctx, r).into(),
         RequestKind::IncrementalAlterConfigs(r) => incremental_alter_configs::handle(ctx, r).into(),
-        RequestKind::DescribeCluster(r) => describe_cluster::handle(ctx, version, r).into(),
+        RequestKind::DescribeCluster(r) => {
+            describe_cluster::handle(ctx, &session.listener, version, r).into()
+        }
         RequestKind::InitProducerId(r) => {
             let pending = init_producer_id::start(ctx, version, r);
             return Ok(later(
@@ -553,6 +585,7 @@ pub(crate) mod tests {
             )),
             advertised_host: "127.0.0.1".into(),
             advertised_port: 9092,
+            advertised_listeners: vec![(Arc::from("PLAINTEXT"), "127.0.0.1".into(), 9092)],
             shutdown: CancellationToken::new(),
             fetch_sessions: crate::fetch_session::FetchSessionCache::new(slots),
             metrics: Default::default(),

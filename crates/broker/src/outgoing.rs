@@ -1,12 +1,15 @@
 //! Responses as they go to the socket: encoded bytes, and ranges of segment files that the kernel
 //! sends from the page cache with `sendfile(2)`. The records of a fetch answer are never copied
 //! through the broker's memory: only the few bytes around them are encoded.
+//!
+//! Over TLS the kernel cannot encrypt (no kTLS here), so [`Outgoing::write_to_stream`] reads the
+//! file ranges in chunks of [`TLS_FILE_CHUNK`] bytes and writes them through the TLS stream.
 
 use std::io;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use strata_log::FileSlice;
-use tokio::io::Interest;
+use tokio::io::{AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 /// Bytes below which a record payload is copied into the surrounding bytes instead of sent as a
@@ -16,6 +19,10 @@ const INLINE_BYTES_MAX: usize = 4096;
 /// Largest `sendfile(2)` call: keeps each call short so other connections get their turn.
 #[cfg(target_os = "linux")]
 const SENDFILE_CHUNK: usize = 8 << 20;
+
+/// The most read from a segment file at once for a TLS connection: bounds the memory each
+/// connection holds while the range is encrypted (rustls cuts it into 16 KiB records).
+pub(crate) const TLS_FILE_CHUNK: usize = 256 << 10;
 
 /// One piece of a response.
 #[derive(Debug)]
@@ -51,6 +58,33 @@ impl Outgoing {
             }
         }
         Ok(())
+    }
+
+    /// Writes the frame through any stream (TLS): file ranges are read in chunks of
+    /// [`TLS_FILE_CHUNK`] bytes, from the page cache as a rule, and written. Flushes at the end.
+    /// A file shorter than its range is an error, as for [`Outgoing::write_to`].
+    pub(crate) async fn write_to_stream<W: AsyncWrite + Unpin>(
+        &self,
+        stream: &mut W,
+    ) -> io::Result<()> {
+        let mut chunk = Vec::new();
+        for part in &self.parts {
+            match part {
+                Part::Bytes(bytes) => stream.write_all(bytes).await?,
+                Part::File(slice) => {
+                    let mut position = slice.position();
+                    let end = position + slice.len() as u64;
+                    while position < end {
+                        let count = ((end - position) as usize).min(TLS_FILE_CHUNK);
+                        chunk.resize(count, 0);
+                        read_range(slice, position, &mut chunk)?;
+                        stream.write_all(&chunk).await?;
+                        position += count as u64;
+                    }
+                }
+            }
+        }
+        stream.flush().await
     }
 
     /// The frame as one buffer (reads the file ranges): for tests and checks.
@@ -146,6 +180,20 @@ impl FrameBuilder {
         parts.append(&mut self.parts);
         Ok(Outgoing { parts })
     }
+}
+
+/// Reads `buf.len()` bytes of `slice`'s file at `position`.
+fn read_range(slice: &FileSlice, position: u64, buf: &mut [u8]) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    slice.file().read_exact_at(buf, position).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "{} at byte {position} of a fetch answer: {e}",
+                slice.path().display()
+            ),
+        )
+    })
 }
 
 /// Writes all of `bytes`; with `more`, tells the kernel more follows (`MSG_MORE`), so the small

@@ -29,7 +29,6 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable};
 use strata_cluster::{ClusterNode, ClusterState, Command, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -287,17 +286,13 @@ async fn fetch_from(
             return;
         }
         if peer.is_none() {
-            let endpoint = node
-                .state()
-                .borrow()
-                .brokers
-                .get(&leader)
-                .map(|b| (b.host.clone(), b.port));
-            let Some((host, port)) = endpoint else {
+            let broker = node.state().borrow().brokers.get(&leader).cloned();
+            let Some(broker) = broker else {
                 pause(&shutdown).await;
                 continue;
             };
-            match tokio::time::timeout(Duration::from_secs(2), Peer::connect(&host, port)).await {
+            let connect = Peer::connect(manager.config(), &broker);
+            match tokio::time::timeout(Duration::from_secs(2), connect).await {
                 Ok(Ok(p)) => peer = Some(p),
                 Ok(Err(e)) => {
                     tracing::debug!(leader, error = %e, "connecting to the leader");
@@ -590,17 +585,27 @@ async fn truncate(peer: &mut Peer, me: i32, partitions: &[&Arc<Partition>]) -> a
     Ok(())
 }
 
-/// A connection to another broker's Kafka listener.
-#[derive(Debug)]
+/// A connection to another broker's Kafka listener (its `inter.broker.listener.name` one, TLS
+/// when that listener is).
 pub(crate) struct Peer {
-    stream: TcpStream,
+    stream: crate::security::client::BoxedStream,
     correlation_id: i32,
 }
 
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer")
+            .field("correlation_id", &self.correlation_id)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Peer {
-    pub(crate) async fn connect(host: &str, port: u16) -> std::io::Result<Self> {
-        let stream = TcpStream::connect((host, port)).await?;
-        stream.set_nodelay(true)?;
+    pub(crate) async fn connect(
+        config: &crate::config::BrokerConfig,
+        broker: &strata_cluster::BrokerInfo,
+    ) -> std::io::Result<Self> {
+        let stream = crate::security::client::connect_broker(config, broker).await?;
         Ok(Self {
             stream,
             correlation_id: 0,

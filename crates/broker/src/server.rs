@@ -8,8 +8,6 @@ use std::time::Duration;
 use kafka_protocol::messages::ApiKey;
 use strata_coordinator::GroupCoordinator;
 use strata_coordinator::offsets_log::LocalOffsetsLog;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -26,8 +24,10 @@ use crate::manager::PartitionManager;
 use crate::metadata::LocalMetadataStore;
 use crate::security::SecurityStore;
 use crate::security::sasl::{Gate, SaslConnection};
-use crate::session::{SecurityProtocol, Session};
+use crate::session::Session;
 use crate::txn::Txns;
+
+mod listeners;
 
 /// Connections served at once; more wait in the kernel's accept queue.
 pub const CONNECTIONS_MAX: usize = 4096;
@@ -45,15 +45,25 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct BrokerHandle {
     local_addr: SocketAddr,
+    /// Every listener's name and bound address, in the order of `listeners`.
+    listeners: Vec<(Arc<str>, SocketAddr)>,
     metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
 }
 
 impl BrokerHandle {
-    /// The address the broker listens on.
+    /// The address the broker listens on (its first listener's).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The bound address of listener `name` (`PLAINTEXT`, `SSL`, …, as in `listeners`).
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, addr)| *addr)
     }
 
     /// The address `/metrics`, `/health` and `/ready` are served on (`metrics.listen`), if any.
@@ -85,7 +95,6 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
     let data_dir = config.data_dir.clone();
     // Before anything in the folder is opened, the lake's default folder included.
     let dir_lock = DataDirLock::acquire(&data_dir)?;
-    let listen = config.listen;
     let lake = Arc::new(crate::lake_view::LakeView::new(
         strata_lake::Lake::new(
             strata_lake::store::open(&config.tier_url, &config.tier_env)
@@ -93,31 +102,27 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
         ),
         config.lake_read_cache_bytes(),
     ));
-    let advertised = config.advertised.clone();
     let fetch_session_slots = config.max_incremental_fetch_session_cache_slots();
     // Checked here so that an unknown mechanism stops the start, naming the setting.
     crate::security::sasl::SaslSettings::from_config(&config).map_err(Error::InvalidConfig)?;
     // Before the partitions open: their segment files are cached within the limit found here.
     crate::open_files::fit_to_limit();
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(|source| Error::Io {
-            what: format!("binding {listen}"),
-            source,
-        })?;
-    let local_addr = listener.local_addr().map_err(|source| Error::Io {
-        what: "reading the bound address".into(),
-        source,
-    })?;
-    let (advertised_host, advertised_port) =
-        advertised_endpoint(advertised.as_deref(), local_addr)?;
+    let bound = listeners::bind(&config).await?;
+    let local_addr = bound[0].local_addr;
+    let (advertised_host, advertised_port) = bound[0].advertised.clone();
+    let advertised_listeners: Vec<(Arc<str>, String, i32)> = bound
+        .iter()
+        .map(|b| {
+            let (host, port) = b.advertised.clone();
+            (Arc::clone(b.listener.name()), host, port)
+        })
+        .collect();
     let metrics_listener = bind_metrics(&config).await?;
     let metrics = Arc::new(crate::metrics::Metrics::default());
     let shutdown = CancellationToken::new();
     let mut replication = None;
     let (manager, groups) = if config.is_clustered() {
-        let (node, isr_tx, isr_rx) =
-            start_cluster_node(&config, &advertised_host, advertised_port).await?;
+        let (node, isr_tx, isr_rx) = start_cluster_node(&config, &advertised_listeners).await?;
         // Group state lives in the replicated __consumer_offsets (crate::groups).
         let groups = Groups::cluster(config.coordinator_config());
         let manager = {
@@ -167,6 +172,11 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
         .map_err(|e| Error::Metadata(format!("opening the transaction log panicked: {e}")))??
     };
     let mut background = Vec::new();
+    let tls_servers: Vec<_> = bound.iter().filter_map(|b| b.tls.clone()).collect();
+    background.push(tokio::spawn(crate::security::tls::watch(
+        tls_servers,
+        shutdown.clone(),
+    )));
     background.push(tokio::spawn(crate::txn::tick(
         Arc::clone(&txns),
         shutdown.clone(),
@@ -216,6 +226,7 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
         lake,
         advertised_host,
         advertised_port,
+        advertised_listeners,
         shutdown: shutdown.clone(),
         fetch_sessions: crate::fetch_session::FetchSessionCache::new(fetch_session_slots),
         metrics,
@@ -229,9 +240,14 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
         }
         None => None,
     };
-    let task = tokio::spawn(run(ctx, listener, dir_lock, background));
+    let listener_addrs = bound
+        .iter()
+        .map(|b| (Arc::clone(b.listener.name()), b.local_addr))
+        .collect();
+    let task = tokio::spawn(run(ctx, bound, dir_lock, background));
     Ok(BrokerHandle {
         local_addr,
+        listeners: listener_addrs,
         metrics_addr,
         shutdown,
         task,
@@ -268,8 +284,7 @@ type IsrChannel = (
 /// when this broker is a voter.
 async fn start_cluster_node(
     config: &BrokerConfig,
-    advertised_host: &str,
-    advertised_port: i32,
+    advertised: &[(Arc<str>, String, i32)],
 ) -> Result<(
     Arc<strata_cluster::ClusterNode>,
     tokio::sync::mpsc::UnboundedSender<crate::replication::IsrChange>,
@@ -298,13 +313,10 @@ async fn start_cluster_node(
         node_id,
         meta_dir: config.data_dir.join("meta").join("raft"),
         voters,
-        broker: strata_cluster::BrokerEndpoint {
-            host: advertised_host.to_string(),
-            port: u16::try_from(advertised_port).unwrap_or(0),
-            rack: config.rack(),
-        },
+        broker: broker_endpoint(config, advertised)?,
         heartbeat_interval: Duration::from_millis(config.heartbeat_interval_ms() as u64),
         session_timeout: Duration::from_millis(config.session_timeout_ms() as u64),
+        tls: quorum_tls(config)?,
     };
     let node = strata_cluster::ClusterNode::start(node_config, listener)
         .await
@@ -332,6 +344,52 @@ async fn import_security_records(
             () = shutdown.cancelled() => return,
         }
     }
+}
+
+/// What this broker registers: its inter-broker listener's advertised endpoint as the main one,
+/// and every listener's by name (Metadata answers each client with its listener's endpoints).
+fn broker_endpoint(
+    config: &BrokerConfig,
+    advertised: &[(Arc<str>, String, i32)],
+) -> Result<strata_cluster::BrokerEndpoint> {
+    let inter_broker = config.listeners()?.inter_broker;
+    let listeners: Vec<strata_cluster::ListenerEndpoint> = advertised
+        .iter()
+        .map(|(name, host, port)| strata_cluster::ListenerEndpoint {
+            name: name.to_string(),
+            host: host.clone(),
+            port: u16::try_from(*port).unwrap_or(0),
+        })
+        .collect();
+    let main = listeners
+        .iter()
+        .find(|l| *l.name == *inter_broker)
+        .unwrap_or(&listeners[0])
+        .clone();
+    Ok(strata_cluster::BrokerEndpoint {
+        host: main.host,
+        port: main.port,
+        rack: config.rack(),
+        listeners,
+    })
+}
+
+/// TLS for the metadata quorum when `controller.listener.names` names an SSL listener: the
+/// keystore and truststore of that name (`listener.name.<name>.ssl.*`, else `ssl.*`), client
+/// certificates required.
+fn quorum_tls(config: &BrokerConfig) -> Result<Option<strata_cluster::QuorumTls>> {
+    let Some((name, protocol)) = config.listeners()?.controller else {
+        return Ok(None);
+    };
+    if !protocol.is_tls() {
+        return Ok(None);
+    }
+    let mut settings = config.tls_settings(&name)?;
+    settings.require_client_auth();
+    Ok(Some(strata_cluster::QuorumTls {
+        server: crate::security::tls::server_config(&settings).map_err(Error::InvalidConfig)?,
+        client: crate::security::tls::client_config(&settings).map_err(Error::InvalidConfig)?,
+    }))
 }
 
 /// How long start-up waits for object storage before going on without the lake's state.
@@ -371,32 +429,24 @@ async fn read_lake_state(view: &crate::lake_view::LakeView) -> crate::manager::L
     }
 }
 
-fn advertised_endpoint(advertised: Option<&str>, bound: SocketAddr) -> Result<(String, i32)> {
-    let Some(advertised) = advertised else {
+/// What a listener bound at `bound` tells clients: its advertised address (checked when the
+/// settings were read), else the bound one.
+fn advertised_endpoint(advertised: Option<&(String, u16)>, bound: SocketAddr) -> (String, i32) {
+    let Some((host, port)) = advertised else {
         if bound.ip().is_unspecified() {
             tracing::warn!(%bound, "listening on all interfaces without --advertised: clients are told 127.0.0.1");
-            return Ok(("127.0.0.1".into(), i32::from(bound.port())));
+            return ("127.0.0.1".into(), i32::from(bound.port()));
         }
-        return Ok((bound.ip().to_string(), i32::from(bound.port())));
+        return (bound.ip().to_string(), i32::from(bound.port()));
     };
-    let (host, port) = advertised.rsplit_once(':').ok_or_else(|| {
-        Error::InvalidConfig(format!(
-            "advertised address {advertised:?} is not HOST:PORT"
-        ))
-    })?;
-    let port: u16 = port.parse().map_err(|_| {
-        Error::InvalidConfig(format!(
-            "advertised address {advertised:?} has no valid port"
-        ))
-    })?;
-    Ok((host.trim_matches(['[', ']']).to_string(), i32::from(port)))
+    (host.clone(), i32::from(*port))
 }
 
 /// Serves until shutdown; `background` are the cluster's tasks (replication, the group
 /// coordinators' leadership), stopped before the logs close.
 async fn run(
     ctx: Arc<Context>,
-    listener: TcpListener,
+    bound: Vec<listeners::Bound>,
     dir_lock: DataDirLock,
     background: Vec<JoinHandle<()>>,
 ) {
@@ -409,31 +459,13 @@ async fn run(
     ));
     let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
     let budget = frame::RequestBudget::new(ctx.manager.config().queued_max_request_bytes());
-    loop {
-        let permit = tokio::select! {
-            permit = Arc::clone(&permits).acquire_owned() => permit.expect("never closed"),
-            () = ctx.shutdown.cancelled() => break,
-        };
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = ctx.shutdown.cancelled() => break,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let (ctx, budget) = (Arc::clone(&ctx), budget.clone());
-                tracker.spawn(async move {
-                    serve_connection(ctx, stream, peer, budget).await;
-                    drop(permit);
-                });
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-    drop(listener);
+    // One accept loop per listener, all drawing on the one budget of connections.
+    futures::future::join_all(
+        bound
+            .into_iter()
+            .map(|b| accept(&ctx, b, &tracker, &permits, &budget)),
+    )
+    .await;
     // Controlled shutdown: leadership moves to the other in-sync replicas before the logs close.
     if let Some(node) = ctx.manager.cluster() {
         node.shutdown().await;
@@ -467,6 +499,45 @@ async fn run(
     .await;
     drop(dir_lock);
     tracing::info!("broker stopped; logs closed cleanly");
+}
+
+/// Accepts on one listener until shutdown; each connection is served in its own task, TLS
+/// handshake included.
+async fn accept(
+    ctx: &Arc<Context>,
+    bound: listeners::Bound,
+    tracker: &TaskTracker,
+    permits: &Arc<Semaphore>,
+    budget: &frame::RequestBudget,
+) {
+    let bound = Arc::new(bound);
+    loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(permits).acquire_owned() => permit.expect("never closed"),
+            () = ctx.shutdown.cancelled() => break,
+        };
+        let accepted = tokio::select! {
+            accepted = bound.socket.accept() => accepted,
+            () = ctx.shutdown.cancelled() => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let (ctx, budget, bound) = (Arc::clone(ctx), budget.clone(), Arc::clone(&bound));
+                tracker.spawn(async move {
+                    if let Some((connection, session)) = bound.open(stream, peer).await {
+                        drop(bound);
+                        serve_connection(ctx, connection, session, budget).await;
+                    }
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, listener = %bound.listener.name(), "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
 }
 
 async fn maintain(ctx: Arc<Context>) {
@@ -550,16 +621,15 @@ fn handle_frame(
 
 async fn serve_connection(
     ctx: Arc<Context>,
-    stream: TcpStream,
-    peer: SocketAddr,
+    connection: listeners::Connection,
+    mut session: Session,
     budget: frame::RequestBudget,
 ) {
-    let _ = stream.set_nodelay(true);
-    let mut session = Session::new(peer, Arc::from("PLAINTEXT"), SecurityProtocol::Plaintext);
+    let peer = session.peer;
     // On a SASL listener nothing but ApiVersions and the SASL exchange reaches the dispatcher
     // before the client authenticated (security::sasl).
     let mut sasl = SaslConnection::for_session(ctx.manager.config(), &session);
-    let (mut reader, mut writer) = stream.into_split();
+    let (mut reader, mut writer) = connection.split();
     let (queue, mut replies) = mpsc::channel::<Pending>(IN_FLIGHT_PER_CONNECTION_MAX);
     let write_task = tokio::spawn(async move {
         while let Some((reply, _admission)) = replies.recv().await {
@@ -578,13 +648,13 @@ async fn serve_connection(
                 },
             };
             if let Some(frame) = frame
-                && let Err(e) = frame.write_to(writer.as_ref()).await
+                && let Err(e) = writer.write(&frame).await
             {
                 tracing::debug!(%peer, error = %e, "closing connection");
                 break;
             }
         }
-        let _ = writer.shutdown().await;
+        writer.shutdown().await;
     });
     let max_bytes = ctx.manager.config().socket_request_max_bytes();
     loop {

@@ -90,13 +90,18 @@ pub(crate) fn registration(
 ) -> Option<Command> {
     let current = state.brokers.get(&id);
     let up_to_date = current.is_some_and(|b| {
-        !b.fenced && b.host == endpoint.host && b.port == endpoint.port && b.rack == endpoint.rack
+        !b.fenced
+            && b.host == endpoint.host
+            && b.port == endpoint.port
+            && b.rack == endpoint.rack
+            && b.listeners == endpoint.listeners
     });
     (!up_to_date).then(|| Command::RegisterBroker {
         id,
         host: endpoint.host.clone(),
         port: endpoint.port,
         rack: endpoint.rack.clone(),
+        listeners: endpoint.listeners.clone(),
     })
 }
 
@@ -228,6 +233,7 @@ mod tests {
                 host: "h".into(),
                 port: 1,
                 rack: None,
+                listeners: Vec::new(),
                 fenced,
             };
             state.brokers.insert(id, info);
@@ -277,6 +283,7 @@ mod tests {
             host: "h".into(),
             port: 1,
             rack: None,
+            listeners: Vec::new(),
         };
         let state = state_with(&[(1, false), (2, true)]);
         assert_eq!(registration(&state, 1, &endpoint), None);

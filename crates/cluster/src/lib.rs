@@ -35,7 +35,7 @@
 //! let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
 //! let voters = BTreeMap::from([(1, listener.local_addr().unwrap())]);
 //! let dir = tempfile::tempdir().unwrap();
-//! let endpoint = BrokerEndpoint { host: "localhost".into(), port: 9092, rack: None };
+//! let endpoint = BrokerEndpoint { host: "localhost".into(), port: 9092, rack: None, listeners: vec![] };
 //! let mut config = NodeConfig::new(1, dir.path().into(), voters, endpoint);
 //! config.heartbeat_interval = Duration::from_millis(100);
 //! let node = ClusterNode::start(config, Some(listener)).await?;
@@ -62,9 +62,10 @@ mod wire;
 pub use crate::error::{Error, Result};
 pub use crate::node::{
     BrokerEndpoint, ClusterNode, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_SESSION_TIMEOUT, NodeConfig,
+    QuorumTls,
 };
 pub use crate::placement::place;
 pub use crate::state::{
-    BrokerInfo, ClusterState, Command, NO_LEADER, PartitionState, RejectKind, Response,
-    SecurityChange, TopicState,
+    BrokerInfo, ClusterState, Command, ListenerEndpoint, NO_LEADER, PartitionState, RejectKind,
+    Response, SecurityChange, TopicState,
 };

@@ -1,4 +1,5 @@
 //! Outgoing calls: a pool of connections to the voters, and openraft's `RaftNetwork` over it.
+//! With [`crate::QuorumTls`] every connection is TLS, this node presenting its certificate.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::error::{Error, Result};
@@ -24,13 +26,52 @@ use crate::wire::{Reply, Request, read_frame, write_frame};
 /// Idle connections kept per peer: replication, votes, heartbeats and a few concurrent submits.
 const IDLE_CONNECTIONS_PER_PEER_MAX: usize = 8;
 
+/// A connection to a voter: plain TCP or TLS.
+pub(crate) trait PeerStream: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> PeerStream for T {}
+
+type Stream = Box<dyn PeerStream>;
+
 /// Connections to peers, reused between calls.
 #[derive(Default)]
 pub(crate) struct Peers {
-    idle: Mutex<HashMap<SocketAddr, Vec<TcpStream>>>,
+    idle: Mutex<HashMap<SocketAddr, Vec<Stream>>>,
+    /// The TLS client side when the quorum's connections are TLS.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Peers {
+    /// Peers reached over TLS with `tls`, or plain TCP.
+    pub(crate) fn new(tls: Option<Arc<rustls::ClientConfig>>) -> Self {
+        Self {
+            idle: Mutex::default(),
+            tls,
+        }
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<Stream> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|source| Error::Unreachable {
+                peer: addr.to_string(),
+                source,
+            })?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| Error::io(format!("set TCP_NODELAY to {addr}"), e))?;
+        let Some(tls) = &self.tls else {
+            return Ok(Box::new(stream));
+        };
+        // Voters are named by address in controller.quorum.voters: their certificates carry it.
+        let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+        let stream = tokio_rustls::TlsConnector::from(Arc::clone(tls))
+            .connect(name, stream)
+            .await
+            .map_err(|e| Error::io(format!("TLS handshake with {addr}"), e))?;
+        Ok(Box::new(stream))
+    }
+
     /// Sends `request` to `addr` and reads its reply, all within `timeout`. A pooled connection
     /// the peer closed meanwhile (it restarted) is retried once on a new one.
     pub(crate) async fn call(
@@ -49,15 +90,7 @@ impl Peers {
                     }
                 }
             }
-            let stream = TcpStream::connect(addr)
-                .await
-                .map_err(|source| Error::Unreachable {
-                    peer: addr.to_string(),
-                    source,
-                })?;
-            stream
-                .set_nodelay(true)
-                .map_err(|e| Error::io(format!("set TCP_NODELAY to {addr}"), e))?;
+            let stream = self.connect(addr).await?;
             self.exchange(addr, stream, request).await
         };
         tokio::time::timeout(timeout, attempt)
@@ -71,7 +104,7 @@ impl Peers {
     async fn exchange(
         &self,
         addr: SocketAddr,
-        mut stream: TcpStream,
+        mut stream: Stream,
         request: &Request,
     ) -> Result<Reply> {
         let peer = addr.to_string();

@@ -45,6 +45,25 @@ pub struct BrokerEndpoint {
     pub port: u16,
     /// `broker.rack`.
     pub rack: Option<String>,
+    /// Every advertised listener (`host`/`port` above are the inter-broker one's).
+    #[serde(default)]
+    pub listeners: Vec<crate::state::ListenerEndpoint>,
+}
+
+/// TLS for every connection of the metadata quorum (`controller.listener.names` naming an SSL
+/// listener): mutual TLS, each side presenting its certificate and verifying the other's.
+#[derive(Clone)]
+pub struct QuorumTls {
+    /// What a voter's controller listener accepts with; it must require client certificates.
+    pub server: Arc<rustls::ServerConfig>,
+    /// What this node connects to the voters with (its certificate, the trusted CAs).
+    pub client: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for QuorumTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("QuorumTls")
+    }
 }
 
 /// How a node joins the cluster.
@@ -62,6 +81,8 @@ pub struct NodeConfig {
     pub heartbeat_interval: Duration,
     /// `broker.session.timeout.ms`: a broker not heard from for this long is fenced.
     pub session_timeout: Duration,
+    /// TLS for the quorum's connections; `None`: plain TCP.
+    pub tls: Option<QuorumTls>,
 }
 
 impl NodeConfig {
@@ -79,6 +100,7 @@ impl NodeConfig {
             broker,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             session_timeout: DEFAULT_SESSION_TIMEOUT,
+            tls: None,
         }
     }
 
@@ -435,7 +457,9 @@ impl ClusterNode {
         config.validate(controller_listener.is_some())?;
         let (state, _) = watch::channel(Arc::new(ClusterState::default()));
         let state = Arc::new(state);
-        let peers = Arc::new(Peers::default());
+        let peers = Arc::new(Peers::new(
+            config.tls.as_ref().map(|t| Arc::clone(&t.client)),
+        ));
         let raft = match &controller_listener {
             Some(_) => {
                 let raft = start_raft(&config, compaction, Arc::clone(&state), Arc::clone(&peers));

@@ -122,6 +122,7 @@ mod tests {
                     host: "h".into(),
                     port: 1,
                     rack: rack.map(str::to_owned),
+                    listeners: Vec::new(),
                     fenced: false,
                 };
                 (id, info)

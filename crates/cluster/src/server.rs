@@ -1,8 +1,13 @@
 //! A voter's controller listener: accepts connections, reads requests, dispatches them to the
-//! Raft node or the controller, writes the replies.
+//! Raft node or the controller, writes the replies. With [`crate::QuorumTls`] each connection
+//! starts with a TLS handshake in which the peer must present a certificate the truststore
+//! verifies (mutual TLS).
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
@@ -13,6 +18,8 @@ use crate::wire::{Reply, Request, read_frame, write_frame};
 /// Open connections at most: each peer keeps a few (replication, votes, heartbeats, submits), and
 /// every broker of a large cluster one or two; past this a connection is refused at once.
 const CONNECTIONS_MAX: usize = 1024;
+/// How long a TLS handshake may take before the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the listener until the task is aborted (which drops every connection with it).
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
@@ -26,7 +33,7 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
-                    connections.spawn(connection(stream, peer.to_string(), Arc::clone(&shared)));
+                    connections.spawn(accept(stream, peer.to_string(), Arc::clone(&shared)));
                 }
                 Err(e) => {
                     // Out of file descriptors, mostly: pause instead of spinning.
@@ -39,7 +46,24 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-async fn connection(mut stream: TcpStream, peer: String, shared: Arc<Shared>) {
+/// Serves one connection, after the TLS handshake when the quorum is TLS.
+async fn accept(stream: TcpStream, peer: String, shared: Arc<Shared>) {
+    let Some(tls) = shared.config.tls.as_ref().map(|t| Arc::clone(&t.server)) else {
+        return connection(stream, peer, shared).await;
+    };
+    let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(stream)) => connection(stream, peer, shared).await,
+        Ok(Err(e)) => tracing::warn!(%peer, error = %e, "controller TLS handshake failed"),
+        Err(_) => tracing::warn!(%peer, "controller TLS handshake timed out"),
+    }
+}
+
+async fn connection(
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    peer: String,
+    shared: Arc<Shared>,
+) {
     loop {
         let request = match read_frame::<Request>(&mut stream, &peer).await {
             Ok(Some(request)) => request,

@@ -25,6 +25,17 @@ pub const TOPIC_NAME_BYTES_MAX: usize = 249;
 /// only stops a bad request from exhausting the id space at once.
 pub const PRODUCER_ID_BLOCK_MAX: i64 = 1_000_000;
 
+/// One advertised listener of a broker: what clients that connected on listener `name` dial.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+pub struct ListenerEndpoint {
+    /// The listener name (`PLAINTEXT`, `SSL`, `INTERNAL`, …).
+    pub name: String,
+    /// Advertised host.
+    pub host: String,
+    /// Advertised port.
+    pub port: u16,
+}
+
 /// One registered broker.
 #[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
 pub struct BrokerInfo {
@@ -36,6 +47,10 @@ pub struct BrokerInfo {
     pub port: u16,
     /// `broker.rack`.
     pub rack: Option<String>,
+    /// Every advertised listener, by name (`host`/`port` above are the inter-broker one's).
+    /// Empty for a broker registered before listener names.
+    #[serde(default)]
+    pub listeners: Vec<ListenerEndpoint>,
     /// A fenced broker missed its session lease (or shut down): it leads nothing and is in no ISR
     /// unless it was a partition's last member.
     pub fenced: bool,
@@ -120,6 +135,9 @@ pub enum Command {
         port: u16,
         /// `broker.rack`.
         rack: Option<String>,
+        /// Every advertised listener (absent in commands logged before listener names).
+        #[serde(default)]
+        listeners: Vec<ListenerEndpoint>,
     },
     /// Fences a broker: its lease expired, or it shut down in a controlled way.
     FenceBroker {
@@ -292,7 +310,8 @@ impl ClusterState {
                 host,
                 port,
                 rack,
-            } => self.register_broker(*id, host, *port, rack),
+                listeners,
+            } => self.register_broker(*id, host, *port, rack, listeners),
             Command::FenceBroker { id } => self.fence_broker(*id),
             Command::CreateTopic {
                 name,
@@ -395,6 +414,7 @@ impl ClusterState {
         host: &str,
         port: u16,
         rack: &Option<String>,
+        listeners: &[ListenerEndpoint],
     ) -> Response {
         if id < 0 {
             return reject(RejectKind::InvalidRequest, format!("broker id {id} < 0"));
@@ -412,6 +432,7 @@ impl ClusterState {
                 host: host.to_owned(),
                 port,
                 rack: rack.clone(),
+                listeners: listeners.to_vec(),
                 fenced: false,
             },
         );

@@ -171,6 +171,7 @@ mod tests {
                 host: "h".into(),
                 port: 9092,
                 rack: Some("r".into()),
+                listeners: Vec::new(),
             },
         };
         let mut bytes = encode(&request).unwrap();

@@ -31,6 +31,7 @@ fn config(id: i32, dir: &Path, voters: &BTreeMap<i32, SocketAddr>) -> NodeConfig
         host: "127.0.0.1".into(),
         port: 19_000 + id as u16,
         rack: Some(format!("rack-{}", id % 2)),
+        listeners: Vec::new(),
     };
     let mut config = NodeConfig::new(id, dir.join(format!("meta-{id}")), voters.clone(), endpoint);
     config.heartbeat_interval = HEARTBEAT;

@@ -162,10 +162,12 @@ pub struct ServeArgs {
     /// Folder for partitions and metadata [default: ./strata-data].
     #[arg(long, env = "STRATA_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1:9092].
-    #[arg(long, env = "STRATA_LISTEN")]
-    listen: Option<SocketAddr>,
-    /// HOST:PORT given to clients [default: the listen address].
+    /// Address to listen on, HOST:PORT, or Kafka's listener list NAME://HOST:PORT,… (setting
+    /// `listeners`; a bare HOST:PORT is PLAINTEXT) [default: 127.0.0.1:9092].
+    #[arg(long, env = "STRATA_LISTEN", value_name = "LISTENERS")]
+    listen: Option<String>,
+    /// HOST:PORT given to clients for the first listener [default: the listen address; see
+    /// also the setting `advertised.listeners`].
     #[arg(long, env = "STRATA_ADVERTISED")]
     advertised: Option<String>,
     /// Object storage URL of the lake tier [default: file://<data-dir>/lake].
@@ -199,7 +201,7 @@ pub struct ServeArgs {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     data_dir: Option<PathBuf>,
-    listen: Option<SocketAddr>,
+    listen: Option<String>,
     advertised: Option<String>,
     tier_url: Option<String>,
     #[serde(default)]
@@ -252,8 +254,17 @@ pub fn broker_config(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result
         .clone()
         .or(file.data_dir)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-    let listen = match args.listen.or(file.listen) {
-        Some(listen) => listen,
+    // A bare address is the one PLAINTEXT listener, as before listener lists; a list goes to
+    // the `listeners` setting (checked with the other listener settings by BrokerConfig::new).
+    let mut listeners = None;
+    let listen = match args.listen.clone().or(file.listen) {
+        Some(listen) => match listen.trim().parse::<SocketAddr>() {
+            Ok(addr) => addr,
+            Err(_) => {
+                listeners = Some(listen);
+                DEFAULT_LISTEN.parse().expect("valid default")
+            }
+        },
         None => DEFAULT_LISTEN.parse().expect("valid default"),
     };
     let mut settings = BTreeMap::new();
@@ -279,6 +290,7 @@ pub fn broker_config(args: &ServeArgs, env: &BTreeMap<String, String>) -> Result
         settings.insert(name.trim().to_string(), value.trim().to_string());
     }
     let flags = [
+        ("listeners", listeners),
         ("node.id", args.node_id.map(|id| id.to_string())),
         ("controller.listen", args.controller_listen.clone()),
         ("controller.quorum.voters", args.controller_quorum.clone()),
@@ -464,6 +476,21 @@ fn bootstrap(given: Option<String>, env: &BTreeMap<String, String>) -> String {
     let Some(listen) = env.get("STRATA_LISTEN") else {
         return DEFAULT_LISTEN.to_string();
     };
+    // A listener list: its first PLAINTEXT listener's address (the commands speak plaintext),
+    // else its first listener's.
+    let entries: Vec<(&str, &str)> = listen
+        .split(',')
+        .map(|e| {
+            e.trim()
+                .split_once("://")
+                .unwrap_or(("PLAINTEXT", e.trim()))
+        })
+        .collect();
+    let listen = &entries
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("PLAINTEXT"))
+        .or(entries.first())
+        .map_or_else(|| listen.clone(), |(_, address)| address.to_string());
     match listen.parse::<SocketAddr>() {
         Ok(mut addr) if addr.ip().is_unspecified() => {
             let loopback = match addr {
@@ -641,7 +668,7 @@ mod tests {
         full.extend_from_slice(argv);
         match Cli::try_parse_from(full).unwrap().command {
             Command::Serve(a) => a,
-            Command::Groups(_) | Command::Lake(_) | Command::Cluster(_) => {
+            _ => {
                 unreachable!("parsed serve")
             }
         }
@@ -748,6 +775,32 @@ mod tests {
         .unwrap();
         assert_eq!(config.listen.port(), 2000);
         assert_eq!(config.num_partitions(), 6, "flags beat environment");
+    }
+
+    #[test]
+    fn listen_takes_a_listener_list_and_checks_it() {
+        let config = broker_config(
+            &args(&["--listen", "SSL://0.0.0.0:9093,PLAINTEXT://127.0.0.1:9092"]),
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        assert_eq!(
+            config.setting("listeners"),
+            "SSL://0.0.0.0:9093,PLAINTEXT://127.0.0.1:9092"
+        );
+        let bare = broker_config(&args(&["--listen", "127.0.0.1:2000"]), &BTreeMap::new()).unwrap();
+        assert_eq!(bare.listen.port(), 2000);
+        assert!(!bare.is_set("listeners"), "a bare address stays --listen");
+        let err = format!(
+            "{:#}",
+            broker_config(&args(&["--listen", "INTERNAL://h:1"]), &BTreeMap::new()).unwrap_err()
+        );
+        assert!(err.contains("listener.security.protocol.map"), "{err}");
+        let listen = BTreeMap::from([(
+            "STRATA_LISTEN".to_string(),
+            "SASL_SSL://0.0.0.0:9093,PLAINTEXT://127.0.0.1:9092".to_string(),
+        )]);
+        assert_eq!(bootstrap(None, &listen), "127.0.0.1:9092");
     }
 
     #[test]

@@ -7,10 +7,11 @@ use super::{Context, str_bytes};
 
 pub(super) fn handle(
     ctx: &Context,
+    listener: &str,
     version: i16,
     request: DescribeClusterRequest,
 ) -> DescribeClusterResponse {
-    let (live, controller) = ctx.live_brokers();
+    let (live, controller) = ctx.live_brokers(listener);
     let brokers = live
         .into_iter()
         .map(|(id, host, port, rack)| {

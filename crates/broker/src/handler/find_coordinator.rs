@@ -17,9 +17,9 @@ const KEY_TYPE_TRANSACTION: i8 = 1;
 /// `(node id, host, port)` of the coordinator, or the error and its message.
 type Found = Result<(i32, String, i32), (i16, StrBytes)>;
 
-fn find(ctx: &Context, key_type: i8, key: &StrBytes) -> Found {
+fn find(ctx: &Context, listener: &str, key_type: i8, key: &StrBytes) -> Found {
     if key_type == KEY_TYPE_TRANSACTION {
-        return ctx.txn_coordinator(key).map_err(|code| {
+        return ctx.txn_coordinator(key, listener).map_err(|code| {
             (
                 code.code(),
                 str_bytes(format!(
@@ -38,7 +38,7 @@ fn find(ctx: &Context, key_type: i8, key: &StrBytes) -> Found {
             )),
         ));
     }
-    ctx.group_coordinator(key).map_err(|code| {
+    ctx.group_coordinator(key, listener).map_err(|code| {
         (
             code.code(),
             str_bytes(format!("no coordinator for group {:?} yet", key.as_str())),
@@ -48,6 +48,7 @@ fn find(ctx: &Context, key_type: i8, key: &StrBytes) -> Found {
 
 pub(super) fn handle(
     ctx: &Context,
+    listener: &str,
     version: i16,
     request: FindCoordinatorRequest,
 ) -> FindCoordinatorResponse {
@@ -57,7 +58,7 @@ pub(super) fn handle(
             .iter()
             .map(|key| {
                 let coordinator = Coordinator::default().with_key(key.clone());
-                match find(ctx, request.key_type, key) {
+                match find(ctx, listener, request.key_type, key) {
                     Ok((id, host, port)) => coordinator
                         .with_node_id(BrokerId(id))
                         .with_host(str_bytes(host))
@@ -73,7 +74,7 @@ pub(super) fn handle(
             .collect();
         return FindCoordinatorResponse::default().with_coordinators(coordinators);
     }
-    match find(ctx, request.key_type, &request.key) {
+    match find(ctx, listener, request.key_type, &request.key) {
         Ok((id, host, port)) => FindCoordinatorResponse::default()
             .with_node_id(BrokerId(id))
             .with_host(str_bytes(host))

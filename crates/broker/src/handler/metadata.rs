@@ -16,8 +16,13 @@ use crate::manager::Topic;
 /// `topic_authorized_operations` when not requested (Kafka's INT32_MIN sentinel).
 const OPERATIONS_OMITTED: i32 = i32::MIN;
 
-pub(super) fn handle(ctx: &Context, version: i16, request: MetadataRequest) -> MetadataResponse {
-    let (live, controller) = ctx.live_brokers();
+pub(super) fn handle(
+    ctx: &Context,
+    listener: &str,
+    version: i16,
+    request: MetadataRequest,
+) -> MetadataResponse {
+    let (live, controller) = ctx.live_brokers(listener);
     let brokers = live
         .into_iter()
         .map(|(id, host, port, rack)| {

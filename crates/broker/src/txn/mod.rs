@@ -384,16 +384,11 @@ impl Txns {
                 .manager
                 .cluster()
                 .ok_or_else(|| anyhow::anyhow!("not in a cluster"))?;
-            let endpoint = node
-                .state()
-                .borrow()
-                .brokers
-                .get(&broker)
-                .map(|b| (b.host.clone(), b.port));
-            let (host, port) =
-                endpoint.ok_or_else(|| anyhow::anyhow!("broker {broker} is unknown"))?;
+            let info = node.state().borrow().brokers.get(&broker).cloned();
+            let info = info.ok_or_else(|| anyhow::anyhow!("broker {broker} is unknown"))?;
+            let connect = Peer::connect(self.manager.config(), &info);
             *peer = Some(
-                tokio::time::timeout(Duration::from_secs(2), Peer::connect(&host, port))
+                tokio::time::timeout(Duration::from_secs(2), connect)
                     .await
                     .map_err(|_| anyhow::anyhow!("connecting to broker {broker} timed out"))??,
             );

@@ -10,6 +10,7 @@ fn config(id: i32, dir: &Path, voters: &BTreeMap<i32, SocketAddr>) -> NodeConfig
         host: "127.0.0.1".into(),
         port: 19_100u16.wrapping_add(id as u16),
         rack: None,
+        listeners: Vec::new(),
     };
     let mut config = NodeConfig::new(id, dir.join(format!("meta-{id}")), voters.clone(), endpoint);
     config.heartbeat_interval = Duration::from_millis(100);

@@ -6,6 +6,7 @@ fn register(id: i32, rack: Option<&str>) -> Command {
         host: format!("host{id}"),
         port: 9092,
         rack: rack.map(str::to_owned),
+        listeners: Vec::new(),
     }
 }
 
@@ -86,6 +87,7 @@ fn register_adds_updates_and_validates() {
             host: "host1".into(),
             port: 9092,
             rack: None,
+            listeners: Vec::new(),
             fenced: false
         }
     );
@@ -96,6 +98,7 @@ fn register_adds_updates_and_validates() {
             host: "moved".into(),
             port: 1,
             rack: Some("r".into()),
+            listeners: Vec::new(),
         },
     );
     assert_eq!(state.brokers[&1].host, "moved");
@@ -105,6 +108,7 @@ fn register_adds_updates_and_validates() {
         host: "h".into(),
         port: 1,
         rack: None,
+        listeners: Vec::new(),
     };
     assert_eq!(rejected(&mut state, bad_id), RejectKind::InvalidRequest);
     let no_host = Command::RegisterBroker {
@@ -112,6 +116,7 @@ fn register_adds_updates_and_validates() {
         host: String::new(),
         port: 1,
         rack: None,
+        listeners: Vec::new(),
     };
     assert_eq!(rejected(&mut state, no_host), RejectKind::InvalidRequest);
 }

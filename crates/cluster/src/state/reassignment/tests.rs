@@ -15,6 +15,7 @@ fn cluster(n: i32, assignments: Vec<Vec<i32>>) -> ClusterState {
                 host: format!("host{id}"),
                 port: 9092,
                 rack: None,
+                listeners: Vec::new(),
             },
         );
     }

@@ -1,0 +1,559 @@
+//! TLS with rustls (aws-lc-rs, the provider the AWS SDK already brings): PEM keystores and
+//! truststores as Kafka names them, given inline (`ssl.keystore.certificate.chain`,
+//! `ssl.keystore.key`, `ssl.truststore.certificates`) or as files (`ssl.keystore.location`: one
+//! PEM file holding the key and its chain; `ssl.truststore.location`), each overridable per
+//! listener (`listener.name.<name>.ssl.…`), and `ssl.client.auth=none|requested|required`.
+//!
+//! Files are read again every [`RELOAD_CHECK_INTERVAL`]: when their bytes changed, a new server
+//! config is built and new connections use it; a file that does not load is logged and the
+//! previous certificates kept.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// How often keystore and truststore files are read again for changes.
+pub(crate) const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// A PEM file larger than this is refused (a keystore holds a key and a short chain; a trust
+/// store a few hundred CAs at most).
+const PEM_BYTES_MAX: u64 = 4 << 20;
+
+/// The TLS settings one listener reads, each `listener.name.<name>.<setting>` first.
+pub(crate) const TLS_SETTINGS: &[&str] = &[
+    "ssl.keystore.type",
+    "ssl.keystore.location",
+    "ssl.keystore.certificate.chain",
+    "ssl.keystore.key",
+    "ssl.truststore.type",
+    "ssl.truststore.location",
+    "ssl.truststore.certificates",
+    "ssl.client.auth",
+];
+
+/// `ssl.client.auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClientAuth {
+    /// No client certificate asked for.
+    None,
+    /// Asked for; a client without one is still served (as `User:ANONYMOUS`).
+    Requested,
+    /// A client without a certificate the truststore verifies is refused.
+    Required,
+}
+
+/// Where PEM text comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Pem {
+    Inline(String),
+    File(PathBuf),
+}
+
+/// One listener's TLS settings, as given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TlsSettings {
+    /// Which listener (for messages).
+    listener: String,
+    /// The certificate chain and key: one source holding both, or two inline values.
+    keystore: Option<(Pem, Pem)>,
+    truststore: Option<Pem>,
+    client_auth: ClientAuth,
+}
+
+impl TlsSettings {
+    /// Reads the settings of listener `listener` through `get`, which answers a setting's value
+    /// when it is set (per-listener `listener.name.<lower name>.ssl.*` first, then `ssl.*`).
+    pub(crate) fn read(
+        listener: &str,
+        get: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, String> {
+        let prefix = format!("listener.name.{}.", listener.to_ascii_lowercase());
+        let value = |name: &str| {
+            get(&format!("{prefix}{name}"))
+                .or_else(|| get(name))
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        for store in ["ssl.keystore.type", "ssl.truststore.type"] {
+            if let Some(kind) = value(store)
+                && !kind.eq_ignore_ascii_case("PEM")
+            {
+                return Err(format!(
+                    "listener {listener}: {store}={kind} is not supported; give PEM"
+                ));
+            }
+        }
+        let keystore = match (
+            value("ssl.keystore.location"),
+            value("ssl.keystore.certificate.chain"),
+            value("ssl.keystore.key"),
+        ) {
+            (Some(path), None, None) => Some((
+                Pem::File(PathBuf::from(&path)),
+                Pem::File(PathBuf::from(path)),
+            )),
+            (None, Some(chain), Some(key)) => Some((Pem::Inline(chain), Pem::Inline(key))),
+            (None, None, None) => None,
+            (Some(_), _, _) => {
+                return Err(format!(
+                    "listener {listener}: give either ssl.keystore.location or \
+                     ssl.keystore.certificate.chain with ssl.keystore.key, not both"
+                ));
+            }
+            (None, _, _) => {
+                return Err(format!(
+                    "listener {listener}: ssl.keystore.certificate.chain and ssl.keystore.key \
+                     go together"
+                ));
+            }
+        };
+        let truststore = match (
+            value("ssl.truststore.location"),
+            value("ssl.truststore.certificates"),
+        ) {
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "listener {listener}: give either ssl.truststore.location or \
+                     ssl.truststore.certificates, not both"
+                ));
+            }
+            (Some(path), None) => Some(Pem::File(path.into())),
+            (None, Some(certificates)) => Some(Pem::Inline(certificates)),
+            (None, None) => None,
+        };
+        let client_auth = match value("ssl.client.auth").as_deref() {
+            None | Some("none") => ClientAuth::None,
+            Some("requested") => ClientAuth::Requested,
+            Some("required") => ClientAuth::Required,
+            Some(other) => {
+                return Err(format!(
+                    "listener {listener}: ssl.client.auth={other} is not none, requested or required"
+                ));
+            }
+        };
+        Ok(Self {
+            listener: listener.to_string(),
+            keystore,
+            truststore,
+            client_auth,
+        })
+    }
+
+    /// Requires client certificates whatever `ssl.client.auth` says (the metadata quorum is
+    /// mutual TLS).
+    pub(crate) fn require_client_auth(&mut self) {
+        self.client_auth = ClientAuth::Required;
+    }
+
+    /// The files the settings name, to watch for changes.
+    fn files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = self
+            .keystore
+            .iter()
+            .flat_map(|(a, b)| [a, b])
+            .chain(self.truststore.as_ref())
+            .filter_map(|p| match p {
+                Pem::File(path) => Some(path.clone()),
+                Pem::Inline(_) => None,
+            })
+            .collect();
+        files.dedup();
+        files
+    }
+}
+
+/// The provider every config is built with: aws-lc-rs, named explicitly because rustls is
+/// compiled with ring too (through other crates) and then has no process default.
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+fn read_pem(pem: &Pem) -> Result<Vec<u8>, String> {
+    match pem {
+        Pem::Inline(text) => Ok(text.as_bytes().to_vec()),
+        Pem::File(path) => read_file(path),
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(PEM_BYTES_MAX + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if bytes.len() as u64 > PEM_BYTES_MAX {
+        return Err(format!(
+            "{}: larger than {PEM_BYTES_MAX} bytes",
+            path.display()
+        ));
+    }
+    Ok(bytes)
+}
+
+fn certificates(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{what}: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{what}: no PEM CERTIFICATE found"));
+    }
+    Ok(certs)
+}
+
+/// A certificate chain and its key, loaded.
+type KeyPair = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
+fn key_pair(settings: &TlsSettings) -> Result<Option<KeyPair>, String> {
+    let Some((chain, key)) = &settings.keystore else {
+        return Ok(None);
+    };
+    let (chain, key) = (read_pem(chain)?, read_pem(key)?);
+    if key
+        .windows(b"ENCRYPTED PRIVATE KEY".len())
+        .any(|w| w == b"ENCRYPTED PRIVATE KEY")
+    {
+        return Err(
+            "ssl.keystore: encrypted private keys are not supported; give the key \
+                    unencrypted in a file only the broker can read"
+                .into(),
+        );
+    }
+    let chain = certificates(&chain, "ssl.keystore certificate chain")?;
+    let key = PrivateKeyDer::from_pem_slice(&key)
+        .map_err(|e| format!("ssl.keystore key: {e} (PKCS#8, PKCS#1 or SEC1 PEM expected)"))?;
+    Ok(Some((chain, key)))
+}
+
+fn trust_roots(settings: &TlsSettings) -> Result<Option<Arc<RootCertStore>>, String> {
+    let Some(pem) = &settings.truststore else {
+        return Ok(None);
+    };
+    let mut roots = RootCertStore::empty();
+    for cert in certificates(&read_pem(pem)?, "ssl.truststore")? {
+        roots
+            .add(cert)
+            .map_err(|e| format!("ssl.truststore: a certificate does not parse: {e}"))?;
+    }
+    Ok(Some(Arc::new(roots)))
+}
+
+/// Builds the server side of a TLS listener from its settings (reading its files now).
+pub(crate) fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, String> {
+    let listener = &settings.listener;
+    let in_listener = |e: String| format!("listener {listener}: {e}");
+    let (chain, key) = key_pair(settings).map_err(in_listener)?.ok_or_else(|| {
+        in_listener(
+            "a TLS listener needs ssl.keystore.location, or ssl.keystore.certificate.chain \
+             and ssl.keystore.key"
+                .into(),
+        )
+    })?;
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| in_listener(e.to_string()))?;
+    let builder = match settings.client_auth {
+        ClientAuth::None => builder.with_no_client_auth(),
+        auth => {
+            let roots = trust_roots(settings).map_err(in_listener)?.ok_or_else(|| {
+                in_listener(format!(
+                    "ssl.client.auth={} needs ssl.truststore.location or \
+                     ssl.truststore.certificates",
+                    if auth == ClientAuth::Required {
+                        "required"
+                    } else {
+                        "requested"
+                    }
+                ))
+            })?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider());
+            let verifier = if auth == ClientAuth::Requested {
+                verifier.allow_unauthenticated()
+            } else {
+                verifier
+            };
+            builder.with_client_cert_verifier(
+                verifier
+                    .build()
+                    .map_err(|e| in_listener(format!("ssl.truststore: {e}")))?,
+            )
+        }
+    };
+    let config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| in_listener(format!("ssl.keystore: {e}")))?;
+    Ok(Arc::new(config))
+}
+
+/// Builds the client side for connections to other brokers' (or voters') TLS listeners:
+/// servers verified against the truststore, this broker's keystore certificate presented when
+/// it has one.
+pub(crate) fn client_config(settings: &TlsSettings) -> Result<Arc<ClientConfig>, String> {
+    let listener = &settings.listener;
+    let in_listener = |e: String| format!("listener {listener} (as a client): {e}");
+    let roots = trust_roots(settings).map_err(in_listener)?.ok_or_else(|| {
+        in_listener(
+            "connecting to a TLS listener needs ssl.truststore.location or \
+             ssl.truststore.certificates"
+                .into(),
+        )
+    })?;
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| in_listener(e.to_string()))?
+        .with_root_certificates(roots);
+    let config = match key_pair(settings).map_err(in_listener)? {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| in_listener(format!("ssl.keystore: {e}")))?,
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
+/// A TLS listener's server config, rebuilt when its files change.
+#[derive(Debug)]
+pub(crate) struct TlsServer {
+    settings: TlsSettings,
+    current: parking_lot::RwLock<Loaded>,
+}
+
+#[derive(Debug)]
+struct Loaded {
+    config: Arc<ServerConfig>,
+    /// The bytes of each watched file when `config` was built (`None`: unreadable then).
+    files: Vec<(PathBuf, Option<Vec<u8>>)>,
+}
+
+fn snapshot(files: &[PathBuf]) -> Vec<(PathBuf, Option<Vec<u8>>)> {
+    files
+        .iter()
+        .map(|path| (path.clone(), read_file(path).ok()))
+        .collect()
+}
+
+impl TlsServer {
+    /// Loads the listener's certificates; an error names what is missing or wrong.
+    pub(crate) fn load(settings: TlsSettings) -> Result<Self, String> {
+        let files = snapshot(&settings.files());
+        let config = server_config(&settings)?;
+        Ok(Self {
+            settings,
+            current: parking_lot::RwLock::new(Loaded { config, files }),
+        })
+    }
+
+    /// What a new connection is accepted with.
+    pub(crate) fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(Arc::clone(&self.current.read().config))
+    }
+
+    /// Reads the files again; when their bytes changed, builds a new config. Compares bytes,
+    /// not modification times: a rewrite within the file system's time granularity would be
+    /// missed. Returns whether the certificates changed; a change that does not load keeps the
+    /// previous certificates (and is tried again at the next check, the files may be half
+    /// written).
+    pub(crate) fn reload_if_changed(&self) -> bool {
+        let files = self.settings.files();
+        if files.is_empty() {
+            return false;
+        }
+        let now = snapshot(&files);
+        if now == self.current.read().files {
+            return false;
+        }
+        match server_config(&self.settings) {
+            Ok(config) => {
+                tracing::info!(
+                    listener = %self.settings.listener,
+                    "TLS certificates changed; new connections use the new ones"
+                );
+                *self.current.write() = Loaded { config, files: now };
+                true
+            }
+            Err(e) => {
+                tracing::warn!(
+                    listener = %self.settings.listener,
+                    error = %e,
+                    "TLS certificates changed but do not load; keeping the previous ones"
+                );
+                false
+            }
+        }
+    }
+}
+
+/// Checks every TLS listener's files every [`RELOAD_CHECK_INTERVAL`] until `shutdown`.
+pub(crate) async fn watch(
+    servers: Vec<Arc<TlsServer>>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    if servers.iter().all(|s| s.settings.files().is_empty()) {
+        return;
+    }
+    let mut ticks = tokio::time::interval(RELOAD_CHECK_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let servers = servers.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for server in &servers {
+                server.reload_if_changed();
+            }
+        })
+        .await;
+    }
+}
+
+/// The principal of a client certificate, as Kafka's default principal builder makes it:
+/// `CN=client,O=Strata` (the subject's distinguished name in RFC 2253 form).
+pub(crate) fn subject_dn(cert: &CertificateDer<'_>) -> Option<String> {
+    crate::security::der::subject_rfc2253(cert.as_ref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ca(name: &str) -> (rcgen::Certificate, rcgen::Issuer<'static, rcgen::KeyPair>) {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        (cert, rcgen::Issuer::new(params, key))
+    }
+
+    fn leaf(
+        issuer: &rcgen::Issuer<'static, rcgen::KeyPair>,
+        cn: &str,
+    ) -> (rcgen::Certificate, rcgen::KeyPair) {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Strata");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let key = rcgen::KeyPair::generate().unwrap();
+        (params.signed_by(&key, issuer).unwrap(), key)
+    }
+
+    fn settings(pairs: &[(&str, String)]) -> Result<TlsSettings, String> {
+        TlsSettings::read("SSL", |name| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.clone())
+        })
+    }
+
+    #[test]
+    fn inline_and_file_keystores_load_and_bad_ones_say_why() {
+        let (ca_cert, issuer) = ca("Test CA");
+        let (cert, key) = leaf(&issuer, "broker");
+        let inline = settings(&[
+            ("ssl.keystore.certificate.chain", cert.pem()),
+            ("ssl.keystore.key", key.serialize_pem()),
+        ])
+        .unwrap();
+        server_config(&inline).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broker.pem");
+        std::fs::write(&path, format!("{}{}", key.serialize_pem(), cert.pem())).unwrap();
+        let trust = dir.path().join("ca.pem");
+        std::fs::write(&trust, ca_cert.pem()).unwrap();
+        let file = settings(&[
+            ("ssl.keystore.location", path.display().to_string()),
+            ("ssl.truststore.location", trust.display().to_string()),
+            ("ssl.client.auth", "required".into()),
+        ])
+        .unwrap();
+        server_config(&file).unwrap();
+        client_config(&file).unwrap();
+
+        let no_trust = settings(&[
+            ("ssl.keystore.location", path.display().to_string()),
+            ("ssl.client.auth", "required".into()),
+        ])
+        .unwrap();
+        assert!(server_config(&no_trust).unwrap_err().contains("truststore"));
+        let e = server_config(&settings(&[]).unwrap()).unwrap_err();
+        assert!(e.contains("needs ssl.keystore"), "{e}");
+        let (_, other_key) = leaf(&issuer, "other");
+        let mismatched = settings(&[
+            ("ssl.keystore.certificate.chain", cert.pem()),
+            ("ssl.keystore.key", other_key.serialize_pem()),
+        ])
+        .unwrap();
+        let e = server_config(&mismatched).unwrap_err();
+        assert!(e.contains("ssl.keystore"), "{e}");
+        let e = settings(&[("ssl.keystore.key", key.serialize_pem())]).unwrap_err();
+        assert!(e.contains("go together"), "{e}");
+        let e = settings(&[("ssl.keystore.type", "JKS".into())]).unwrap_err();
+        assert!(e.contains("PEM"), "{e}");
+        let e = settings(&[("ssl.client.auth", "maybe".into())]).unwrap_err();
+        assert!(e.contains("ssl.client.auth"), "{e}");
+        let missing = settings(&[("ssl.keystore.location", "/nonexistent/k.pem".into())]).unwrap();
+        assert!(
+            server_config(&missing)
+                .unwrap_err()
+                .contains("/nonexistent/k.pem")
+        );
+    }
+
+    #[test]
+    fn per_listener_settings_come_first() {
+        let s = TlsSettings::read("INTERNAL", |name| match name {
+            "listener.name.internal.ssl.client.auth" => Some("required".into()),
+            "ssl.client.auth" => Some("none".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(s.client_auth, ClientAuth::Required);
+    }
+
+    #[test]
+    fn changed_files_reload_and_broken_ones_keep_the_old_certificates() {
+        let (_, issuer) = ca("Test CA");
+        let (cert, key) = leaf(&issuer, "broker");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broker.pem");
+        std::fs::write(&path, format!("{}{}", key.serialize_pem(), cert.pem())).unwrap();
+        let server = TlsServer::load(
+            settings(&[("ssl.keystore.location", path.display().to_string())]).unwrap(),
+        )
+        .unwrap();
+        assert!(!server.reload_if_changed(), "nothing changed");
+        let before = Arc::clone(&server.current.read().config);
+        std::fs::write(&path, "not a key").unwrap();
+        assert!(!server.reload_if_changed(), "a broken file is not taken");
+        assert!(Arc::ptr_eq(&before, &server.current.read().config));
+        let (cert, key) = leaf(&issuer, "broker-2");
+        std::fs::write(&path, format!("{}{}", key.serialize_pem(), cert.pem())).unwrap();
+        assert!(server.reload_if_changed());
+        assert!(!Arc::ptr_eq(&before, &server.current.read().config));
+    }
+
+    #[test]
+    fn the_principal_is_the_subject_in_rfc_2253_order() {
+        let (_, issuer) = ca("Test CA");
+        let (cert, _) = leaf(&issuer, "client");
+        assert_eq!(
+            subject_dn(cert.der()).as_deref(),
+            Some("CN=client,O=Strata")
+        );
+    }
+}
