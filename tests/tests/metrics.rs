@@ -2,10 +2,14 @@
 //! clients (librdkafka) producing, committing and consuming, and `/metrics` fetched over a real
 //! socket and parsed by a Prometheus text parser: request counters and latencies per API, bytes
 //! per topic, partitions, group lag, the lake's uploads, offload lag going to zero, remote reads
-//! and the read cache, the process's memory and files; `/health` and `/ready`.
+//! and the read cache, the process's memory and files; `/health` and `/ready`. Then a cluster of
+//! three `strata serve` processes: not ready until it has a quorum, ready after; a killed broker
+//! shows as ISR shrinks, under-replicated and offline partitions on the others, and its return as
+//! ISR expansions.
 
 use std::io::{BufRead, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use prometheus_parse::{Scrape, Value};
@@ -13,7 +17,10 @@ use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::producer::FutureRecord;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use strata_broker::BrokerConfig;
-use strata_tests::{S3Server, read, wait_for};
+use strata_tests::{
+    ChildBroker, ClusterMember, S3Server, cluster_bootstrap, cluster_members, free_port,
+    quorum_voters, read, start_member, wait_for, wait_for_brokers,
+};
 
 const TOPIC: &str = "metered";
 const GROUP: &str = "metered-readers";
@@ -33,17 +40,19 @@ const SETTINGS: &[(&str, &str)] = &[
 
 /// One HTTP/1.1 request over a fresh connection: `(status, body)`.
 fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
+    try_http(addr, method, path).unwrap_or_else(|e| panic!("{method} {path} at {addr}: {e}"))
+}
+
+/// [`http`], or the error connecting or reading (a broker not listening yet).
+fn try_http(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     write!(
         stream,
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    )?;
     let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).unwrap();
+    stream.read_to_end(&mut answer)?;
     let answer = String::from_utf8(answer).unwrap();
     let (head, body) = answer.split_once("\r\n\r\n").expect("a header block");
     let status = head
@@ -58,7 +67,7 @@ fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
             "{head}"
         );
     }
-    (status, body.to_string())
+    Ok((status, body.to_string()))
 }
 
 /// `/metrics`, parsed.
@@ -295,4 +304,154 @@ fn check(scrape: &Scrape, payload_bytes: usize, end: i64) {
     assert!(must(scrape, "process_open_fds", &[]) >= 3.0);
     assert!(must(scrape, "process_max_fds", &[]) >= must(scrape, "process_open_fds", &[]));
     assert!(scrape.docs.contains_key("strata_requests_total"));
+}
+
+/// A cluster member with its metrics listener.
+fn start(binary: &Path, member: &ClusterMember, voters: &str, metrics: SocketAddr) -> ChildBroker {
+    let metrics = metrics.to_string();
+    let lake = format!("file://{}", member.dir.join("lake").display());
+    start_member(
+        binary,
+        member,
+        voters,
+        &[
+            "--metrics-listen",
+            &metrics,
+            "--tier-url",
+            &lake,
+            "--set",
+            "broker.session.timeout.ms=2000",
+        ],
+    )
+}
+
+/// The sum of `metric` over the brokers at `addrs` (those that answer).
+fn cluster_sum(addrs: &[SocketAddr], metric: &str) -> f64 {
+    addrs
+        .iter()
+        .map(|&a| value(&scrape(a), metric, &[]).unwrap_or(0.0))
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_reports_readiness_lost_replicas_and_isr_changes() {
+    let binary = PathBuf::from(env!("CARGO_BIN_EXE_strata-under-test"));
+    let root = tempfile::tempdir().unwrap();
+    let mut members = cluster_members(root.path(), 3);
+    let voters = quorum_voters(&members);
+    let metrics: Vec<SocketAddr> = members.iter().map(|_| free_port()).collect();
+
+    // Alone, the first voter has no quorum: live, not ready, and it says why.
+    members[0].process = Some(start(&binary, &members[0], &voters, metrics[0]));
+    let (status, body) = wait_for("the first broker's metrics listener", || {
+        try_http(metrics[0], "GET", "/ready").ok()
+    });
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("not ready: "), "{body}");
+    assert_eq!(
+        http(metrics[0], "GET", "/health"),
+        (200, "ok\n".to_string())
+    );
+
+    for (member, &addr) in members.iter_mut().zip(&metrics).skip(1) {
+        member.process = Some(start(&binary, member, &voters, addr));
+    }
+    let everyone = cluster_bootstrap(&members);
+    tokio::task::spawn_blocking({
+        let metrics = metrics.clone();
+        move || {
+            for &addr in &metrics {
+                wait_for("every broker ready", || {
+                    (try_http(addr, "GET", "/ready").ok()?.0 == 200).then_some(())
+                });
+            }
+            wait_for_brokers(&everyone, 3);
+        }
+    })
+    .await
+    .unwrap();
+
+    // Three replicas of each partition of one topic, one of each of another.
+    let bootstrap = cluster_bootstrap(&members);
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()
+            .unwrap();
+    let created = admin
+        .create_topics(
+            &[
+                rdkafka::admin::NewTopic::new(
+                    "replicated",
+                    3,
+                    rdkafka::admin::TopicReplication::Fixed(3),
+                ),
+                rdkafka::admin::NewTopic::new(
+                    "single",
+                    3,
+                    rdkafka::admin::TopicReplication::Fixed(1),
+                ),
+            ],
+            &rdkafka::admin::AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .unwrap();
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+
+    let victim = members.iter_mut().find(|m| m.id == 3).unwrap();
+    let survivors = metrics[..2].to_vec();
+    let all = metrics.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for("all 6 partitions led, none under-replicated", || {
+            let led = cluster_sum(&all, "strata_leader_partitions");
+            let under = cluster_sum(&all, "strata_under_replicated_partitions");
+            // The internal topics' partitions count too.
+            (led >= 6.0 && under == 0.0).then_some(())
+        });
+        assert_eq!(cluster_sum(&all, "strata_offline_partitions"), 0.0);
+    })
+    .await
+    .unwrap();
+
+    // SIGKILL broker 3: the controller fences it, it leaves every ISR.
+    victim.process.take().unwrap().kill();
+    let watched = survivors.clone();
+    let (shrinks, expands) = tokio::task::spawn_blocking(move || {
+        wait_for("the lost broker's partitions reported", || {
+            let shrinks = cluster_sum(&watched, "strata_isr_shrinks_total");
+            let under = cluster_sum(&watched, "strata_under_replicated_partitions");
+            let offline = cluster_sum(&watched, "strata_offline_partitions");
+            // Every replicated partition is led by a survivor with two in sync; the single
+            // replica on broker 3 has no leader.
+            (shrinks >= 1.0 && under >= 3.0 && offline >= 1.0).then_some(())
+        });
+        (
+            cluster_sum(&watched, "strata_isr_shrinks_total"),
+            cluster_sum(&watched, "strata_isr_expands_total"),
+        )
+    })
+    .await
+    .unwrap();
+
+    // Back: it catches up and the leaders put it back in sync.
+    let victim = members.iter_mut().find(|m| m.id == 3).unwrap();
+    victim.process = Some(start(&binary, victim, &voters, metrics[2]));
+    let all = metrics.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for("the returned broker back in every ISR", || {
+            let under = cluster_sum(&all, "strata_under_replicated_partitions");
+            let offline = cluster_sum(&all, "strata_offline_partitions");
+            let ready = try_http(all[2], "GET", "/ready").ok()?.0 == 200;
+            (under == 0.0 && offline == 0.0 && ready).then_some(())
+        });
+        assert!(cluster_sum(&all, "strata_isr_expands_total") > expands);
+        assert!(cluster_sum(&all, "strata_isr_shrinks_total") >= shrinks);
+    })
+    .await
+    .unwrap();
+    for member in &mut members {
+        if let Some(process) = member.process.take() {
+            process.kill();
+        }
+    }
 }

@@ -124,6 +124,10 @@ pub struct PartitionManager {
     /// Counts the applied metadata changes that moved a replica's role or epoch, or removed a
     /// topic (the group coordinators follow the offsets partitions this broker leads).
     roles: tokio::sync::watch::Sender<u64>,
+    /// Committed ISR changes of the partitions this broker leads, as applied here (metrics):
+    /// shrinks and expands.
+    isr_shrinks: std::sync::atomic::AtomicU64,
+    isr_expands: std::sync::atomic::AtomicU64,
 }
 
 impl PartitionManager {
@@ -206,6 +210,8 @@ impl PartitionManager {
             isr_changes: None,
             applied: Mutex::new(0),
             roles: tokio::sync::watch::Sender::new(0),
+            isr_shrinks: Default::default(),
+            isr_expands: Default::default(),
         })
     }
 
@@ -236,6 +242,8 @@ impl PartitionManager {
             isr_changes: Some(isr_changes),
             applied: Mutex::new(0),
             roles: tokio::sync::watch::Sender::new(0),
+            isr_shrinks: Default::default(),
+            isr_expands: Default::default(),
         };
         let state = node.state().borrow().clone();
         manager.apply_cluster_state(&state, now_ms);
@@ -250,6 +258,36 @@ impl PartitionManager {
     /// A receiver that changes whenever applied metadata moved a replica's role or epoch here.
     pub fn watch_roles(&self) -> tokio::sync::watch::Receiver<u64> {
         self.roles.subscribe()
+    }
+
+    /// Committed ISR changes of the partitions this broker leads, as applied here:
+    /// `(shrinks, expands)`. A leader's own proposals count, and so do the controller's (a fenced
+    /// broker leaves every ISR); a change of leader or epoch does not.
+    pub fn isr_changes(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.isr_shrinks.load(Relaxed),
+            self.isr_expands.load(Relaxed),
+        )
+    }
+
+    fn count_isr_change(
+        &self,
+        before: &crate::partition::Assignment,
+        after: &crate::partition::Assignment,
+    ) {
+        let me = self.config.node_id();
+        let same_leadership =
+            before.leader == me && after.leader == me && before.leader_epoch == after.leader_epoch;
+        if !same_leadership {
+            return;
+        }
+        let counter = match after.isr.len().cmp(&before.isr.len()) {
+            std::cmp::Ordering::Less => &self.isr_shrinks,
+            std::cmp::Ordering::Greater => &self.isr_expands,
+            std::cmp::Ordering::Equal => return,
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Hands an ISR change a leader proposed to the controller.
@@ -311,6 +349,7 @@ impl PartitionManager {
                     if configs_changed && let Err(e) = existing.set_config(config.log_config()) {
                         tracing::warn!(topic = name, partition = index, error = %e, "applying topic configs");
                     }
+                    self.count_isr_change(&existing.assignment(), &assignment);
                     if existing.set_assignment(assignment, now_ms) {
                         changed.push(Arc::clone(&existing));
                     }

@@ -444,28 +444,13 @@ impl LakeMetrics {
     }
 }
 
-/// What the broker counts, shared by the handlers, the replication and the scrape.
+/// What the request path counts, shared by the handlers and the scrape.
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
     /// Per API.
     pub(crate) requests: Arc<Requests>,
     /// Per topic.
     pub(crate) topics: Topics,
-    /// ISR changes this broker's leaders proposed and the controller committed.
-    pub(crate) isr_shrinks: AtomicU64,
-    /// See [`Metrics::isr_shrinks`].
-    pub(crate) isr_expands: AtomicU64,
-}
-
-impl Metrics {
-    /// Counts a committed ISR change from `before` to `after` members.
-    pub(crate) fn isr_changed(&self, before: usize, after: usize) {
-        if after < before {
-            self.isr_shrinks.fetch_add(1, Ordering::Relaxed);
-        } else if after > before {
-            self.isr_expands.fetch_add(1, Ordering::Relaxed);
-        }
-    }
 }
 
 fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
@@ -530,17 +515,19 @@ impl Collector for Scrape {
             .retain(|topic| ctx.manager.topic(topic).is_some());
         metrics.topics.encode(&mut encoder)?;
         state::encode_partitions(ctx, &mut encoder)?;
+        let (shrinks, expands) = ctx.manager.isr_changes();
         counter(
             &mut encoder,
             "strata_isr_shrinks",
-            "ISR shrinks of partitions this broker leads, committed by the controller.",
-            metrics.isr_shrinks.load(Ordering::Relaxed),
+            "ISR shrinks of partitions this broker leads (its own proposals and the controller's, \
+             e.g. when it fences a broker), as committed.",
+            shrinks,
         )?;
         counter(
             &mut encoder,
             "strata_isr_expands",
-            "ISR expansions of partitions this broker leads, committed by the controller.",
-            metrics.isr_expands.load(Ordering::Relaxed),
+            "ISR expansions of partitions this broker leads, as committed.",
+            expands,
         )?;
         state::encode_group_lag(ctx, &mut encoder)?;
         state::encode_offload_lag(ctx, &mut encoder)?;

@@ -72,14 +72,12 @@ pub(crate) async fn run(
     node: Arc<ClusterNode>,
     isr_changes: mpsc::UnboundedReceiver<IsrChange>,
     shutdown: CancellationToken,
-    metrics: Arc<crate::metrics::Metrics>,
 ) {
     let submitter = tokio::spawn(submit_isr_changes(
         Arc::clone(&manager),
         Arc::clone(&node),
         isr_changes,
         shutdown.clone(),
-        metrics,
     ));
     let shrinker = tokio::spawn(shrink_isrs(Arc::clone(&manager), shutdown.clone()));
     let rebalancer = tokio::spawn(rebalance_leaders(
@@ -135,7 +133,6 @@ async fn submit_isr_changes(
     node: Arc<ClusterNode>,
     mut changes: mpsc::UnboundedReceiver<IsrChange>,
     shutdown: CancellationToken,
-    metrics: Arc<crate::metrics::Metrics>,
 ) {
     loop {
         let change = tokio::select! {
@@ -150,10 +147,6 @@ async fn submit_isr_changes(
             leader_epoch: change.leader_epoch,
             isr: change.isr.clone(),
         };
-        // Read before the commit: once committed, the replication loop may apply it any time.
-        let before = manager
-            .partition(&change.topic, change.partition)
-            .map_or(0, |p| p.assignment().isr.len());
         let outcome = node.submit(command, Duration::from_secs(5)).await;
         let accepted = matches!(outcome, Ok(Response::Ok));
         if !accepted {
@@ -162,7 +155,6 @@ async fn submit_isr_changes(
         }
         if let Some(partition) = manager.partition(&change.topic, change.partition) {
             if accepted {
-                metrics.isr_changed(before, change.isr.len());
                 let state = node.state().borrow().clone();
                 manager.apply_cluster_state(&state, now_ms());
             } else {

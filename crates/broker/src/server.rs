@@ -192,7 +192,6 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
             node,
             isr_rx,
             shutdown.clone(),
-            Arc::clone(&metrics),
         )));
         background.push(tokio::spawn(crate::groups::run(
             Arc::clone(&groups),
