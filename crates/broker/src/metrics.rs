@@ -285,6 +285,9 @@ struct TopicIo {
     bytes_out: AtomicU64,
 }
 
+/// One of a topic's counters.
+type TopicField = fn(&TopicIo) -> &AtomicU64;
+
 /// Bytes in and out per topic. A request looks its topic up once per topic (a read lock and a
 /// hash of the name), never per partition or record; a topic's first bytes insert it.
 #[derive(Debug, Default)]
@@ -293,7 +296,7 @@ pub(crate) struct Topics {
 }
 
 impl Topics {
-    fn add(&self, topic: &str, bytes: u64, field: fn(&TopicIo) -> &AtomicU64) {
+    fn add(&self, topic: &str, bytes: u64, field: TopicField) {
         if bytes == 0 {
             return;
         }
@@ -328,7 +331,7 @@ impl Topics {
         let topics = self.topics.read();
         let mut sorted: Vec<(&str, &TopicIo)> = topics.iter().map(|(t, io)| (&**t, io)).collect();
         sorted.sort_by_key(|(t, _)| *t);
-        let columns: [(&str, &str, fn(&TopicIo) -> &AtomicU64); 2] = [
+        let columns: [(&str, &str, TopicField); 2] = [
             (
                 "strata_topic_bytes_in",
                 "Record bytes appended by produce requests, by topic.",
@@ -823,6 +826,37 @@ mod tests {
         };
         assert_eq!(task.await.unwrap().unwrap_err(), "failed late");
         assert_eq!(stats(1), (1, 1, 1));
+    }
+
+    #[test]
+    fn a_scrape_counts_this_broker_s_partitions_and_readiness_follows_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::handler::tests::context(dir.path());
+        ctx.manager
+            .create_topic("t", 3, 1, Default::default(), false, 0)
+            .unwrap();
+        ctx.metrics.topics.bytes_in("t", 5);
+        ctx.metrics.topics.bytes_in("gone", 5);
+        let text = render(&ctx);
+        for line in [
+            "strata_partitions 3",
+            "strata_leader_partitions 3",
+            "strata_under_replicated_partitions 0",
+            "strata_offline_partitions 0",
+            "strata_topic_bytes_in_total{topic=\"t\"} 5",
+            "strata_lake_offload_lag_bytes{topic=\"t\",partition=\"2\"} 0",
+            "strata_lake_offload_lag_seconds{topic=\"t\",partition=\"0\"} 0.0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line:?} missing from\n{text}"
+            );
+        }
+        assert!(!text.contains("gone"), "a deleted topic is forgotten");
+        assert!(text.contains("\nprocess_open_fds "), "{text}");
+        assert_eq!(readiness(&ctx), Ok(()));
+        ctx.shutdown.cancel();
+        assert_eq!(readiness(&ctx), Err("shutting down".to_string()));
     }
 
     #[test]
