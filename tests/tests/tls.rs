@@ -144,11 +144,12 @@ async fn produce(config: &ClientConfig, topic: &str, values: &[Vec<u8>]) {
         .iter()
         .zip(&keys)
         .map(|(v, key)| {
-            producer.send_result(FutureRecord::to(topic).key(key).payload(v).partition(0))
+            let record = FutureRecord::to(topic).key(key).payload(v).partition(0);
+            producer.send_result(record).map_err(|(e, _)| e).unwrap()
         })
         .collect();
     for send in sends {
-        send.unwrap().await.unwrap().map_err(|(e, _)| e).unwrap();
+        send.await.unwrap().map_err(|(e, _)| e).unwrap();
     }
 }
 

@@ -130,7 +130,7 @@ fn text(tag: u8, content: &[u8]) -> Option<String> {
         // TeletexString: Latin-1 in practice
         0x14 => Some(content.iter().map(|&b| char::from(b)).collect()),
         // BMPString: UTF-16 big-endian
-        0x1e if content.len() % 2 == 0 => {
+        0x1e if content.len().is_multiple_of(2) => {
             let units: Vec<u16> = content
                 .chunks(2)
                 .map(|c| u16::from_be_bytes([c[0], c[1]]))
