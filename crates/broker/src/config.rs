@@ -755,7 +755,7 @@ impl BrokerConfig {
 
 /// Settings whose values DescribeConfigs never shows (private keys).
 fn is_sensitive(name: &str) -> bool {
-    name.ends_with("ssl.keystore.key")
+    name.ends_with("ssl.keystore.key") || name.ends_with("sasl.jaas.config")
 }
 
 fn broker_setting_type(name: &str) -> Option<ConfigType> {
@@ -764,7 +764,15 @@ fn broker_setting_type(name: &str) -> Option<ConfigType> {
         Some(rest) => rest
             .split_once('.')
             .map(|(_, setting)| setting)
-            .filter(|s| crate::security::tls::TLS_SETTINGS.contains(s))?,
+            .filter(|s| crate::security::tls::TLS_SETTINGS.contains(s))
+            // The SASL login of one listener and mechanism:
+            // `listener.name.<name>.scram-sha-256.sasl.jaas.config`.
+            .or_else(|| {
+                let (_, rest) = rest.split_once('.')?;
+                let (mechanism, setting) = rest.split_once('.')?;
+                crate::security::sasl::SaslMechanism::parse(mechanism)?;
+                (setting == "sasl.jaas.config").then_some(setting)
+            })?,
         None => name,
     };
     BROKER_SETTINGS
