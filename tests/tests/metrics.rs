@@ -325,12 +325,17 @@ fn start(binary: &Path, member: &ClusterMember, voters: &str, metrics: SocketAdd
     )
 }
 
-/// The sum of `metric` over the brokers at `addrs` (those that answer).
-fn cluster_sum(addrs: &[SocketAddr], metric: &str) -> f64 {
-    addrs
-        .iter()
-        .map(|&a| value(&scrape(a), metric, &[]).unwrap_or(0.0))
-        .sum()
+/// The sum of `metric` over the brokers at `addrs`; `None` while one of them does not answer
+/// (a broker starting binds its metrics listener just after its Kafka listener).
+fn cluster_sum(addrs: &[SocketAddr], metric: &str) -> Option<f64> {
+    let mut sum = 0.0;
+    for &addr in addrs {
+        let (status, body) = try_http(addr, "GET", "/metrics").ok()?;
+        assert_eq!(status, 200, "{body}");
+        let scrape = Scrape::parse(body.as_bytes().lines()).expect("Prometheus text format");
+        sum += value(&scrape, metric, &[]).unwrap_or(0.0);
+    }
+    Some(sum)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -403,12 +408,12 @@ async fn a_cluster_reports_readiness_lost_replicas_and_isr_changes() {
     let all = metrics.clone();
     tokio::task::spawn_blocking(move || {
         wait_for("all 6 partitions led, none under-replicated", || {
-            let led = cluster_sum(&all, "strata_leader_partitions");
-            let under = cluster_sum(&all, "strata_under_replicated_partitions");
+            let led = cluster_sum(&all, "strata_leader_partitions")?;
+            let under = cluster_sum(&all, "strata_under_replicated_partitions")?;
             // The internal topics' partitions count too.
             (led >= 6.0 && under == 0.0).then_some(())
         });
-        assert_eq!(cluster_sum(&all, "strata_offline_partitions"), 0.0);
+        assert_eq!(cluster_sum(&all, "strata_offline_partitions"), Some(0.0));
     })
     .await
     .unwrap();
@@ -418,16 +423,16 @@ async fn a_cluster_reports_readiness_lost_replicas_and_isr_changes() {
     let watched = survivors.clone();
     let (shrinks, expands) = tokio::task::spawn_blocking(move || {
         wait_for("the lost broker's partitions reported", || {
-            let shrinks = cluster_sum(&watched, "strata_isr_shrinks_total");
-            let under = cluster_sum(&watched, "strata_under_replicated_partitions");
-            let offline = cluster_sum(&watched, "strata_offline_partitions");
+            let shrinks = cluster_sum(&watched, "strata_isr_shrinks_total")?;
+            let under = cluster_sum(&watched, "strata_under_replicated_partitions")?;
+            let offline = cluster_sum(&watched, "strata_offline_partitions")?;
             // Every replicated partition is led by a survivor with two in sync; the single
             // replica on broker 3 has no leader.
             (shrinks >= 1.0 && under >= 3.0 && offline >= 1.0).then_some(())
         });
         (
-            cluster_sum(&watched, "strata_isr_shrinks_total"),
-            cluster_sum(&watched, "strata_isr_expands_total"),
+            cluster_sum(&watched, "strata_isr_shrinks_total").unwrap(),
+            cluster_sum(&watched, "strata_isr_expands_total").unwrap(),
         )
     })
     .await
@@ -439,13 +444,13 @@ async fn a_cluster_reports_readiness_lost_replicas_and_isr_changes() {
     let all = metrics.clone();
     tokio::task::spawn_blocking(move || {
         wait_for("the returned broker back in every ISR", || {
-            let under = cluster_sum(&all, "strata_under_replicated_partitions");
-            let offline = cluster_sum(&all, "strata_offline_partitions");
+            let under = cluster_sum(&all, "strata_under_replicated_partitions")?;
+            let offline = cluster_sum(&all, "strata_offline_partitions")?;
             let ready = try_http(all[2], "GET", "/ready").ok()?.0 == 200;
             (under == 0.0 && offline == 0.0 && ready).then_some(())
         });
-        assert!(cluster_sum(&all, "strata_isr_expands_total") > expands);
-        assert!(cluster_sum(&all, "strata_isr_shrinks_total") >= shrinks);
+        assert!(cluster_sum(&all, "strata_isr_expands_total").unwrap() > expands);
+        assert!(cluster_sum(&all, "strata_isr_shrinks_total").unwrap() >= shrinks);
     })
     .await
     .unwrap();
