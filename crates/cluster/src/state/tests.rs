@@ -606,3 +606,48 @@ fn replaying_the_same_commands_gives_the_same_state() {
         serde_json::from_slice(&serde_json::to_vec(&first).unwrap()).unwrap();
     assert_eq!(snapshot, first);
 }
+
+#[test]
+fn security_records_are_set_and_deleted_together_and_survive_a_snapshot() {
+    let mut state = ClusterState::default();
+    let change = |kind: &str, key: &str, value: Option<&str>| SecurityChange {
+        kind: kind.into(),
+        key: key.into(),
+        value: value.map(str::to_owned),
+    };
+    applied(
+        &mut state,
+        Command::PutSecurity {
+            changes: vec![
+                change("scram", "SCRAM-SHA-256/alice", Some("{}")),
+                change("acl", "b1", Some("{\"op\":3}")),
+            ],
+        },
+    );
+    assert_eq!(state.security["acl"]["b1"], "{\"op\":3}");
+    // One bad change refuses them all.
+    assert_eq!(
+        rejected(
+            &mut state,
+            Command::PutSecurity {
+                changes: vec![change("acl", "b2", Some("{}")), change("", "k", None)],
+            },
+        ),
+        RejectKind::InvalidRequest
+    );
+    applied(
+        &mut state,
+        Command::PutSecurity {
+            changes: vec![change("acl", "b1", None)],
+        },
+    );
+    assert!(!state.security.contains_key("acl"), "an emptied kind goes");
+    let json = serde_json::to_vec(&state).unwrap();
+    let back: ClusterState = serde_json::from_slice(&json).unwrap();
+    assert_eq!(back, state);
+    // A snapshot written before security records existed still loads.
+    let mut old = serde_json::to_value(ClusterState::default()).unwrap();
+    old.as_object_mut().unwrap().remove("security");
+    let loaded: ClusterState = serde_json::from_value(old).unwrap();
+    assert!(loaded.security.is_empty());
+}
