@@ -34,9 +34,10 @@ use prometheus_client::registry::Registry;
 
 use crate::handler::{Context, Refusal, Reply};
 
-/// Upper bounds of the request latency buckets, in seconds: from half a millisecond (a produce
-/// to the page cache) to ten seconds (a long-polling fetch waits up to `fetch.max.wait.ms`, an
-/// `acks=all` produce up to its timeout).
+/// Upper bounds of the latency buckets, in seconds: from half a millisecond (a produce to the
+/// page cache) to ten seconds (a long-polling fetch waits up to `fetch.max.wait.ms`, an
+/// `acks=all` produce up to its timeout; a ranged GET of a row group takes tens of milliseconds
+/// on S3, more under load or on retries).
 const LATENCY_BOUNDS_SECONDS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
@@ -57,51 +58,30 @@ const LATENCY_BOUNDS_NANOS: [u64; 14] = [
     5_000_000_000,
     10_000_000_000,
 ];
-/// Upper bounds of the object storage read latency buckets, in seconds (a ranged GET of a row
-/// group: tens of milliseconds on S3, more under load or on retries).
-const REMOTE_READ_BOUNDS_SECONDS: [f64; 14] = LATENCY_BOUNDS_SECONDS;
+/// Buckets of a histogram: one per bound, and `+Inf`.
+const BUCKETS: usize = LATENCY_BOUNDS_NANOS.len() + 1;
 /// API keys counted: Kafka's keys are below this (they go up to about 90); a larger one is not a
 /// supported API and is refused before it is counted.
 const API_KEYS_MAX: usize = 128;
 
-/// A latency histogram of fixed buckets, updated with atomics only: one `fetch_add` for the
-/// bucket and one for the sum (prometheus-client's histogram takes a mutex per observation).
-#[derive(Debug)]
+/// A latency histogram over [`LATENCY_BOUNDS_SECONDS`], updated with atomics only: one
+/// `fetch_add` for the bucket and one for the sum (prometheus-client's histogram takes a mutex
+/// per observation). Its counters are inline, beside the ones they are updated with.
+#[derive(Debug, Default)]
 pub(crate) struct Histogram {
-    /// Upper bounds in nanoseconds; the last bucket (`+Inf`) has none.
-    bounds_nanos: &'static [u64],
-    bounds_seconds: &'static [f64],
-    /// Observations per bucket (not cumulative), one more than there are bounds.
-    buckets: Box<[AtomicU64]>,
+    /// Observations per bucket (not cumulative); the last is `+Inf`.
+    buckets: [AtomicU64; BUCKETS],
     sum_nanos: AtomicU64,
 }
 
 impl Histogram {
-    fn new(bounds_nanos: &'static [u64], bounds_seconds: &'static [f64]) -> Self {
-        assert_eq!(bounds_nanos.len(), bounds_seconds.len());
-        Self {
-            bounds_nanos,
-            bounds_seconds,
-            buckets: (0..=bounds_nanos.len())
-                .map(|_| AtomicU64::new(0))
-                .collect(),
-            sum_nanos: AtomicU64::new(0),
-        }
-    }
-
-    /// A histogram of request latencies.
-    pub(crate) fn latency() -> Self {
-        Self::new(&LATENCY_BOUNDS_NANOS, &LATENCY_BOUNDS_SECONDS)
-    }
-
     /// Counts one observation.
     pub(crate) fn observe(&self, elapsed: Duration) {
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        let bucket = self
-            .bounds_nanos
+        let bucket = LATENCY_BOUNDS_NANOS
             .iter()
             .position(|&bound| nanos <= bound)
-            .unwrap_or(self.bounds_nanos.len());
+            .unwrap_or(BUCKETS - 1);
         self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
@@ -121,8 +101,7 @@ impl Histogram {
             .map(|b| b.load(Ordering::Relaxed))
             .collect();
         let count = counts.iter().sum();
-        let buckets = self
-            .bounds_seconds
+        let buckets = LATENCY_BOUNDS_SECONDS
             .iter()
             .copied()
             .chain([f64::INFINITY])
@@ -139,8 +118,10 @@ impl Histogram {
     }
 }
 
-/// Requests of one API.
-#[derive(Debug)]
+/// Requests of one API, on cache lines of its own: APIs served at once (Produce and Fetch) do not
+/// contend for a line.
+#[derive(Debug, Default)]
+#[repr(align(128))]
 struct ApiStats {
     /// Requests answered or refused.
     requests: AtomicU64,
@@ -161,13 +142,7 @@ pub(crate) struct Requests {
 impl Default for Requests {
     fn default() -> Self {
         Self {
-            apis: (0..API_KEYS_MAX)
-                .map(|_| ApiStats {
-                    requests: AtomicU64::new(0),
-                    errors: AtomicU64::new(0),
-                    latency: Histogram::latency(),
-                })
-                .collect(),
+            apis: (0..API_KEYS_MAX).map(|_| ApiStats::default()).collect(),
         }
     }
 }
@@ -357,7 +332,7 @@ impl Topics {
 }
 
 /// What the lake's read path and the offload pipeline count.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct LakeMetrics {
     /// Segments uploaded and committed to a manifest.
     pub(crate) uploads: AtomicU64,
@@ -371,19 +346,6 @@ pub(crate) struct LakeMetrics {
     pub(crate) read_bytes: AtomicU64,
     /// Reads from object storage (file footers and row groups) the read path made.
     pub(crate) remote_read_seconds: Histogram,
-}
-
-impl Default for LakeMetrics {
-    fn default() -> Self {
-        Self {
-            uploads: AtomicU64::new(0),
-            upload_failures: AtomicU64::new(0),
-            uploaded_bytes: AtomicU64::new(0),
-            offloaded_segment_bytes: AtomicU64::new(0),
-            read_bytes: AtomicU64::new(0),
-            remote_read_seconds: Histogram::new(&LATENCY_BOUNDS_NANOS, &REMOTE_READ_BOUNDS_SECONDS),
-        }
-    }
 }
 
 impl LakeMetrics {
@@ -748,7 +710,7 @@ mod tests {
 
     #[test]
     fn the_histogram_counts_each_observation_in_its_bucket_and_sums_seconds() {
-        let h = Histogram::latency();
+        let h = Histogram::default();
         h.observe(Duration::from_micros(100));
         h.observe(Duration::from_micros(500));
         h.observe(Duration::from_millis(3));
