@@ -643,6 +643,48 @@ async fn sasl_ssl_serves_scram_and_plain_and_plain_needs_tls() {
         "alice",
         "alice-secret"
     )));
+    // The strata admin commands over SASL_SSL, verifying the broker with the CA (librdkafka's
+    // property name) and logging in with SCRAM.
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, &ca).unwrap();
+    let properties = dir.path().join("tls.properties");
+    std::fs::write(
+        &properties,
+        format!(
+            "security.protocol=SASL_SSL\nssl.ca.location={}\nsasl.mechanism=SCRAM-SHA-512\n\
+             sasl.username=alice\nsasl.password=alice-secret\n",
+            ca_path.display()
+        ),
+    )
+    .unwrap();
+    let (bootstrap, properties) = (tls.to_string(), properties.display().to_string());
+    let admin = |args: &[&str], stdin: &str| {
+        let mut all = args.to_vec();
+        all.extend([
+            "--bootstrap-server",
+            &bootstrap,
+            "--command-config",
+            &properties,
+        ]);
+        run_strata(&all, stdin)
+    };
+    stdout_of(
+        "users add over SASL_SSL",
+        &admin(
+            &["users", "add", "carol", "--password-stdin"],
+            "carol-secret\n",
+        ),
+    );
+    let listed = stdout_of("users list over SASL_SSL", &admin(&["users", "list"], ""));
+    assert!(
+        listed.contains("alice") && listed.contains("carol"),
+        "{listed}"
+    );
+    // A CA that did not sign the broker's certificate: the TLS handshake fails.
+    let (other_ca, _) = certificates();
+    std::fs::write(&ca_path, other_ca).unwrap();
+    let untrusted = admin(&["users", "list"], "");
+    assert!(!untrusted.status.success());
     broker.shutdown().await;
 }
 

@@ -19,33 +19,60 @@ const RESPONSE_MAX_BYTES: usize = 100 * 1024 * 1024;
 /// How long one request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A byte stream to a broker: TCP, or TLS over it.
+trait Stream: Read + Write + Send {}
+
+impl<T: Read + Write + Send> Stream for T {}
+
 /// A connection to one broker.
-#[derive(Debug)]
 pub struct AdminClient {
-    stream: TcpStream,
+    stream: Box<dyn Stream>,
     bootstrap: String,
     correlation_id: i32,
 }
 
+impl std::fmt::Debug for AdminClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminClient")
+            .field("bootstrap", &self.bootstrap)
+            .finish_non_exhaustive()
+    }
+}
+
 impl AdminClient {
-    /// Connects to `bootstrap` (`host:port`).
+    /// Connects to `bootstrap` (`host:port`) over plain TCP.
     pub fn connect(bootstrap: &str) -> Result<Self> {
-        let stream = TcpStream::connect(bootstrap)
+        Self::connect_with(bootstrap, &ClientSecurity::default())
+    }
+
+    /// Connects to `bootstrap` as `security` says: TLS on SSL and SASL_SSL listeners, and a
+    /// SASL login on SASL_PLAINTEXT and SASL_SSL ones.
+    pub fn connect_with(bootstrap: &str, security: &ClientSecurity) -> Result<Self> {
+        let tcp = TcpStream::connect(bootstrap)
             .with_context(|| format!("connecting to the broker at {bootstrap}"))?;
-        stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
-        stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
-        stream.set_nodelay(true)?;
-        Ok(Self {
+        tcp.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+        tcp.set_write_timeout(Some(REQUEST_TIMEOUT))?;
+        tcp.set_nodelay(true)?;
+        let stream: Box<dyn Stream> = match &security.tls {
+            None => Box::new(tcp),
+            Some(config) => {
+                // The name the certificate must carry: the bootstrap's host (a name or an IP).
+                let host = bootstrap
+                    .rsplit_once(':')
+                    .map_or(bootstrap, |(host, _)| host)
+                    .trim_matches(['[', ']']);
+                let name = rustls_pki_types::ServerName::try_from(host.to_string())
+                    .with_context(|| format!("{host:?} is no TLS server name"))?;
+                let connection = rustls::ClientConnection::new(std::sync::Arc::clone(config), name)
+                    .context("starting TLS")?;
+                Box::new(rustls::StreamOwned::new(connection, tcp))
+            }
+        };
+        let mut client = Self {
             stream,
             bootstrap: bootstrap.to_string(),
             correlation_id: 0,
-        })
-    }
-
-    /// Connects to `bootstrap` as `security` says: plain TCP, and a SASL login on a
-    /// SASL_PLAINTEXT listener.
-    pub fn connect_with(bootstrap: &str, security: &ClientSecurity) -> Result<Self> {
-        let mut client = Self::connect(bootstrap)?;
+        };
         if let Some(login) = &security.sasl {
             client
                 .authenticate(login)
@@ -148,14 +175,20 @@ impl AdminClient {
 /// How the admin client connects: Kafka client properties (`--command-config FILE`).
 #[derive(Debug, Clone, Default)]
 pub struct ClientSecurity {
-    /// The login on a SASL listener; `None` for PLAINTEXT.
+    /// The login on a SASL listener; `None` for PLAINTEXT and SSL.
     pub sasl: Option<SaslLogin>,
+    /// TLS, on SSL and SASL_SSL listeners.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl ClientSecurity {
-    /// Reads a Kafka client properties file: `security.protocol` (PLAINTEXT or SASL_PLAINTEXT),
-    /// `sasl.mechanism` (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512), and the login as librdkafka takes
-    /// it (`sasl.username`, `sasl.password`) or as the Java client does (`sasl.jaas.config`).
+    /// Reads a Kafka client properties file: `security.protocol` (PLAINTEXT, SSL, SASL_PLAINTEXT
+    /// or SASL_SSL); for SASL `sasl.mechanism` (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) and the login
+    /// as librdkafka takes it (`sasl.username`, `sasl.password`) or as the Java client does
+    /// (`sasl.jaas.config`); for TLS the CA certificates (PEM) as the Java client names them
+    /// (`ssl.truststore.location`, `ssl.truststore.certificates`) or as librdkafka does
+    /// (`ssl.ca.location`, `ssl.ca.pem`), and a client certificate for mutual TLS
+    /// (`ssl.keystore.location`, a PEM file with the key and the chain).
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading the client properties {}", path.display()))?;
@@ -163,43 +196,75 @@ impl ClientSecurity {
             .with_context(|| format!("in {}", path.display()))
     }
 
+    /// From `--command-config FILE` when given, else plain TCP without a login.
+    pub fn from_command_config(path: Option<&Path>) -> Result<Self> {
+        path.map_or_else(|| Ok(Self::default()), Self::from_file)
+    }
+
     /// From properties already parsed.
     pub fn from_properties(properties: &BTreeMap<String, String>) -> Result<Self> {
-        let get = |name: &str| properties.get(name).map(|v| v.trim().to_string());
+        let get = |name: &str| {
+            properties
+                .get(name)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
         let protocol = get("security.protocol").unwrap_or_else(|| "PLAINTEXT".into());
-        match protocol.to_ascii_uppercase().as_str() {
-            "PLAINTEXT" => Ok(Self::default()),
-            "SASL_PLAINTEXT" => {
-                let name = get("sasl.mechanism").context(
-                    "security.protocol=SASL_PLAINTEXT needs sasl.mechanism (PLAIN, SCRAM-SHA-256 \
-                     or SCRAM-SHA-512)",
-                )?;
-                let mechanism = SaslMechanism::parse(&name)
-                    .with_context(|| format!("sasl.mechanism={name} is not supported"))?;
-                let login = match (
-                    get("sasl.username"),
-                    get("sasl.password"),
-                    get("sasl.jaas.config"),
-                ) {
-                    (Some(username), Some(password), _) => SaslLogin {
-                        mechanism,
-                        username,
-                        password,
-                    },
-                    (None, None, Some(jaas)) => {
-                        strata_broker::security::sasl::login_from_jaas(mechanism, &jaas)
-                            .map_err(anyhow::Error::msg)?
-                    }
-                    _ => bail!("give sasl.username and sasl.password, or sasl.jaas.config"),
-                };
-                Ok(Self { sasl: Some(login) })
-            }
-            "SSL" | "SASL_SSL" => bail!(
-                "security.protocol={protocol}: the strata admin commands do not speak TLS yet; \
-                 use a PLAINTEXT or SASL_PLAINTEXT listener"
-            ),
+        let (tls, sasl) = match protocol.to_ascii_uppercase().as_str() {
+            "PLAINTEXT" => (false, false),
+            "SSL" => (true, false),
+            "SASL_PLAINTEXT" => (false, true),
+            "SASL_SSL" => (true, true),
             other => bail!("security.protocol={other} is not a Kafka security protocol"),
+        };
+        let sasl = if sasl {
+            Some(login(&protocol, &get)?)
+        } else {
+            None
+        };
+        let tls = if tls {
+            // librdkafka's names for the same files, mapped onto the Java client's.
+            let property = |name: &str| match name {
+                "ssl.truststore.location" => get(name).or_else(|| get("ssl.ca.location")),
+                "ssl.truststore.certificates" => get(name).or_else(|| get("ssl.ca.pem")),
+                _ => get(name),
+            };
+            let config = strata_broker::security::tls::client_config_from_properties(property)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("security.protocol={protocol}"))?;
+            Some(config)
+        } else {
+            None
+        };
+        Ok(Self { sasl, tls })
+    }
+}
+
+/// The SASL login of client properties.
+fn login(protocol: &str, get: &dyn Fn(&str) -> Option<String>) -> Result<SaslLogin> {
+    let name = get("sasl.mechanism").with_context(|| {
+        format!(
+            "security.protocol={protocol} needs sasl.mechanism (PLAIN, SCRAM-SHA-256 or \
+             SCRAM-SHA-512)"
+        )
+    })?;
+    let mechanism = SaslMechanism::parse(&name)
+        .with_context(|| format!("sasl.mechanism={name} is not supported"))?;
+    match (
+        get("sasl.username"),
+        get("sasl.password"),
+        get("sasl.jaas.config"),
+    ) {
+        (Some(username), Some(password), _) => Ok(SaslLogin {
+            mechanism,
+            username,
+            password,
+        }),
+        (None, None, Some(jaas)) => {
+            strata_broker::security::sasl::login_from_jaas(mechanism, &jaas)
+                .map_err(anyhow::Error::msg)
         }
+        _ => bail!("give sasl.username and sasl.password, or sasl.jaas.config"),
     }
 }
 
@@ -267,6 +332,9 @@ mod tests {
             "security.protocol=SASL_PLAINTEXT\nsasl.mechanism=GSSAPI\nsasl.username=u\nsasl.password=p",
             "security.protocol=SASL_PLAINTEXT\nsasl.mechanism=PLAIN\nsasl.username=u",
             "security.protocol=TLS",
+            // TLS needs the CA to verify the broker with.
+            "security.protocol=SSL",
+            "security.protocol=SSL\nssl.ca.location=/nonexistent/ca.pem",
         ] {
             assert!(
                 ClientSecurity::from_properties(&parse_properties(bad)).is_err(),

@@ -57,6 +57,9 @@ pub struct ClusterArgs {
     /// Print one JSON object instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// Kafka client properties to connect with (security.protocol, sasl.*, ssl.*).
+    #[arg(long, global = true, value_name = "FILE")]
+    command_config: Option<PathBuf>,
     #[command(subcommand)]
     command: ClusterCommand,
 }
@@ -110,6 +113,9 @@ pub struct GroupsArgs {
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
+    /// Kafka client properties to connect with (security.protocol, sasl.*, ssl.*).
+    #[arg(long, global = true, value_name = "FILE")]
+    command_config: Option<PathBuf>,
     #[command(subcommand)]
     command: GroupsCommand,
 }
@@ -508,7 +514,10 @@ fn bootstrap(given: Option<String>, env: &BTreeMap<String, String>) -> String {
 fn groups(args: GroupsArgs) -> Result<()> {
     use crate::groups::{or_dash, table};
     let env: BTreeMap<String, String> = std::env::vars().collect();
-    let mut client = crate::admin::AdminClient::connect(&bootstrap(args.bootstrap, &env))?;
+    let security =
+        crate::admin::ClientSecurity::from_command_config(args.command_config.as_deref())?;
+    let mut client =
+        crate::admin::AdminClient::connect_with(&bootstrap(args.bootstrap, &env), &security)?;
     let output = match args.command {
         GroupsCommand::List => {
             let rows = crate::groups::list(&mut client)?;
@@ -635,7 +644,9 @@ fn cluster(args: ClusterArgs) -> Result<ExitCode> {
     let bootstrap = bootstrap(args.bootstrap, &env);
     match args.command {
         ClusterCommand::Status => {
-            let status = crate::cluster::status(&bootstrap)?;
+            let security =
+                crate::admin::ClientSecurity::from_command_config(args.command_config.as_deref())?;
+            let status = crate::cluster::status_with(&bootstrap, &security)?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {

@@ -356,6 +356,14 @@ fn list(ids: &[i32]) -> String {
 /// Asks the first broker of `bootstrap` (`HOST:PORT`, or several separated by commas, tried in
 /// turn) that answers.
 pub fn status(bootstrap: &str) -> Result<ClusterStatus> {
+    status_with(bootstrap, &crate::admin::ClientSecurity::default())
+}
+
+/// As [`status`], connecting as `security` says (TLS, SASL).
+pub fn status_with(
+    bootstrap: &str,
+    security: &crate::admin::ClientSecurity,
+) -> Result<ClusterStatus> {
     let addresses: Vec<&str> = bootstrap
         .split(',')
         .map(str::trim)
@@ -366,7 +374,7 @@ pub fn status(bootstrap: &str) -> Result<ClusterStatus> {
     }
     let mut failures = BTreeMap::new();
     for address in addresses {
-        match ask(address) {
+        match ask(address, security) {
             Ok(status) => return Ok(status),
             Err(e) => {
                 tracing::debug!(broker = address, error = %format!("{e:#}"), "no status");
@@ -381,8 +389,8 @@ pub fn status(bootstrap: &str) -> Result<ClusterStatus> {
     bail!("no broker answered ({})", reasons.join("; "))
 }
 
-fn ask(address: &str) -> Result<ClusterStatus> {
-    let mut client = AdminClient::connect(address)?;
+fn ask(address: &str, security: &crate::admin::ClientSecurity) -> Result<ClusterStatus> {
+    let mut client = AdminClient::connect_with(address, security)?;
     let metadata = client.call(
         &MetadataRequest::default()
             .with_topics(None)

@@ -108,10 +108,7 @@ pub fn run(args: UsersArgs, bootstrap: impl FnOnce(Option<String>) -> String) ->
     let output = match &args.data_dir {
         Some(dir) => offline(&args, dir)?,
         None => {
-            let security = match &args.command_config {
-                Some(path) => ClientSecurity::from_file(path)?,
-                None => ClientSecurity::default(),
-            };
+            let security = ClientSecurity::from_command_config(args.command_config.as_deref())?;
             let mut client =
                 AdminClient::connect_with(&bootstrap(args.bootstrap_server.clone()), &security)?;
             online(&args, &mut client)?

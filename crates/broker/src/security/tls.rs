@@ -290,6 +290,15 @@ pub(crate) fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>,
     Ok(Arc::new(config))
 }
 
+/// A TLS client config from Kafka client properties, for the `strata` admin commands: the
+/// servers verified against `ssl.truststore.location` or `ssl.truststore.certificates` (PEM), a
+/// client certificate from `ssl.keystore.*` when given. `get` answers a property's value.
+pub fn client_config_from_properties(
+    get: impl Fn(&str) -> Option<String>,
+) -> Result<Arc<ClientConfig>, String> {
+    client_config(&TlsSettings::read("client", get)?)
+}
+
 /// Builds the client side for connections to other brokers' (or voters') TLS listeners:
 /// servers verified against the truststore, this broker's keystore certificate presented when
 /// it has one.
