@@ -117,12 +117,15 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
             (Arc::clone(b.listener.name()), host, port)
         })
         .collect();
+    let quorum_tls = quorum_tls(&config)?;
     let metrics_listener = bind_metrics(&config).await?;
     let metrics = Arc::new(crate::metrics::Metrics::default());
     let shutdown = CancellationToken::new();
     let mut replication = None;
     let (manager, groups) = if config.is_clustered() {
-        let (node, isr_tx, isr_rx) = start_cluster_node(&config, &advertised_listeners).await?;
+        let tls = quorum_tls.as_ref().map(|(tls, _)| tls.clone());
+        let (node, isr_tx, isr_rx) =
+            start_cluster_node(&config, &advertised_listeners, tls).await?;
         // Group state lives in the replicated __consumer_offsets (crate::groups).
         let groups = Groups::cluster(config.coordinator_config());
         let manager = {
@@ -172,7 +175,11 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
         .map_err(|e| Error::Metadata(format!("opening the transaction log panicked: {e}")))??
     };
     let mut background = Vec::new();
-    let tls_servers: Vec<_> = bound.iter().filter_map(|b| b.tls.clone()).collect();
+    let tls_servers: Vec<_> = bound
+        .iter()
+        .filter_map(|b| b.tls.clone())
+        .chain(quorum_tls.map(|(_, server)| server))
+        .collect();
     background.push(tokio::spawn(crate::security::tls::watch(
         tls_servers,
         shutdown.clone(),
@@ -284,6 +291,7 @@ type IsrChannel = (
 async fn start_cluster_node(
     config: &BrokerConfig,
     advertised: &[(Arc<str>, String, i32)],
+    tls: Option<strata_cluster::QuorumTls>,
 ) -> Result<(
     Arc<strata_cluster::ClusterNode>,
     tokio::sync::mpsc::UnboundedSender<crate::replication::IsrChange>,
@@ -315,7 +323,7 @@ async fn start_cluster_node(
         broker: broker_endpoint(config, advertised)?,
         heartbeat_interval: Duration::from_millis(config.heartbeat_interval_ms() as u64),
         session_timeout: Duration::from_millis(config.session_timeout_ms() as u64),
-        tls: quorum_tls(config)?,
+        tls,
     };
     let node = strata_cluster::ClusterNode::start(node_config, listener)
         .await
@@ -375,20 +383,20 @@ fn broker_endpoint(
 
 /// TLS for the metadata quorum when `controller.listener.names` names an SSL listener: the
 /// keystore and truststore of that name (`listener.name.<name>.ssl.*`, else `ssl.*`), client
-/// certificates required.
-fn quorum_tls(config: &BrokerConfig) -> Result<Option<strata_cluster::QuorumTls>> {
+/// certificates required; with the server side to watch for renewed certificates.
+fn quorum_tls(
+    config: &BrokerConfig,
+) -> Result<Option<(strata_cluster::QuorumTls, Arc<crate::security::tls::TlsServer>)>> {
     let Some((name, protocol)) = config.listeners()?.controller else {
         return Ok(None);
     };
     if !protocol.is_tls() {
         return Ok(None);
     }
-    let mut settings = config.tls_settings(&name)?;
-    settings.require_client_auth();
-    Ok(Some(strata_cluster::QuorumTls {
-        server: crate::security::tls::server_config(&settings).map_err(Error::InvalidConfig)?,
-        client: crate::security::tls::client_config(&settings).map_err(Error::InvalidConfig)?,
-    }))
+    let settings = config.tls_settings(&name)?;
+    let (files, server) =
+        crate::security::tls::QuorumFiles::load(settings).map_err(Error::InvalidConfig)?;
+    Ok(Some((strata_cluster::QuorumTls(Arc::new(files)), server)))
 }
 
 /// How long start-up waits for object storage before going on without the lake's state.

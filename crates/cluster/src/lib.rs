@@ -62,7 +62,7 @@ mod wire;
 pub use crate::error::{Error, Result};
 pub use crate::node::{
     BrokerEndpoint, ClusterNode, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_SESSION_TIMEOUT, NodeConfig,
-    QuorumTls,
+    QuorumTls, QuorumTlsConfigs,
 };
 pub use crate::placement::place;
 pub use crate::state::{

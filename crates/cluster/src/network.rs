@@ -37,13 +37,13 @@ type Stream = Box<dyn PeerStream>;
 #[derive(Default)]
 pub(crate) struct Peers {
     idle: Mutex<HashMap<SocketAddr, Vec<Stream>>>,
-    /// The TLS client side when the quorum's connections are TLS.
-    tls: Option<Arc<rustls::ClientConfig>>,
+    /// The TLS configs when the quorum's connections are TLS.
+    tls: Option<crate::QuorumTls>,
 }
 
 impl Peers {
     /// Peers reached over TLS with `tls`, or plain TCP.
-    pub(crate) fn new(tls: Option<Arc<rustls::ClientConfig>>) -> Self {
+    pub(crate) fn new(tls: Option<crate::QuorumTls>) -> Self {
         Self {
             idle: Mutex::default(),
             tls,
@@ -65,7 +65,7 @@ impl Peers {
         };
         // Voters are named by address in controller.quorum.voters: their certificates carry it.
         let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
-        let stream = tokio_rustls::TlsConnector::from(Arc::clone(tls))
+        let stream = tokio_rustls::TlsConnector::from(tls.0.client())
             .connect(name, stream)
             .await
             .map_err(|e| Error::io(format!("TLS handshake with {addr}"), e))?;

@@ -50,14 +50,34 @@ pub struct BrokerEndpoint {
     pub listeners: Vec<crate::state::ListenerEndpoint>,
 }
 
-/// TLS for every connection of the metadata quorum (`controller.listener.names` naming an SSL
-/// listener): mutual TLS, each side presenting its certificate and verifying the other's.
-#[derive(Clone)]
-pub struct QuorumTls {
+/// Where the TLS configs of the metadata quorum come from (`controller.listener.names` naming an
+/// SSL listener): mutual TLS, each side presenting its certificate and verifying the other's.
+/// Asked at every new connection, so that renewed certificates are used without a restart.
+pub trait QuorumTlsConfigs: Send + Sync {
     /// What a voter's controller listener accepts with; it must require client certificates.
-    pub server: Arc<rustls::ServerConfig>,
+    fn server(&self) -> Arc<rustls::ServerConfig>;
     /// What this node connects to the voters with (its certificate, the trusted CAs).
-    pub client: Arc<rustls::ClientConfig>,
+    fn client(&self) -> Arc<rustls::ClientConfig>;
+}
+
+/// TLS for every connection of the metadata quorum.
+#[derive(Clone)]
+pub struct QuorumTls(pub Arc<dyn QuorumTlsConfigs>);
+
+impl QuorumTls {
+    /// The same configs for every connection.
+    pub fn fixed(server: Arc<rustls::ServerConfig>, client: Arc<rustls::ClientConfig>) -> Self {
+        struct Fixed(Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>);
+        impl QuorumTlsConfigs for Fixed {
+            fn server(&self) -> Arc<rustls::ServerConfig> {
+                Arc::clone(&self.0)
+            }
+            fn client(&self) -> Arc<rustls::ClientConfig> {
+                Arc::clone(&self.1)
+            }
+        }
+        Self(Arc::new(Fixed(server, client)))
+    }
 }
 
 impl std::fmt::Debug for QuorumTls {
@@ -457,9 +477,7 @@ impl ClusterNode {
         config.validate(controller_listener.is_some())?;
         let (state, _) = watch::channel(Arc::new(ClusterState::default()));
         let state = Arc::new(state);
-        let peers = Arc::new(Peers::new(
-            config.tls.as_ref().map(|t| Arc::clone(&t.client)),
-        ));
+        let peers = Arc::new(Peers::new(config.tls.clone()));
         let raft = match &controller_listener {
             Some(_) => {
                 let raft = start_raft(&config, compaction, Arc::clone(&state), Arc::clone(&peers));

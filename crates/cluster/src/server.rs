@@ -48,7 +48,7 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 
 /// Serves one connection, after the TLS handshake when the quorum is TLS.
 async fn accept(stream: TcpStream, peer: String, shared: Arc<Shared>) {
-    let Some(tls) = shared.config.tls.as_ref().map(|t| Arc::clone(&t.server)) else {
+    let Some(tls) = shared.config.tls.as_ref().map(|t| t.0.server()) else {
         return connection(stream, peer, shared).await;
     };
     let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(stream);

@@ -144,12 +144,6 @@ impl TlsSettings {
         })
     }
 
-    /// Requires client certificates whatever `ssl.client.auth` says (the metadata quorum is
-    /// mutual TLS).
-    pub(crate) fn require_client_auth(&mut self) {
-        self.client_auth = ClientAuth::Required;
-    }
-
     /// The files the settings name, to watch for changes.
     fn files(&self) -> Vec<PathBuf> {
         let mut files: Vec<PathBuf> = self
@@ -397,6 +391,55 @@ impl TlsServer {
     }
 }
 
+/// The metadata quorum's TLS (mutual): the controller listener's server config and the client
+/// side of connections to the voters, both from the same files and rebuilt when they change.
+#[derive(Debug)]
+pub(crate) struct QuorumFiles {
+    server: Arc<TlsServer>,
+    /// The client config and the server config it was built alongside.
+    client: parking_lot::RwLock<(Arc<ServerConfig>, Arc<ClientConfig>)>,
+}
+
+impl QuorumFiles {
+    /// Loads the files; `server` is checked for changes by [`watch`].
+    pub(crate) fn load(mut settings: TlsSettings) -> Result<(Self, Arc<TlsServer>), String> {
+        settings.client_auth = ClientAuth::Required;
+        let client = client_config(&settings)?;
+        let server = Arc::new(TlsServer::load(settings)?);
+        let current = Arc::clone(&server.current.read().config);
+        let files = Self {
+            server: Arc::clone(&server),
+            client: parking_lot::RwLock::new((current, client)),
+        };
+        Ok((files, server))
+    }
+}
+
+impl strata_cluster::QuorumTlsConfigs for QuorumFiles {
+    fn server(&self) -> Arc<ServerConfig> {
+        Arc::clone(&self.server.current.read().config)
+    }
+
+    fn client(&self) -> Arc<ClientConfig> {
+        let server = self.server();
+        let cached = self.client.read().clone();
+        if Arc::ptr_eq(&cached.0, &server) {
+            return cached.1;
+        }
+        // The files changed (and loaded as a server config): the client side follows.
+        match client_config(&self.server.settings) {
+            Ok(client) => {
+                *self.client.write() = (server, Arc::clone(&client));
+                client
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the quorum's TLS client config does not load; keeping the previous one");
+                cached.1
+            }
+        }
+    }
+}
+
 /// Checks every TLS listener's files every [`RELOAD_CHECK_INTERVAL`] until `shutdown`.
 pub(crate) async fn watch(
     servers: Vec<Arc<TlsServer>>,
@@ -554,6 +597,38 @@ mod tests {
         std::fs::write(&path, format!("{}{}", key.serialize_pem(), cert.pem())).unwrap();
         assert!(server.reload_if_changed());
         assert!(!Arc::ptr_eq(&before, &server.current.read().config));
+    }
+
+    #[test]
+    fn the_quorum_client_side_follows_reloaded_files() {
+        use strata_cluster::QuorumTlsConfigs;
+        let (ca_cert, issuer) = ca("Test CA");
+        let dir = tempfile::tempdir().unwrap();
+        let (keystore, truststore) = (dir.path().join("k.pem"), dir.path().join("ca.pem"));
+        std::fs::write(&truststore, ca_cert.pem()).unwrap();
+        let write = |cn: &str| {
+            let (cert, key) = leaf(&issuer, cn);
+            std::fs::write(&keystore, format!("{}{}", key.serialize_pem(), cert.pem())).unwrap();
+        };
+        write("voter");
+        let settings = settings(&[
+            ("ssl.keystore.location", keystore.display().to_string()),
+            ("ssl.truststore.location", truststore.display().to_string()),
+        ])
+        .unwrap();
+        let (files, server) = QuorumFiles::load(settings).unwrap();
+        let client = files.client();
+        assert!(
+            Arc::ptr_eq(&client, &files.client()),
+            "cached while nothing changed"
+        );
+        write("voter-renewed");
+        assert!(server.reload_if_changed());
+        assert!(
+            !Arc::ptr_eq(&client, &files.client()),
+            "rebuilt after the reload"
+        );
+        assert!(Arc::ptr_eq(&files.server(), &server.current.read().config));
     }
 
     #[test]
