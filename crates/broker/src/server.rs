@@ -24,6 +24,7 @@ use crate::manager::PartitionManager;
 use crate::metadata::LocalMetadataStore;
 use crate::security::SecurityStore;
 use crate::security::sasl::{Gate, SaslConnection};
+use crate::security::tls::TlsServer;
 use crate::session::Session;
 use crate::txn::Txns;
 
@@ -381,12 +382,13 @@ fn broker_endpoint(
     })
 }
 
+/// The quorum's TLS and the server side [`crate::security::tls::watch`] checks for renewals.
+type QuorumTlsFiles = (strata_cluster::QuorumTls, Arc<TlsServer>);
+
 /// TLS for the metadata quorum when `controller.listener.names` names an SSL listener: the
 /// keystore and truststore of that name (`listener.name.<name>.ssl.*`, else `ssl.*`), client
 /// certificates required; with the server side to watch for renewed certificates.
-fn quorum_tls(
-    config: &BrokerConfig,
-) -> Result<Option<(strata_cluster::QuorumTls, Arc<crate::security::tls::TlsServer>)>> {
+fn quorum_tls(config: &BrokerConfig) -> Result<Option<QuorumTlsFiles>> {
     let Some((name, protocol)) = config.listeners()?.controller else {
         return Ok(None);
     };
