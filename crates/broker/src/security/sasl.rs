@@ -1395,6 +1395,21 @@ mod tests {
     }
 
     #[test]
+    fn the_versions_served_are_the_ones_api_versions_advertises() {
+        let advertised = |key: ApiKey| {
+            crate::handler::SUPPORTED_APIS
+                .iter()
+                .find(|(k, _, _)| *k == key)
+                .map(|&(_, min, max)| (min, max))
+        };
+        assert_eq!(advertised(ApiKey::SaslHandshake), Some(HANDSHAKE_VERSIONS));
+        assert_eq!(
+            advertised(ApiKey::SaslAuthenticate),
+            Some(AUTHENTICATE_VERSIONS)
+        );
+    }
+
+    #[test]
     fn jaas_configs_parse_as_kafka_writes_them() {
         let login = login_from_jaas(
             SaslMechanism::Scram(ScramMechanism::Sha256),

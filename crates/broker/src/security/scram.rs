@@ -376,8 +376,8 @@ fn is_printable_nonce(nonce: &str) -> bool {
             .all(|b| (0x21..=0x7e).contains(&b) && b != b',')
 }
 
-/// Splits `attr=value` pairs; `attributes[i]` must be the `i`th attribute's letter.
-fn attribute<'a>(part: Option<&'a str>, name: char) -> Result<&'a str, ScramError> {
+/// The value of `part`, which must be attribute `name` (`name=value`, `name` ASCII).
+fn attribute(part: Option<&str>, name: char) -> Result<&str, ScramError> {
     let part = part.ok_or(ScramError::Malformed("missing attribute"))?;
     let mut chars = part.chars();
     if chars.next() != Some(name) || chars.next() != Some('=') {
