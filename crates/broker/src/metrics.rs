@@ -161,14 +161,13 @@ impl Requests {
         started: Instant,
         reply: Result<Reply, Refusal>,
     ) -> Result<Reply, Refusal> {
-        let Some(stats) = api_key.and_then(|k| self.stats(k)) else {
+        let Some((key, stats)) = api_key.and_then(|k| Some((k, self.stats(k)?))) else {
             return reply;
         };
         stats.requests.fetch_add(1, Ordering::Relaxed);
         match reply {
             Ok(Reply::Waiting(task)) => {
                 let requests = Arc::clone(self);
-                let key = api_key.unwrap_or_default();
                 Ok(Reply::Waiting(tokio::spawn(async move {
                     let outcome = task.await;
                     let stats = requests.stats(key).expect("counted above");
