@@ -330,8 +330,22 @@ pub const BROKER_SETTINGS: &[(&str, &str, ConfigType)] = &[
         "10000",
         ConfigType::Int(1),
     ),
+    // Client quotas' sampled windows (Kafka's defaults: 11 windows of 1 s).
+    ("quota.window.num", "11", ConfigType::Int(1)),
+    ("quota.window.size.seconds", "1", ConfigType::Int(1)),
     ("queued.max.request.bytes", "536870912", ConfigType::Long(1)),
     ("replica.lag.time.max.ms", "30000", ConfigType::Long(1)),
+    // KIP-956: broker-wide byte rates of lake uploads and lake reads; Long.MAX is no limit.
+    (
+        "remote.log.manager.copy.max.bytes.per.second",
+        "9223372036854775807",
+        ConfigType::Long(1),
+    ),
+    (
+        "remote.log.manager.fetch.max.bytes.per.second",
+        "9223372036854775807",
+        ConfigType::Long(1),
+    ),
     ("socket.request.max.bytes", "104857600", ConfigType::Int(1)),
     (
         "ssl.client.auth",
@@ -543,6 +557,27 @@ impl BrokerConfig {
     /// `lake.read.cache.bytes`: decoded lake files kept for historic reads.
     pub fn lake_read_cache_bytes(&self) -> usize {
         self.long("lake.read.cache.bytes") as usize
+    }
+
+    /// `quota.window.num` × `quota.window.size.seconds`: the sampled windows client quotas
+    /// are measured over: `(samples, window_ms)`.
+    pub fn quota_windows(&self) -> (usize, i64) {
+        (
+            self.long("quota.window.num").max(1) as usize,
+            self.long("quota.window.size.seconds").max(1) * 1000,
+        )
+    }
+
+    /// `remote.log.manager.copy.max.bytes.per.second`: bytes of segments offloaded to the lake
+    /// per second, broker-wide (`i64::MAX`: no limit).
+    pub fn remote_copy_max_bytes_per_second(&self) -> i64 {
+        self.long("remote.log.manager.copy.max.bytes.per.second")
+    }
+
+    /// `remote.log.manager.fetch.max.bytes.per.second`: bytes read from the lake for consumers
+    /// per second, broker-wide (`i64::MAX`: no limit).
+    pub fn remote_fetch_max_bytes_per_second(&self) -> i64 {
+        self.long("remote.log.manager.fetch.max.bytes.per.second")
     }
 
     /// `max.incremental.fetch.session.cache.slots`: fetch sessions (KIP-227) kept at once.

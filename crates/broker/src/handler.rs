@@ -6,6 +6,7 @@
 
 mod add_offsets_to_txn;
 mod add_partitions_to_txn;
+mod alter_client_quotas;
 mod alter_configs;
 mod alter_partition_reassignments;
 mod alter_user_scram_credentials;
@@ -15,6 +16,7 @@ mod create_topics;
 mod delete_groups;
 mod delete_records;
 mod delete_topics;
+mod describe_client_quotas;
 mod describe_cluster;
 mod describe_configs;
 mod describe_groups;
@@ -44,6 +46,7 @@ mod produce;
 mod sasl_authenticate;
 mod sasl_handshake;
 mod sync_group;
+mod throttle;
 mod txn_offset_commit;
 mod write_txn_markers;
 
@@ -88,6 +91,8 @@ pub(crate) struct Context {
     pub(crate) txns: Arc<crate::txn::Txns>,
     /// Incremental fetch sessions (KIP-227) of consumers and follower brokers.
     pub(crate) fetch_sessions: crate::fetch_session::FetchSessionCache,
+    /// The measured rates of clients with quotas (`security` holds the quotas).
+    pub(crate) quotas: Arc<crate::security::quota::Quotas>,
     /// What the request path counts, for `/metrics`.
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
     /// SCRAM credentials, ACL bindings and client quotas.
@@ -267,6 +272,7 @@ fn decode_and_route(ctx: &Arc<Context>, session: &Session, frame: Bytes) -> Resu
             prefix.api_version, range.min, range.max
         ));
     }
+    let frame_bytes = frame.len();
     let mut body = frame;
     let header = RequestHeader::decode(
         &mut body,
@@ -275,7 +281,12 @@ fn decode_and_route(ctx: &Arc<Context>, session: &Session, frame: Bytes) -> Resu
     .map_err(|e| format!("malformed {api_key:?} request header: {e}"))?;
     let request = RequestKind::decode(api_key, &mut body, prefix.api_version)
         .map_err(|e| format!("malformed {api_key:?} v{} request: {e}", prefix.api_version))?;
-    route(ctx, session, prefix, &header, request)
+    let mut charge = throttle::Charge::open(ctx, session, &header, api_key, frame_bytes);
+    let reply = route(ctx, session, prefix, &header, request, &mut charge);
+    if let Some(charge) = charge {
+        charge.close(None);
+    }
+    reply
 }
 
 /// Runs `finish` as a task whose response is written in its turn.
@@ -295,30 +306,43 @@ fn route(
     prefix: RequestPrefix,
     header: &RequestHeader,
     request: RequestKind,
+    charge: &mut Option<throttle::Charge>,
 ) -> Result<Reply, Refusal> {
     let version = prefix.api_version;
     let correlation_id = header.correlation_id;
-    let response: ResponseKind = match request {
+    let throttle_ms = charge.as_ref().map_or(0, throttle::Charge::throttle_ms);
+    let mut response: ResponseKind = match request {
         RequestKind::ApiVersions(_) => api_versions::handle(version).into(),
         RequestKind::Metadata(r) => metadata::handle(ctx, &session.listener, version, r).into(),
         RequestKind::Produce(r) => match produce::handle(ctx, version, r) {
-            produce::Outcome::Ready(response) => response.into(),
+            produce::Outcome::Ready(response) => response.with_throttle_time_ms(throttle_ms).into(),
             produce::Outcome::Silent => return Ok(Reply::Ready(None)),
             produce::Outcome::Waiting(pending) => {
                 return Ok(later(
                     ApiKey::Produce,
                     version,
                     correlation_id,
-                    async move { produce::finish(pending).await.into() },
+                    async move {
+                        let response = produce::finish(pending).await;
+                        response.with_throttle_time_ms(throttle_ms).into()
+                    },
                 ));
             }
         },
-        RequestKind::Fetch(r) => {
+        RequestKind::Fetch(mut r) => {
             let ctx = Arc::clone(ctx);
+            // A follower broker's fetch is no client's: no quota.
+            let charge = charge.take().filter(|_| r.replica_id.0 < 0);
+            if let Some(max) = charge.as_ref().and_then(throttle::Charge::fetch_bytes_max) {
+                r.max_bytes = r.max_bytes.min(max);
+            }
             return Ok(Reply::Waiting(tokio::spawn(async move {
-                fetch::handle(&ctx, version, r)
-                    .await
-                    .encode(version, correlation_id)
+                let (mut answer, busy) = throttle::Busy::new(fetch::handle(&ctx, version, r)).await;
+                if let Some(mut charge) = charge {
+                    answer.throttle_time_ms = charge.fetched(answer.record_bytes());
+                    charge.close(Some(busy));
+                }
+                answer.encode(version, correlation_id)
             })));
         }
         RequestKind::JoinGroup(r) => {
@@ -506,8 +530,20 @@ fn route(
                 async move { alter_user_scram_credentials::finish(pending).await.into() },
             ));
         }
+        RequestKind::DescribeClientQuotas(r) => describe_client_quotas::handle(ctx, r).into(),
+        RequestKind::AlterClientQuotas(r) => {
+            // Stored through the security store (the quorum, in a cluster): answered apart.
+            let ctx = Arc::clone(ctx);
+            return Ok(later(
+                ApiKey::AlterClientQuotas,
+                version,
+                correlation_id,
+                async move { alter_client_quotas::handle(&ctx, r).await.into() },
+            ));
+        }
         other => return Err(format!("no handler for {other:?}")),
     };
+    throttle::set_throttle(&mut response, throttle_ms);
     let api_key = ApiKey::try_from(prefix.api_key).expect("checked in dispatch");
     encode(api_key, version, correlation_id, &response).map(|b| Reply::Ready(Some(b.into())))
 }
@@ -588,6 +624,7 @@ pub(crate) mod tests {
             advertised_listeners: vec![(Arc::from("PLAINTEXT"), "127.0.0.1".into(), 9092)],
             shutdown: CancellationToken::new(),
             fetch_sessions: crate::fetch_session::FetchSessionCache::new(slots),
+            quotas: Arc::new(crate::security::quota::Quotas::new(Default::default())),
             metrics: Default::default(),
             security: Arc::new(crate::security::SecurityStore::local(dir).unwrap()),
         })
@@ -718,6 +755,8 @@ pub(crate) mod tests {
                 DescribeUserScramCredentialsRequest::default().into()
             }
             ApiKey::AlterUserScramCredentials => AlterUserScramCredentialsRequest::default().into(),
+            ApiKey::DescribeClientQuotas => DescribeClientQuotasRequest::default().into(),
+            ApiKey::AlterClientQuotas => AlterClientQuotasRequest::default().into(),
             other => panic!("add a default request for {other:?}"),
         }
     }

@@ -22,6 +22,8 @@ use strata_lake::reader::{Chunk, OpenFile};
 use strata_lake::{FileEntry, Lake, Manifest};
 use tokio::sync::{Notify, OnceCell, watch};
 
+use crate::security::quota::RateLimiter;
+
 /// Footers kept: they are small, and a footer read is a round trip per file.
 const FOOTER_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -154,6 +156,10 @@ pub(crate) struct LakeView {
     manifest_changes: watch::Sender<u64>,
     /// Reads and uploads, for the metrics.
     metrics: crate::metrics::LakeMetrics,
+    /// `remote.log.manager.copy.max.bytes.per.second` (KIP-956): segment bytes offloaded.
+    copy_limit: RateLimiter,
+    /// `remote.log.manager.fetch.max.bytes.per.second` (KIP-956): bytes served from the lake.
+    fetch_limit: RateLimiter,
 }
 
 impl LakeView {
@@ -167,7 +173,32 @@ impl LakeView {
             offload_wake: Notify::new(),
             manifest_changes: watch::Sender::new(0),
             metrics: crate::metrics::LakeMetrics::default(),
+            copy_limit: RateLimiter::unlimited(),
+            fetch_limit: RateLimiter::unlimited(),
         }
+    }
+
+    /// Limits the bytes offloaded and the bytes read from the lake per second, broker-wide
+    /// (Kafka's `Long.MAX_VALUE` is no limit), so that neither a backlog of uploads nor a
+    /// replay from the lake takes the whole uplink.
+    pub(crate) fn with_limits(
+        mut self,
+        copy_bytes_per_second: i64,
+        fetch_bytes_per_second: i64,
+    ) -> Self {
+        self.copy_limit = RateLimiter::new(copy_bytes_per_second);
+        self.fetch_limit = RateLimiter::new(fetch_bytes_per_second);
+        self
+    }
+
+    /// The limit on bytes offloaded per second.
+    pub(crate) fn copy_limit(&self) -> &RateLimiter {
+        &self.copy_limit
+    }
+
+    /// The limit on bytes read from the lake per second.
+    pub(crate) fn fetch_limit(&self) -> &RateLimiter {
+        &self.fetch_limit
     }
 
     /// What the read path and the offload pipeline counted.

@@ -359,6 +359,8 @@ async fn offload_partition(
         tracing::info!(topic = %name, partition = index, segments = segments.len(), bytes = waiting_bytes, "offload lag");
     }
     for segment in segments {
+        // KIP-956: `remote.log.manager.copy.max.bytes.per.second`, broker-wide.
+        view.copy_limit().acquire(segment.slice.len() as u64).await;
         let file = segment.slice.open()?;
         // The lake holds committed records only: the segment's aborted transactions stay out.
         let aborted = partition.aborted_between(next, segment.next_offset)?;

@@ -96,14 +96,24 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
     let data_dir = config.data_dir.clone();
     // Before anything in the folder is opened, the lake's default folder included.
     let dir_lock = DataDirLock::acquire(&data_dir)?;
-    let lake = Arc::new(crate::lake_view::LakeView::new(
-        strata_lake::Lake::new(
-            strata_lake::store::open(&config.tier_url, &config.tier_env)
-                .map_err(|e| Error::InvalidConfig(e.to_string()))?,
+    let lake = Arc::new(
+        crate::lake_view::LakeView::new(
+            strata_lake::Lake::new(
+                strata_lake::store::open(&config.tier_url, &config.tier_env)
+                    .map_err(|e| Error::InvalidConfig(e.to_string()))?,
+            ),
+            config.lake_read_cache_bytes(),
+        )
+        .with_limits(
+            config.remote_copy_max_bytes_per_second(),
+            config.remote_fetch_max_bytes_per_second(),
         ),
-        config.lake_read_cache_bytes(),
-    ));
+    );
     let fetch_session_slots = config.max_incremental_fetch_session_cache_slots();
+    let quota_windows = {
+        let (samples, window_ms) = config.quota_windows();
+        crate::security::quota::Windows { samples, window_ms }
+    };
     // Checked here so that an unknown mechanism stops the start, naming the setting.
     crate::security::sasl::SaslSettings::from_config(&config).map_err(Error::InvalidConfig)?;
     // Before the partitions open: their segment files are cached within the limit found here.
@@ -236,6 +246,7 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
         advertised_listeners,
         shutdown: shutdown.clone(),
         fetch_sessions: crate::fetch_session::FetchSessionCache::new(fetch_session_slots),
+        quotas: Arc::new(crate::security::quota::Quotas::new(quota_windows)),
         metrics,
         security,
     });
@@ -679,6 +690,14 @@ async fn serve_connection(
                 break;
             }
         };
+        // KIP-219: after a throttled answer the connection's next request waits out the mute,
+        // whether or not the client honoured `throttle_time_ms`.
+        if !session.mute.remaining().is_zero() {
+            tokio::select! {
+                () = session.mute.wait() => {}
+                () = ctx.shutdown.cancelled() => break,
+            }
+        }
         if let Some(sasl) = sasl.as_mut() {
             match sasl.gate(&ctx.security, &mut session, &frame, now_ms()) {
                 Gate::Dispatch => {}

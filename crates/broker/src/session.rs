@@ -112,6 +112,9 @@ pub(crate) struct Session {
     pub(crate) protocol: SecurityProtocol,
     /// Who the client is: [`Principal::anonymous`] until it authenticates.
     pub(crate) principal: Principal,
+    /// Until when the connection is muted for its client quotas (KIP-219): its reader handles
+    /// no further request before then.
+    pub(crate) mute: Arc<crate::security::quota::Mute>,
 }
 
 impl Session {
@@ -122,6 +125,7 @@ impl Session {
             listener,
             protocol,
             principal: Principal::anonymous(),
+            mute: Arc::default(),
         }
     }
 

@@ -54,6 +54,9 @@ pub(crate) const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ElectLeaders, 0, 2),
     (ApiKey::AlterPartitionReassignments, 0, 1),
     (ApiKey::ListPartitionReassignments, 0, 0),
+    // v1 is flexible (KIP-546).
+    (ApiKey::DescribeClientQuotas, 0, 1),
+    (ApiKey::AlterClientQuotas, 0, 1),
     // v0 is followed by raw SASL tokens; v1 by SaslAuthenticate (security::sasl).
     (ApiKey::SaslHandshake, 0, 1),
     // v1 carries session_lifetime_ms (KIP-368 re-authentication); v2 is flexible.

@@ -57,6 +57,8 @@ pub(crate) struct Answer {
     /// The fetch session the answer belongs to (KIP-227), 0 for none.
     session_id: i32,
     topics: Vec<TopicAnswer>,
+    /// How long the client is throttled for its quotas (KIP-219), set by the dispatcher.
+    pub(crate) throttle_time_ms: i32,
 }
 
 #[derive(Debug)]
@@ -73,6 +75,7 @@ impl Answer {
             error_code: error.code(),
             session_id: 0,
             topics: Vec::new(),
+            throttle_time_ms: 0,
         }
     }
 
@@ -82,7 +85,7 @@ impl Answer {
     }
 
     /// Record bytes in the answer.
-    fn record_bytes(&self) -> usize {
+    pub(crate) fn record_bytes(&self) -> usize {
         self.topics
             .iter()
             .flat_map(|t| &t.partitions)
@@ -104,7 +107,7 @@ impl Answer {
             .encode(frame.buf(), ApiKey::Fetch.response_header_version(version))?;
         let buf = frame.buf();
         if version >= 1 {
-            buf.put_i32(0); // throttle_time_ms
+            buf.put_i32(self.throttle_time_ms);
         }
         if version >= 7 {
             buf.put_i16(self.error_code);
@@ -358,6 +361,7 @@ async fn read_once(
         error_code: 0,
         session_id: 0,
         topics,
+        throttle_time_ms: 0,
     };
     (answer, errors)
 }
@@ -516,12 +520,21 @@ async fn read_lake(
     limit: usize,
     first: bool,
 ) -> (PartitionData, Records) {
+    // KIP-956: past `remote.log.manager.fetch.max.bytes.per.second` the partition gets no
+    // records this time, and no error, as in Kafka; the consumer fetches again.
+    if ctx.lake.fetch_limit().exceeded() {
+        return (data, NO_RECORDS);
+    }
     let code = match ctx
         .lake
         .read(partition.topic(), partition.index(), offset, limit)
         .await
     {
-        Ok(Some(records)) => return (data, Records::Bytes(fit(records, limit, first))),
+        Ok(Some(records)) => {
+            let records = fit(records, limit, first);
+            ctx.lake.fetch_limit().take(records.len() as u64);
+            return (data, Records::Bytes(records));
+        }
         Ok(None) => ResponseError::OffsetOutOfRange,
         Err(_)
             if ctx
@@ -686,6 +699,7 @@ mod tests {
             let answer = Answer {
                 error_code: 0,
                 session_id,
+                throttle_time_ms: 0,
                 topics: topics()
                     .into_iter()
                     .map(|(name, id, partitions)| TopicAnswer {
