@@ -40,6 +40,12 @@ fn start(binary: &Path, member: &ClusterMember, voters: &str, tier_url: &str) ->
             "min.insync.replicas=2",
             "--set",
             "default.replication.factor=3",
+            // Authorization on, every client (and broker) a super user: the ACL bindings are
+            // replicated metadata.
+            "--set",
+            "authorizer.enabled=true",
+            "--set",
+            "super.users=User:ANONYMOUS",
         ],
     )
 }
@@ -133,6 +139,27 @@ async fn a_killed_leader_loses_no_acknowledged_record() {
         .create()
         .unwrap();
     wait_for_brokers(&bootstrap, 3);
+    // An ACL binding created through one broker is decided by every broker (replicated).
+    let binding = strata_broker::security::acl::AclBinding {
+        resource_type: strata_broker::security::acl::ResourceType::Topic,
+        resource_name: "audited".into(),
+        pattern_type: strata_broker::security::acl::PatternType::Prefixed,
+        principal: "User:alice".into(),
+        host: "*".into(),
+        operation: strata_broker::security::acl::AclOperation::Read,
+        permission_type: strata_broker::security::acl::AclPermission::Allow,
+    };
+    let mut first = strata::admin::AdminClient::connect(&members[0].listen.to_string()).unwrap();
+    strata::acl::create(&mut first, std::slice::from_ref(&binding)).unwrap();
+    for member in &members[1..] {
+        wait_for("the ACL binding on every broker", || {
+            let mut client =
+                strata::admin::AdminClient::connect(&member.listen.to_string()).ok()?;
+            let any = strata_broker::security::acl::AclBindingFilter::any();
+            let listed = strata::acl::describe(&mut client, &any).ok()?;
+            (listed == [binding.clone()]).then_some(())
+        });
+    }
     let created = admin
         .create_topics(
             &[NewTopic::new(TOPIC, PARTITIONS, TopicReplication::Fixed(3))],

@@ -254,6 +254,13 @@ pub const IGNORED_TOPIC_CONFIGS: &[(&str, &str)] = &[
 /// Broker settings that are not topic defaults.
 pub const BROKER_SETTINGS: &[(&str, &str, ConfigType)] = &[
     ("advertised.listeners", "", ConfigType::Text),
+    (
+        "allow.everyone.if.no.acl.found",
+        "false",
+        ConfigType::Boolean,
+    ),
+    ("authorizer.class.name", "", ConfigType::Text),
+    ("authorizer.enabled", "false", ConfigType::Boolean),
     ("auto.create.topics.enable", "true", ConfigType::Boolean),
     ("auto.leader.rebalance.enable", "true", ConfigType::Boolean),
     ("broker.heartbeat.interval.ms", "500", ConfigType::Int(10)),
@@ -347,18 +354,6 @@ pub const BROKER_SETTINGS: &[(&str, &str, ConfigType)] = &[
         ConfigType::Long(1),
     ),
     ("socket.request.max.bytes", "104857600", ConfigType::Int(1)),
-    (
-        "ssl.client.auth",
-        "none",
-        ConfigType::Choice(&["none", "requested", "required"]),
-    ),
-    ("ssl.keystore.certificate.chain", "", ConfigType::Text),
-    ("ssl.keystore.key", "", ConfigType::Text),
-    ("ssl.keystore.location", "", ConfigType::Text),
-    ("ssl.keystore.type", "PEM", ConfigType::Choice(&["PEM"])),
-    ("ssl.truststore.certificates", "", ConfigType::Text),
-    ("ssl.truststore.location", "", ConfigType::Text),
-    ("ssl.truststore.type", "PEM", ConfigType::Choice(&["PEM"])),
     // SASL (security::sasl): KIP-368 re-authentication is off at 0, as in Kafka.
     ("connections.max.reauth.ms", "0", ConfigType::Long(0)),
     (
@@ -373,6 +368,19 @@ pub const BROKER_SETTINGS: &[(&str, &str, ConfigType)] = &[
         ConfigType::Choice(&["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]),
     ),
     ("sasl.plain.allow.plaintext", "false", ConfigType::Boolean),
+    ("super.users", "", ConfigType::Text),
+    (
+        "ssl.client.auth",
+        "none",
+        ConfigType::Choice(&["none", "requested", "required"]),
+    ),
+    ("ssl.keystore.certificate.chain", "", ConfigType::Text),
+    ("ssl.keystore.key", "", ConfigType::Text),
+    ("ssl.keystore.location", "", ConfigType::Text),
+    ("ssl.keystore.type", "PEM", ConfigType::Choice(&["PEM"])),
+    ("ssl.truststore.certificates", "", ConfigType::Text),
+    ("ssl.truststore.location", "", ConfigType::Text),
+    ("ssl.truststore.type", "PEM", ConfigType::Choice(&["PEM"])),
     (
         "transaction.abort.timed.out.transaction.cleanup.interval.ms",
         "10000",
@@ -537,6 +545,21 @@ impl BrokerConfig {
     /// `auto.create.topics.enable`.
     pub fn auto_create_topics(&self) -> bool {
         self.setting("auto.create.topics.enable") == "true"
+    }
+
+    /// The ACL authorizer's settings: on with `authorizer.enabled=true` or any non-empty
+    /// `authorizer.class.name` (Kafka's way of turning it on); `super.users` as
+    /// `User:admin;User:broker`; `allow.everyone.if.no.acl.found`.
+    pub fn acl_settings(&self) -> Result<crate::security::acl::AclSettings> {
+        let super_users = self.setting("super.users");
+        Ok(crate::security::acl::AclSettings {
+            enabled: self.setting("authorizer.enabled") == "true"
+                || !self.setting("authorizer.class.name").trim().is_empty(),
+            super_users: crate::security::acl::AclSettings::parse_super_users(&super_users)
+                .map_err(Error::InvalidConfig)?,
+            allow_everyone_if_no_acl_found: self.setting("allow.everyone.if.no.acl.found")
+                == "true",
+        })
     }
 
     /// `socket.request.max.bytes`.

@@ -11,11 +11,14 @@ mod alter_configs;
 mod alter_partition_reassignments;
 mod alter_user_scram_credentials;
 mod api_versions;
+mod create_acls;
 mod create_partitions;
 mod create_topics;
+mod delete_acls;
 mod delete_groups;
 mod delete_records;
 mod delete_topics;
+mod describe_acls;
 mod describe_client_quotas;
 mod describe_cluster;
 mod describe_configs;
@@ -63,6 +66,7 @@ use tokio_util::sync::CancellationToken;
 use crate::frame::{self, RequestPrefix};
 use crate::manager::PartitionManager;
 use crate::outgoing::Outgoing;
+use crate::security::acl::AclOperation;
 use crate::session::Session;
 
 #[cfg(test)]
@@ -91,12 +95,14 @@ pub(crate) struct Context {
     pub(crate) txns: Arc<crate::txn::Txns>,
     /// Incremental fetch sessions (KIP-227) of consumers and follower brokers.
     pub(crate) fetch_sessions: crate::fetch_session::FetchSessionCache,
-    /// The measured rates of clients with quotas (`security` holds the quotas).
-    pub(crate) quotas: Arc<crate::security::quota::Quotas>,
     /// What the request path counts, for `/metrics`.
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    /// The measured rates of clients with quotas (`security` holds the quotas).
+    pub(crate) quotas: Arc<crate::security::quota::Quotas>,
     /// SCRAM credentials, ACL bindings and client quotas.
     pub(crate) security: Arc<crate::security::SecurityStore>,
+    /// Decides what each session may do, from the ACL bindings in `security`.
+    pub(crate) acl: crate::security::acl::Authorizer,
 }
 
 /// A broker as Metadata and DescribeCluster name it: `(id, host, port, rack)`.
@@ -311,10 +317,14 @@ fn route(
     let version = prefix.api_version;
     let correlation_id = header.correlation_id;
     let throttle_ms = charge.as_ref().map_or(0, throttle::Charge::throttle_ms);
+    // What the session may do: resolved once per request (see security::acl).
+    let access = ctx.acl.access(session);
     let mut response: ResponseKind = match request {
         RequestKind::ApiVersions(_) => api_versions::handle(version).into(),
-        RequestKind::Metadata(r) => metadata::handle(ctx, &session.listener, version, r).into(),
-        RequestKind::Produce(r) => match produce::handle(ctx, version, r) {
+        RequestKind::Metadata(r) => {
+            metadata::handle(ctx, &session.listener, &access, version, r).into()
+        }
+        RequestKind::Produce(r) => match produce::handle(ctx, &access, version, r) {
             produce::Outcome::Ready(response) => response.with_throttle_time_ms(throttle_ms).into(),
             produce::Outcome::Silent => return Ok(Reply::Ready(None)),
             produce::Outcome::Waiting(pending) => {
@@ -336,8 +346,10 @@ fn route(
             if let Some(max) = charge.as_ref().and_then(throttle::Charge::fetch_bytes_max) {
                 r.max_bytes = r.max_bytes.min(max);
             }
+            let access = access.into_owned();
             return Ok(Reply::Waiting(tokio::spawn(async move {
-                let (mut answer, busy) = throttle::Busy::new(fetch::handle(&ctx, version, r)).await;
+                let (mut answer, busy) =
+                    throttle::Busy::new(fetch::handle(&ctx, &access, version, r)).await;
                 if let Some(mut charge) = charge {
                     answer.throttle_time_ms = charge.fetched(answer.record_bytes());
                     charge.close(Some(busy));
@@ -347,7 +359,7 @@ fn route(
         }
         RequestKind::JoinGroup(r) => {
             // The group state changes now, in request order; only the wait runs apart.
-            let answer = join_group::start(ctx, header, session.peer, version, r);
+            let answer = join_group::start(ctx, (header, session.peer, &access), version, r);
             let ctx = Arc::clone(ctx);
             return Ok(later(
                 ApiKey::JoinGroup,
@@ -357,7 +369,7 @@ fn route(
             ));
         }
         RequestKind::SyncGroup(r) => {
-            let answer = sync_group::start(ctx, version, r);
+            let answer = sync_group::start(ctx, &access, version, r);
             let ctx = Arc::clone(ctx);
             return Ok(later(
                 ApiKey::SyncGroup,
@@ -367,13 +379,13 @@ fn route(
             ));
         }
         RequestKind::FindCoordinator(r) => {
-            find_coordinator::handle(ctx, &session.listener, version, r).into()
+            find_coordinator::handle(ctx, (&session.listener, &access), version, r).into()
         }
-        RequestKind::Heartbeat(r) => heartbeat::handle(ctx, r).into(),
-        RequestKind::LeaveGroup(r) => leave_group::handle(ctx, version, r).into(),
+        RequestKind::Heartbeat(r) => heartbeat::handle(ctx, &access, r).into(),
+        RequestKind::LeaveGroup(r) => leave_group::handle(ctx, &access, version, r).into(),
         RequestKind::OffsetCommit(r) => {
             // Stored now, in request order; answered once durable (replicated, in a cluster).
-            let pending = offset_commit::start(ctx, version, r);
+            let pending = offset_commit::start(ctx, &access, version, r);
             return Ok(later(
                 ApiKey::OffsetCommit,
                 version,
@@ -383,7 +395,7 @@ fn route(
         }
         RequestKind::TxnOffsetCommit(r) => {
             // Written now, in request order; answered once durable, as OffsetCommit.
-            let pending = txn_offset_commit::start(ctx, version, r);
+            let pending = txn_offset_commit::start(ctx, &access, version, r);
             return Ok(later(
                 ApiKey::TxnOffsetCommit,
                 version,
@@ -391,11 +403,11 @@ fn route(
                 async move { txn_offset_commit::finish(pending).await.into() },
             ));
         }
-        RequestKind::OffsetFetch(r) => offset_fetch::handle(ctx, version, r).into(),
-        RequestKind::ListGroups(r) => list_groups::handle(ctx, version, r).into(),
-        RequestKind::DescribeGroups(r) => describe_groups::handle(ctx, version, r).into(),
+        RequestKind::OffsetFetch(r) => offset_fetch::handle(ctx, &access, version, r).into(),
+        RequestKind::ListGroups(r) => list_groups::handle(ctx, &access, version, r).into(),
+        RequestKind::DescribeGroups(r) => describe_groups::handle(ctx, &access, version, r).into(),
         RequestKind::DeleteGroups(r) => {
-            let pending = delete_groups::start(ctx, r);
+            let pending = delete_groups::start(ctx, &access, r);
             return Ok(later(
                 ApiKey::DeleteGroups,
                 version,
@@ -404,7 +416,7 @@ fn route(
             ));
         }
         RequestKind::OffsetDelete(r) => {
-            let pending = offset_delete::start(ctx, r);
+            let pending = offset_delete::start(ctx, &access, r);
             return Ok(later(
                 ApiKey::OffsetDelete,
                 version,
@@ -415,24 +427,29 @@ fn route(
         RequestKind::ListOffsets(r) => {
             // A timestamp search may read the lake: it runs apart like a waiting fetch.
             let ctx = Arc::clone(ctx);
+            let access = access.into_owned();
             return Ok(later(
                 ApiKey::ListOffsets,
                 version,
                 correlation_id,
-                async move { list_offsets::handle(&ctx, version, r).await.into() },
+                async move { list_offsets::handle(&ctx, &access, version, r).await.into() },
             ));
         }
-        RequestKind::CreateTopics(r) => create_topics::handle(ctx, version, r).into(),
-        RequestKind::DeleteTopics(r) => delete_topics::handle(ctx, version, r).into(),
-        RequestKind::CreatePartitions(r) => create_partitions::handle(ctx, r).into(),
-        RequestKind::DescribeConfigs(r) => describe_configs::handle(ctx, version, r).into(),
-        RequestKind::AlterConfigs(r) => alter_configs::handle(ctx, r).into(),
-        RequestKind::IncrementalAlterConfigs(r) => incremental_alter_configs::handle(ctx, r).into(),
+        RequestKind::CreateTopics(r) => create_topics::handle(ctx, &access, version, r).into(),
+        RequestKind::DeleteTopics(r) => delete_topics::handle(ctx, &access, version, r).into(),
+        RequestKind::CreatePartitions(r) => create_partitions::handle(ctx, &access, r).into(),
+        RequestKind::DescribeConfigs(r) => {
+            describe_configs::handle(ctx, &access, version, r).into()
+        }
+        RequestKind::AlterConfigs(r) => alter_configs::handle(ctx, &access, r).into(),
+        RequestKind::IncrementalAlterConfigs(r) => {
+            incremental_alter_configs::handle(ctx, &access, r).into()
+        }
         RequestKind::DescribeCluster(r) => {
-            describe_cluster::handle(ctx, &session.listener, version, r).into()
+            describe_cluster::handle(ctx, (&session.listener, &access), version, r).into()
         }
         RequestKind::InitProducerId(r) => {
-            let pending = init_producer_id::start(ctx, version, r);
+            let pending = init_producer_id::start(ctx, &access, version, r);
             return Ok(later(
                 ApiKey::InitProducerId,
                 version,
@@ -441,7 +458,7 @@ fn route(
             ));
         }
         RequestKind::AddPartitionsToTxn(r) => {
-            let pending = add_partitions_to_txn::start(ctx, version, r);
+            let pending = add_partitions_to_txn::start(ctx, &access, version, r);
             return Ok(later(
                 ApiKey::AddPartitionsToTxn,
                 version,
@@ -450,7 +467,7 @@ fn route(
             ));
         }
         RequestKind::AddOffsetsToTxn(r) => {
-            let pending = add_offsets_to_txn::start(ctx, version, r);
+            let pending = add_offsets_to_txn::start(ctx, &access, version, r);
             return Ok(later(
                 ApiKey::AddOffsetsToTxn,
                 version,
@@ -459,70 +476,109 @@ fn route(
             ));
         }
         RequestKind::EndTxn(r) => {
-            let pending = end_txn::start(ctx, version, r);
+            let pending = end_txn::start(ctx, &access, version, r);
             return Ok(later(ApiKey::EndTxn, version, correlation_id, async move {
                 end_txn::finish(pending).await.into()
             }));
         }
         RequestKind::WriteTxnMarkers(r) => {
             let ctx = Arc::clone(ctx);
+            // Only brokers write markers.
+            let authorized = access.check_cluster(AclOperation::ClusterAction);
             return Ok(later(
                 ApiKey::WriteTxnMarkers,
                 version,
                 correlation_id,
-                async move { write_txn_markers::handle(ctx, r).await.into() },
+                async move { write_txn_markers::handle(ctx, authorized, r).await.into() },
             ));
         }
-        RequestKind::DescribeTransactions(r) => describe_transactions::handle(ctx, r).into(),
-        RequestKind::ListTransactions(r) => list_transactions::handle(ctx, version, r).into(),
-        RequestKind::DescribeProducers(r) => describe_producers::handle(ctx, r).into(),
-        RequestKind::OffsetForLeaderEpoch(r) => offset_for_leader_epoch::handle(ctx, r).into(),
+        RequestKind::DescribeTransactions(r) => {
+            describe_transactions::handle(ctx, &access, r).into()
+        }
+        RequestKind::ListTransactions(r) => {
+            list_transactions::handle(ctx, &access, version, r).into()
+        }
+        RequestKind::DescribeProducers(r) => describe_producers::handle(ctx, &access, r).into(),
+        RequestKind::OffsetForLeaderEpoch(r) => {
+            offset_for_leader_epoch::handle(ctx, &access, r).into()
+        }
         RequestKind::DeleteRecords(r) => {
             // Waits for the lake's commit or the followers: it runs apart.
             let ctx = Arc::clone(ctx);
+            let access = access.into_owned();
             return Ok(later(
                 ApiKey::DeleteRecords,
                 version,
                 correlation_id,
-                async move { delete_records::handle(&ctx, r).await.into() },
+                async move { delete_records::handle(&ctx, &access, r).await.into() },
             ));
         }
-        RequestKind::DescribeLogDirs(r) => describe_log_dirs::handle(ctx, version, r).into(),
+        RequestKind::DescribeLogDirs(r) => {
+            describe_log_dirs::handle(ctx, &access, version, r).into()
+        }
         // Committed through the controller: they run apart.
         RequestKind::ElectLeaders(r) => {
             let ctx = Arc::clone(ctx);
+            let authorized = access.check_cluster(AclOperation::Alter);
             return Ok(later(
                 ApiKey::ElectLeaders,
                 version,
                 correlation_id,
-                async move { elect_leaders::handle(&ctx, r).await.into() },
-            ));
-        }
-        RequestKind::AlterPartitionReassignments(r) => {
-            let ctx = Arc::clone(ctx);
-            return Ok(later(
-                ApiKey::AlterPartitionReassignments,
-                version,
-                correlation_id,
                 async move {
-                    alter_partition_reassignments::handle(&ctx, version, r)
+                    elect_leaders::handle(&ctx, authorized, version, r)
                         .await
                         .into()
                 },
             ));
         }
+        RequestKind::AlterPartitionReassignments(r) => {
+            let ctx = Arc::clone(ctx);
+            let authorized = access.check_cluster(AclOperation::Alter);
+            return Ok(later(
+                ApiKey::AlterPartitionReassignments,
+                version,
+                correlation_id,
+                async move {
+                    alter_partition_reassignments::handle(&ctx, authorized, version, r)
+                        .await
+                        .into()
+                },
+            ));
+        }
+        RequestKind::DescribeAcls(r) => describe_acls::handle(ctx, &access, r).into(),
+        RequestKind::CreateAcls(r) => {
+            // Stored through the security store (the quorum, in a cluster): answered apart.
+            let pending = create_acls::start(ctx, &access, r);
+            let ctx = Arc::clone(ctx);
+            return Ok(later(
+                ApiKey::CreateAcls,
+                version,
+                correlation_id,
+                async move { create_acls::finish(&ctx.acl, pending).await.into() },
+            ));
+        }
+        RequestKind::DeleteAcls(r) => {
+            let pending = delete_acls::start(ctx, &access, r);
+            let ctx = Arc::clone(ctx);
+            return Ok(later(
+                ApiKey::DeleteAcls,
+                version,
+                correlation_id,
+                async move { delete_acls::finish(&ctx.acl, pending).await.into() },
+            ));
+        }
         RequestKind::ListPartitionReassignments(r) => {
-            list_partition_reassignments::handle(ctx, r).into()
+            list_partition_reassignments::handle(ctx, &access, r).into()
         }
         // On a SASL listener these are served before dispatch (security::sasl).
         RequestKind::SaslHandshake(_) => sasl_handshake::handle().into(),
         RequestKind::SaslAuthenticate(_) => sasl_authenticate::handle().into(),
         RequestKind::DescribeUserScramCredentials(r) => {
-            describe_user_scram_credentials::handle(ctx, r).into()
+            describe_user_scram_credentials::handle(ctx, &access, r).into()
         }
         RequestKind::AlterUserScramCredentials(r) => {
             // Stored through the security store (the quorum, in a cluster): answered apart.
-            let pending = alter_user_scram_credentials::start(ctx, r);
+            let pending = alter_user_scram_credentials::start(ctx, &access, r);
             return Ok(later(
                 ApiKey::AlterUserScramCredentials,
                 version,
@@ -595,6 +651,14 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn context(dir: &std::path::Path) -> Arc<Context> {
+        context_with_acl(dir, Default::default())
+    }
+
+    /// A context whose authorizer has `acl` as its settings.
+    pub(crate) fn context_with_acl(
+        dir: &std::path::Path,
+        acl: crate::security::acl::AclSettings,
+    ) -> Arc<Context> {
         let config = BrokerConfig::for_dir(dir.to_path_buf(), "127.0.0.1:0".parse().unwrap());
         let coordinator =
             GroupCoordinator::open(&dir.join("offsets"), config.coordinator_config(), 0).unwrap();
@@ -611,6 +675,7 @@ pub(crate) mod tests {
             Arc::clone(&groups),
         )
         .unwrap();
+        let security = Arc::new(crate::security::SecurityStore::local(dir).unwrap());
         Arc::new(Context {
             manager,
             groups,
@@ -624,9 +689,10 @@ pub(crate) mod tests {
             advertised_listeners: vec![(Arc::from("PLAINTEXT"), "127.0.0.1".into(), 9092)],
             shutdown: CancellationToken::new(),
             fetch_sessions: crate::fetch_session::FetchSessionCache::new(slots),
-            quotas: Arc::new(crate::security::quota::Quotas::new(Default::default())),
             metrics: Default::default(),
-            security: Arc::new(crate::security::SecurityStore::local(dir).unwrap()),
+            quotas: Arc::new(crate::security::quota::Quotas::new(Default::default())),
+            acl: crate::security::acl::Authorizer::new(acl, Arc::clone(&security)),
+            security,
         })
     }
 
@@ -749,6 +815,14 @@ pub(crate) mod tests {
             ApiKey::ListPartitionReassignments => {
                 ListPartitionReassignmentsRequest::default().into()
             }
+            ApiKey::DescribeAcls => DescribeAclsRequest::default()
+                .with_resource_type_filter(1)
+                .with_pattern_type_filter(1)
+                .with_operation(1)
+                .with_permission_type(1)
+                .into(),
+            ApiKey::CreateAcls => CreateAclsRequest::default().into(),
+            ApiKey::DeleteAcls => DeleteAclsRequest::default().into(),
             ApiKey::SaslHandshake => SaslHandshakeRequest::default().into(),
             ApiKey::SaslAuthenticate => SaslAuthenticateRequest::default().into(),
             ApiKey::DescribeUserScramCredentials => {

@@ -46,9 +46,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct BrokerHandle {
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     /// Every listener's name and bound address, in the order of `listeners`.
     listeners: Vec<(Arc<str>, SocketAddr)>,
-    metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -114,6 +114,7 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
         let (samples, window_ms) = config.quota_windows();
         crate::security::quota::Windows { samples, window_ms }
     };
+    let acl_settings = config.acl_settings()?;
     // Checked here so that an unknown mechanism stops the start, naming the setting.
     crate::security::sasl::SaslSettings::from_config(&config).map_err(Error::InvalidConfig)?;
     // Before the partitions open: their segment files are cached within the limit found here.
@@ -246,10 +247,15 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
         advertised_listeners,
         shutdown: shutdown.clone(),
         fetch_sessions: crate::fetch_session::FetchSessionCache::new(fetch_session_slots),
-        quotas: Arc::new(crate::security::quota::Quotas::new(quota_windows)),
         metrics,
+        quotas: Arc::new(crate::security::quota::Quotas::new(quota_windows)),
+        acl: crate::security::acl::Authorizer::new(acl_settings, Arc::clone(&security)),
         security,
     });
+    let listener_addrs = bound
+        .iter()
+        .map(|b| (Arc::clone(b.listener.name()), b.local_addr))
+        .collect();
     let metrics_addr = match metrics_listener {
         Some((listener, addr)) => {
             tokio::spawn(crate::metrics::serve(listener, Arc::clone(&ctx)));
@@ -258,15 +264,11 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
         }
         None => None,
     };
-    let listener_addrs = bound
-        .iter()
-        .map(|b| (Arc::clone(b.listener.name()), b.local_addr))
-        .collect();
     let task = tokio::spawn(run(ctx, bound, dir_lock, background));
     Ok(BrokerHandle {
         local_addr,
-        listeners: listener_addrs,
         metrics_addr,
+        listeners: listener_addrs,
         shutdown,
         task,
     })

@@ -45,6 +45,8 @@ enum Command {
     Cluster(ClusterArgs),
     /// SCRAM users: on a running broker, or offline on a stopped broker's data folder.
     Users(crate::users::UsersArgs),
+    /// ACL bindings of a running broker, with the flags of kafka-acls.
+    Acl(crate::acl::AclArgs),
 }
 
 /// Options of `strata cluster`.
@@ -226,6 +228,10 @@ pub fn main() -> ExitCode {
         Command::Users(args) => {
             let env: BTreeMap<String, String> = std::env::vars().collect();
             crate::users::run(args, |given| bootstrap(given, &env)).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Acl(args) => {
+            let env: BTreeMap<String, String> = std::env::vars().collect();
+            crate::acl::run(args, |given| bootstrap(given, &env)).map(|()| ExitCode::SUCCESS)
         }
     };
     match result {

@@ -7,6 +7,7 @@
 //! ## Layout
 //! - [`cli`]: argument parsing (clap), configuration layering (file < `STRATA_*` environment <
 //!   flags), logging set-up and signal handling.
+//! - [`acl`]: `strata acl list | add | remove` (kafka-acls' flags).
 //! - [`admin`]: a small Kafka protocol client for the admin subcommands.
 //! - [`groups`]: `strata groups list | describe | reset-offsets`.
 //! - [`lake`]: `strata lake ls | verify`.
@@ -21,6 +22,7 @@
 //! strata cluster status --bootstrap 127.0.0.1:9092,127.0.0.1:9192 --json
 //! ```
 
+pub mod acl;
 pub mod admin;
 pub mod cli;
 pub mod cluster;

@@ -8,14 +8,31 @@ use strata_coordinator::Durable;
 
 use super::{Context, now_ms};
 use crate::groups::{OFFSETS_TOPIC, partition_for};
+use crate::security::acl::{Access, AclOperation};
 use crate::txn::coordinator::Claim;
 
 /// An answer, and what must be durable before it is sent.
 pub(super) type Pending = (AddOffsetsToTxnResponse, Option<Durable>);
 
-pub(super) fn start(ctx: &Context, version: i16, request: AddOffsetsToTxnRequest) -> Pending {
+/// Needs WRITE on the transactional id and READ on the group.
+pub(super) fn start(
+    ctx: &Context,
+    access: &Access,
+    version: i16,
+    request: AddOffsetsToTxnRequest,
+) -> Pending {
     let response = AddOffsetsToTxnResponse::default();
     let group = request.group_id.as_str();
+    let refused = if !access.check_txn(AclOperation::Write, &request.transactional_id) {
+        Some(ResponseError::TransactionalIdAuthorizationFailed)
+    } else if !access.check_group(AclOperation::Read, group) {
+        Some(ResponseError::GroupAuthorizationFailed)
+    } else {
+        None
+    };
+    if let Some(code) = refused {
+        return (response.with_error_code(code.code()), None);
+    }
     // A single broker keeps every group in one offsets log.
     let offsets_partition = if ctx.manager.cluster().is_some() {
         match ctx.manager.topic(OFFSETS_TOPIC) {

@@ -9,6 +9,7 @@ use kafka_protocol::messages::{AddPartitionsToTxnRequest, AddPartitionsToTxnResp
 use strata_coordinator::Durable;
 
 use super::{Context, now_ms};
+use crate::security::acl::{Access, AclOperation};
 use crate::txn::coordinator::Claim;
 
 /// An answer, and what must be durable before it is sent.
@@ -23,17 +24,46 @@ pub(super) fn fenced_code(version: i16) -> ResponseError {
     }
 }
 
-pub(super) fn start(ctx: &Context, version: i16, request: AddPartitionsToTxnRequest) -> Pending {
+/// Needs WRITE on the transactional id and on each topic: nothing is added when a partition is
+/// refused (TOPIC_AUTHORIZATION_FAILED; the others OPERATION_NOT_ATTEMPTED, as Kafka).
+pub(super) fn start(
+    ctx: &Context,
+    access: &Access,
+    version: i16,
+    request: AddPartitionsToTxnRequest,
+) -> Pending {
+    let txn_refused =
+        !access.check_txn(AclOperation::Write, &request.v3_and_below_transactional_id);
     let wanted: Vec<(String, i32)> = request
         .v3_and_below_topics
         .iter()
         .flat_map(|t| t.partitions.iter().map(|&p| (t.name.to_string(), p)))
         .collect();
-    let unknown: Vec<bool> = wanted
+    let writable: Vec<bool> = request
+        .v3_and_below_topics
         .iter()
-        .map(|(topic, p)| !ctx.manager.partition_exists(topic, *p))
+        .flat_map(|t| {
+            let writable = txn_refused || access.check_topic(AclOperation::Write, &t.name);
+            t.partitions.iter().map(move |_| writable)
+        })
         .collect();
-    let outcome = if unknown.iter().any(|&u| u) {
+    // Per partition: the error that keeps the whole request from being attempted.
+    let unknown: Vec<Option<ResponseError>> = wanted
+        .iter()
+        .zip(&writable)
+        .map(|((topic, p), &writable)| {
+            if !writable {
+                Some(ResponseError::TopicAuthorizationFailed)
+            } else if !ctx.manager.partition_exists(topic, *p) {
+                Some(ResponseError::UnknownTopicOrPartition)
+            } else {
+                None
+            }
+        })
+        .collect();
+    let outcome = if txn_refused {
+        Err(Some(ResponseError::TransactionalIdAuthorizationFailed))
+    } else if unknown.iter().any(Option::is_some) {
         // Nothing is added when a partition is unknown; the others are not attempted.
         Err(None)
     } else {
@@ -51,7 +81,7 @@ pub(super) fn start(ctx: &Context, version: i16, request: AddPartitionsToTxnRequ
     let code_of = |i: usize| match &outcome {
         Ok(_) => 0,
         Err(Some(code)) => code.code(),
-        Err(None) if unknown[i] => ResponseError::UnknownTopicOrPartition.code(),
+        Err(None) if unknown[i].is_some() => unknown[i].map_or(0, |c| c.code()),
         Err(None) => ResponseError::OperationNotAttempted.code(),
     };
     let mut i = 0;

@@ -5,11 +5,17 @@ use std::collections::BTreeMap;
 use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::{AlterConfigsRequest, AlterConfigsResponse};
 
-use super::describe_configs::{RESOURCE_BROKER, RESOURCE_TOPIC};
+use super::describe_configs::{RESOURCE_BROKER, RESOURCE_TOPIC, configs_refused};
 use super::{Context, message};
 use crate::error::Error;
+use crate::security::acl::{Access, AclOperation};
 
-pub(super) fn handle(ctx: &Context, request: AlterConfigsRequest) -> AlterConfigsResponse {
+/// Needs ALTER_CONFIGS on the topic (the cluster for broker settings).
+pub(super) fn handle(
+    ctx: &Context,
+    access: &Access,
+    request: AlterConfigsRequest,
+) -> AlterConfigsResponse {
     let responses = request
         .resources
         .into_iter()
@@ -17,6 +23,16 @@ pub(super) fn handle(ctx: &Context, request: AlterConfigsRequest) -> AlterConfig
             let response = AlterConfigsResourceResponse::default()
                 .with_resource_type(resource.resource_type)
                 .with_resource_name(resource.resource_name.clone());
+            if let Some((code, why)) = configs_refused(
+                access,
+                AclOperation::AlterConfigs,
+                resource.resource_type,
+                &resource.resource_name,
+            ) {
+                return response
+                    .with_error_code(code.code())
+                    .with_error_message(Some(why));
+            }
             let overrides: BTreeMap<String, String> = resource
                 .configs
                 .iter()

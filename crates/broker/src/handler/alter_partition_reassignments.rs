@@ -26,9 +26,16 @@ const TIMEOUT_MS_MAX: i32 = 5 * 60 * 1000;
 
 pub(super) async fn handle(
     ctx: &Context,
+    authorized: bool,
     version: i16,
     request: AlterPartitionReassignmentsRequest,
 ) -> AlterPartitionReassignmentsResponse {
+    if !authorized {
+        // ALTER on the cluster, checked before the request runs apart.
+        return AlterPartitionReassignmentsResponse::default()
+            .with_error_code(ResponseError::ClusterAuthorizationFailed.code())
+            .with_error_message(Some(str_bytes("reassignments need ALTER on the cluster")));
+    }
     // v0 has no such field: any replica count was allowed.
     let allow_replication_factor_change = version == 0 || request.allow_replication_factor_change;
     let deadline =
@@ -162,7 +169,7 @@ mod tests {
             ),
             topic("nope", vec![partition(0, Some(vec![me]))]),
         ]);
-        let response = handle(&ctx, 1, request).await;
+        let response = handle(&ctx, true, 1, request).await;
         assert!(response.allow_replication_factor_change);
         let codes: Vec<Vec<i16>> = response
             .responses

@@ -14,6 +14,7 @@ use kafka_protocol::messages::{
 };
 
 use super::{Context, str_bytes};
+use crate::security::acl::{Access, AclOperation};
 use crate::security::scram::{self, CredentialError, ScramCredential, ScramMechanism};
 use crate::security::{SecurityChange, SecurityRecords, SecurityStore};
 
@@ -25,8 +26,22 @@ pub(super) struct Pending {
     changes: Vec<SecurityChange>,
 }
 
-pub(super) fn start(ctx: &Context, request: AlterUserScramCredentialsRequest) -> Pending {
-    let (users, changes) = plan(&ctx.security.records(), &request);
+/// Needs ALTER on the cluster: else every user answers CLUSTER_AUTHORIZATION_FAILED.
+pub(super) fn start(
+    ctx: &Context,
+    access: &Access,
+    request: AlterUserScramCredentialsRequest,
+) -> Pending {
+    let (mut users, mut changes) = plan(&ctx.security.records(), &request);
+    if !access.check_cluster(AclOperation::Alter) {
+        changes.clear();
+        for (_, error) in &mut users {
+            *error = Some((
+                ResponseError::ClusterAuthorizationFailed,
+                "ALTER on the cluster is needed".to_string(),
+            ));
+        }
+    }
     Pending {
         security: std::sync::Arc::clone(&ctx.security),
         users,

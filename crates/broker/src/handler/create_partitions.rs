@@ -5,14 +5,27 @@ use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicR
 use kafka_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse};
 
 use super::{Context, message, now_ms, str_bytes};
+use crate::security::acl::{Access, AclOperation};
 
-pub(super) fn handle(ctx: &Context, request: CreatePartitionsRequest) -> CreatePartitionsResponse {
+/// Needs ALTER on each topic.
+pub(super) fn handle(
+    ctx: &Context,
+    access: &Access,
+    request: CreatePartitionsRequest,
+) -> CreatePartitionsResponse {
     let node = ctx.node_id();
     let results = request
         .topics
         .into_iter()
         .map(|topic| {
             let result = CreatePartitionsTopicResult::default().with_name(topic.name.clone());
+            if !access.check_topic(AclOperation::Alter, &topic.name) {
+                return result
+                    .with_error_code(ResponseError::TopicAuthorizationFailed.code())
+                    .with_error_message(Some(str_bytes(
+                        "CreatePartitions needs ALTER on the topic",
+                    )));
+            }
             let foreign = topic
                 .assignments
                 .iter()

@@ -11,12 +11,16 @@ use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 
 use super::{Context, message, now_ms, str_bytes};
 use crate::error::{Error, Result};
+use crate::security::acl::{Access, AclOperation, CLUSTER_NAME, ResourceType};
 
 pub(super) fn handle(
     ctx: &Context,
+    access: &Access,
     version: i16,
     request: CreateTopicsRequest,
 ) -> CreateTopicsResponse {
+    // CREATE on the cluster creates any topic; else CREATE on each topic is needed.
+    let any_topic = access.allows(AclOperation::Create, ResourceType::Cluster, CLUSTER_NAME);
     let mut seen = HashSet::new();
     let duplicates: HashSet<_> = request
         .topics
@@ -36,6 +40,11 @@ pub(super) fn handle(
                         "topic {} appears more than once in the request",
                         topic.name.as_str()
                     ),
+                })
+            } else if !any_topic && !access.check_topic(AclOperation::Create, &topic.name) {
+                Err(Error::InvalidRequest {
+                    code: ResponseError::TopicAuthorizationFailed,
+                    message: "CreateTopics needs CREATE on the cluster or the topic".to_string(),
                 })
             } else {
                 create(ctx, topic, request.validate_only)

@@ -1,20 +1,29 @@
 //! DeleteGroups: empty groups and their committed offsets, answered once the deletion is durable.
 
+use kafka_protocol::ResponseError;
 use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::{DeleteGroupsRequest, DeleteGroupsResponse, GroupId};
 use strata_coordinator::Durable;
 
 use super::{Context, now_ms};
 use crate::error::coordinator_error_code;
+use crate::security::acl::{Access, AclOperation};
 
 /// Deletions made and not yet answered: each group with its code, or its deletion to wait for.
 pub(super) struct Pending(Vec<(GroupId, Result<Durable, i16>)>);
 
-pub(super) fn start(ctx: &Context, request: DeleteGroupsRequest) -> Pending {
+/// Needs DELETE on each group.
+pub(super) fn start(ctx: &Context, access: &Access, request: DeleteGroupsRequest) -> Pending {
     let deletions = request
         .groups_names
         .into_iter()
         .map(|group_id| {
+            if !access.check_group(AclOperation::Delete, &group_id) {
+                return (
+                    group_id,
+                    Err(ResponseError::GroupAuthorizationFailed.code()),
+                );
+            }
             let outcome = ctx.coordinator(&group_id).and_then(|coordinator| {
                 coordinator
                     .delete_group(&group_id, now_ms())

@@ -26,6 +26,7 @@ use tokio::time::Instant;
 
 use super::{Context, off_the_workers};
 use crate::partition::Partition;
+use crate::security::acl::{Access, AclOperation};
 
 /// The offset meaning "up to the high watermark".
 const HIGH_WATERMARK: i64 = -1;
@@ -44,7 +45,12 @@ struct Moved {
     tiered: bool,
 }
 
-pub(super) async fn handle(ctx: &Context, request: DeleteRecordsRequest) -> DeleteRecordsResponse {
+/// Needs DELETE on each topic.
+pub(super) async fn handle(
+    ctx: &Context,
+    access: &Access<'_>,
+    request: DeleteRecordsRequest,
+) -> DeleteRecordsResponse {
     let timeout_ms = request.timeout_ms.clamp(0, TIMEOUT_MS_MAX);
     let deadline = Instant::now() + Duration::from_millis(timeout_ms as u64);
     // Every partition moves first; then the answer waits for all of them at once.
@@ -52,10 +58,14 @@ pub(super) async fn handle(ctx: &Context, request: DeleteRecordsRequest) -> Dele
         .topics
         .iter()
         .map(|topic| {
+            let deletable = access.check_topic(AclOperation::Delete, &topic.name);
             topic
                 .partitions
                 .iter()
-                .map(|p| move_log_start(ctx, &topic.name, p.partition_index, p.offset))
+                .map(|p| match deletable {
+                    false => Err(ResponseError::TopicAuthorizationFailed),
+                    true => move_log_start(ctx, &topic.name, p.partition_index, p.offset),
+                })
                 .collect()
         })
         .collect();

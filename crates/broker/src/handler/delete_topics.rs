@@ -6,9 +6,11 @@ use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse, TopicN
 use uuid::Uuid;
 
 use super::{Context, message, now_ms, str_bytes};
+use crate::security::acl::{Access, AclOperation};
 
 pub(super) fn handle(
     ctx: &Context,
+    access: &Access,
     version: i16,
     request: DeleteTopicsRequest,
 ) -> DeleteTopicsResponse {
@@ -40,6 +42,9 @@ pub(super) fn handle(
             let Some(name) = name else {
                 return result.with_error_code(ResponseError::UnknownTopicId.code());
             };
+            if !access.check_topic(AclOperation::Delete, &name) {
+                return result.with_error_code(ResponseError::TopicAuthorizationFailed.code());
+            }
             match ctx.manager.delete_topic(&name, now_ms()) {
                 Ok(id) => {
                     if version >= 6 {

@@ -4,10 +4,11 @@ use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, DescribeClusterResponse};
 
 use super::{Context, str_bytes};
+use crate::security::acl::{Access, CLUSTER_NAME, ResourceType};
 
 pub(super) fn handle(
     ctx: &Context,
-    listener: &str,
+    (listener, access): (&str, &Access),
     version: i16,
     request: DescribeClusterRequest,
 ) -> DescribeClusterResponse {
@@ -29,6 +30,11 @@ pub(super) fn handle(
     if version >= 1 {
         // One process is both broker and controller: either endpoint type lists it.
         response.endpoint_type = request.endpoint_type;
+    }
+    if request.include_cluster_authorized_operations {
+        // As Kafka: nothing is refused (Metadata names the same brokers), only reported.
+        response.cluster_authorized_operations =
+            access.authorized_operations(ResourceType::Cluster, CLUSTER_NAME);
     }
     response
 }

@@ -10,6 +10,7 @@ use kafka_protocol::protocol::StrBytes;
 use super::{Context, str_bytes};
 use crate::config::{ConfigType, TOPIC_CONFIGS};
 use crate::manager::Topic;
+use crate::security::acl::{Access, AclOperation};
 
 /// Kafka's config resource types.
 pub(crate) const RESOURCE_TOPIC: i8 = 2;
@@ -29,6 +30,28 @@ pub(crate) struct Entry {
     read_only: bool,
     /// `(name, value, source)` of the broker setting behind a topic config.
     synonym: Option<(String, String, i8)>,
+}
+
+/// The error a config resource gets when the principal may not do `operation`
+/// (DESCRIBE_CONFIGS or ALTER_CONFIGS) on it: on the topic, or on the cluster for a broker's
+/// settings (Kafka's broker and broker-logger resources).
+pub(super) fn configs_refused(
+    access: &Access,
+    operation: AclOperation,
+    resource_type: i8,
+    name: &str,
+) -> Option<(ResponseError, StrBytes)> {
+    let (allowed, code) = match resource_type {
+        RESOURCE_TOPIC => (
+            access.check_topic(operation, name),
+            ResponseError::TopicAuthorizationFailed,
+        ),
+        _ => (
+            access.check_cluster(operation),
+            ResponseError::ClusterAuthorizationFailed,
+        ),
+    };
+    (!allowed).then(|| (code, str_bytes(format!("{operation} is needed"))))
 }
 
 /// A topic's configs, filtered by `keys` when given.
@@ -95,6 +118,7 @@ fn broker_kind(name: &str) -> ConfigType {
 
 pub(super) fn handle(
     ctx: &Context,
+    access: &Access,
     version: i16,
     request: DescribeConfigsRequest,
 ) -> DescribeConfigsResponse {
@@ -106,6 +130,16 @@ pub(super) fn handle(
                 .with_resource_type(resource.resource_type)
                 .with_resource_name(resource.resource_name.clone());
             let keys = resource.configuration_keys.as_deref();
+            if let Some((code, why)) = configs_refused(
+                access,
+                AclOperation::DescribeConfigs,
+                resource.resource_type,
+                &resource.resource_name,
+            ) {
+                return result
+                    .with_error_code(code.code())
+                    .with_error_message(Some(why));
+            }
             let entries = match resource.resource_type {
                 RESOURCE_TOPIC => match ctx.manager.topic(&resource.resource_name) {
                     Some(topic) => topic_entries(ctx, &topic, keys),

@@ -6,9 +6,11 @@ use kafka_protocol::messages::describe_groups_response::{DescribedGroup, Describ
 use kafka_protocol::messages::{DescribeGroupsRequest, DescribeGroupsResponse};
 
 use super::{Context, str_bytes};
+use crate::security::acl::{Access, AclOperation, ResourceType};
 
 pub(super) fn handle(
     ctx: &Context,
+    access: &Access,
     version: i16,
     request: DescribeGroupsRequest,
 ) -> DescribeGroupsResponse {
@@ -17,6 +19,9 @@ pub(super) fn handle(
         .into_iter()
         .map(|group_id| {
             let described = DescribedGroup::default().with_group_id(group_id.clone());
+            if !access.check_group(AclOperation::Describe, &group_id) {
+                return described.with_error_code(ResponseError::GroupAuthorizationFailed.code());
+            }
             let coordinator = match ctx.coordinator(&group_id) {
                 Ok(coordinator) => coordinator,
                 Err(code) => return described.with_error_code(code.code()),
@@ -46,6 +51,12 @@ pub(super) fn handle(
                     },
                 )
                 .collect();
+            let described = if version >= 3 && request.include_authorized_operations {
+                let bits = access.authorized_operations(ResourceType::Group, &group_id);
+                described.with_authorized_operations(bits)
+            } else {
+                described
+            };
             described
                 .with_group_state(str_bytes(d.state))
                 .with_protocol_type(str_bytes(d.protocol_type))

@@ -14,12 +14,22 @@ use kafka_protocol::messages::{DescribeLogDirsRequest, DescribeLogDirsResponse, 
 
 use super::{Context, str_bytes};
 use crate::manager::Topic;
+use crate::security::acl::{Access, AclOperation};
 
 pub(super) fn handle(
     ctx: &Context,
+    access: &Access,
     version: i16,
     request: DescribeLogDirsRequest,
 ) -> DescribeLogDirsResponse {
+    if !access.check_cluster(AclOperation::Describe) {
+        // As Kafka: no log folder, and from v3 the error.
+        let mut response = DescribeLogDirsResponse::default();
+        if version >= 3 {
+            response.error_code = ResponseError::ClusterAuthorizationFailed.code();
+        }
+        return response;
+    }
     let data_dir = &ctx.manager.config().data_dir;
     // `None` asks for every topic; a topic or partition not hosted here is left out, as Kafka does.
     let mut topics: Vec<DescribeLogDirsTopic> = match &request.topics {

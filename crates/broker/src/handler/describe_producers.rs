@@ -8,20 +8,27 @@ use kafka_protocol::messages::describe_producers_response::{
 use kafka_protocol::messages::{DescribeProducersRequest, DescribeProducersResponse, ProducerId};
 
 use super::{Context, message};
+use crate::security::acl::{Access, AclOperation};
 
 pub(super) fn handle(
     ctx: &Context,
+    access: &Access,
     request: DescribeProducersRequest,
 ) -> DescribeProducersResponse {
     let topics = request
         .topics
         .into_iter()
         .map(|topic| {
+            let readable = access.check_topic(AclOperation::Read, &topic.name);
             let partitions = topic
                 .partition_indexes
                 .iter()
                 .map(|&index| {
                     let answer = PartitionResponse::default().with_partition_index(index);
+                    if !readable {
+                        let code = kafka_protocol::ResponseError::TopicAuthorizationFailed;
+                        return answer.with_error_code(code.code());
+                    }
                     let producers = ctx
                         .manager
                         .leader_partition(&topic.name, index)

@@ -10,9 +10,11 @@ use kafka_protocol::messages::{
 };
 
 use super::{Context, str_bytes};
+use crate::security::acl::{Access, AclOperation};
 
 pub(super) fn handle(
     ctx: &Context,
+    access: &Access,
     request: DescribeTransactionsRequest,
 ) -> DescribeTransactionsResponse {
     let states = request
@@ -20,6 +22,13 @@ pub(super) fn handle(
         .into_iter()
         .map(|id| {
             let state = TransactionState::default().with_transactional_id(id.clone());
+            if !access.check_txn(AclOperation::Describe, &id) {
+                return state
+                    .with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code())
+                    .with_transaction_state(str_bytes(""))
+                    .with_producer_id(ProducerId(-1))
+                    .with_producer_epoch(-1);
+            }
             let found = ctx.txns.of(id.as_str()).map(|c| c.describe(id.as_str()));
             match found {
                 Ok(Some(meta)) => {

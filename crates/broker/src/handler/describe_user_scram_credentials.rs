@@ -13,12 +13,19 @@ use kafka_protocol::messages::{
 
 use super::{Context, str_bytes};
 use crate::security::SecurityRecords;
+use crate::security::acl::{Access, AclOperation};
 use crate::security::scram::{self, ScramCredential};
 
 pub(super) fn handle(
     ctx: &Context,
+    access: &Access,
     request: DescribeUserScramCredentialsRequest,
 ) -> DescribeUserScramCredentialsResponse {
+    if !access.check_cluster(AclOperation::Describe) {
+        return DescribeUserScramCredentialsResponse::default()
+            .with_error_code(ResponseError::ClusterAuthorizationFailed.code())
+            .with_error_message(Some(str_bytes("DESCRIBE on the cluster is needed")));
+    }
     let wanted = request
         .users
         .map(|users| users.into_iter().map(|u| u.name.to_string()).collect());

@@ -32,7 +32,16 @@ const TIMEOUT_MS_MAX: i32 = 5 * 60 * 1000;
 /// One partition's outcome: elected, or why not.
 type Outcome = Result<(), (ResponseError, String)>;
 
-pub(super) async fn handle(ctx: &Context, request: ElectLeadersRequest) -> ElectLeadersResponse {
+/// Needs ALTER on the cluster (`authorized`, checked before the request runs apart).
+pub(super) async fn handle(
+    ctx: &Context,
+    authorized: bool,
+    version: i16,
+    request: ElectLeadersRequest,
+) -> ElectLeadersResponse {
+    if !authorized {
+        return refused(version, &request);
+    }
     let election_type = request.election_type;
     let all = request.topic_partitions.is_none();
     let wanted: Vec<(String, i32)> = match &request.topic_partitions {
@@ -74,6 +83,37 @@ pub(super) async fn handle(ctx: &Context, request: ElectLeadersRequest) -> Elect
         }
     }
     ElectLeadersResponse::default().with_replica_election_results(results)
+}
+
+/// The answer without ALTER on the cluster: CLUSTER_AUTHORIZATION_FAILED for the request (v1+)
+/// and for each partition asked for.
+fn refused(version: i16, request: &ElectLeadersRequest) -> ElectLeadersResponse {
+    let code = ResponseError::ClusterAuthorizationFailed.code();
+    let results = request
+        .topic_partitions
+        .iter()
+        .flatten()
+        .map(|t| {
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|&p| {
+                    PartitionResult::default()
+                        .with_partition_id(p)
+                        .with_error_code(code)
+                        .with_error_message(None)
+                })
+                .collect();
+            ReplicaElectionResult::default()
+                .with_topic(t.topic.clone())
+                .with_partition_result(partitions)
+        })
+        .collect();
+    let mut response = ElectLeadersResponse::default().with_replica_election_results(results);
+    if version >= 1 {
+        response.error_code = code;
+    }
+    response
 }
 
 /// Every partition of every topic, by topic name then index.
@@ -209,6 +249,8 @@ mod tests {
             .unwrap();
         let every = handle(
             &ctx,
+            true,
+            2,
             ElectLeadersRequest::default().with_topic_partitions(None),
         )
         .await;
@@ -218,7 +260,7 @@ mod tests {
         let not_needed = ResponseError::ElectionNotNeeded.code();
         let unknown = ResponseError::UnknownTopicOrPartition.code();
         assert_eq!(
-            codes(&handle(&ctx, named.clone()).await),
+            codes(&handle(&ctx, true, 2, named.clone()).await),
             vec![
                 ("t".into(), 0, not_needed),
                 ("t".into(), 1, not_needed),
@@ -226,9 +268,9 @@ mod tests {
                 ("nope".into(), 0, unknown),
             ]
         );
-        let unclean = handle(&ctx, named.clone().with_election_type(UNCLEAN)).await;
+        let unclean = handle(&ctx, true, 2, named.clone().with_election_type(UNCLEAN)).await;
         assert_eq!(codes(&unclean)[0], ("t".into(), 0, not_needed));
-        let bad = handle(&ctx, named.with_election_type(7)).await;
+        let bad = handle(&ctx, true, 2, named.with_election_type(7)).await;
         let result = &bad.replica_election_results[0].partition_result[0];
         assert_eq!(result.error_code, ResponseError::InvalidRequest.code());
         assert!(

@@ -2,10 +2,12 @@
 //! markers are written to the transaction's partitions (see [`crate::txn`]); the answer waits for
 //! them up to [`COMPLETION_WAIT`].
 
+use kafka_protocol::ResponseError;
 use kafka_protocol::messages::{EndTxnRequest, EndTxnResponse};
 use strata_coordinator::Durable;
 
 use super::{Context, now_ms};
+use crate::security::acl::{Access, AclOperation};
 use crate::txn::coordinator::Claim;
 
 /// How long an EndTxn answer waits for the transaction's markers once its decision is durable.
@@ -14,9 +16,19 @@ const COMPLETION_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// An answer, and what must be durable before it is sent.
 pub(super) type Pending = (EndTxnResponse, Option<Durable>);
 
-pub(super) fn start(ctx: &Context, version: i16, request: EndTxnRequest) -> Pending {
+/// Needs WRITE on the transactional id.
+pub(super) fn start(
+    ctx: &Context,
+    access: &Access,
+    version: i16,
+    request: EndTxnRequest,
+) -> Pending {
     let response = EndTxnResponse::default();
     let id = request.transactional_id.as_str();
+    if !access.check_txn(AclOperation::Write, id) {
+        let code = ResponseError::TransactionalIdAuthorizationFailed.code();
+        return (response.with_error_code(code), None);
+    }
     let claim = Claim {
         producer_id: request.producer_id.0,
         producer_epoch: request.producer_epoch,

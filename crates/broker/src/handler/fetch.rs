@@ -28,6 +28,7 @@ use crate::error::Error;
 use crate::fetch_session::SessionAnswer;
 use crate::outgoing::{FrameBuilder, Outgoing};
 use crate::partition::Partition;
+use crate::security::acl::{Access, AclOperation};
 
 /// Longest a fetch may wait, whatever the client asks: bounds how long a task is held.
 pub(crate) const FETCH_WAIT_MS_MAX: i32 = 30_000;
@@ -212,13 +213,18 @@ impl SessionAnswer for Answer {
 
 /// A fetch within its session (KIP-227): an incremental one reads every partition of the
 /// session and answers those with news.
-pub(crate) async fn handle(ctx: &Arc<Context>, version: i16, mut request: FetchRequest) -> Answer {
+pub(crate) async fn handle(
+    ctx: &Arc<Context>,
+    access: &Access<'_>,
+    version: i16,
+    mut request: FetchRequest,
+) -> Answer {
     let consumer = request.replica_id.0 < 0;
     let session = match ctx.fetch_sessions.open(version, &mut request, now_ms()) {
         Ok(session) => session,
         Err(code) => return Answer::error(code),
     };
-    let mut answer = fetch(ctx, version, request).await;
+    let mut answer = fetch(ctx, access, version, request).await;
     match ctx.fetch_sessions.finish(session, &mut answer, now_ms()) {
         Ok(id) => answer.session_id = id,
         Err((code, id)) => answer = Answer::error(code).with_session_id(id),
@@ -233,10 +239,15 @@ pub(crate) async fn handle(ctx: &Arc<Context>, version: i16, mut request: FetchR
     answer
 }
 
-async fn fetch(ctx: &Arc<Context>, version: i16, mut request: FetchRequest) -> Answer {
+async fn fetch(
+    ctx: &Arc<Context>,
+    access: &Access<'_>,
+    version: i16,
+    mut request: FetchRequest,
+) -> Answer {
     let wait = Duration::from_millis(request.max_wait_ms.clamp(0, FETCH_WAIT_MS_MAX) as u64);
     let deadline = tokio::time::Instant::now() + wait;
-    let partitions = resolve(ctx, version, &mut request);
+    let (partitions, refused) = resolve(ctx, access, version, &mut request);
     // A follower broker (replica id set) reads up to the log end, and its fetch offsets tell this
     // leader how far it is.
     let replica = (request.replica_id.0 >= 0).then_some(request.replica_id.0);
@@ -254,7 +265,8 @@ async fn fetch(ctx: &Arc<Context>, version: i16, mut request: FetchRequest) -> A
         if let Some(replica) = replica {
             note_follower(ctx, replica, &request, &partitions);
         }
-        let (answer, errors) = read_once(ctx, version, &request, &partitions, replica).await;
+        let (answer, errors) =
+            read_once(ctx, version, &request, (&partitions, &refused), replica).await;
         let done = answer.record_bytes() >= request.min_bytes.max(0) as usize
             || errors
             || watchers.is_empty()
@@ -294,9 +306,19 @@ fn note_follower(ctx: &Context, replica: i32, request: &FetchRequest, partitions
     }
 }
 
-/// From v13 topics are named by id: their names are filled in here.
-fn resolve(ctx: &Context, version: i16, request: &mut FetchRequest) -> Resolved {
-    request
+/// From v13 topics are named by id: their names are filled in here. A topic the fetcher may
+/// not read (READ for consumers; CLUSTER_ACTION on the cluster for a follower broker) resolves
+/// to no partition and is marked refused.
+fn resolve(
+    ctx: &Context,
+    access: &Access,
+    version: i16,
+    request: &mut FetchRequest,
+) -> (Resolved, Vec<bool>) {
+    let follower_refused =
+        request.replica_id.0 >= 0 && !access.check_cluster(AclOperation::ClusterAction);
+    let mut refused = Vec::with_capacity(request.topics.len());
+    let resolved = request
         .topics
         .iter_mut()
         .map(|topic| {
@@ -309,13 +331,20 @@ fn resolve(ctx: &Context, version: i16, request: &mut FetchRequest) -> Resolved 
             } else {
                 ctx.manager.topic(&topic.topic)
             };
+            let denied = follower_refused
+                || (request.replica_id.0 < 0
+                    && !(version >= 13 && topic.topic.is_empty())
+                    && !access.check_topic(AclOperation::Read, &topic.topic));
+            refused.push(denied);
+            let found = found.filter(|_| !denied);
             topic
                 .partitions
                 .iter()
                 .map(|p| found.as_ref().and_then(|t| t.partition(p.partition)))
                 .collect()
         })
-        .collect()
+        .collect();
+    (resolved, refused)
 }
 
 /// One pass over the partitions: the answer, and whether any partition has an error (which
@@ -324,7 +353,7 @@ async fn read_once(
     ctx: &Context,
     version: i16,
     request: &FetchRequest,
-    partitions: &Resolved,
+    (partitions, refused): (&Resolved, &[bool]),
     replica: Option<i32>,
 ) -> (Answer, bool) {
     let mut budget = request.max_bytes.max(0) as usize;
@@ -336,9 +365,17 @@ async fn read_once(
     };
     let mut errors = false;
     let mut topics = Vec::with_capacity(request.topics.len());
-    for (topic, resolved) in request.topics.iter().zip(partitions) {
+    for ((topic, resolved), &refused) in request.topics.iter().zip(partitions).zip(refused) {
         let mut datas = Vec::with_capacity(topic.partitions.len());
         for (wanted, partition) in topic.partitions.iter().zip(resolved) {
+            if refused {
+                let data = PartitionData::default()
+                    .with_partition_index(wanted.partition)
+                    .with_error_code(ResponseError::TopicAuthorizationFailed.code());
+                errors = true;
+                datas.push((data, NO_RECORDS));
+                continue;
+            }
             let limit = (wanted.partition_max_bytes.max(0) as usize).min(budget);
             let (data, records) = read_partition(
                 ctx,

@@ -9,6 +9,7 @@ use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinator
 use kafka_protocol::protocol::StrBytes;
 
 use super::{Context, str_bytes};
+use crate::security::acl::{Access, AclOperation};
 
 /// Kafka's coordinator key types.
 const KEY_TYPE_GROUP: i8 = 0;
@@ -17,7 +18,23 @@ const KEY_TYPE_TRANSACTION: i8 = 1;
 /// `(node id, host, port)` of the coordinator, or the error and its message.
 type Found = Result<(i32, String, i32), (i16, StrBytes)>;
 
-fn find(ctx: &Context, listener: &str, key_type: i8, key: &StrBytes) -> Found {
+/// Needs DESCRIBE on the group or the transactional id.
+fn find(ctx: &Context, (listener, access): (&str, &Access), key_type: i8, key: &StrBytes) -> Found {
+    let denied = match key_type {
+        KEY_TYPE_TRANSACTION if !access.check_txn(AclOperation::Describe, key) => {
+            Some(ResponseError::TransactionalIdAuthorizationFailed)
+        }
+        KEY_TYPE_GROUP if !access.check_group(AclOperation::Describe, key) => {
+            Some(ResponseError::GroupAuthorizationFailed)
+        }
+        _ => None,
+    };
+    if let Some(code) = denied {
+        return Err((
+            code.code(),
+            str_bytes(format!("not authorized for {:?}", key.as_str())),
+        ));
+    }
     if key_type == KEY_TYPE_TRANSACTION {
         return ctx.txn_coordinator(key, listener).map_err(|code| {
             (
@@ -48,7 +65,7 @@ fn find(ctx: &Context, listener: &str, key_type: i8, key: &StrBytes) -> Found {
 
 pub(super) fn handle(
     ctx: &Context,
-    listener: &str,
+    (listener, access): (&str, &Access),
     version: i16,
     request: FindCoordinatorRequest,
 ) -> FindCoordinatorResponse {
@@ -58,7 +75,7 @@ pub(super) fn handle(
             .iter()
             .map(|key| {
                 let coordinator = Coordinator::default().with_key(key.clone());
-                match find(ctx, listener, request.key_type, key) {
+                match find(ctx, (listener, access), request.key_type, key) {
                     Ok((id, host, port)) => coordinator
                         .with_node_id(BrokerId(id))
                         .with_host(str_bytes(host))
@@ -74,7 +91,7 @@ pub(super) fn handle(
             .collect();
         return FindCoordinatorResponse::default().with_coordinators(coordinators);
     }
-    match find(ctx, listener, request.key_type, &request.key) {
+    match find(ctx, (listener, access), request.key_type, &request.key) {
         Ok((id, host, port)) => FindCoordinatorResponse::default()
             .with_node_id(BrokerId(id))
             .with_host(str_bytes(host))

@@ -8,10 +8,11 @@ use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsRe
 use kafka_protocol::messages::{IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse};
 
 use super::alter_configs::static_broker_settings;
-use super::describe_configs::{RESOURCE_BROKER, RESOURCE_TOPIC};
+use super::describe_configs::{RESOURCE_BROKER, RESOURCE_TOPIC, configs_refused};
 use super::{Context, message};
 use crate::error::{Error, Result};
 use crate::manager::Topic;
+use crate::security::acl::{Access, AclOperation};
 
 const OP_SET: i8 = 0;
 const OP_DELETE: i8 = 1;
@@ -20,6 +21,7 @@ const OP_SUBTRACT: i8 = 3;
 
 pub(super) fn handle(
     ctx: &Context,
+    access: &Access,
     request: IncrementalAlterConfigsRequest,
 ) -> IncrementalAlterConfigsResponse {
     let responses = request
@@ -29,6 +31,16 @@ pub(super) fn handle(
             let response = AlterConfigsResourceResponse::default()
                 .with_resource_type(resource.resource_type)
                 .with_resource_name(resource.resource_name.clone());
+            if let Some((code, why)) = configs_refused(
+                access,
+                AclOperation::AlterConfigs,
+                resource.resource_type,
+                &resource.resource_name,
+            ) {
+                return response
+                    .with_error_code(code.code())
+                    .with_error_message(Some(why));
+            }
             let result = match resource.resource_type {
                 RESOURCE_TOPIC => match ctx.manager.topic(&resource.resource_name) {
                     Some(topic) => apply(&topic, &resource.configs).and_then(|overrides| {
@@ -149,14 +161,16 @@ mod tests {
     fn deleting_dynamic_broker_settings_deletes_nothing_and_setting_one_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let ctx = crate::handler::tests::context(dir.path());
+        let session = crate::handler::tests::session();
+        let access = ctx.acl.access(&session);
         let throttles = broker_ops(&[
             ("leader.replication.throttled.rate", OP_DELETE),
             ("follower.replication.throttled.rate", OP_DELETE),
         ]);
-        assert_eq!(handle(&ctx, throttles).responses[0].error_code, 0);
+        assert_eq!(handle(&ctx, &access, throttles).responses[0].error_code, 0);
         let set = broker_ops(&[("leader.replication.throttled.rate", OP_SET)]);
         assert_eq!(
-            handle(&ctx, set).responses[0].error_code,
+            handle(&ctx, &access, set).responses[0].error_code,
             ResponseError::InvalidRequest.code()
         );
     }

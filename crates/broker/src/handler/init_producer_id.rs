@@ -7,19 +7,37 @@ use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, Pr
 use strata_coordinator::Durable;
 
 use super::{Context, now_ms};
+use crate::security::acl::{Access, AclOperation, ResourceType};
 use crate::txn::coordinator::{Claim, InitOutcome};
 
 /// An answer, and what must be durable before it is sent.
 pub(super) type Pending = (InitProducerIdResponse, Option<Durable>);
 
-pub(super) fn start(ctx: &Context, version: i16, request: InitProducerIdRequest) -> Pending {
+/// A transactional producer needs WRITE on its transactional id; an idempotent one
+/// IDEMPOTENT_WRITE on the cluster, or WRITE on some topic (KIP-679, as Kafka 3.x).
+pub(super) fn start(
+    ctx: &Context,
+    access: &Access,
+    version: i16,
+    request: InitProducerIdRequest,
+) -> Pending {
     let response = InitProducerIdResponse::default();
     if let Some(id) = request
         .transactional_id
         .as_ref()
         .filter(|id| !id.is_empty())
     {
+        if !access.check_txn(AclOperation::Write, id) {
+            let code = ResponseError::TransactionalIdAuthorizationFailed.code();
+            return (response.with_error_code(code), None);
+        }
         return transactional(ctx, version, id.as_str(), &request);
+    }
+    if !access.allows_any(AclOperation::Write, ResourceType::Topic)
+        && !access.check_cluster(AclOperation::IdempotentWrite)
+    {
+        let code = ResponseError::ClusterAuthorizationFailed.code();
+        return (response.with_error_code(code), None);
     }
     // KIP-360: an idempotent producer may ask to bump its epoch after an error.
     if request.producer_id.0 >= 0

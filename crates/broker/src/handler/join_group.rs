@@ -9,11 +9,11 @@ use kafka_protocol::messages::{JoinGroupRequest, JoinGroupResponse, RequestHeade
 use strata_coordinator::group::{Answer, JoinRequest, JoinResult};
 
 use super::{Context, now_ms, str_bytes};
+use crate::security::acl::{Access, AclOperation};
 
 pub(super) fn start(
     ctx: &Context,
-    header: &RequestHeader,
-    peer: SocketAddr,
+    (header, peer, access): (&RequestHeader, SocketAddr, &Access),
     version: i16,
     request: JoinGroupRequest,
 ) -> Answer<JoinResult> {
@@ -41,7 +41,12 @@ pub(super) fn start(
             .collect(),
         requires_known_member_id: version >= 4,
     };
-    match ctx.coordinator(&request.group_id) {
+    let authorized = if access.check_group(AclOperation::Read, &request.group_id) {
+        Ok(())
+    } else {
+        Err(ResponseError::GroupAuthorizationFailed)
+    };
+    match authorized.and_then(|()| ctx.coordinator(&request.group_id)) {
         Ok(coordinator) => coordinator.join(&request.group_id, join, now_ms()),
         Err(code) => Answer::Now(JoinResult {
             error: code.code(),

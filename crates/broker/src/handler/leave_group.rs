@@ -1,16 +1,23 @@
 //! LeaveGroup: one member (v0-v2) or a batch of members by id or instance id (v3+).
 
+use kafka_protocol::ResponseError;
 use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::{LeaveGroupRequest, LeaveGroupResponse};
 
 use super::{Context, now_ms};
 use crate::error::coordinator_error_code;
+use crate::security::acl::{Access, AclOperation};
 
 pub(super) fn handle(
     ctx: &Context,
+    access: &Access,
     version: i16,
     request: LeaveGroupRequest,
 ) -> LeaveGroupResponse {
+    if !access.check_group(AclOperation::Read, &request.group_id) {
+        return LeaveGroupResponse::default()
+            .with_error_code(ResponseError::GroupAuthorizationFailed.code());
+    }
     let members: Vec<(String, Option<String>)> = if version >= 3 {
         request
             .members

@@ -7,17 +7,24 @@ use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::{GroupId, ListGroupsRequest, ListGroupsResponse};
 
 use super::{Context, str_bytes};
+use crate::security::acl::{Access, AclOperation, CLUSTER_NAME, ResourceType};
 
 pub(super) fn handle(
     ctx: &Context,
+    access: &Access,
     version: i16,
     request: ListGroupsRequest,
 ) -> ListGroupsResponse {
+    // DESCRIBE on the cluster lists every group; else those the principal may describe.
+    let every_group = access.allows(AclOperation::Describe, ResourceType::Cluster, CLUSTER_NAME);
     let (coordinators, loading) = ctx.groups.all();
     let mut listed: Vec<_> = coordinators.iter().flat_map(|c| c.list()).collect();
     listed.sort();
     let groups = listed
         .into_iter()
+        .filter(|(id, _, _)| {
+            every_group || access.allows(AclOperation::Describe, ResourceType::Group, id)
+        })
         .filter(|(_, _, state)| {
             request.states_filter.is_empty()
                 || request

@@ -8,6 +8,7 @@ use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
 use super::Context;
 use crate::partition::Partition;
+use crate::security::acl::{Access, AclOperation};
 
 /// Kafka's special timestamps.
 const LATEST: i64 = -1;
@@ -16,17 +17,25 @@ const MAX_TIMESTAMP: i64 = -3;
 const EARLIEST_LOCAL: i64 = -4;
 const LATEST_TIERED: i64 = -5;
 
+/// Needs DESCRIBE on each topic.
 pub(super) async fn handle(
     ctx: &Context,
+    access: &Access<'_>,
     version: i16,
     request: ListOffsetsRequest,
 ) -> ListOffsetsResponse {
     let mut topics = Vec::with_capacity(request.topics.len());
     for topic in request.topics {
+        let describable = access.check_topic(AclOperation::Describe, &topic.name);
         let mut partitions = Vec::with_capacity(topic.partitions.len());
         for wanted in &topic.partitions {
             let answer = ListOffsetsPartitionResponse::default()
                 .with_partition_index(wanted.partition_index);
+            if !describable {
+                let code = ResponseError::TopicAuthorizationFailed.code();
+                partitions.push(answer.with_error_code(code));
+                continue;
+            }
             let partition = match ctx
                 .manager
                 .leader_partition(&topic.name, wanted.partition_index)

@@ -13,11 +13,18 @@ use kafka_protocol::messages::{
 use strata_cluster::{ClusterState, TopicState};
 
 use super::{Context, str_bytes};
+use crate::security::acl::{Access, AclOperation};
 
 pub(super) fn handle(
     ctx: &Context,
+    access: &Access,
     request: ListPartitionReassignmentsRequest,
 ) -> ListPartitionReassignmentsResponse {
+    if !access.check_cluster(AclOperation::Describe) {
+        return ListPartitionReassignmentsResponse::default()
+            .with_error_code(kafka_protocol::ResponseError::ClusterAuthorizationFailed.code())
+            .with_error_message(None);
+    }
     let Some(node) = ctx.manager.cluster() else {
         return ListPartitionReassignmentsResponse::default().with_error_message(None);
     };

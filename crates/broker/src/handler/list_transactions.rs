@@ -7,6 +7,7 @@ use kafka_protocol::messages::{
 };
 
 use super::{Context, now_ms, str_bytes};
+use crate::security::acl::{Access, AclOperation, ResourceType};
 
 /// Kafka's transaction state names, for the unknown-filter answer.
 const STATES: &[&str] = &[
@@ -22,6 +23,7 @@ const STATES: &[&str] = &[
 
 pub(super) fn handle(
     ctx: &Context,
+    access: &Access,
     version: i16,
     request: ListTransactionsRequest,
 ) -> ListTransactionsResponse {
@@ -56,6 +58,8 @@ pub(super) fn handle(
                     .contains(&ProducerId(m.producer_id))
         })
         .filter(|(_, m)| min_duration < 0 || (m.start_ms >= 0 && now - m.start_ms >= min_duration))
+        // Only the transactional ids the principal may describe are listed.
+        .filter(|(id, _)| access.allows(AclOperation::Describe, ResourceType::TransactionalId, id))
         .map(|(id, m)| {
             TransactionState::default()
                 .with_transactional_id(TransactionalId(str_bytes(id)))

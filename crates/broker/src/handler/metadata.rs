@@ -12,6 +12,7 @@ use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, Topi
 
 use super::{Context, now_ms, str_bytes};
 use crate::manager::Topic;
+use crate::security::acl::{Access, AclOperation, CLUSTER_NAME, ResourceType};
 
 /// `topic_authorized_operations` when not requested (Kafka's INT32_MIN sentinel).
 const OPERATIONS_OMITTED: i32 = i32::MIN;
@@ -19,9 +20,14 @@ const OPERATIONS_OMITTED: i32 = i32::MIN;
 pub(super) fn handle(
     ctx: &Context,
     listener: &str,
+    access: &Access,
     version: i16,
     request: MetadataRequest,
 ) -> MetadataResponse {
+    let operations = Operations {
+        topics: version >= 8 && request.include_topic_authorized_operations,
+        cluster: (8..=10).contains(&version) && request.include_cluster_authorized_operations,
+    };
     let (live, controller) = ctx.live_brokers(listener);
     let brokers = live
         .into_iter()
@@ -48,9 +54,11 @@ pub(super) fn handle(
                 .topics()
                 .iter()
                 .filter(|t| !is_internal(ctx, &t.name))
+                // Topics the principal may not describe are left out, silently (as Kafka).
+                .filter(|t| access.allows(AclOperation::Describe, ResourceType::Topic, &t.name))
                 .map(|t| describe_topic(ctx, version, t))
                 .collect();
-            return response;
+            return operations.fill(access, response);
         }
     };
     let auto_create = version < 4 || request.allow_auto_topic_creation;
@@ -58,11 +66,21 @@ pub(super) fn handle(
         .into_iter()
         .map(|wanted| {
             let topic = match (&wanted.name, version >= 10) {
-                (Some(name), _) => lookup(ctx, name, auto_create),
+                (Some(name), _) if !access.check_topic(AclOperation::Describe, name) => {
+                    Err(ResponseError::TopicAuthorizationFailed)
+                }
+                (Some(name), _) => lookup(ctx, access, name, auto_create),
                 (None, true) => ctx
                     .manager
                     .topic_by_id(wanted.topic_id)
-                    .ok_or(ResponseError::UnknownTopicId),
+                    .ok_or(ResponseError::UnknownTopicId)
+                    .and_then(|t| {
+                        if access.check_topic(AclOperation::Describe, &t.name) {
+                            Ok(t)
+                        } else {
+                            Err(ResponseError::TopicAuthorizationFailed)
+                        }
+                    }),
                 (None, false) => Err(ResponseError::InvalidRequest),
             };
             match topic {
@@ -83,7 +101,33 @@ pub(super) fn handle(
             }
         })
         .collect();
-    response
+    operations.fill(access, response)
+}
+
+/// Which authorized-operations bit sets the request asked for (KIP-430).
+struct Operations {
+    topics: bool,
+    cluster: bool,
+}
+
+impl Operations {
+    /// Fills in the bit sets asked for: the operations the principal may do on each topic
+    /// described, and on the cluster.
+    fn fill(&self, access: &Access, mut response: MetadataResponse) -> MetadataResponse {
+        if self.topics {
+            for topic in response.topics.iter_mut().filter(|t| t.error_code == 0) {
+                if let Some(name) = &topic.name {
+                    topic.topic_authorized_operations =
+                        access.authorized_operations(ResourceType::Topic, name);
+                }
+            }
+        }
+        if self.cluster {
+            response.cluster_authorized_operations =
+                access.authorized_operations(ResourceType::Cluster, CLUSTER_NAME);
+        }
+        response
+    }
 }
 
 /// Whether `name` is one of the cluster's internal topics (`__consumer_offsets`,
@@ -93,8 +137,25 @@ fn is_internal(ctx: &Context, name: &str) -> bool {
         && (name == crate::groups::OFFSETS_TOPIC || name == crate::txn::TXN_TOPIC)
 }
 
-fn lookup(ctx: &Context, name: &TopicName, auto_create: bool) -> Result<Arc<Topic>, ResponseError> {
-    let found = if auto_create && !is_internal(ctx, name) {
+/// A requested topic; auto-created when allowed, which needs CREATE on the cluster or the
+/// topic (TOPIC_AUTHORIZATION_FAILED otherwise, as Kafka).
+fn lookup(
+    ctx: &Context,
+    access: &Access,
+    name: &TopicName,
+    auto_create: bool,
+) -> Result<Arc<Topic>, ResponseError> {
+    let auto_create = auto_create && !is_internal(ctx, name);
+    if auto_create
+        && !access.is_unrestricted()
+        && ctx.manager.config().auto_create_topics()
+        && ctx.manager.topic(name).is_none()
+        && !access.allows(AclOperation::Create, ResourceType::Cluster, CLUSTER_NAME)
+        && !access.check_topic(AclOperation::Create, name)
+    {
+        return Err(ResponseError::TopicAuthorizationFailed);
+    }
+    let found = if auto_create {
         ctx.manager.topic_or_auto_create(name, now_ms())
     } else {
         Ok(ctx.manager.topic(name))

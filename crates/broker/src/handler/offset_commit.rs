@@ -11,6 +11,7 @@ use strata_coordinator::store::CommittedOffset;
 
 use super::{Context, now_ms};
 use crate::error::coordinator_error_code;
+use crate::security::acl::{Access, AclOperation};
 
 /// A commit stored and not yet answered.
 pub(super) struct Pending {
@@ -44,15 +45,31 @@ pub(super) async fn finish(pending: Pending) -> OffsetCommitResponse {
     response
 }
 
-pub(super) fn start(ctx: &Context, version: i16, request: OffsetCommitRequest) -> Pending {
+/// Needs READ on the group (else every partition answers GROUP_AUTHORIZATION_FAILED) and on
+/// each topic (TOPIC_AUTHORIZATION_FAILED, not stored).
+pub(super) fn start(
+    ctx: &Context,
+    access: &Access,
+    version: i16,
+    request: OffsetCommitRequest,
+) -> Pending {
     let now = now_ms();
-    // Partitions of unknown topics are answered UNKNOWN_TOPIC_OR_PARTITION and not stored.
+    let group_refused = !access.check_group(AclOperation::Read, &request.group_id);
+    // Partitions of unknown topics are answered UNKNOWN_TOPIC_OR_PARTITION and not stored;
+    // those of topics the principal may not read TOPIC_AUTHORIZATION_FAILED.
     let mut offsets = Vec::new();
     let mut unknown = Vec::new();
-    for topic in &request.topics {
+    for topic in request.topics.iter().filter(|_| !group_refused) {
+        let readable = access.check_topic(AclOperation::Read, &topic.name);
         for p in &topic.partitions {
+            if !readable {
+                let code = ResponseError::TopicAuthorizationFailed;
+                unknown.push((topic.name.to_string(), p.partition_index, code));
+                continue;
+            }
             if !ctx.manager.partition_exists(&topic.name, p.partition_index) {
-                unknown.push((topic.name.to_string(), p.partition_index));
+                let code = ResponseError::UnknownTopicOrPartition;
+                unknown.push((topic.name.to_string(), p.partition_index, code));
                 continue;
             }
             let committed = CommittedOffset {
@@ -74,25 +91,35 @@ pub(super) fn start(ctx: &Context, version: i16, request: OffsetCommitRequest) -
     }
     let keys: Vec<(String, i32)> = offsets.iter().map(|(t, p, _)| (t.clone(), *p)).collect();
     let instance = request.group_instance_id.as_ref().map(|s| s.to_string());
-    let outcome = ctx.coordinator(&request.group_id).and_then(|coordinator| {
-        coordinator
-            .commit(
-                &request.group_id,
-                &request.member_id,
-                instance.as_deref(),
-                request.generation_id_or_member_epoch,
-                offsets,
-                now,
-            )
-            .map_err(|e| coordinator_error_code(&e))
-    });
+    let authorized = if group_refused {
+        Err(ResponseError::GroupAuthorizationFailed)
+    } else {
+        Ok(())
+    };
+    let outcome = authorized
+        .and_then(|()| ctx.coordinator(&request.group_id))
+        .and_then(|coordinator| {
+            coordinator
+                .commit(
+                    &request.group_id,
+                    &request.member_id,
+                    instance.as_deref(),
+                    request.generation_id_or_member_epoch,
+                    offsets,
+                    now,
+                )
+                .map_err(|e| coordinator_error_code(&e))
+        });
     let (outcome, durable) = match outcome {
         Ok((codes, durable)) => (Ok(codes), Some(durable)),
         Err(code) => (Err(code), None),
     };
     let code_of = |topic: &str, partition: i32| -> i16 {
-        if unknown.iter().any(|(t, p)| t == topic && *p == partition) {
-            return ResponseError::UnknownTopicOrPartition.code();
+        if let Some((_, _, code)) = unknown
+            .iter()
+            .find(|(t, p, _)| t == topic && *p == partition)
+        {
+            return code.code();
         }
         match &outcome {
             Err(code) => code.code(),

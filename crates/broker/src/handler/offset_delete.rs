@@ -1,6 +1,7 @@
 //! OffsetDelete: drops a group's offsets for partitions of topics it does not subscribe to,
 //! answered once the removal is durable.
 
+use kafka_protocol::ResponseError;
 use kafka_protocol::messages::offset_delete_response::{
     OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
 };
@@ -9,6 +10,7 @@ use strata_coordinator::Durable;
 
 use super::{Context, now_ms};
 use crate::error::coordinator_error_code;
+use crate::security::acl::{Access, AclOperation};
 
 /// A removal made and not yet answered.
 pub(super) struct Pending {
@@ -27,11 +29,27 @@ pub(super) async fn finish(pending: Pending) -> OffsetDeleteResponse {
     response
 }
 
-pub(super) fn start(ctx: &Context, request: OffsetDeleteRequest) -> Pending {
+/// Needs DELETE on the group, and READ on each topic (TOPIC_AUTHORIZATION_FAILED for the
+/// partitions of the others, which keep their offsets).
+pub(super) fn start(ctx: &Context, access: &Access, request: OffsetDeleteRequest) -> Pending {
+    if !access.check_group(AclOperation::Delete, &request.group_id) {
+        return Pending {
+            response: OffsetDeleteResponse::default()
+                .with_error_code(ResponseError::GroupAuthorizationFailed.code()),
+            durable: None,
+        };
+    }
+    let readable: Vec<bool> = request
+        .topics
+        .iter()
+        .map(|t| access.check_topic(AclOperation::Read, &t.name))
+        .collect();
     let partitions: Vec<(String, i32)> = request
         .topics
         .iter()
-        .flat_map(|t| {
+        .zip(&readable)
+        .filter(|(_, readable)| **readable)
+        .flat_map(|(t, _)| {
             t.partitions
                 .iter()
                 .map(|p| (t.name.to_string(), p.partition_index))
@@ -55,14 +73,20 @@ pub(super) fn start(ctx: &Context, request: OffsetDeleteRequest) -> Pending {
     let topics = request
         .topics
         .into_iter()
-        .map(|t| {
+        .zip(readable)
+        .map(|(t, readable)| {
             let partitions = t
                 .partitions
                 .iter()
                 .map(|p| {
+                    let code = if readable {
+                        codes.next().unwrap_or_default()
+                    } else {
+                        ResponseError::TopicAuthorizationFailed.code()
+                    };
                     OffsetDeleteResponsePartition::default()
                         .with_partition_index(p.partition_index)
-                        .with_error_code(codes.next().unwrap_or_default())
+                        .with_error_code(code)
                 })
                 .collect();
             OffsetDeleteResponseTopic::default()

@@ -12,9 +12,13 @@ use kafka_protocol::protocol::StrBytes;
 use strata_coordinator::PartitionOffsets;
 
 use super::{Context, str_bytes};
+use crate::security::acl::{Access, AclOperation, ResourceType};
 
+/// Needs DESCRIBE on each group and on each topic: a topic asked for by name that may not be
+/// described answers TOPIC_AUTHORIZATION_FAILED, and is left out of an "every topic" answer.
 pub(super) fn handle(
     ctx: &Context,
+    access: &Access,
     version: i16,
     request: OffsetFetchRequest,
 ) -> OffsetFetchResponse {
@@ -29,10 +33,18 @@ pub(super) fn handle(
                         .map(|t| (t.name.to_string(), t.partition_indexes))
                         .collect()
                 });
+                if !access.check_group(AclOperation::Describe, &g.group_id) {
+                    return OffsetFetchResponseGroup::default()
+                        .with_group_id(g.group_id)
+                        .with_error_code(ResponseError::GroupAuthorizationFailed.code());
+                }
+                let every_topic = wanted.is_none();
                 let found = match ctx.coordinator(&g.group_id) {
-                    Ok(coordinator) => {
-                        coordinator.fetch_offsets(&g.group_id, wanted, require_stable)
-                    }
+                    Ok(coordinator) => describable(
+                        access,
+                        every_topic,
+                        coordinator.fetch_offsets(&g.group_id, wanted, require_stable),
+                    ),
                     Err(code) => {
                         return OffsetFetchResponseGroup::default()
                             .with_group_id(g.group_id)
@@ -67,11 +79,19 @@ pub(super) fn handle(
             .map(|t| (t.name.to_string(), t.partition_indexes))
             .collect()
     });
+    if !access.check_group(AclOperation::Describe, &request.group_id) {
+        return refused(version, ResponseError::GroupAuthorizationFailed, wanted);
+    }
     let coordinator = match ctx.coordinator(&request.group_id) {
         Ok(coordinator) => coordinator,
         Err(code) => return refused(version, code, wanted),
     };
-    let found = coordinator.fetch_offsets(&request.group_id, wanted, require_stable);
+    let every_topic = wanted.is_none();
+    let found = describable(
+        access,
+        every_topic,
+        coordinator.fetch_offsets(&request.group_id, wanted, require_stable),
+    );
     let topics = grouped(found, |name, partitions| {
         OffsetFetchResponseTopic::default()
             .with_name(name)
@@ -126,6 +146,42 @@ fn refused(
         })
         .collect();
     OffsetFetchResponse::default().with_topics(topics)
+}
+
+/// The offsets of topics the principal may describe: others answer TOPIC_AUTHORIZATION_FAILED
+/// when asked for by name, and are left out of an answer about every topic.
+fn describable(access: &Access, every_topic: bool, found: PartitionOffsets) -> PartitionOffsets {
+    if access.is_unrestricted() {
+        return found;
+    }
+    // Rows come grouped by topic: one check (and at most one audit line) per topic.
+    let mut last: Option<(String, bool)> = None;
+    found
+        .into_iter()
+        .filter_map(|(topic, partition, offset)| {
+            let allowed = match &last {
+                Some((name, allowed)) if *name == topic => *allowed,
+                _ => {
+                    let allowed = if every_topic {
+                        access.allows(AclOperation::Describe, ResourceType::Topic, &topic)
+                    } else {
+                        access.check_topic(AclOperation::Describe, &topic)
+                    };
+                    last = Some((topic.clone(), allowed));
+                    allowed
+                }
+            };
+            match (allowed, every_topic) {
+                (true, _) => Some((topic, partition, offset)),
+                (false, true) => None,
+                (false, false) => Some((
+                    topic,
+                    partition,
+                    Err(ResponseError::TopicAuthorizationFailed),
+                )),
+            }
+        })
+        .collect()
 }
 
 /// `(partition, committed offset, leader epoch, metadata, error code)`.

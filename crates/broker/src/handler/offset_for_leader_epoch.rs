@@ -8,19 +8,36 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
 use kafka_protocol::messages::{OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
 
 use super::Context;
+use crate::security::acl::{Access, AclOperation, CLUSTER_NAME, ResourceType};
 
 pub(super) fn handle(
     ctx: &Context,
+    access: &Access,
     request: OffsetForLeaderEpochRequest,
 ) -> OffsetForLeaderEpochResponse {
+    // Followers (CLUSTER_ACTION on the cluster) ask about any topic; consumers checking for
+    // truncation (KIP-320) need DESCRIBE on the topic.
+    let any_topic = access.allows(
+        AclOperation::ClusterAction,
+        ResourceType::Cluster,
+        CLUSTER_NAME,
+    );
     let topics = request
         .topics
         .into_iter()
         .map(|topic| {
+            let refused = !any_topic && !access.check_topic(AclOperation::Describe, &topic.topic);
             let partitions = topic
                 .partitions
                 .iter()
                 .map(|p| {
+                    if refused {
+                        return EpochEndOffset::default()
+                            .with_partition(p.partition)
+                            .with_leader_epoch(-1)
+                            .with_end_offset(-1)
+                            .with_error_code(ResponseError::TopicAuthorizationFailed.code());
+                    }
                     answer(
                         ctx,
                         &topic.topic,

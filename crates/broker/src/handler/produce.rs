@@ -18,6 +18,7 @@ use super::{Context, message, now_ms, off_the_workers, str_bytes};
 use crate::error::Error;
 use crate::manager::validate_topic_name;
 use crate::partition::{CommitWait, Partition};
+use crate::security::acl::{Access, AclOperation};
 
 /// A produce answered once the in-sync replicas have every batch it appended.
 pub(super) struct Pending {
@@ -47,10 +48,20 @@ pub(super) enum Outcome {
     Waiting(Pending),
 }
 
-/// Handles a produce request.
-pub(super) fn handle(ctx: &Context, version: i16, request: ProduceRequest) -> Outcome {
+/// Handles a produce request: WRITE on each topic, and on the transactional id of a
+/// transactional producer (else every partition is refused, as Kafka does).
+pub(super) fn handle(
+    ctx: &Context,
+    access: &Access,
+    version: i16,
+    request: ProduceRequest,
+) -> Outcome {
     let acks_valid = matches!(request.acks, -1..=1);
     let acks_all = request.acks == -1;
+    let txn_refused = request
+        .transactional_id
+        .as_deref()
+        .is_some_and(|id| !access.check_txn(AclOperation::Write, id));
     let mut waits = Vec::new();
     let responses = request
         .topic_data
@@ -60,6 +71,13 @@ pub(super) fn handle(ctx: &Context, version: i16, request: ProduceRequest) -> Ou
             let name = topic.name.clone();
             // Counted once per topic, not per partition (metrics).
             let mut bytes_in = 0u64;
+            let refused = if txn_refused {
+                Some(ResponseError::TransactionalIdAuthorizationFailed)
+            } else if !access.check_topic(AclOperation::Write, &name) {
+                Some(ResponseError::TopicAuthorizationFailed)
+            } else {
+                None
+            };
             let partition_responses = topic
                 .partition_data
                 .into_iter()
@@ -68,6 +86,9 @@ pub(super) fn handle(ctx: &Context, version: i16, request: ProduceRequest) -> Ou
                     let answer = PartitionProduceResponse::default().with_index(data.index);
                     if !acks_valid {
                         return answer.with_error_code(ResponseError::InvalidRequiredAcks.code());
+                    }
+                    if let Some(code) = refused {
+                        return answer.with_error_code(code.code());
                     }
                     let (answer, wait) = produce_partition(
                         ctx,

@@ -7,8 +7,20 @@ use kafka_protocol::messages::{SyncGroupRequest, SyncGroupResponse};
 use strata_coordinator::group::{Answer, SyncResult};
 
 use super::{Context, now_ms, str_bytes};
+use crate::security::acl::{Access, AclOperation};
 
-pub(super) fn start(ctx: &Context, version: i16, request: SyncGroupRequest) -> Answer<SyncResult> {
+pub(super) fn start(
+    ctx: &Context,
+    access: &Access,
+    version: i16,
+    request: SyncGroupRequest,
+) -> Answer<SyncResult> {
+    if !access.check_group(AclOperation::Read, &request.group_id) {
+        return Answer::Now(SyncResult {
+            error: ResponseError::GroupAuthorizationFailed.code(),
+            ..SyncResult::default()
+        });
+    }
     let instance = request.group_instance_id.as_ref().map(|s| s.to_string());
     let assignments = request
         .assignments

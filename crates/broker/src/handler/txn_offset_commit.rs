@@ -15,6 +15,7 @@ use strata_coordinator::{Durable, TxnOffsetCommit};
 
 use super::{Context, now_ms};
 use crate::groups::txn_error_code;
+use crate::security::acl::{Access, AclOperation};
 
 /// A commit written and not yet answered.
 pub(super) struct Pending {
@@ -48,15 +49,37 @@ pub(super) async fn finish(pending: Pending) -> TxnOffsetCommitResponse {
     response
 }
 
-pub(super) fn start(ctx: &Context, version: i16, request: TxnOffsetCommitRequest) -> Pending {
+/// Needs WRITE on the transactional id and READ on the group (else every partition gets that
+/// error) and READ on each topic (TOPIC_AUTHORIZATION_FAILED, not written).
+pub(super) fn start(
+    ctx: &Context,
+    access: &Access,
+    version: i16,
+    request: TxnOffsetCommitRequest,
+) -> Pending {
     let now = now_ms();
-    // Partitions of unknown topics are answered UNKNOWN_TOPIC_OR_PARTITION and not written.
+    let refused = if !access.check_txn(AclOperation::Write, &request.transactional_id) {
+        Err(ResponseError::TransactionalIdAuthorizationFailed)
+    } else if !access.check_group(AclOperation::Read, &request.group_id) {
+        Err(ResponseError::GroupAuthorizationFailed)
+    } else {
+        Ok(())
+    };
+    // Partitions of unknown topics are answered UNKNOWN_TOPIC_OR_PARTITION and not written;
+    // those of topics the principal may not read TOPIC_AUTHORIZATION_FAILED.
     let mut offsets = Vec::new();
     let mut unknown = Vec::new();
-    for topic in &request.topics {
+    for topic in request.topics.iter().filter(|_| refused.is_ok()) {
+        let readable = access.check_topic(AclOperation::Read, &topic.name);
         for p in &topic.partitions {
+            if !readable {
+                let code = ResponseError::TopicAuthorizationFailed;
+                unknown.push((topic.name.to_string(), p.partition_index, code));
+                continue;
+            }
             if !ctx.manager.partition_exists(&topic.name, p.partition_index) {
-                unknown.push((topic.name.to_string(), p.partition_index));
+                let code = ResponseError::UnknownTopicOrPartition;
+                unknown.push((topic.name.to_string(), p.partition_index, code));
                 continue;
             }
             let committed = CommittedOffset {
@@ -86,18 +109,23 @@ pub(super) fn start(ctx: &Context, version: i16, request: TxnOffsetCommitRequest
         generation_id: request.generation_id,
         offsets,
     };
-    let outcome = ctx.coordinator(&request.group_id).and_then(|coordinator| {
-        coordinator
-            .commit_transactional(&request.group_id, commit, now)
-            .map_err(|e| txn_error_code(&e))
-    });
+    let outcome = refused
+        .and_then(|()| ctx.coordinator(&request.group_id))
+        .and_then(|coordinator| {
+            coordinator
+                .commit_transactional(&request.group_id, commit, now)
+                .map_err(|e| txn_error_code(&e))
+        });
     let (outcome, durable) = match outcome {
         Ok((codes, durable)) => (Ok(codes), Some(durable)),
         Err(code) => (Err(code), None),
     };
     let code_of = |topic: &str, partition: i32| -> i16 {
-        if unknown.iter().any(|(t, p)| t == topic && *p == partition) {
-            return ResponseError::UnknownTopicOrPartition.code();
+        if let Some((_, _, code)) = unknown
+            .iter()
+            .find(|(t, p, _)| t == topic && *p == partition)
+        {
+            return code.code();
         }
         match &outcome {
             Err(code) => code.code(),
@@ -175,10 +203,12 @@ mod tests {
     async fn offsets_stay_pending_until_the_marker_and_unknown_topics_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let ctx = context(dir.path());
+        let session = crate::handler::tests::session();
+        let access = ctx.acl.access(&session);
         ctx.manager
             .create_topic("t", 1, 1, Default::default(), false, 0)
             .unwrap();
-        let pending = start(&ctx, 3, request(&[("t", 0, 42), ("nope", 0, 1)]));
+        let pending = start(&ctx, &access, 3, request(&[("t", 0, 42), ("nope", 0, 1)]));
         let response = finish(pending).await;
         assert_eq!(
             codes(&response),
@@ -207,7 +237,7 @@ mod tests {
             .complete_transaction(&ctx.manager, 0, 4, 1, false, 0)
             .unwrap();
         abort.await.unwrap();
-        let response = finish(start(&ctx, 3, request(&[("t", 0, 43)]))).await;
+        let response = finish(start(&ctx, &access, 3, request(&[("t", 0, 43)]))).await;
         assert_eq!(
             codes(&response),
             vec![ResponseError::InvalidProducerEpoch.code()]

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use kafka_protocol::ResponseError;
 use kafka_protocol::messages::write_txn_markers_response::{
     WritableTxnMarkerPartitionResult, WritableTxnMarkerResult, WritableTxnMarkerTopicResult,
 };
@@ -14,6 +15,7 @@ use super::Context;
 
 pub(super) async fn handle(
     ctx: Arc<Context>,
+    authorized: bool,
     request: WriteTxnMarkersRequest,
 ) -> WriteTxnMarkersResponse {
     let mut markers = Vec::with_capacity(request.markers.len());
@@ -26,6 +28,15 @@ pub(super) async fn handle(
         for topic in wanted.topics {
             let mut partitions = Vec::with_capacity(topic.partition_indexes.len());
             for index in topic.partition_indexes {
+                if !authorized {
+                    // Only brokers write markers: CLUSTER_ACTION on the cluster.
+                    partitions.push(
+                        WritableTxnMarkerPartitionResult::default()
+                            .with_partition_index(index)
+                            .with_error_code(ResponseError::ClusterAuthorizationFailed.code()),
+                    );
+                    continue;
+                }
                 let written = ctx
                     .txns
                     .write_local(

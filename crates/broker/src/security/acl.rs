@@ -193,6 +193,40 @@ kafka_enum! {
     }
 }
 
+impl ResourceType {
+    /// The operations Kafka defines on resources of this type: what an authorized-operations bit
+    /// set (KIP-430) covers.
+    pub fn operations(self) -> &'static [AclOperation] {
+        use AclOperation::*;
+        match self {
+            Self::Topic => &[
+                Read,
+                Write,
+                Create,
+                Delete,
+                Alter,
+                Describe,
+                DescribeConfigs,
+                AlterConfigs,
+            ],
+            Self::Group => &[Read, Describe, Delete],
+            Self::Cluster => &[
+                Create,
+                ClusterAction,
+                DescribeConfigs,
+                AlterConfigs,
+                IdempotentWrite,
+                Alter,
+                Describe,
+            ],
+            Self::TransactionalId => &[Describe, Write],
+            Self::DelegationToken => &[Describe],
+            Self::User => &[CreateTokens, DescribeTokens],
+            Self::Any => &[],
+        }
+    }
+}
+
 impl AclOperation {
     /// Whether an ALLOW of `self` allows `wanted`: the operation itself, ALL, and Kafka's
     /// implications (READ, WRITE, DELETE, ALTER → DESCRIBE; ALTER_CONFIGS → DESCRIBE_CONFIGS).
@@ -887,6 +921,16 @@ impl Access<'_> {
         self.decide(operation, resource_type, name).is_allowed()
     }
 
+    /// KIP-430's bit set of the operations the session may do on the resource: bit `code` for
+    /// each of [`ResourceType::operations`] allowed.
+    pub(crate) fn authorized_operations(&self, resource_type: ResourceType, name: &str) -> i32 {
+        resource_type
+            .operations()
+            .iter()
+            .filter(|&&op| self.allows(op, resource_type, name))
+            .fold(0, |bits, op| bits | 1 << op.code())
+    }
+
     /// [`Access::check`] on the cluster resource.
     pub(crate) fn check_cluster(&self, operation: AclOperation) -> bool {
         self.check(operation, ResourceType::Cluster, CLUSTER_NAME)
@@ -922,6 +966,9 @@ impl Access<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod enforcement_tests;
 
 #[cfg(test)]
 mod tests {
@@ -1300,6 +1347,10 @@ mod tests {
         let access = authorizer.access(&alice);
         assert!(access.check_topic(Read, "t") && access.check_topic(Describe, "t"));
         assert!(!access.check_topic(Write, "t"));
+        // KIP-430's bit set: READ (3) and the DESCRIBE (8) it implies.
+        assert_eq!(access.authorized_operations(Topic, "t"), 1 << 3 | 1 << 8);
+        let everything = authorizer.access(&admin).authorized_operations(Group, "g");
+        assert_eq!(everything, 1 << 3 | 1 << 6 | 1 << 8);
         // An owned copy (a request answered apart) decides the same.
         let owned = access.into_owned();
         assert!(owned.check_topic(Read, "t"));
