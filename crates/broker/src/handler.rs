@@ -586,15 +586,22 @@ fn route(
                 async move { alter_user_scram_credentials::finish(pending).await.into() },
             ));
         }
-        RequestKind::DescribeClientQuotas(r) => describe_client_quotas::handle(ctx, r).into(),
+        RequestKind::DescribeClientQuotas(r) => {
+            describe_client_quotas::handle(ctx, &access, r).into()
+        }
         RequestKind::AlterClientQuotas(r) => {
             // Stored through the security store (the quorum, in a cluster): answered apart.
             let ctx = Arc::clone(ctx);
+            let authorized = access.check_cluster(AclOperation::AlterConfigs);
             return Ok(later(
                 ApiKey::AlterClientQuotas,
                 version,
                 correlation_id,
-                async move { alter_client_quotas::handle(&ctx, r).await.into() },
+                async move {
+                    alter_client_quotas::handle(&ctx, authorized, r)
+                        .await
+                        .into()
+                },
             ));
         }
         other => return Err(format!("no handler for {other:?}")),

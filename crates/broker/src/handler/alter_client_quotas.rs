@@ -21,18 +21,28 @@ use crate::security::quota::{self, Entity, QuotaType};
 
 pub(super) async fn handle(
     ctx: &Context,
+    authorized: bool,
     request: AlterClientQuotasRequest,
 ) -> AlterClientQuotasResponse {
     let records = ctx.security.records();
     let mut seen = BTreeSet::new();
     let mut changes = Vec::new();
-    let mut outcomes: Vec<Result<(), String>> = Vec::with_capacity(request.entries.len());
+    let mut outcomes: Vec<Result<(), (ResponseError, String)>> =
+        Vec::with_capacity(request.entries.len());
     for entry in &request.entries {
-        let outcome = change_for(&records, entry, &mut seen).map(|change| {
-            if let Some(change) = change {
-                changes.push(change);
-            }
-        });
+        if !authorized {
+            // ALTER_CONFIGS on the cluster, checked before the request ran apart.
+            let why = "ALTER_CONFIGS on the cluster is needed".to_string();
+            outcomes.push(Err((ResponseError::ClusterAuthorizationFailed, why)));
+            continue;
+        }
+        let outcome = change_for(&records, entry, &mut seen)
+            .map(|change| {
+                if let Some(change) = change {
+                    changes.push(change);
+                }
+            })
+            .map_err(|message| (ResponseError::InvalidRequest, message));
         outcomes.push(outcome);
     }
     let stored = if request.validate_only || changes.is_empty() {
@@ -46,7 +56,7 @@ pub(super) async fn handle(
         .zip(outcomes)
         .map(|(entry, outcome)| {
             let (code, message) = match (outcome, &stored) {
-                (Err(message), _) => (ResponseError::InvalidRequest.code(), Some(message)),
+                (Err((code, message)), _) => (code.code(), Some(message)),
                 (Ok(()), Err(e)) => (e.code().code(), Some(e.to_string())),
                 (Ok(()), Ok(())) => (0, None),
             };
@@ -152,7 +162,7 @@ mod tests {
         let request = AlterClientQuotasRequest::default()
             .with_entries(entries)
             .with_validate_only(validate_only);
-        handle(ctx, request)
+        handle(ctx, true, request)
             .await
             .entries
             .iter()
@@ -170,7 +180,9 @@ mod tests {
                 .with_match_type(2)
                 .with_match(None),
         ]);
-        let response = super::super::describe_client_quotas::handle(ctx, request);
+        let session = crate::handler::tests::session();
+        let access = ctx.acl.access(&session);
+        let response = super::super::describe_client_quotas::handle(ctx, &access, request);
         assert_eq!(response.error_code, 0);
         response
             .entries

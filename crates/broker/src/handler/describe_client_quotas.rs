@@ -11,6 +11,7 @@ use kafka_protocol::messages::describe_client_quotas_response::{EntityData, Entr
 use kafka_protocol::messages::{DescribeClientQuotasRequest, DescribeClientQuotasResponse};
 
 use super::{Context, str_bytes};
+use crate::security::acl::{Access, AclOperation};
 use crate::security::quota::{self, CLIENT_ID, Entity, IP, USER};
 
 /// Kafka's match types of a filter component.
@@ -29,8 +30,14 @@ enum Wanted {
 
 pub(super) fn handle(
     ctx: &Context,
+    access: &Access,
     request: DescribeClientQuotasRequest,
 ) -> DescribeClientQuotasResponse {
+    if !access.check_cluster(AclOperation::DescribeConfigs) {
+        return DescribeClientQuotasResponse::default()
+            .with_error_code(ResponseError::ClusterAuthorizationFailed.code())
+            .with_error_message(Some(str_bytes("DESCRIBE_CONFIGS on the cluster is needed")));
+    }
     let filter = match parse_filter(&request) {
         Ok(filter) => filter,
         Err((code, message)) => {

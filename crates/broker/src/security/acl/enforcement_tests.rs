@@ -464,6 +464,38 @@ fn requests() -> Vec<(ApiKey, i16, RequestKind, u8)> {
             DescribeUserScramCredentialsRequest::default().into(),
             CLUSTER,
         ),
+        (
+            ApiKey::AlterUserScramCredentials,
+            0,
+            AlterUserScramCredentialsRequest::default()
+                .with_deletions(vec![
+                    alter_user_scram_credentials_request::ScramCredentialDeletion::default()
+                        .with_name(text("alice"))
+                        .with_mechanism(1),
+                ])
+                .into(),
+            CLUSTER,
+        ),
+        (
+            ApiKey::DescribeClientQuotas,
+            1,
+            DescribeClientQuotasRequest::default().into(),
+            CLUSTER,
+        ),
+        (
+            ApiKey::AlterClientQuotas,
+            1,
+            AlterClientQuotasRequest::default()
+                .with_entries(vec![
+                    alter_client_quotas_request::EntryData::default().with_entity(vec![
+                        alter_client_quotas_request::EntityData::default()
+                            .with_entity_type(text("user"))
+                            .with_entity_name(Some(text("alice"))),
+                    ]),
+                ])
+                .into(),
+            CLUSTER,
+        ),
     ]
 }
 
