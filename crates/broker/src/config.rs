@@ -1026,6 +1026,34 @@ mod tests {
     }
 
     #[test]
+    fn the_authorizer_is_on_by_its_setting_or_kafka_s_class_name() {
+        assert_eq!(
+            config(&[]).unwrap().acl_settings().unwrap(),
+            Default::default()
+        );
+        let class = "org.apache.kafka.metadata.authorizer.StandardAuthorizer";
+        let on = config(&[
+            ("authorizer.class.name", class),
+            ("super.users", "User:admin;User:broker"),
+            ("allow.everyone.if.no.acl.found", "true"),
+        ])
+        .unwrap()
+        .acl_settings()
+        .unwrap();
+        assert!(on.enabled && on.allow_everyone_if_no_acl_found);
+        assert_eq!(on.super_users.len(), 2);
+        assert!(
+            config(&[("authorizer.enabled", "true")])
+                .unwrap()
+                .acl_settings()
+                .unwrap()
+                .enabled
+        );
+        let bad = config(&[("super.users", "admin")]).unwrap().acl_settings();
+        assert!(bad.unwrap_err().to_string().contains("super.users"));
+    }
+
+    #[test]
     fn max_message_bytes_stays_within_what_the_lake_converts() {
         assert!(config(&[("message.max.bytes", "67108864")]).is_ok());
         let e = config(&[("message.max.bytes", "67108865")]).unwrap_err();
