@@ -586,3 +586,42 @@ async fn scram_users_get_what_their_bindings_grant() {
     drop((admin, alice, bob, reader, client));
     broker.shutdown().await;
 }
+
+/// Each refusal is one audit line naming the principal, the client's address, the operation and
+/// the resource (`strata serve`, the built binary, logging at INFO).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denials_are_audited_with_principal_client_and_resource() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let binary = PathBuf::from(env!("CARGO_BIN_EXE_strata-under-test"));
+    let listen = strata_tests::free_port();
+    let broker = strata_tests::ChildBroker::start(
+        &binary,
+        &data,
+        listen,
+        &["--set", "authorizer.enabled=true"],
+    );
+    let producer = producer(&broker.bootstrap, &[]);
+    assert_eq!(
+        send(&producer, "audited-topic").await,
+        Some(RDKafkaErrorCode::TopicAuthorizationFailed)
+    );
+    let log = data.with_extension("log");
+    let line = strata_tests::wait_for("the audit line", || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.lines()
+            .find(|l| l.contains("authorization denied") && l.contains("audited-topic"))
+            .map(str::to_string)
+    });
+    for part in [
+        "strata::audit",
+        "principal=User:ANONYMOUS",
+        "client=127.0.0.1:",
+        "operation=\"DESCRIBE\"",
+        "resource_type=\"TOPIC\"",
+    ] {
+        assert!(line.contains(part), "{part} missing from {line}");
+    }
+    drop(producer);
+    broker.terminate();
+}
