@@ -729,11 +729,23 @@ async fn brokers_replicate_over_a_sasl_inter_broker_listener() {
         let listeners = format!("listeners=SASL_PLAINTEXT://{}", member.listen);
         let jaas =
             format!("listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config={broker_jaas}");
-        member.process = Some(strata_tests::start_member(
+        let (id, controller) = (member.id.to_string(), member.controller.to_string());
+        // Audit at debug: successful authentications, re-authentications included, are logged.
+        let env = BTreeMap::from([(
+            "STRATA_LOG".to_string(),
+            "info,strata::audit=debug".to_string(),
+        )]);
+        member.process = Some(ChildBroker::start_with_env(
             &strata(),
-            member,
-            &voters,
+            &member.dir,
+            member.listen,
             &[
+                "--node-id",
+                &id,
+                "--controller-listen",
+                &controller,
+                "--controller-quorum",
+                &voters,
                 "--set",
                 &listeners,
                 "--set",
@@ -744,7 +756,11 @@ async fn brokers_replicate_over_a_sasl_inter_broker_listener() {
                 "offsets.topic.replication.factor=2",
                 "--set",
                 "replica.lag.time.max.ms=5000",
+                // Sessions of 2 s: the brokers' own connections re-authenticate on them.
+                "--set",
+                "connections.max.reauth.ms=2000",
             ],
+            &env,
         ));
     }
     let bootstrap = strata_tests::cluster_bootstrap(&members);
@@ -829,6 +845,30 @@ async fn brokers_replicate_over_a_sasl_inter_broker_listener() {
     wait_for("the new user to authenticate on the third broker", || {
         partitions(&late, "replicated").map(|_| ())
     });
+    // The replica fetchers renew their sessions on their connections: some broker logs a
+    // re-authentication of User:broker, and no broker ever closed an expired session.
+    let logs = || -> String {
+        members
+            .iter()
+            .map(|m| std::fs::read_to_string(m.dir.with_extension("log")).unwrap_or_default())
+            .collect()
+    };
+    wait_for("a broker's re-authentication", || {
+        logs()
+            .lines()
+            .any(|l| {
+                l.contains("event=\"authenticated\"")
+                    && l.contains("principal=User:broker")
+                    && l.contains("reauthentication=true")
+            })
+            .then_some(())
+    });
+    let expired: Vec<String> = logs()
+        .lines()
+        .filter(|l| l.contains("expired"))
+        .map(str::to_string)
+        .collect();
+    assert!(expired.is_empty(), "{expired:#?}");
     let values: Vec<String> = (0..30).map(|i| format!("replicated-{i}")).collect();
     let mut acks_all = app(&bootstrap);
     acks_all.set("acks", "all");

@@ -582,6 +582,8 @@ async fn truncate(peer: &mut Peer, me: i32, partitions: &[&Arc<Partition>]) -> a
 pub(crate) struct Peer {
     stream: crate::security::client::BoxedStream,
     correlation_id: i32,
+    /// On a SASL listener: renewed on the connection before it ends (KIP-368).
+    sasl: Option<crate::security::sasl::ClientSession>,
 }
 
 impl std::fmt::Debug for Peer {
@@ -597,10 +599,11 @@ impl Peer {
         config: &crate::config::BrokerConfig,
         broker: &strata_cluster::BrokerInfo,
     ) -> std::io::Result<Self> {
-        let stream = crate::security::client::connect_broker(config, broker).await?;
+        let (stream, sasl) = crate::security::client::connect_broker(config, broker).await?;
         Ok(Self {
             stream,
             correlation_id: 0,
+            sasl,
         })
     }
 
@@ -612,6 +615,12 @@ impl Peer {
         request: &Req,
         timeout: Duration,
     ) -> anyhow::Result<Resp> {
+        if let Some(sasl) = &mut self.sasl {
+            let renew = sasl.renew_if_due(&mut self.stream, std::time::Instant::now());
+            tokio::time::timeout(timeout, renew)
+                .await
+                .map_err(|_| anyhow::anyhow!("SASL re-authentication timed out"))??;
+        }
         self.correlation_id = self.correlation_id.wrapping_add(1);
         let header = RequestHeader::default()
             .with_request_api_key(key as i16)

@@ -35,13 +35,14 @@ pub(crate) fn endpoint_of(broker: &BrokerInfo, name: &str) -> (String, u16) {
         )
 }
 
-/// Connects to `broker`'s inter-broker listener. The TLS client config is built at each
+/// Connects to `broker`'s inter-broker listener; on a SASL listener, authenticated, with the
+/// session to renew on the connection before it ends. The TLS client config is built at each
 /// connection from the current keystore and truststore files, so a renewed certificate is used
 /// from the next connection on.
 pub(crate) async fn connect_broker(
     config: &BrokerConfig,
     broker: &BrokerInfo,
-) -> io::Result<BoxedStream> {
+) -> io::Result<(BoxedStream, Option<super::sasl::ClientSession>)> {
     let listeners = config.listeners().map_err(io::Error::other)?;
     let listener = listeners.inter_broker();
     let (host, port) = endpoint_of(broker, listener.name());
@@ -64,10 +65,11 @@ pub(crate) async fn connect_broker(
         Box::new(tcp)
     };
     // SASL_PLAINTEXT and SASL_SSL: authenticated before the stream is handed out.
-    if let Some(login) = login {
-        super::sasl::authenticate_client(&mut stream, &login).await?;
-    }
-    Ok(stream)
+    let session = match login {
+        Some(login) => Some(super::sasl::ClientSession::start(&mut stream, login).await?),
+        None => None,
+    };
+    Ok((stream, session))
 }
 
 /// The TLS handshake as a client of `host` (a name or an IP address, checked against the

@@ -814,12 +814,51 @@ pub(crate) fn inter_broker_login(
     login_from_jaas(mechanism, &jaas)
 }
 
+/// The SASL session of a connection this broker opened to another broker: its login, and when
+/// to authenticate again on the same connection (KIP-368) if the other broker bounds sessions.
+#[derive(Debug)]
+pub(crate) struct ClientSession {
+    login: SaslLogin,
+    /// 85% of the session lifetime the other broker answered (librdkafka takes 90%), so that
+    /// a request in flight at the renewal still finds the session valid.
+    renew_at: Option<std::time::Instant>,
+}
+
+impl ClientSession {
+    /// Authenticates `stream` with `login`.
+    pub(crate) async fn start<S: AsyncRead + AsyncWrite + Unpin>(
+        stream: &mut S,
+        login: SaslLogin,
+    ) -> io::Result<Self> {
+        let started = std::time::Instant::now();
+        let lifetime = authenticate_client(stream, &login).await?;
+        Ok(Self {
+            login,
+            renew_at: lifetime.map(|l| started + l.mul_f64(0.85)),
+        })
+    }
+
+    /// Authenticates again on `stream` when the session is near its end at `now`; called
+    /// between requests, while nothing else is in flight on the connection.
+    pub(crate) async fn renew_if_due<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        stream: &mut S,
+        now: std::time::Instant,
+    ) -> io::Result<()> {
+        if self.renew_at.is_some_and(|at| now >= at) {
+            *self = Self::start(stream, self.login.clone()).await?;
+        }
+        Ok(())
+    }
+}
+
 /// Authenticates this end of `stream` as a client (SaslHandshake v1, then SaslAuthenticate v2):
-/// for the connections a broker opens to other brokers.
+/// for the connections a broker opens to other brokers. The session's lifetime when the other
+/// broker bounds it (`connections.max.reauth.ms`).
 pub(crate) async fn authenticate_client<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     login: &SaslLogin,
-) -> io::Result<()> {
+) -> io::Result<Option<std::time::Duration>> {
     let refused = |why: String| io::Error::new(io::ErrorKind::PermissionDenied, why);
     let handshake = SaslHandshakeRequest::default()
         .with_mechanism(StrBytes::from_static_str(login.mechanism.name()));
@@ -840,31 +879,40 @@ pub(crate) async fn authenticate_client<S: AsyncRead + AsyncWrite + Unpin>(
     match login.mechanism {
         SaslMechanism::Plain => {
             let token = format!("\0{}\0{}", login.username, login.password);
-            sasl_authenticate(stream, login, token.into_bytes(), 2).await?;
+            let (_, lifetime_ms) = sasl_authenticate(stream, login, token.into_bytes(), 2).await?;
+            Ok(lifetime(lifetime_ms))
         }
         SaslMechanism::Scram(m) => {
             let mut client =
                 ScramClient::new(m, &login.username, &login.password, &scram::new_nonce());
-            let server_first = sasl_authenticate(stream, login, client.first(), 2).await?;
+            let (server_first, _) = sasl_authenticate(stream, login, client.first(), 2).await?;
             let last = client
                 .last(&server_first)
                 .map_err(|e| refused(e.to_string()))?;
-            let server_last = sasl_authenticate(stream, login, last, 3).await?;
+            let (server_last, lifetime_ms) = sasl_authenticate(stream, login, last, 3).await?;
             client
                 .verify(&server_last)
                 .map_err(|e| refused(e.to_string()))?;
+            Ok(lifetime(lifetime_ms))
         }
     }
-    Ok(())
 }
 
-/// One SaslAuthenticate round: sends `token`, returns the broker's.
+/// A `session_lifetime_ms`: 0 (or less) is a session as long as the connection.
+fn lifetime(ms: i64) -> Option<std::time::Duration> {
+    u64::try_from(ms)
+        .ok()
+        .filter(|ms| *ms > 0)
+        .map(std::time::Duration::from_millis)
+}
+
+/// One SaslAuthenticate round: sends `token`, returns the broker's and the session lifetime.
 async fn sasl_authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     login: &SaslLogin,
     token: Vec<u8>,
     correlation_id: i32,
-) -> io::Result<Bytes> {
+) -> io::Result<(Bytes, i64)> {
     let request = SaslAuthenticateRequest::default().with_auth_bytes(token.into());
     let response: SaslAuthenticateResponse =
         call(stream, ApiKey::SaslAuthenticate, 2, correlation_id, request).await?;
@@ -881,7 +929,7 @@ async fn sasl_authenticate<S: AsyncRead + AsyncWrite + Unpin>(
             ),
         ));
     }
-    Ok(response.auth_bytes)
+    Ok((response.auth_bytes, response.session_lifetime_ms))
 }
 
 /// Sends one request and reads its response (the connection is not shared yet).
