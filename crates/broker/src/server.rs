@@ -115,8 +115,8 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
         crate::security::quota::Windows { samples, window_ms }
     };
     let acl_settings = config.acl_settings()?;
-    // Checked here so that an unknown mechanism stops the start, naming the setting.
-    crate::security::sasl::SaslSettings::from_config(&config).map_err(Error::InvalidConfig)?;
+    // SASL settings that would authenticate no one stop the start, naming the setting.
+    crate::security::sasl::check_config(&config).map_err(Error::InvalidConfig)?;
     // Before the partitions open: their segment files are cached within the limit found here.
     crate::open_files::fit_to_limit();
     let bound = listeners::bind(&config).await?;

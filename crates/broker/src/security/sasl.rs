@@ -786,6 +786,40 @@ pub fn login_from_jaas(mechanism: SaslMechanism, jaas: &str) -> Result<SaslLogin
     })
 }
 
+/// Checks the SASL settings at start-up, so that a broker that could authenticate no one, or
+/// could not authenticate to the other brokers, stops with a message naming the setting: the
+/// mechanisms are known, a SASL listener has one to offer, and in a cluster whose inter-broker
+/// listener uses SASL the brokers' own login is configured with an enabled mechanism.
+pub(crate) fn check_config(config: &BrokerConfig) -> Result<(), String> {
+    let settings = SaslSettings::from_config(config)?;
+    let listeners = config.listeners().map_err(|e| e.to_string())?;
+    for listener in listeners.all.iter().filter(|l| l.protocol.is_sasl()) {
+        if settings.offered(listener.protocol).is_empty() {
+            return Err(format!(
+                "listener {} is {}: sasl.enabled.mechanisms offers no mechanism on it",
+                listener.name(),
+                listener.protocol
+            ));
+        }
+    }
+    let inter_broker = listeners.inter_broker();
+    if config.is_clustered() && inter_broker.protocol.is_sasl() {
+        let login = inter_broker_login(config, inter_broker.name())?;
+        if !settings
+            .offered(inter_broker.protocol)
+            .contains(&login.mechanism)
+        {
+            return Err(format!(
+                "sasl.mechanism.inter.broker.protocol={} is not offered on the inter-broker \
+                 listener {} (sasl.enabled.mechanisms)",
+                login.mechanism,
+                inter_broker.name()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The login this broker uses on its SASL inter-broker listener `listener`:
 /// `sasl.mechanism.inter.broker.protocol`, with the credentials of
 /// `listener.name.<listener>.<mechanism>.sasl.jaas.config`, else `sasl.jaas.config`.
@@ -1455,6 +1489,51 @@ mod tests {
             advertised(ApiKey::SaslAuthenticate),
             Some(AUTHENTICATE_VERSIONS)
         );
+    }
+
+    #[test]
+    fn settings_that_would_authenticate_no_one_stop_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let check = |settings: &[(&str, &str)]| {
+            let settings = settings
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let config = BrokerConfig::new(
+                dir.path().to_path_buf(),
+                "127.0.0.1:0".parse().unwrap(),
+                None,
+                None,
+                settings,
+            )
+            .unwrap();
+            check_config(&config)
+        };
+        let sasl = ("listeners", "SASL_PLAINTEXT://127.0.0.1:0");
+        assert!(check(&[sasl]).is_ok());
+        assert!(check(&[]).is_ok());
+        let err = check(&[sasl, ("sasl.enabled.mechanisms", "PLAIN")]).unwrap_err();
+        assert!(err.contains("offers no mechanism"), "{err}");
+        let err = check(&[sasl, ("sasl.enabled.mechanisms", "GSSAPI")]).unwrap_err();
+        assert!(err.contains("GSSAPI"), "{err}");
+        // In a cluster, the brokers' own login on a SASL inter-broker listener.
+        let cluster = ("controller.quorum.voters", "0@127.0.0.1:1");
+        let err = check(&[sasl, cluster]).unwrap_err();
+        assert!(err.contains("sasl.jaas.config"), "{err}");
+        let jaas = (
+            "sasl.jaas.config",
+            "org.apache.kafka.common.security.scram.ScramLoginModule required \
+             username=\"b\" password=\"p\";",
+        );
+        assert!(check(&[sasl, cluster, jaas]).is_ok());
+        let err = check(&[
+            sasl,
+            cluster,
+            jaas,
+            ("sasl.enabled.mechanisms", "SCRAM-SHA-512"),
+        ])
+        .unwrap_err();
+        assert!(err.contains("not offered"), "{err}");
     }
 
     #[test]
