@@ -557,12 +557,28 @@ async fn every_api_refuses_a_principal_without_bindings_and_allows_a_super_user(
         &ctx,
         &nobody,
         (ApiKey::Metadata, 12),
-        &MetadataRequest::default().into(),
+        &MetadataRequest::default().with_topics(None).into(),
     )
     .await;
     assert!(listed.contains("topics: []"), "{listed}");
     let mut admin = session();
     admin.principal = Principal::user("admin");
+    // KIP-430: every topic operation (READ 3 … ALTER_CONFIGS 11, no CLUSTER_ACTION 9) for a
+    // super user, as bits.
+    let described = answer(
+        &ctx,
+        &admin,
+        (ApiKey::Metadata, 12),
+        &MetadataRequest::default()
+            .with_topics(None)
+            .with_include_topic_authorized_operations(true)
+            .into(),
+    )
+    .await;
+    assert!(
+        described.contains("topic_authorized_operations: 3576"),
+        "{described}"
+    );
     for (key, version, request, _) in requests() {
         let debug = answer(&ctx, &admin, (key, version), &request).await;
         for code in [TOPIC, GROUP, CLUSTER, TXN] {
