@@ -1,7 +1,8 @@
 //! `strata acl list | add | remove`: a running broker's ACL bindings, over Kafka's DescribeAcls,
 //! CreateAcls and DeleteAcls, with the flags of Kafka's `kafka-acls.sh`.
 //!
-//! `add` writes one binding per principal × host × operation × resource; `remove` deletes those
+//! `add` writes one binding per principal × host × operation × resource (`--producer` and
+//! `--consumer` choose the operations per resource, as kafka-acls does); `remove` deletes those
 //! same bindings, or, given no principal, every binding on the named resources (as
 //! `kafka-acls.sh --remove` does); `list` shows the bindings on the named resources (every
 //! binding when none is named), optionally of one principal.
@@ -110,6 +111,16 @@ struct ChangeArgs {
     /// DescribeConfigs, AlterConfigs, IdempotentWrite, All (repeatable) [default: All].
     #[arg(long)]
     operation: Vec<String>,
+    /// kafka-acls' producer shorthand: WRITE, DESCRIBE and CREATE on the topics, WRITE and
+    /// DESCRIBE on the transactional ids.
+    #[arg(long, conflicts_with = "operation")]
+    producer: bool,
+    /// With --producer: IDEMPOTENT_WRITE on the cluster too.
+    #[arg(long, requires = "producer")]
+    idempotent: bool,
+    /// kafka-acls' consumer shorthand: READ and DESCRIBE on the topics, READ on the groups.
+    #[arg(long, conflicts_with = "operation")]
+    consumer: bool,
 }
 
 /// One binding as `strata acl list` prints it.
@@ -263,6 +274,12 @@ fn bindings(args: &ChangeArgs) -> Result<Vec<AclBinding>> {
     if resources.is_empty() {
         bail!("name a resource: --topic, --group, --cluster or --transactional-id");
     }
+    if (args.producer || args.consumer) && args.resources.topic.is_empty() {
+        bail!("--producer and --consumer need a --topic");
+    }
+    if args.consumer && args.resources.group.is_empty() {
+        bail!("--consumer needs a --group");
+    }
     if args.allow_principal.is_empty() && args.deny_principal.is_empty() {
         bail!("name a principal: --allow-principal or --deny-principal");
     }
@@ -286,8 +303,16 @@ fn bindings(args: &ChangeArgs) -> Result<Vec<AclBinding>> {
         ),
     ];
     let operations = operations(args)?;
+    let mut resources = resources;
+    if args.idempotent && !resources.iter().any(|(t, _)| *t == ResourceType::Cluster) {
+        resources.push((ResourceType::Cluster, CLUSTER_NAME.to_string()));
+    }
     let mut out = Vec::new();
     for (resource_type, name) in &resources {
+        let operations = match shorthand(args, *resource_type) {
+            Some(operations) => operations,
+            None => operations.clone(),
+        };
         for (permission, principals, hosts) in &who {
             for principal in principals.iter() {
                 for host in hosts {
@@ -309,6 +334,34 @@ fn bindings(args: &ChangeArgs) -> Result<Vec<AclBinding>> {
         }
     }
     Ok(out)
+}
+
+/// The operations `--producer` / `--consumer` give on a resource of `resource_type` (none on the
+/// others), or `None` without those flags.
+fn shorthand(args: &ChangeArgs, resource_type: ResourceType) -> Option<Vec<AclOperation>> {
+    use AclOperation::*;
+    if !args.producer && !args.consumer {
+        return None;
+    }
+    let mut operations = Vec::new();
+    if args.producer {
+        operations.extend_from_slice(match resource_type {
+            ResourceType::Topic => &[Write, Describe, Create][..],
+            ResourceType::TransactionalId => &[Write, Describe],
+            ResourceType::Cluster if args.idempotent => &[IdempotentWrite],
+            _ => &[],
+        });
+    }
+    if args.consumer {
+        operations.extend_from_slice(match resource_type {
+            ResourceType::Topic => &[Read, Describe][..],
+            ResourceType::Group => &[Read],
+            _ => &[],
+        });
+    }
+    operations.sort();
+    operations.dedup();
+    Some(operations)
 }
 
 fn exact(binding: &AclBinding) -> AclBindingFilter {
@@ -576,6 +629,40 @@ mod tests {
             AclOperation::All,
             "kafka-acls' default operation"
         );
+    }
+
+    #[test]
+    fn producer_and_consumer_shorthands_are_kafka_acls_ones() {
+        let ops = |bindings: &[AclBinding], t: ResourceType| {
+            let mut ops: Vec<String> = bindings
+                .iter()
+                .filter(|b| b.resource_type == t)
+                .map(|b| b.operation.to_string())
+                .collect();
+            ops.sort();
+            ops
+        };
+        let mut args = change(&["t"], &["User:p"], &[], &[]);
+        args.producer = true;
+        args.idempotent = true;
+        args.resources.transactional_id = vec!["tx".into()];
+        let written = bindings(&args).unwrap();
+        assert_eq!(
+            ops(&written, ResourceType::Topic),
+            ["CREATE", "DESCRIBE", "WRITE"]
+        );
+        assert_eq!(
+            ops(&written, ResourceType::TransactionalId),
+            ["DESCRIBE", "WRITE"]
+        );
+        assert_eq!(ops(&written, ResourceType::Cluster), ["IDEMPOTENT_WRITE"]);
+        let mut args = change(&["t"], &["User:c"], &[], &[]);
+        args.consumer = true;
+        assert!(bindings(&args).unwrap_err().to_string().contains("--group"));
+        args.resources.group = vec!["g".into()];
+        let written = bindings(&args).unwrap();
+        assert_eq!(ops(&written, ResourceType::Topic), ["DESCRIBE", "READ"]);
+        assert_eq!(ops(&written, ResourceType::Group), ["READ"]);
     }
 
     #[test]
