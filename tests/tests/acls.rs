@@ -538,6 +538,13 @@ async fn scram_users_get_what_their_bindings_grant() {
     // Alice: her prefix, and the topic everyone may read.
     let alice: FutureProducer = scram(&bootstrap, "alice").create().unwrap();
     assert_eq!(send(&alice, "alice-orders").await, None);
+    // An idempotent producer's InitProducerId: WRITE on some topic is enough (KIP-679).
+    let idempotent: FutureProducer = scram(&bootstrap, "alice")
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap();
+    assert_eq!(send(&idempotent, "alice-orders").await, None);
+    drop(idempotent);
     assert_eq!(
         send(&alice, "shared").await,
         Some(RDKafkaErrorCode::TopicAuthorizationFailed)
@@ -547,7 +554,7 @@ async fn scram_users_get_what_their_bindings_grant() {
         .create()
         .unwrap();
     reader.subscribe(&["alice-orders"]).unwrap();
-    assert_eq!(consume(&reader, 2, None).unwrap().len(), 2);
+    assert_eq!(consume(&reader, 3, None).unwrap().len(), 3);
     reader
         .commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
         .unwrap();
