@@ -923,9 +923,15 @@ impl Access<'_> {
 
     /// KIP-430's bit set of the operations the session may do on the resource: bit `code` for
     /// each of [`ResourceType::operations`] allowed.
+    /// As Kafka, nothing (0) without DESCRIBE on the resource.
     pub(crate) fn authorized_operations(&self, resource_type: ResourceType, name: &str) -> i32 {
-        resource_type
-            .operations()
+        let operations = resource_type.operations();
+        if operations.contains(&AclOperation::Describe)
+            && !self.allows(AclOperation::Describe, resource_type, name)
+        {
+            return 0;
+        }
+        operations
             .iter()
             .filter(|&&op| self.allows(op, resource_type, name))
             .fold(0, |bits, op| bits | 1 << op.code())
@@ -1351,6 +1357,17 @@ mod tests {
         assert_eq!(access.authorized_operations(Topic, "t"), 1 << 3 | 1 << 8);
         let everything = authorizer.access(&admin).authorized_operations(Group, "g");
         assert_eq!(everything, 1 << 3 | 1 << 6 | 1 << 8);
+        // Nothing without DESCRIBE, as Kafka (here: CREATE alone on the cluster).
+        let create = allow(lit(Cluster, CLUSTER_NAME), "User:alice", Create);
+        let change_create = crate::security::SecurityChange {
+            kind: ACL_KIND.into(),
+            key: create.key(),
+            value: Some(create.to_json()),
+        };
+        store.change(vec![change_create]).await.unwrap();
+        let access = authorizer.access(&alice);
+        assert!(access.check_cluster(Create));
+        assert_eq!(access.authorized_operations(Cluster, CLUSTER_NAME), 0);
         // An owned copy (a request answered apart) decides the same.
         let owned = access.into_owned();
         assert!(owned.check_topic(Read, "t"));
