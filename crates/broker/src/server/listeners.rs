@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWriteExt, BufWriter, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWriteExt, BufReader, BufWriter, WriteHalf};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
@@ -25,6 +25,12 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes gathered before a TLS write: one TLS record (16 KiB) and more per write instead of one
 /// per part of an answer.
 const TLS_WRITE_BUFFER_BYTES: usize = 64 << 10;
+/// Bytes read from the socket at once under TLS: rustls asks for 4 KiB at a time, which would be
+/// a system call per 4 KiB of a produce request.
+const TLS_READ_BUFFER_BYTES: usize = 64 << 10;
+
+/// A TLS connection: rustls over a buffered socket.
+type TlsConnection = TlsStream<BufReader<TcpStream>>;
 
 /// A listener, bound.
 #[derive(Debug)]
@@ -93,7 +99,7 @@ pub(crate) async fn bind(config: &BrokerConfig) -> Result<Vec<Bound>> {
 /// A connection as accepted: plain TCP, or TLS after its handshake.
 pub(crate) enum Connection {
     Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsConnection>),
 }
 
 impl Bound {
@@ -114,7 +120,8 @@ impl Bound {
         let Some(tls) = &self.tls else {
             return Some((Connection::Plain(stream), session));
         };
-        let handshake = tls.acceptor().accept(stream);
+        let buffered = BufReader::with_capacity(TLS_READ_BUFFER_BYTES, stream);
+        let handshake = tls.acceptor().accept(buffered);
         let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
@@ -151,7 +158,7 @@ pub(crate) type Reader = Box<dyn AsyncRead + Send + Unpin>;
 /// buffer and rustls on TLS.
 pub(crate) enum Writer {
     Plain(OwnedWriteHalf),
-    Tls(BufWriter<WriteHalf<TlsStream<TcpStream>>>),
+    Tls(BufWriter<WriteHalf<TlsConnection>>),
 }
 
 impl Connection {
