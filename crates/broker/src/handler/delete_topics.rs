@@ -6,7 +6,7 @@ use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse, TopicN
 use uuid::Uuid;
 
 use super::{Context, message, now_ms, str_bytes};
-use crate::security::acl::{Access, AclOperation};
+use crate::security::acl::{Access, AclOperation, ResourceType};
 
 pub(super) fn handle(
     ctx: &Context,
@@ -30,6 +30,7 @@ pub(super) fn handle(
     let responses = wanted
         .into_iter()
         .map(|(name, topic_id)| {
+            let by_id = name.is_none();
             let name = name.or_else(|| {
                 ctx.manager
                     .topic_by_id(topic_id)
@@ -43,6 +44,11 @@ pub(super) fn handle(
                 return result.with_error_code(ResponseError::UnknownTopicId.code());
             };
             if !access.check_topic(AclOperation::Delete, &name) {
+                // Asked by id: the name is not told to a principal that may not describe the
+                // topic (as Kafka; the id itself is not secret).
+                if by_id && !access.allows(AclOperation::Describe, ResourceType::Topic, &name) {
+                    result.name = None;
+                }
                 return result.with_error_code(ResponseError::TopicAuthorizationFailed.code());
             }
             match ctx.manager.delete_topic(&name, now_ms()) {

@@ -13,6 +13,7 @@ use kafka_protocol::messages::produce_response::{
     BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
 };
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use strata_log::batch::BatchHeader;
 
 use super::{Context, message, now_ms, off_the_workers, str_bytes};
 use crate::error::Error;
@@ -58,10 +59,13 @@ pub(super) fn handle(
 ) -> Outcome {
     let acks_valid = matches!(request.acks, -1..=1);
     let acks_all = request.acks == -1;
-    let txn_refused = request
-        .transactional_id
-        .as_deref()
-        .is_some_and(|id| !access.check_txn(AclOperation::Write, id));
+    // Transactional batches need WRITE on the request's transactional id: without one they
+    // are refused too (Kafka's `hasTransactionalRecords` check), else a topic writer could open
+    // a transaction no coordinator knows of and hold the last stable offset back for ever.
+    let txn_refused = match request.transactional_id.as_deref() {
+        Some(id) => !access.check_txn(AclOperation::Write, id),
+        None => !access.is_unrestricted() && has_transactional_records(&request),
+    };
     let mut waits = Vec::new();
     let responses = request
         .topic_data
@@ -131,6 +135,29 @@ pub(super) fn handle(
             timeout: Duration::from_millis(request.timeout_ms.max(0) as u64),
         })
     }
+}
+
+/// Whether a batch of the request is transactional: every batch's header is looked at (a
+/// truncated rest is left to the append's validation).
+fn has_transactional_records(request: &ProduceRequest) -> bool {
+    request
+        .topic_data
+        .iter()
+        .flat_map(|t| &t.partition_data)
+        .filter_map(|p| p.records.as_deref())
+        .any(|records| {
+            let mut rest = records;
+            while let Ok(header) = BatchHeader::parse(rest) {
+                if header.is_transactional() {
+                    return true;
+                }
+                match rest.get(header.total_bytes()..) {
+                    Some(next) => rest = next,
+                    None => break,
+                }
+            }
+            false
+        })
 }
 
 /// KIP-951: a partition answered NOT_LEADER_OR_FOLLOWER names its current leader and epoch, and

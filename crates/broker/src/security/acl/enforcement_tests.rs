@@ -586,3 +586,134 @@ async fn every_api_refuses_a_principal_without_bindings_and_allows_a_super_user(
         }
     }
 }
+
+/// Stores `bindings` as the authorizer reads them.
+async fn bind(ctx: &Context, bindings: &[crate::security::acl::AclBinding]) {
+    let changes = bindings
+        .iter()
+        .map(|b| crate::security::SecurityChange {
+            kind: crate::security::acl::ACL_KIND.into(),
+            key: b.key(),
+            value: Some(b.to_json()),
+        })
+        .collect();
+    ctx.security.change(changes).await.unwrap();
+}
+
+/// An ALLOW of `operation` on the topic `t` for the anonymous principal of [`session`].
+fn allow_on_t(operation: crate::security::acl::AclOperation) -> crate::security::acl::AclBinding {
+    use crate::security::acl::{AclBinding, AclPermission, PatternType, ResourceType};
+    AclBinding {
+        resource_type: ResourceType::Topic,
+        resource_name: "t".into(),
+        pattern_type: PatternType::Literal,
+        principal: Principal::anonymous().to_string(),
+        host: "*".into(),
+        operation,
+        permission_type: AclPermission::Allow,
+    }
+}
+
+fn restricted(dir: &std::path::Path) -> Arc<Context> {
+    let ctx = context_with_acl(
+        dir,
+        AclSettings {
+            enabled: true,
+            super_users: vec![Principal::user("admin")],
+            allow_everyone_if_no_acl_found: false,
+        },
+    );
+    ctx.manager
+        .create_topic("t", 1, 1, Default::default(), false, 0)
+        .unwrap();
+    ctx
+}
+
+/// A Produce to `t`-0 of one batch, transactional or not, without a transactional id.
+fn produce_batch(transactional: bool) -> RequestKind {
+    use kafka_protocol::messages::produce_request as p;
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+    let record = Record {
+        transactional,
+        control: false,
+        partition_leader_epoch: 0,
+        producer_id: 7,
+        producer_epoch: 0,
+        timestamp_type: TimestampType::Creation,
+        offset: 0,
+        sequence: 0,
+        timestamp: 1,
+        key: None,
+        value: Some(Bytes::from_static(b"v")),
+        headers: Default::default(),
+        delete_horizon: false,
+    };
+    let mut batch = BytesMut::new();
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression: Compression::None,
+    };
+    RecordBatchEncoder::encode(&mut batch, [record].iter(), &options).unwrap();
+    ProduceRequest::default()
+        .with_acks(1)
+        .with_timeout_ms(1000)
+        .with_topic_data(vec![
+            p::TopicProduceData::default()
+                .with_name(topic())
+                .with_partition_data(vec![
+                    p::PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(batch.freeze())),
+                ]),
+        ])
+        .into()
+}
+
+/// WRITE on a topic is not enough for transactional batches: a request carrying them without a
+/// transactional id is refused whole, as Kafka does, and nothing is appended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactional_batches_without_a_transactional_id_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = restricted(dir.path());
+    bind(
+        &ctx,
+        &[allow_on_t(crate::security::acl::AclOperation::Write)],
+    )
+    .await;
+    let writer = session();
+    let refused = answer(&ctx, &writer, (ApiKey::Produce, 9), &produce_batch(true)).await;
+    assert!(has_code(&refused, TXN), "{refused}");
+    let partition = ctx.manager.leader_partition("t", 0).unwrap();
+    assert_eq!(partition.log_end_offset(), 0, "nothing appended");
+    let written = answer(&ctx, &writer, (ApiKey::Produce, 9), &produce_batch(false)).await;
+    assert!(has_code(&written, 0), "{written}");
+    assert_eq!(partition.log_end_offset(), 1);
+}
+
+/// DeleteTopics by id does not tell the topic's name to a principal that may not describe it;
+/// one that may describe it (and not delete it) gets the name with the refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_topics_by_id_does_not_name_an_undescribable_topic() {
+    use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = restricted(dir.path());
+    let id = ctx.manager.topic("t").unwrap().topic_id;
+    let request: RequestKind = DeleteTopicsRequest::default()
+        .with_topics(vec![DeleteTopicState::default().with_topic_id(id)])
+        .into();
+    let nobody = session();
+    let refused = answer(&ctx, &nobody, (ApiKey::DeleteTopics, 6), &request).await;
+    assert!(has_code(&refused, TOPIC), "{refused}");
+    assert!(refused.contains("name: None"), "{refused}");
+    bind(
+        &ctx,
+        &[allow_on_t(crate::security::acl::AclOperation::Describe)],
+    )
+    .await;
+    let named = answer(&ctx, &nobody, (ApiKey::DeleteTopics, 6), &request).await;
+    assert!(has_code(&named, TOPIC), "{named}");
+    assert!(named.contains("\"t\""), "{named}");
+    assert!(ctx.manager.topic("t").is_some());
+}
