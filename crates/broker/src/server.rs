@@ -41,6 +41,16 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
 const GROUP_TICK_INTERVAL: Duration = Duration::from_millis(50);
 /// How long shutdown waits for connections to finish their in-flight requests.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Largest frame read from a SASL client that has not authenticated yet (Kafka's
+/// `sasl.server.max.receive.size` default): its requests are ApiVersions and SASL tokens, all
+/// small. Without it a stranger could declare `socket.request.max.bytes` and, sending nothing
+/// more, hold that much of `queued.max.request.bytes`, which every connection waits on.
+const SASL_UNAUTHENTICATED_FRAME_BYTES_MAX: usize = 512 * 1024;
+/// How long a client of a SASL listener has to authenticate after connecting: a connection
+/// that never does must not keep one of the [`CONNECTIONS_MAX`] slots forever. Clients
+/// authenticate at once (librdkafka and the Java client right after ApiVersions). Short in unit
+/// tests, so that the test of it is quick.
+const SASL_AUTHENTICATION_TIMEOUT: Duration = Duration::from_secs(if cfg!(test) { 2 } else { 30 });
 
 /// A running broker.
 #[derive(Debug)]
@@ -679,10 +689,26 @@ async fn serve_connection(
         writer.shutdown().await;
     });
     let max_bytes = ctx.manager.config().socket_request_max_bytes();
+    let authentication_deadline = tokio::time::Instant::now() + SASL_AUTHENTICATION_TIMEOUT;
     loop {
+        let authenticated = sasl.as_ref().is_none_or(SaslConnection::is_authenticated);
+        let frame_bytes_max = if authenticated {
+            max_bytes
+        } else {
+            max_bytes.min(SASL_UNAUTHENTICATED_FRAME_BYTES_MAX)
+        };
         let frame = tokio::select! {
-            frame = frame::read_admitted_frame(&mut reader, max_bytes, &budget) => frame,
+            frame = frame::read_admitted_frame(&mut reader, frame_bytes_max, &budget) => frame,
             () = ctx.shutdown.cancelled() => break,
+            () = tokio::time::sleep_until(authentication_deadline), if !authenticated => {
+                tracing::info!(
+                    target: crate::security::sasl::AUDIT_TARGET,
+                    %peer,
+                    listener = %session.listener,
+                    "closing connection: no SASL authentication within {SASL_AUTHENTICATION_TIMEOUT:?}"
+                );
+                break;
+            }
         };
         let (frame, admission) = match frame {
             Ok(Some(frame)) => frame,
@@ -762,5 +788,63 @@ mod tests {
         first.shutdown().await;
         let again = start(config()).await.unwrap();
         again.shutdown().await;
+    }
+
+    /// A broker with one SASL_PLAINTEXT listener.
+    async fn sasl_broker(dir: &std::path::Path) -> BrokerHandle {
+        let mut config = BrokerConfig::for_dir(dir.into(), "127.0.0.1:0".parse().unwrap());
+        config
+            .set("listeners", "SASL_PLAINTEXT://127.0.0.1:0")
+            .unwrap();
+        start(config).await.unwrap()
+    }
+
+    /// Reads until the broker closes the connection; `false` when it is still open after
+    /// `within`.
+    async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+        use tokio::io::AsyncReadExt as _;
+        let mut buf = [0u8; 256];
+        let read_to_end = async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        };
+        tokio::time::timeout(within, read_to_end).await.is_ok()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unauthenticated_sasl_client_cannot_announce_a_large_frame() {
+        use tokio::io::AsyncWriteExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let broker = sasl_broker(dir.path()).await;
+        let mut stream = tokio::net::TcpStream::connect(broker.local_addr())
+            .await
+            .unwrap();
+        // A length far above Kafka's sasl.server.max.receive.size, and no body: the broker
+        // refuses it at once instead of waiting for (and reserving) the bytes.
+        let length = i32::try_from(SASL_UNAUTHENTICATED_FRAME_BYTES_MAX + 1).unwrap();
+        stream.write_all(&length.to_be_bytes()).await.unwrap();
+        assert!(
+            closed_within(&mut stream, Duration::from_secs(1)).await,
+            "the connection stays open, waiting for the frame"
+        );
+        broker.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sasl_client_that_never_authenticates_is_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = sasl_broker(dir.path()).await;
+        let mut stream = tokio::net::TcpStream::connect(broker.local_addr())
+            .await
+            .unwrap();
+        assert!(
+            closed_within(&mut stream, SASL_AUTHENTICATION_TIMEOUT * 3).await,
+            "a silent connection keeps its slot"
+        );
+        broker.shutdown().await;
     }
 }

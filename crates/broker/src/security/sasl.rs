@@ -226,6 +226,12 @@ impl SaslConnection {
         Some(Self::new(settings, session.protocol))
     }
 
+    /// Whether the client authenticated (its session may have expired since, which the gate
+    /// notices at its next request).
+    pub(crate) fn is_authenticated(&self) -> bool {
+        self.authenticated.is_some()
+    }
+
     /// Decides what becomes of `frame`: handled here (SASL), passed to the dispatcher, or the
     /// connection closed. Sets the session's principal when an authentication succeeds.
     pub(crate) fn gate(
