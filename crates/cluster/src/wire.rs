@@ -163,6 +163,27 @@ pub(crate) async fn write_frame<T: Serialize>(
 mod tests {
     use super::*;
 
+    /// Logs, snapshots and heartbeats written before listener names still decode: no
+    /// listeners, the broker's host and port serve every listener.
+    #[test]
+    fn brokers_registered_before_listener_names_still_decode() {
+        let command: crate::Command = serde_json::from_str(
+            r#"{"RegisterBroker":{"id":1,"host":"h","port":9092,"rack":null}}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            command,
+            crate::Command::RegisterBroker { ref listeners, .. } if listeners.is_empty()
+        ));
+        let info: crate::BrokerInfo =
+            serde_json::from_str(r#"{"id":1,"host":"h","port":9092,"rack":null,"fenced":false}"#)
+                .unwrap();
+        assert!(info.listeners.is_empty());
+        let endpoint: BrokerEndpoint =
+            serde_json::from_str(r#"{"host":"h","port":9092,"rack":null}"#).unwrap();
+        assert!(endpoint.listeners.is_empty());
+    }
+
     #[tokio::test]
     async fn frames_round_trip() {
         let request = Request::Heartbeat {
