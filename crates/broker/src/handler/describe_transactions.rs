@@ -10,7 +10,7 @@ use kafka_protocol::messages::{
 };
 
 use super::{Context, str_bytes};
-use crate::security::acl::{Access, AclOperation};
+use crate::security::acl::{Access, AclOperation, ResourceType};
 
 pub(super) fn handle(
     ctx: &Context,
@@ -33,9 +33,13 @@ pub(super) fn handle(
             match found {
                 Ok(Some(meta)) => {
                     let mut topics: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+                    // Only the topics the principal may describe are named (as Kafka).
                     for (topic, p) in &meta.partitions {
                         topics.entry(topic).or_default().push(*p);
                     }
+                    topics.retain(|t, _| {
+                        access.allows(AclOperation::Describe, ResourceType::Topic, t)
+                    });
                     state
                         .with_transaction_state(str_bytes(meta.state.name()))
                         .with_transaction_timeout_ms(meta.timeout_ms)

@@ -717,3 +717,70 @@ async fn delete_topics_by_id_does_not_name_an_undescribable_topic() {
     assert!(named.contains("\"t\""), "{named}");
     assert!(ctx.manager.topic("t").is_some());
 }
+
+/// DescribeTransactions names only the topics of the transaction that the principal may
+/// describe (as Kafka): DESCRIBE on the transactional id does not tell the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_transactions_leaves_out_undescribable_topics() {
+    use crate::security::acl::{AclBinding, AclOperation, AclPermission, PatternType};
+    use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = restricted(dir.path());
+    let mut admin = session();
+    admin.principal = Principal::user("admin");
+    let init = answer(
+        &ctx,
+        &admin,
+        (ApiKey::InitProducerId, 4),
+        &InitProducerIdRequest::default()
+            .with_transactional_id(Some(txn()))
+            .with_transaction_timeout_ms(60_000)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1)
+            .into(),
+    )
+    .await;
+    assert!(has_code(&init, 0), "{init}");
+    let producer_id = ctx.txns.of("x").unwrap().describe("x").unwrap().producer_id;
+    let added = answer(
+        &ctx,
+        &admin,
+        (ApiKey::AddPartitionsToTxn, 3),
+        &AddPartitionsToTxnRequest::default()
+            .with_v3_and_below_transactional_id(txn())
+            .with_v3_and_below_producer_id(ProducerId(producer_id))
+            .with_v3_and_below_producer_epoch(0)
+            .with_v3_and_below_topics(vec![
+                AddPartitionsToTxnTopic::default()
+                    .with_name(topic())
+                    .with_partitions(vec![0]),
+            ])
+            .into(),
+    )
+    .await;
+    assert!(has_code(&added, 0), "{added}");
+    let describe: RequestKind = DescribeTransactionsRequest::default()
+        .with_transactional_ids(vec![txn()])
+        .into();
+    // The admin sees the topic…
+    let full = answer(&ctx, &admin, (ApiKey::DescribeTransactions, 0), &describe).await;
+    assert!(full.contains("\"t\""), "{full}");
+    // …a principal allowed to describe only the transactional id does not.
+    bind(
+        &ctx,
+        &[AclBinding {
+            resource_type: crate::security::acl::ResourceType::TransactionalId,
+            resource_name: "x".into(),
+            pattern_type: PatternType::Literal,
+            principal: Principal::anonymous().to_string(),
+            host: "*".into(),
+            operation: AclOperation::Describe,
+            permission_type: AclPermission::Allow,
+        }],
+    )
+    .await;
+    let nobody = session();
+    let partial = answer(&ctx, &nobody, (ApiKey::DescribeTransactions, 0), &describe).await;
+    assert!(has_code(&partial, 0), "{partial}");
+    assert!(partial.contains("topics: []"), "{partial}");
+}
