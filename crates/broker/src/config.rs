@@ -434,7 +434,7 @@ pub fn topic_config_def(name: &str) -> Option<&'static TopicConfigDef> {
 }
 
 /// Everything the broker is started with.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BrokerConfig {
     /// Where partitions, metadata and (by default) the lake live; always absolute (a relative
     /// folder given to [`BrokerConfig::new`] is resolved against the working directory).
@@ -451,6 +451,34 @@ pub struct BrokerConfig {
     /// Environment for the object store (`AWS_*` variables); the process environment when run
     /// from the command line, an explicit one in tests.
     pub tier_env: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for BrokerConfig {
+    // Private keys, JAAS logins and the object store's credentials (`AWS_SECRET_ACCESS_KEY`)
+    // are never printed, not even in debug output of a struct that holds the config.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let settings: BTreeMap<&str, &str> = self
+            .settings
+            .iter()
+            .map(|(name, value)| {
+                let shown = if is_sensitive(name) {
+                    "[hidden]"
+                } else {
+                    value
+                };
+                (name.as_str(), shown)
+            })
+            .collect();
+        let tier_env: Vec<&str> = self.tier_env.keys().map(String::as_str).collect();
+        f.debug_struct("BrokerConfig")
+            .field("data_dir", &self.data_dir)
+            .field("listen", &self.listen)
+            .field("advertised", &self.advertised)
+            .field("tier_url", &self.tier_url)
+            .field("settings", &settings)
+            .field("tier_env_names", &tier_env)
+            .finish()
+    }
 }
 
 impl BrokerConfig {
@@ -1061,5 +1089,27 @@ mod tests {
         let overrides =
             BTreeMap::from([("max.message.bytes".to_string(), "100000000".to_string())]);
         assert!(validate_topic_overrides(&overrides).is_err());
+    }
+
+    #[test]
+    fn debug_output_hides_keys_logins_and_object_store_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = BrokerConfig::for_dir(dir.path().into(), "127.0.0.1:0".parse().unwrap());
+        c.set("ssl.keystore.key", "-----BEGIN PRIVATE KEY-----secret-key")
+            .unwrap();
+        c.set(
+            "listener.name.internal.scram-sha-256.sasl.jaas.config",
+            "org.apache.kafka.common.security.scram.ScramLoginModule required \
+             username=\"broker\" password=\"jaas-secret\";",
+        )
+        .unwrap();
+        c.set("ssl.client.auth", "required").unwrap();
+        c.tier_env
+            .insert("AWS_SECRET_ACCESS_KEY".into(), "aws-secret".into());
+        let shown = format!("{c:?}");
+        for secret in ["secret-key", "jaas-secret", "aws-secret"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("AWS_SECRET_ACCESS_KEY") && shown.contains("required"));
     }
 }

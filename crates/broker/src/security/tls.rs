@@ -48,10 +48,20 @@ pub(crate) enum ClientAuth {
 }
 
 /// Where PEM text comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 enum Pem {
     Inline(String),
     File(PathBuf),
+}
+
+impl std::fmt::Debug for Pem {
+    // Inline text may be a private key (`ssl.keystore.key`): never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Inline(text) => write!(f, "Inline({} bytes)", text.len()),
+            Self::File(path) => f.debug_tuple("File").field(path).finish(),
+        }
+    }
 }
 
 /// One listener's TLS settings, as given.
@@ -564,6 +574,17 @@ mod tests {
                 .unwrap_err()
                 .contains("/nonexistent/k.pem")
         );
+    }
+
+    #[test]
+    fn debug_output_never_shows_an_inline_key() {
+        let s = settings(&[
+            ("ssl.keystore.certificate.chain", "CERT".into()),
+            ("ssl.keystore.key", "PRIVATE-KEY-TEXT".into()),
+        ])
+        .unwrap();
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("PRIVATE-KEY-TEXT"), "{shown}");
     }
 
     #[test]
