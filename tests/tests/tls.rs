@@ -178,6 +178,48 @@ fn consume(config: &ClientConfig, topic: &str, count: usize) -> Vec<Vec<u8>> {
     out
 }
 
+/// Joins `group` on `topic`, reads `count` records, commits them and reads the committed offset
+/// back from the coordinator.
+fn commit_in_a_group(config: &ClientConfig, group: &str, topic: &str, count: usize) -> i64 {
+    let consumer: BaseConsumer = config
+        .clone()
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut last = None;
+    let mut read = 0;
+    let start = Instant::now();
+    while read < count {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "read {read} of {count} in a group"
+        );
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                read += 1;
+                last = Some(m.offset());
+            }
+            Some(Err(e)) => panic!("consume error: {e}"),
+            None => {}
+        }
+    }
+    let mut offsets = TopicPartitionList::new();
+    offsets
+        .add_partition_offset(topic, 0, Offset::Offset(last.unwrap() + 1))
+        .unwrap();
+    consumer
+        .commit(&offsets, rdkafka::consumer::CommitMode::Sync)
+        .unwrap();
+    let committed = consumer.committed(Duration::from_secs(10)).unwrap();
+    match committed.find_partition(topic, 0).unwrap().offset() {
+        Offset::Offset(offset) => offset,
+        other => panic!("committed {other:?}"),
+    }
+}
+
 /// The content type of a TLS alert record: what a TLS server answers plaintext bytes with.
 const TLS_ALERT: u8 = 0x15;
 
@@ -208,6 +250,7 @@ async fn ssl_and_plaintext_listeners_serve_side_by_side_each_with_its_own_endpoi
         &[
             ("listeners", "SSL://127.0.0.1:0,PLAINTEXT://127.0.0.1:0"),
             ("ssl.keystore.location", &keystore),
+            ("group.initial.rebalance.delay.ms", "0"),
         ],
     )
     .await;
@@ -243,6 +286,13 @@ async fn ssl_and_plaintext_listeners_serve_side_by_side_each_with_its_own_endpoi
     assert!(
         consume(&over_plain, "secured", values.len()) == values,
         "the same records over PLAINTEXT (sendfile)"
+    );
+    // Group members reach their coordinator at the endpoint FindCoordinator gives for their
+    // listener (PLAINTEXT is not the first listener: its members would get SSL's otherwise).
+    assert_eq!(commit_in_a_group(&over_ssl, "tls-group", "secured", 10), 10);
+    assert_eq!(
+        commit_in_a_group(&over_plain, "plain-group", "secured", 20),
+        20
     );
 
     let answer = plaintext_api_versions(ssl);
@@ -442,5 +492,21 @@ async fn a_cluster_replicates_and_keeps_its_quorum_over_mutual_tls() {
     let internal_addr = internal[&1];
     assert!(metadata(&ssl_client(internal_addr, &ca, None)).is_err());
     let client = ca.issue("client");
-    metadata(&ssl_client(internal_addr, &ca, Some(&client))).expect("with a certificate");
+    let mut brokers =
+        metadata(&ssl_client(internal_addr, &ca, Some(&client))).expect("with a certificate");
+    brokers.sort();
+    let expected: Vec<(i32, String, i32)> = members
+        .iter()
+        .map(|m| {
+            (
+                m.id,
+                "127.0.0.1".to_string(),
+                i32::from(internal[&m.id].port()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        brokers, expected,
+        "INTERNAL clients get every broker's INTERNAL endpoint"
+    );
 }
