@@ -4,11 +4,13 @@
 //!
 //! ## Layout
 //! Data flows from the socket down to the log:
-//! - [`server`]: accept loop, per-connection reader and in-order writer, maintenance, shutdown.
+//! - [`server`]: one accept loop per listener (`server/listeners.rs`: plain TCP, or TLS after a
+//!   handshake), per-connection reader and in-order writer, maintenance, shutdown.
 //! - [`frame`]: length-prefixed frames, bounded by `socket.request.max.bytes`.
 //! - `fetch_session`: incremental fetch sessions (KIP-227): the partitions a fetcher follows,
 //!   kept between its fetches so that it sends and receives only what changed.
-//! - `outgoing`: responses as written: encoded bytes, and segment ranges sent with `sendfile(2)`.
+//! - `outgoing`: responses as written: encoded bytes, and segment ranges sent with `sendfile(2)`
+//!   (read in bounded chunks and written through rustls on TLS connections).
 //! - `handler`: decodes a request with the `kafka-protocol` crate and routes it to one file per
 //!   Kafka API (`handler/produce.rs`, `handler/fetch.rs`, …).
 //! - [`manager`]: topics and their partitions, created, altered and deleted through the
@@ -35,7 +37,9 @@
 //! - [`error`]: the error type and the one mapping to Kafka error codes.
 //! - [`session`]: a connection's listener, security protocol and principal.
 //! - [`security`]: the store of SCRAM credentials, ACL bindings and client quotas (a file, or the
-//!   replicated metadata in a cluster).
+//!   replicated metadata in a cluster); listener lists (`security/listener.rs`), TLS with PEM
+//!   files reloaded on change (`security/tls.rs`) and connections to other brokers
+//!   (`security/client.rs`).
 //! - `dir_lock`: one broker per data folder (`<data_dir>/.lock`, as Kafka's).
 //!
 //! ## Example

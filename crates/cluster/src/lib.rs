@@ -22,6 +22,8 @@
 //! - `wire`: the controller protocol: length-prefixed JSON frames, bounded to 64 MiB.
 //! - `network`: outgoing calls over pooled connections, and openraft's `RaftNetwork` on them.
 //! - `server`: a voter's controller listener.
+//!
+//! Both are plain TCP, or mutual TLS with a [`QuorumTls`] in the [`NodeConfig`].
 //! - [`error`]: the error type.
 //!
 //! ## Example
