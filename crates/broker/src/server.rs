@@ -731,11 +731,16 @@ async fn serve_connection(
                 Gate::Dispatch => {}
                 gate => {
                     let (answer, close) = gate.split();
+                    // Until the client authenticated, waiting for room in the queue (a client
+                    // that does not read its answers) ends at the deadline too.
+                    let deadline = (!authenticated).then_some(authentication_deadline);
                     if let Some(answer) = answer
-                        && queue
-                            .send((Reply::Ready(Some(answer.into())), admission))
-                            .await
-                            .is_err()
+                        && !enqueue(
+                            &queue,
+                            (Reply::Ready(Some(answer.into())), admission),
+                            deadline,
+                        )
+                        .await
                     {
                         break;
                     }
@@ -754,12 +759,40 @@ async fn serve_connection(
                 break;
             }
         };
-        if queue.send((reply, admission)).await.is_err() {
+        let deadline = (!authenticated).then_some(authentication_deadline);
+        if !enqueue(&queue, (reply, admission), deadline).await {
             break;
         }
     }
     drop(queue);
-    let _ = write_task.await;
+    if sasl.as_ref().is_none_or(SaslConnection::is_authenticated) {
+        let _ = write_task.await;
+        return;
+    }
+    // A client that never authenticated gets its last answers (a refusal) written until the
+    // deadline, a second at least; one that does not read them does not keep its slot.
+    let abort = write_task.abort_handle();
+    let until = authentication_deadline.max(tokio::time::Instant::now() + Duration::from_secs(1));
+    if tokio::time::timeout_at(until, write_task).await.is_err() {
+        abort.abort();
+    }
+}
+
+/// Queues `pending` for the writer; `false` when the connection is to close: the writer is
+/// gone, or `deadline` (a SASL client's, before it authenticated) passed while the queue was
+/// full.
+async fn enqueue(
+    queue: &mpsc::Sender<Pending>,
+    pending: Pending,
+    deadline: Option<tokio::time::Instant>,
+) -> bool {
+    match deadline {
+        None => queue.send(pending).await.is_ok(),
+        Some(at) => tokio::select! {
+            sent = queue.send(pending) => sent.is_ok(),
+            () = tokio::time::sleep_until(at) => false,
+        },
+    }
 }
 
 #[cfg(test)]
@@ -830,6 +863,47 @@ mod tests {
         assert!(
             closed_within(&mut stream, Duration::from_secs(1)).await,
             "the connection stays open, waiting for the frame"
+        );
+        broker.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unauthenticated_client_that_reads_no_answers_is_closed_at_the_deadline() {
+        use kafka_protocol::messages::{ApiVersionsRequest, RequestHeader};
+        use kafka_protocol::protocol::Encodable as _;
+        use tokio::io::AsyncWriteExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let broker = sasl_broker(dir.path()).await;
+        let mut stream = tokio::net::TcpStream::connect(broker.local_addr())
+            .await
+            .unwrap();
+        let mut request = bytes::BytesMut::from(&[0u8; 4][..]);
+        RequestHeader::default()
+            .with_request_api_key(ApiKey::ApiVersions as i16)
+            .with_request_api_version(0)
+            .encode(&mut request, ApiKey::ApiVersions.request_header_version(0))
+            .unwrap();
+        ApiVersionsRequest::default()
+            .encode(&mut request, 0)
+            .unwrap();
+        let length = i32::try_from(request.len() - 4).unwrap();
+        request[..4].copy_from_slice(&length.to_be_bytes());
+        let batch = request.repeat(1024);
+        // ApiVersions is allowed before authentication; its answers are never read, so the
+        // broker's writer stalls, then its reader on the full queue, then this writer. The
+        // broker must still drop the connection at the deadline: this side's write then fails.
+        let flood = async {
+            loop {
+                if stream.write_all(&batch).await.is_err() {
+                    return;
+                }
+            }
+        };
+        assert!(
+            tokio::time::timeout(SASL_AUTHENTICATION_TIMEOUT * 5, flood)
+                .await
+                .is_ok(),
+            "a client that reads nothing keeps its connection past the deadline"
         );
         broker.shutdown().await;
     }
