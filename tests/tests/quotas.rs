@@ -584,3 +584,104 @@ async fn offloading_is_held_to_the_remote_copy_limit() {
     );
     broker.stop().await;
 }
+
+/// A Produce v9 frame from `client_id` of `bytes` bytes of records to `t`-0 (not a valid batch:
+/// the quota charges the request's bytes whatever its answer).
+fn produce_frame(client_id: &str, bytes: usize) -> Vec<u8> {
+    use kafka_protocol::messages::ProduceRequest;
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    let request = ProduceRequest::default()
+        .with_acks(1)
+        .with_timeout_ms(1000)
+        .with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(kafka_protocol::messages::TopicName(
+                    StrBytes::from_static_str("t"),
+                ))
+                .with_partition_data(vec![
+                    PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(Bytes::from(vec![0u8; bytes]))),
+                ]),
+        ]);
+    let mut buf = BytesMut::from(&[0u8; 4][..]);
+    RequestHeader::default()
+        .with_request_api_key(ApiKey::Produce as i16)
+        .with_request_api_version(9)
+        .with_correlation_id(7)
+        .with_client_id(Some(StrBytes::from_string(client_id.to_string())))
+        .encode(&mut buf, ApiKey::Produce.request_header_version(9))
+        .unwrap();
+    request.encode(&mut buf, 9).unwrap();
+    let len = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    buf.to_vec()
+}
+
+/// The `throttle_time_ms` of the Produce v9 answer read from `stream`.
+fn produce_throttle(stream: &mut TcpStream) -> i32 {
+    use kafka_protocol::messages::ProduceResponse;
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
+    stream.read_exact(&mut body).unwrap();
+    let mut body = Bytes::from(body);
+    assert_eq!(body.get_i32(), 7, "correlation id");
+    body.get_u8(); // no tagged fields
+    ProduceResponse::decode(&mut body, 9)
+        .unwrap()
+        .throttle_time_ms
+}
+
+/// A connection muted for its quota (KIP-219) reads no further request until the mute ends, so
+/// its next request holds none of the broker-wide `queued.max.request.bytes`: another client's
+/// request is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_muted_connection_holds_no_request_budget() {
+    const REQUEST_BYTES: usize = 40_000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = QUOTA_WINDOWS.to_vec();
+    settings.push(("queued.max.request.bytes", "65536"));
+    let broker = TestBroker::start_in(dir.path(), &settings).await;
+    let bootstrap = broker.bootstrap.clone();
+    tokio::task::spawn_blocking(move || {
+        let codes = alter(
+            &bootstrap,
+            vec![entry(
+                &[("client-id", Some("hog"))],
+                &[("producer_byte_rate", Some(1000.0))],
+            )],
+            false,
+            1,
+        );
+        assert_eq!(codes, vec![0]);
+        let mut hog = TcpStream::connect(&bootstrap).unwrap();
+        hog.write_all(&produce_frame("hog", REQUEST_BYTES)).unwrap();
+        let throttle = produce_throttle(&mut hog);
+        assert!(throttle > 20_000, "a throttle of {throttle} ms");
+        // The muted connection's next request, sent at once: it waits in the socket.
+        hog.write_all(&produce_frame("hog", REQUEST_BYTES)).unwrap();
+        // Another client's requests of the same size fit only if the hog's holds no budget
+        // (several in turn: the hog's reader, were it reading, would take the budget between
+        // two of them and keep it for the whole mute).
+        let mut other = TcpStream::connect(&bootstrap).unwrap();
+        other
+            .set_read_timeout(Some(DEADLINE.min(Duration::from_secs(15))))
+            .unwrap();
+        for _ in 0..3 {
+            let started = Instant::now();
+            other
+                .write_all(&produce_frame("other", REQUEST_BYTES))
+                .unwrap();
+            assert_eq!(produce_throttle(&mut other), 0);
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "answered after {:?}",
+                started.elapsed()
+            );
+        }
+    })
+    .await
+    .unwrap();
+    broker.stop().await;
+}

@@ -691,6 +691,14 @@ async fn serve_connection(
     let max_bytes = ctx.manager.config().socket_request_max_bytes();
     let authentication_deadline = tokio::time::Instant::now() + SASL_AUTHENTICATION_TIMEOUT;
     loop {
+        // KIP-219: a muted connection is not read, so that its next request holds none of the
+        // broker-wide `queued.max.request.bytes` while it waits (a byte-rate mute can be long).
+        if !session.mute.remaining().is_zero() {
+            tokio::select! {
+                () = session.mute.wait() => {}
+                () = ctx.shutdown.cancelled() => break,
+            }
+        }
         let authenticated = sasl.as_ref().is_none_or(SaslConnection::is_authenticated);
         let frame_bytes_max = if authenticated {
             max_bytes
@@ -719,7 +727,8 @@ async fn serve_connection(
             }
         };
         // KIP-219: after a throttled answer the connection's next request waits out the mute,
-        // whether or not the client honoured `throttle_time_ms`.
+        // whether or not the client honoured `throttle_time_ms` (checked again here: an answer
+        // made apart, a fetch, may have set the mute while this request was read).
         if !session.mute.remaining().is_zero() {
             tokio::select! {
                 () = session.mute.wait() => {}
