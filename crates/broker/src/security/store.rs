@@ -126,8 +126,11 @@ impl LocalSecurityStore {
 enum Backend {
     Local {
         file: LocalSecurityStore,
-        /// The records as last written; changes are serialised by this lock.
+        /// The records as last written: every request reads them, so this lock is only ever
+        /// held for a pointer swap, never across the file's write and fsync.
         current: Mutex<Arc<SecurityRecords>>,
+        /// Serialises changes (held across the write).
+        writing: Mutex<()>,
     },
     Cluster {
         node: Arc<ClusterNode>,
@@ -168,6 +171,7 @@ impl SecurityStore {
             backend: Backend::Local {
                 file,
                 current: Mutex::new(Arc::new(records)),
+                writing: Mutex::new(()),
             },
         })
     }
@@ -217,10 +221,14 @@ impl SecurityStore {
     pub async fn change(&self, changes: Vec<SecurityChange>) -> Result<()> {
         check(&changes)?;
         match &self.backend {
-            Backend::Local { file, current } => crate::handler::off_the_workers(|| {
-                let mut current = current.lock();
+            Backend::Local {
+                file,
+                current,
+                writing,
+            } => crate::handler::off_the_workers(|| {
+                let _writing = writing.lock();
                 let kinds = file.apply(&changes)?;
-                *current = Arc::new(SecurityRecords {
+                *current.lock() = Arc::new(SecurityRecords {
                     generation: LOCAL_GENERATION.fetch_add(1, Ordering::Relaxed),
                     kinds,
                 });
@@ -331,6 +339,67 @@ mod tests {
         assert_eq!(reopened.kinds.len(), 1);
         assert_eq!(reopened.get("scram", "u").map(String::as_str), Some("2"));
         assert_eq!(reopened.kind("acl").count(), 0);
+    }
+
+    /// Requests read the records while a change is being written (the file read, written and
+    /// fsynced): a slow disk holds up the change, not every request. The file is made a FIFO
+    /// so that the change stays inside its read of it until the test lets it go on.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn records_are_read_while_a_change_is_being_written() {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        const O_NONBLOCK: i32 = 0o4000;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SecurityStore::local(dir.path()).unwrap());
+        let path = dir.path().join("meta/security.json");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let changing = {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap();
+                runtime.block_on(store.change(vec![put("acl", "a", "1")]))
+            })
+        };
+        // Opening the FIFO's write end succeeds once the change is reading it; no byte is
+        // written yet, so the change waits inside its read.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut fifo = loop {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(O_NONBLOCK)
+                .open(&path)
+            {
+                Ok(fifo) => break fifo,
+                Err(_) if std::time::Instant::now() < deadline => std::thread::yield_now(),
+                Err(e) => panic!("the change never read the file: {e}"),
+            }
+        };
+        let (sent, read) = std::sync::mpsc::channel();
+        let reader = {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || sent.send(store.records().generation).unwrap())
+        };
+        let read_meanwhile = read.recv_timeout(std::time::Duration::from_secs(5));
+        fifo.write_all(b"{}").unwrap();
+        drop(fifo);
+        changing.join().unwrap().unwrap();
+        reader.join().unwrap();
+        assert!(
+            read_meanwhile.is_ok(),
+            "records() waited for the change's write"
+        );
+        assert_eq!(
+            store.records().get("acl", "a").map(String::as_str),
+            Some("1")
+        );
     }
 
     #[test]
