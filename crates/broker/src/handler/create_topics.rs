@@ -32,6 +32,7 @@ pub(super) fn handle(
         .topics
         .into_iter()
         .map(|topic| {
+            let name = topic.name.clone();
             let result = CreatableTopicResult::default().with_name(topic.name.clone());
             let outcome = if duplicates.contains(&topic.name) {
                 Err(Error::InvalidRequest {
@@ -55,7 +56,14 @@ pub(super) fn handle(
                     if version >= 5 {
                         result.num_partitions = created.partitions;
                         result.replication_factor = created.replication_factor;
-                        result.configs = Some(created.configs);
+                        // The configs only with DESCRIBE_CONFIGS on the topic (as Kafka).
+                        if access.allows(AclOperation::DescribeConfigs, ResourceType::Topic, &name)
+                        {
+                            result.configs = Some(created.configs);
+                        } else {
+                            result.topic_config_error_code =
+                                ResponseError::TopicAuthorizationFailed.code();
+                        }
                     }
                     if version >= 7 {
                         result.topic_id = created.topic_id;

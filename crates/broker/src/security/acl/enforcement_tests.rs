@@ -784,3 +784,40 @@ async fn describe_transactions_leaves_out_undescribable_topics() {
     assert!(has_code(&partial, 0), "{partial}");
     assert!(partial.contains("topics: []"), "{partial}");
 }
+
+/// CreateTopics answers a new topic's configs only to a principal that may describe them (as
+/// Kafka: without DESCRIBE_CONFIGS the topic is created and its configs are refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_topics_answers_configs_only_with_describe_configs() {
+    use kafka_protocol::messages::create_topics_request::CreatableTopic;
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = restricted(dir.path());
+    let creator = |name: &str| crate::security::acl::AclBinding {
+        resource_name: name.into(),
+        ..allow_on_t(crate::security::acl::AclOperation::Create)
+    };
+    bind(&ctx, &[creator("u"), creator("v")]).await;
+    let create = |name: &str| -> RequestKind {
+        CreateTopicsRequest::default()
+            .with_timeout_ms(5000)
+            .with_topics(vec![
+                CreatableTopic::default()
+                    .with_name(TopicName(text(name)))
+                    .with_num_partitions(1)
+                    .with_replication_factor(1),
+            ])
+            .into()
+    };
+    let nobody = session();
+    let blind = answer(&ctx, &nobody, (ApiKey::CreateTopics, 7), &create("u")).await;
+    assert!(blind.contains("error_code: 0,"), "{blind}");
+    assert!(blind.contains("topic_config_error_code: 29"), "{blind}");
+    assert!(!blind.contains("retention.ms"), "{blind}");
+    assert!(ctx.manager.topic("u").is_some());
+    let mut describer = allow_on_t(crate::security::acl::AclOperation::DescribeConfigs);
+    describer.resource_name = "v".into();
+    bind(&ctx, &[describer]).await;
+    let seen = answer(&ctx, &nobody, (ApiKey::CreateTopics, 7), &create("v")).await;
+    assert!(seen.contains("topic_config_error_code: 0"), "{seen}");
+    assert!(seen.contains("retention.ms"), "{seen}");
+}
