@@ -43,8 +43,20 @@ wait_port() {
   tail -5 "$WORK/strata.log" >&2
   exit 1
 }
-record() { # label, then a JSON object
-  echo "$2" | sed "s/^{/{\"label\":\"$1\",/" | tee -a "$RESULTS"
+ticks=$(getconf CLK_TCK)
+cpu_s() { # utime + stime of a process, in seconds
+  awk -v t="$ticks" '{ printf "%.3f", ($14 + $15) / t }' "/proc/$1/stat"
+}
+# run LABEL LOADGEN-ARGS...: one loadgen run, its JSON line labelled, with the broker's CPU per GB.
+run() {
+  local label=$1
+  shift
+  local before after out per_gb
+  before=$(cpu_s "$pid")
+  out=$("$LOADGEN" "$@")
+  after=$(cpu_s "$pid")
+  per_gb=$(python3 -c "print(round(($after - $before) / ($RECORDS * $SIZE / 1e9), 3))")
+  echo "$out" | sed "s/^{/{\"label\":\"$label\",\"broker_cpu_s_per_gb\":$per_gb,/" | tee -a "$RESULTS"
 }
 stop() {
   kill "$pid" $scraper 2>/dev/null || true
@@ -56,8 +68,8 @@ drive() { # label, round, then extra loadgen arguments
   shift 2
   local common=(--brokers "127.0.0.1:$PORT" --partitions "$PARTITIONS" --size "$SIZE" --json
     --topic "bench-$round" "$@")
-  record "$label produce" "$("$LOADGEN" produce "${common[@]}" --count "$RECORDS" --acks 1)"
-  record "$label consume" "$("$LOADGEN" consume "${common[@]}" --count "$RECORDS")"
+  run "$label produce" produce "${common[@]}" --count "$RECORDS" --acks 1
+  run "$label consume" consume "${common[@]}" --count "$RECORDS"
 }
 
 cat >"$WORK/admin.properties" <<'P'
@@ -109,15 +121,17 @@ done
 python3 - "$RESULTS" "$ROUNDS" <<'EOF'
 import json, statistics, sys
 from collections import defaultdict
-runs = defaultdict(list)
+runs, cpu = defaultdict(list), defaultdict(list)
 for r in map(json.loads, open(sys.argv[1])):
     runs[r["label"]].append(r["mb_per_s"])
+    cpu[r["label"]].append(r["broker_cpu_s_per_gb"])
 print(f"\nmedians of {sys.argv[2]} rounds\n")
-print("| measure | PLAINTEXT MB/s | SASL + ACLs + metrics MB/s | ratio | PLAINTEXT runs | secured runs |")
-print("|---|---|---|---|---|---|")
+print("| measure | PLAINTEXT MB/s | secured MB/s | ratio | PLAINTEXT CPU-s/GB | secured CPU-s/GB | PLAINTEXT runs | secured runs |")
+print("|---|---|---|---|---|---|---|---|")
 for mode in ["produce", "consume"]:
     p, s = runs[f"plaintext {mode}"], runs[f"secured {mode}"]
     mp, ms = statistics.median(p), statistics.median(s)
+    cp, cs = statistics.median(cpu[f"plaintext {mode}"]), statistics.median(cpu[f"secured {mode}"])
     spread = lambda v: " / ".join(f"{x:.0f}" for x in sorted(v))
-    print(f"| {mode} | {mp:.0f} | {ms:.0f} | {ms/mp:.2f} | {spread(p)} | {spread(s)} |")
+    print(f"| {mode} | {mp:.0f} | {ms:.0f} | {ms/mp:.2f} | {cp:.2f} | {cs:.2f} | {spread(p)} | {spread(s)} |")
 EOF

@@ -119,7 +119,11 @@ impl LocalSecurityStore {
             .map_err(|e| Error::Metadata(format!("{}: {e}", dir.display())))?;
         let bytes = serde_json::to_vec_pretty(kinds).expect("records serialize");
         strata_log::log::write_atomic(&self.path, &bytes)
-            .map_err(|e| Error::Metadata(e.to_string()))
+            .map_err(|e| Error::Metadata(e.to_string()))?;
+        // It holds the SCRAM keys: readable by the broker's user only, whatever the umask.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| Error::Metadata(format!("{}: {e}", self.path.display())))
     }
 }
 
@@ -338,6 +342,12 @@ mod tests {
         let reopened = SecurityStore::local(dir.path()).unwrap().records();
         assert_eq!(reopened.kinds.len(), 1);
         assert_eq!(reopened.get("scram", "u").map(String::as_str), Some("2"));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("meta/security.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the SCRAM keys are the owner's only");
         assert_eq!(reopened.kind("acl").count(), 0);
     }
 
