@@ -356,6 +356,13 @@ pub const BROKER_SETTINGS: &[(&str, &str, ConfigType)] = &[
     ("socket.request.max.bytes", "104857600", ConfigType::Int(1)),
     // SASL (security::sasl): KIP-368 re-authentication is off at 0, as in Kafka.
     ("connections.max.reauth.ms", "0", ConfigType::Long(0)),
+    // Kafka's delay of the close after a failed authentication (slows password guessing); at
+    // most an hour, so that a typo cannot hold refused connections for days.
+    (
+        "connection.failed.authentication.delay.ms",
+        "100",
+        ConfigType::IntBetween(0, 3_600_000),
+    ),
     (
         "sasl.enabled.mechanisms",
         "SCRAM-SHA-256,SCRAM-SHA-512",

@@ -739,6 +739,9 @@ async fn serve_connection(
             match sasl.gate(&ctx.security, &mut session, &frame, now_ms()) {
                 Gate::Dispatch => {}
                 gate => {
+                    let delay = gate
+                        .is_failed_authentication()
+                        .then(|| sasl.failed_authentication_delay());
                     let (answer, close) = gate.split();
                     // Until the client authenticated, waiting for room in the queue (a client
                     // that does not read its answers) ends at the deadline too.
@@ -754,6 +757,16 @@ async fn serve_connection(
                         break;
                     }
                     if let Some(why) = close {
+                        // As Kafka (`connection.failed.authentication.delay.ms`), a failed
+                        // authentication is closed a while after its answer, to slow password
+                        // guessing. The answer is written meanwhile; only this connection's task
+                        // waits, on a timer (no worker thread, no other connection).
+                        if let Some(delay) = delay.filter(|d| !d.is_zero()) {
+                            tokio::select! {
+                                () = tokio::time::sleep(delay) => {}
+                                () = ctx.shutdown.cancelled() => {}
+                            }
+                        }
                         tracing::info!(%peer, listener = %session.listener, why, "closing connection");
                         break;
                     }
@@ -834,11 +847,122 @@ mod tests {
 
     /// A broker with one SASL_PLAINTEXT listener.
     async fn sasl_broker(dir: &std::path::Path) -> BrokerHandle {
+        sasl_broker_with(dir, &[]).await
+    }
+
+    /// A broker with one SASL_PLAINTEXT listener and these settings.
+    async fn sasl_broker_with(dir: &std::path::Path, settings: &[(&str, &str)]) -> BrokerHandle {
         let mut config = BrokerConfig::for_dir(dir.into(), "127.0.0.1:0".parse().unwrap());
         config
             .set("listeners", "SASL_PLAINTEXT://127.0.0.1:0")
             .unwrap();
+        for (name, value) in settings {
+            config.set(name, value).unwrap();
+        }
         start(config).await.unwrap()
+    }
+
+    /// A request frame, its length first.
+    fn request_frame(
+        api_key: ApiKey,
+        version: i16,
+        body: impl kafka_protocol::protocol::Encodable,
+    ) -> bytes::BytesMut {
+        use kafka_protocol::messages::RequestHeader;
+        use kafka_protocol::protocol::Encodable as _;
+        let mut request = bytes::BytesMut::from(&[0u8; 4][..]);
+        RequestHeader::default()
+            .with_request_api_key(api_key as i16)
+            .with_request_api_version(version)
+            .encode(&mut request, api_key.request_header_version(version))
+            .unwrap();
+        body.encode(&mut request, version).unwrap();
+        let length = i32::try_from(request.len() - 4).unwrap();
+        request[..4].copy_from_slice(&length.to_be_bytes());
+        request
+    }
+
+    /// Sends a request and reads its answer's body.
+    async fn exchange<R: kafka_protocol::protocol::Decodable>(
+        stream: &mut tokio::net::TcpStream,
+        api_key: ApiKey,
+        version: i16,
+        body: impl kafka_protocol::protocol::Encodable,
+    ) -> R {
+        use kafka_protocol::messages::ResponseHeader;
+        use kafka_protocol::protocol::Decodable as _;
+        use tokio::io::AsyncWriteExt as _;
+        stream
+            .write_all(&request_frame(api_key, version, body))
+            .await
+            .unwrap();
+        let mut frame = frame::read_frame(stream, 1 << 20).await.unwrap().unwrap();
+        ResponseHeader::decode(&mut frame, api_key.response_header_version(version)).unwrap();
+        R::decode(&mut frame, version).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_authentication_is_closed_after_the_delay_and_delays_no_one_else() {
+        use kafka_protocol::messages::{
+            ApiVersionsRequest, ApiVersionsResponse, SaslAuthenticateRequest,
+            SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
+        };
+        use kafka_protocol::protocol::StrBytes;
+        let dir = tempfile::tempdir().unwrap();
+        let delay = Duration::from_millis(1500);
+        let broker = sasl_broker_with(
+            dir.path(),
+            &[
+                ("sasl.enabled.mechanisms", "PLAIN"),
+                ("sasl.plain.allow.plaintext", "true"),
+                ("connection.failed.authentication.delay.ms", "1500"),
+            ],
+        )
+        .await;
+        let mut guesser = tokio::net::TcpStream::connect(broker.local_addr())
+            .await
+            .unwrap();
+        let handshake =
+            SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN"));
+        let answer: SaslHandshakeResponse =
+            exchange(&mut guesser, ApiKey::SaslHandshake, 1, handshake).await;
+        assert_eq!(answer.error_code, 0);
+        let sent = tokio::time::Instant::now();
+        let guess = SaslAuthenticateRequest::default()
+            .with_auth_bytes(bytes::Bytes::from_static(b"\0nobody\0guess"));
+        let answer: SaslAuthenticateResponse =
+            exchange(&mut guesser, ApiKey::SaslAuthenticate, 0, guess).await;
+        assert_eq!(
+            answer.error_code,
+            kafka_protocol::ResponseError::SaslAuthenticationFailed.code(),
+            "the failure is answered at once"
+        );
+        // Meanwhile another connection is served, and the guesser's is still open.
+        let mut other = tokio::net::TcpStream::connect(broker.local_addr())
+            .await
+            .unwrap();
+        let versions: ApiVersionsResponse = exchange(
+            &mut other,
+            ApiKey::ApiVersions,
+            0,
+            ApiVersionsRequest::default(),
+        )
+        .await;
+        assert_eq!(versions.error_code, 0);
+        assert!(
+            sent.elapsed() < delay,
+            "another connection waited out the delay"
+        );
+        assert!(
+            !closed_within(&mut guesser, Duration::from_millis(100)).await,
+            "the connection closed before connection.failed.authentication.delay.ms"
+        );
+        assert!(
+            closed_within(&mut guesser, delay * 4).await,
+            "the connection stays open after the delay"
+        );
+        assert!(sent.elapsed() >= delay, "closed after {:?}", sent.elapsed());
+        broker.shutdown().await;
     }
 
     /// Reads until the broker closes the connection; `false` when it is still open after

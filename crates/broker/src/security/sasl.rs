@@ -86,6 +86,9 @@ pub(crate) struct SaslSettings {
     pub(crate) plain_allow_plaintext: bool,
     /// `connections.max.reauth.ms`; 0 (the default) lets sessions last as long as connections.
     pub(crate) reauth_ms: i64,
+    /// `connection.failed.authentication.delay.ms`: how long after a failed authentication the
+    /// connection is closed (Kafka's default 100).
+    pub(crate) failed_authentication_delay_ms: u64,
 }
 
 impl SaslSettings {
@@ -112,10 +115,19 @@ impl SaslSettings {
             .trim()
             .parse()
             .map_err(|_| "connections.max.reauth.ms is not a number".to_string())?;
+        let failed_authentication_delay_ms = config
+            .setting("connection.failed.authentication.delay.ms")
+            .trim()
+            .parse()
+            .map_err(|_| {
+                "connection.failed.authentication.delay.ms is not a number of milliseconds"
+                    .to_string()
+            })?;
         Ok(Self {
             enabled,
             plain_allow_plaintext: config.setting("sasl.plain.allow.plaintext").trim() == "true",
             reauth_ms,
+            failed_authentication_delay_ms,
         })
     }
 
@@ -142,6 +154,10 @@ pub(crate) enum Gate {
     AnswerAndClose(BytesMut, String),
     /// Close the connection without an answer.
     Close(String),
+    /// The authentication failed: write this answer (none after SaslHandshake v0), then close
+    /// the connection `connection.failed.authentication.delay.ms` later, as Kafka does to slow
+    /// password guessing.
+    Failed(Option<BytesMut>, String),
 }
 
 impl Gate {
@@ -152,7 +168,13 @@ impl Gate {
             Self::Answer(bytes) => (Some(bytes), None),
             Self::AnswerAndClose(bytes, why) => (Some(bytes), Some(why)),
             Self::Close(why) => (None, Some(why)),
+            Self::Failed(bytes, why) => (bytes, Some(why)),
         }
+    }
+
+    /// Whether the authentication failed, so that the close waits out the delay.
+    pub(crate) fn is_failed_authentication(&self) -> bool {
+        matches!(self, Self::Failed(..))
     }
 }
 
@@ -222,6 +244,7 @@ impl SaslConnection {
             enabled: Vec::new(),
             plain_allow_plaintext: false,
             reauth_ms: 0,
+            failed_authentication_delay_ms: 0,
         });
         Some(Self::new(settings, session.protocol))
     }
@@ -230,6 +253,12 @@ impl SaslConnection {
     /// notices at its next request).
     pub(crate) fn is_authenticated(&self) -> bool {
         self.authenticated.is_some()
+    }
+
+    /// How long after a failed authentication the connection is closed
+    /// (`connection.failed.authentication.delay.ms`).
+    pub(crate) fn failed_authentication_delay(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.settings.failed_authentication_delay_ms)
     }
 
     /// Decides what becomes of `frame`: handled here (SASL), passed to the dispatcher, or the
@@ -402,7 +431,10 @@ impl SaslConnection {
                 let response = SaslAuthenticateResponse::default()
                     .with_error_code(ResponseError::SaslAuthenticationFailed.code())
                     .with_error_message(Some(StrBytes::from_string(failure.message.clone())));
-                answer_and_close(answer(response), &failure.message)
+                match answer(response) {
+                    Ok(bytes) => Gate::Failed(Some(bytes), failure.message),
+                    Err(reason) => Gate::Close(reason),
+                }
             }
         }
     }
@@ -423,7 +455,7 @@ impl SaslConnection {
                 bytes.extend_from_slice(&token);
                 Gate::Answer(bytes)
             }
-            Err(failure) => Gate::Close(failure.message),
+            Err(failure) => Gate::Failed(None, failure.message),
         }
     }
 
@@ -1062,6 +1094,7 @@ mod tests {
                 .collect(),
             plain_allow_plaintext,
             reauth_ms,
+            failed_authentication_delay_ms: 100,
         }
     }
 
@@ -1101,7 +1134,7 @@ mod tests {
     fn answer<R: Decodable>(gate: Gate, api_key: ApiKey, version: i16) -> (R, bool) {
         let (bytes, closes) = match gate {
             Gate::Answer(bytes) => (bytes, false),
-            Gate::AnswerAndClose(bytes, _) => (bytes, true),
+            Gate::AnswerAndClose(bytes, _) | Gate::Failed(Some(bytes), _) => (bytes, true),
             other => panic!("expected an answer, got {other:?}"),
         };
         let mut body = bytes.freeze().slice(4..);
@@ -1459,7 +1492,7 @@ mod tests {
                 while let Ok(Some(frame)) = crate::frame::read_frame(&mut server, 1 << 20).await {
                     match conn.gate(&security, &mut session, &frame, 0) {
                         Gate::Answer(bytes) => server.write_all(&bytes).await.unwrap(),
-                        Gate::AnswerAndClose(bytes, _) => {
+                        Gate::AnswerAndClose(bytes, _) | Gate::Failed(Some(bytes), _) => {
                             server.write_all(&bytes).await.unwrap();
                             break;
                         }
