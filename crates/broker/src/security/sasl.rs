@@ -641,12 +641,16 @@ fn plain(security: &SecurityStore, token: &[u8], reauth: bool) -> Result<Step, F
     let found = ScramMechanism::ALL
         .into_iter()
         .find_map(|m| credential(security, m, user).map(|c| (m, c)));
-    let Some((mechanism, credential)) = found else {
-        return Err(fail(Some(user), "unknown user"));
-    };
+    // An unknown user's password is checked too, against a decoy, so that it costs the PBKDF2
+    // a known user's does and the time of the answer does not tell which users exist.
+    let known = found.is_some();
+    let (mechanism, credential) = found.unwrap_or_else(|| decoy_credential(security));
     // One PBKDF2 of thousands of iterations: off tokio's workers, like disk work.
     let verified =
         crate::handler::off_the_workers(|| credential.verify_password(mechanism, password));
+    if !known {
+        return Err(fail(Some(user), "unknown user"));
+    }
     if !verified {
         return Err(fail(Some(user), "invalid password"));
     }
@@ -654,6 +658,29 @@ fn plain(security: &SecurityStore, token: &[u8], reauth: bool) -> Result<Step, F
         token: Vec::new(),
         user: user.to_string(),
     })
+}
+
+/// What PLAIN checks an unknown user's password against (SCRAM's decoy salt does the same for
+/// its exchange): the mechanism and iteration count of the first stored credential, so that it
+/// costs what a known user's check does (SCRAM-SHA-512 at the default count when there is
+/// none), with random keys that no password matches.
+fn decoy_credential(security: &SecurityStore) -> (ScramMechanism, ScramCredential) {
+    let records = security.records();
+    let (mechanism, iterations) = records
+        .kind(scram::STORE_KIND)
+        .find_map(|(key, json)| {
+            let (mechanism, _) = scram::parse_store_key(key)?;
+            let credential = ScramCredential::from_json(mechanism, json).ok()?;
+            Some((mechanism, credential.iterations))
+        })
+        .unwrap_or((ScramMechanism::Sha512, scram::ITERATIONS_DEFAULT));
+    let credential = ScramCredential {
+        salt: scram::random_bytes(scram::SALT_BYTES),
+        iterations,
+        stored_key: scram::random_bytes(mechanism.hash_bytes()),
+        server_key: scram::random_bytes(mechanism.hash_bytes()),
+    };
+    (mechanism, credential)
 }
 
 /// Logs a failed authentication on the audit target. `reason` never holds a secret.
@@ -1332,6 +1359,30 @@ mod tests {
         handshake(&mut conn, &session, "PLAIN");
         let token = format!("bob\0alice\0{PASSWORD}");
         assert!(authenticate(&mut conn, &security, &mut session, token.as_bytes(), 0).1);
+    }
+
+    #[test]
+    fn plain_checks_an_unknown_users_password_as_dearly_as_a_known_users() {
+        let dir = tempfile::tempdir().unwrap();
+        let pbkdf2_iterations = |security: &SecurityStore, token: &str| {
+            let before = scram::PBKDF2_ITERATIONS.with(std::cell::Cell::get);
+            assert!(
+                plain(security, token.as_bytes(), false).is_err(),
+                "{token:?}"
+            );
+            scram::PBKDF2_ITERATIONS.with(std::cell::Cell::get) - before
+        };
+        let security = store(dir.path());
+        let known = pbkdf2_iterations(&security, "\0alice\0guess");
+        assert_eq!(known, u64::from(scram::ITERATIONS_MIN));
+        assert_eq!(pbkdf2_iterations(&security, "\0nobody\0guess"), known);
+        // With no credential stored, the decoy costs the default iteration count.
+        let empty = tempfile::tempdir().unwrap();
+        let security = SecurityStore::local(empty.path()).unwrap();
+        assert_eq!(
+            pbkdf2_iterations(&security, "\0nobody\0guess"),
+            u64::from(scram::ITERATIONS_DEFAULT)
+        );
     }
 
     #[test]

@@ -22,6 +22,13 @@ use hmac::{KeyInit as _, Mac as _};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq as _;
 
+#[cfg(test)]
+thread_local! {
+    /// PBKDF2 iterations run on this thread: tests count the work a code path does with it
+    /// (timing alone would make flaky tests).
+    pub(crate) static PBKDF2_ITERATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 /// The security store kind holding SCRAM credentials.
 pub const STORE_KIND: &str = "scram";
 /// Fewest PBKDF2 iterations accepted (Kafka's minimum, RFC 7677's recommendation).
@@ -92,6 +99,8 @@ impl ScramMechanism {
 
     /// `Hi(password, salt, i)` of RFC 5802: PBKDF2 with HMAC of this hash.
     pub fn salted_password(self, password: &[u8], salt: &[u8], iterations: u32) -> Vec<u8> {
+        #[cfg(test)]
+        PBKDF2_ITERATIONS.with(|n| n.set(n.get() + u64::from(iterations)));
         let mut out = vec![0u8; self.hash_bytes()];
         match self {
             Self::Sha256 => {
