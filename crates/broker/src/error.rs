@@ -57,6 +57,11 @@ pub enum Error {
     /// The metadata store failed.
     #[error("metadata store: {0}")]
     Metadata(String),
+    /// A conditional change of the security records found a record other than the caller read
+    /// (another change came first): the caller reads again and retries (REQUEST_TIMED_OUT,
+    /// retriable, should it reach a client).
+    #[error("security records changed concurrently: {0}")]
+    SecurityConflict(String),
     /// Another broker holds the data folder's lock (`<data_dir>/.lock`): one broker per folder.
     #[error(
         "data folder {} is in use by another broker (pid {}; lock file {}/.lock)",
@@ -93,7 +98,7 @@ impl Error {
             Self::NotLeader(_) => ResponseError::NotLeaderOrFollower,
             Self::FencedLeaderEpoch(_) => ResponseError::FencedLeaderEpoch,
             Self::NotEnoughReplicas(_) => ResponseError::NotEnoughReplicas,
-            Self::Cluster(_) => ResponseError::RequestTimedOut,
+            Self::Cluster(_) | Self::SecurityConflict(_) => ResponseError::RequestTimedOut,
             Self::InvalidRequest { code, .. } => *code,
             Self::Metadata(_) | Self::Io { .. } | Self::DataDirInUse { .. } => {
                 ResponseError::KafkaStorageError

@@ -69,5 +69,5 @@ pub use crate::node::{
 pub use crate::placement::place;
 pub use crate::state::{
     BrokerInfo, ClusterState, Command, ListenerEndpoint, NO_LEADER, PartitionState, RejectKind,
-    Response, SecurityChange, TopicState,
+    Response, SecurityChange, SecurityExpectation, TopicState,
 };

@@ -117,6 +117,18 @@ pub struct SecurityChange {
     pub value: Option<String>,
 }
 
+/// What a [`Command::PutSecurity`] expects a record to be when it applies (compare-and-set): a
+/// read-modify-write names the value it read, so that a change made since is not overwritten.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+pub struct SecurityExpectation {
+    /// The kind of record.
+    pub kind: String,
+    /// The record's key within its kind.
+    pub key: String,
+    /// The value expected, or `None` for no record.
+    pub value: Option<String>,
+}
+
 /// A change to the metadata, committed through Raft.
 #[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
 pub enum Command {
@@ -148,6 +160,11 @@ pub enum Command {
     PutSecurity {
         /// The changes, applied in order.
         changes: Vec<SecurityChange>,
+        /// The records as the caller read them: when one differs, nothing is applied
+        /// ([`RejectKind::SecurityRecordChanged`]). Absent in commands logged before it, and not
+        /// written when empty, so that brokers of either version read each other's commands.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        expected: Vec<SecurityExpectation>,
     },
     /// Creates a topic with explicit replica assignments (see [`crate::place`]).
     CreateTopic {
@@ -270,6 +287,9 @@ pub enum RejectKind {
     /// INVALID_REPLICATION_FACTOR (38): a reassignment that changes the number of replicas when
     /// the request did not allow it.
     InvalidReplicationFactor,
+    /// A `PutSecurity` whose expected record changed since the caller read it: the caller reads
+    /// again and retries (INVALID_REQUEST (42) should it ever reach a client).
+    SecurityRecordChanged,
 }
 
 pub(crate) fn reject(kind: RejectKind, message: impl Into<String>) -> Response {
@@ -354,11 +374,15 @@ impl ClusterState {
                 self.elect_preferred_leader(topic, *partition)
             }
             Command::AllocateProducerIds { count } => self.allocate_producer_ids(*count),
-            Command::PutSecurity { changes } => self.put_security(changes),
+            Command::PutSecurity { changes, expected } => self.put_security(changes, expected),
         }
     }
 
-    fn put_security(&mut self, changes: &[SecurityChange]) -> Response {
+    fn put_security(
+        &mut self,
+        changes: &[SecurityChange],
+        expected: &[SecurityExpectation],
+    ) -> Response {
         if changes
             .iter()
             .any(|c| c.kind.is_empty() || c.key.is_empty())
@@ -366,6 +390,20 @@ impl ClusterState {
             return reject(
                 RejectKind::InvalidRequest,
                 "a security record needs a kind and a key",
+            );
+        }
+        if let Some(stale) = expected.iter().find(|e| {
+            self.security
+                .get(&e.kind)
+                .and_then(|records| records.get(&e.key))
+                != e.value.as_ref()
+        }) {
+            return reject(
+                RejectKind::SecurityRecordChanged,
+                format!(
+                    "the security record {}/{} changed since it was read",
+                    stale.kind, stale.key
+                ),
             );
         }
         for change in changes {

@@ -7,6 +7,11 @@
 //! value (whole for the byte rates); else the entry gets INVALID_REQUEST and changes nothing.
 //! The valid entries' records change in one durable step of the security store (replicated in a
 //! cluster), unless `validate_only`.
+//!
+//! An entity's quotas are one record, so an entry is a read-modify-write of it. The write is
+//! conditional on the records read ([`crate::security::SecurityStore::change_if`]): when another
+//! alter changed one of them in between, the request is read and planned again (up to
+//! [`ATTEMPTS_MAX`] times), so two alters of different keys of one entity both take effect.
 
 use std::collections::BTreeSet;
 
@@ -16,39 +21,52 @@ use kafka_protocol::messages::alter_client_quotas_response::{EntityData, EntryDa
 use kafka_protocol::messages::{AlterClientQuotasRequest, AlterClientQuotasResponse};
 
 use super::{Context, str_bytes};
-use crate::security::SecurityChange;
+use crate::error::Error;
 use crate::security::quota::{self, Entity, QuotaType};
+use crate::security::{SecurityChange, SecurityExpectation, SecurityRecords};
+
+/// Read-modify-writes tried before a conflict is answered (REQUEST_TIMED_OUT, retriable): an
+/// attempt loses only to a change committed since its read, so a few are enough unless one
+/// entity is altered in a tight loop.
+const ATTEMPTS_MAX: u32 = 5;
+
+/// Each entry's outcome: `Err` with the code and message it is answered with.
+type Outcomes = Vec<Result<(), (ResponseError, String)>>;
 
 pub(super) async fn handle(
     ctx: &Context,
     authorized: bool,
     request: AlterClientQuotasRequest,
 ) -> AlterClientQuotasResponse {
-    let records = ctx.security.records();
-    let mut seen = BTreeSet::new();
-    let mut changes = Vec::new();
-    let mut outcomes: Vec<Result<(), (ResponseError, String)>> =
-        Vec::with_capacity(request.entries.len());
-    for entry in &request.entries {
-        if !authorized {
-            // ALTER_CONFIGS on the cluster, checked before the request ran apart.
-            let why = "ALTER_CONFIGS on the cluster is needed".to_string();
-            outcomes.push(Err((ResponseError::ClusterAuthorizationFailed, why)));
-            continue;
+    let mut attempt = 1;
+    let (outcomes, stored) = loop {
+        let records = ctx.security.records();
+        let (outcomes, changes) = plan(&records, authorized, &request);
+        if request.validate_only || changes.is_empty() {
+            break (outcomes, Ok(()));
         }
-        let outcome = change_for(&records, entry, &mut seen)
-            .map(|change| {
-                if let Some(change) = change {
-                    changes.push(change);
-                }
+        let expected = changes
+            .iter()
+            .map(|c| SecurityExpectation {
+                kind: c.kind.clone(),
+                key: c.key.clone(),
+                value: records.get(&c.kind, &c.key).cloned(),
             })
-            .map_err(|message| (ResponseError::InvalidRequest, message));
-        outcomes.push(outcome);
-    }
-    let stored = if request.validate_only || changes.is_empty() {
-        Ok(())
-    } else {
-        ctx.security.change(changes).await
+            .collect();
+        match ctx.security.change_if(expected, changes).await {
+            Err(Error::SecurityConflict(why)) if attempt < ATTEMPTS_MAX => {
+                tracing::debug!(
+                    attempt,
+                    why,
+                    "AlterClientQuotas: read again after a conflict"
+                );
+                // In a cluster this broker's copy of the records may lag the change that won:
+                // give it a moment to catch up.
+                tokio::time::sleep(std::time::Duration::from_millis(10 << attempt)).await;
+                attempt += 1;
+            }
+            stored => break (outcomes, stored),
+        }
     };
     let entries = request
         .entries
@@ -79,9 +97,37 @@ pub(super) async fn handle(
     AlterClientQuotasResponse::default().with_entries(entries)
 }
 
+/// Each entry's outcome and the store changes the valid ones make, from `records`.
+fn plan(
+    records: &SecurityRecords,
+    authorized: bool,
+    request: &AlterClientQuotasRequest,
+) -> (Outcomes, Vec<SecurityChange>) {
+    let mut seen = BTreeSet::new();
+    let mut changes = Vec::new();
+    let mut outcomes: Outcomes = Vec::with_capacity(request.entries.len());
+    for entry in &request.entries {
+        if !authorized {
+            // ALTER_CONFIGS on the cluster, checked before the request ran apart.
+            let why = "ALTER_CONFIGS on the cluster is needed".to_string();
+            outcomes.push(Err((ResponseError::ClusterAuthorizationFailed, why)));
+            continue;
+        }
+        let outcome = change_for(records, entry, &mut seen)
+            .map(|change| {
+                if let Some(change) = change {
+                    changes.push(change);
+                }
+            })
+            .map_err(|message| (ResponseError::InvalidRequest, message));
+        outcomes.push(outcome);
+    }
+    (outcomes, changes)
+}
+
 /// The store change one entry makes (`None`: nothing changes), or why it is refused.
 fn change_for(
-    records: &crate::security::SecurityRecords,
+    records: &SecurityRecords,
     entry: &AlterEntry,
     seen: &mut BTreeSet<Entity>,
 ) -> Result<Option<SecurityChange>, String> {
@@ -331,5 +377,44 @@ mod tests {
             ),
         ];
         assert_eq!(alter(&ctx, twice, false).await, vec![0, invalid]);
+    }
+
+    /// Alters of different keys of one entity at once, on two threads: while one change is
+    /// being written (and fsynced), the others read the records it has not replaced yet. Every
+    /// key must survive: a change conditional on what it read, read again on a conflict.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_alters_of_one_entity_lose_no_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = super::super::tests::context(dir.path());
+        let keys = [
+            "producer_byte_rate",
+            "consumer_byte_rate",
+            "request_percentage",
+        ];
+        let users: Vec<String> = (0..8).map(|i| format!("user-{i}")).collect();
+        let mut tasks = Vec::new();
+        for user in &users {
+            for (i, key) in keys.into_iter().enumerate() {
+                let ctx = std::sync::Arc::clone(&ctx);
+                let user = user.clone();
+                tasks.push(tokio::spawn(async move {
+                    let value = (i + 1) as f64 * 100.0;
+                    let entity = [("user", Some(user.as_str()))];
+                    alter(&ctx, vec![entry(&entity, &[(key, value, false)])], false).await
+                }));
+            }
+        }
+        for task in tasks {
+            assert_eq!(task.await.unwrap(), vec![0]);
+        }
+        let records = ctx.security.records();
+        for user in &users {
+            let key = format!("users/{user}");
+            let values = records
+                .get(quota::KIND, &key)
+                .and_then(|json| quota::parse_values(&key, json))
+                .unwrap_or_default();
+            assert_eq!(values.len(), keys.len(), "{user}: {values:?}");
+        }
     }
 }

@@ -13,4 +13,6 @@ pub mod store;
 pub mod tls;
 pub mod users;
 
-pub use store::{LocalSecurityStore, SecurityChange, SecurityRecords, SecurityStore};
+pub use store::{
+    LocalSecurityStore, SecurityChange, SecurityExpectation, SecurityRecords, SecurityStore,
+};

@@ -14,7 +14,7 @@ use strata_cluster::ClusterNode;
 
 use crate::error::{Error, Result};
 
-pub use strata_cluster::SecurityChange;
+pub use strata_cluster::{SecurityChange, SecurityExpectation};
 
 /// How long a change waits for the metadata quorum.
 const CLUSTER_CHANGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -37,6 +37,24 @@ impl SecurityRecords {
     /// One record.
     pub fn get(&self, kind: &str, key: &str) -> Option<&String> {
         self.kinds.get(kind)?.get(key)
+    }
+}
+
+/// Checks that every record is as `expected` ([`Error::SecurityConflict`] naming the first that
+/// is not).
+fn check_expected(
+    kinds: &BTreeMap<String, BTreeMap<String, String>>,
+    expected: &[SecurityExpectation],
+) -> Result<()> {
+    match expected
+        .iter()
+        .find(|e| kinds.get(&e.kind).and_then(|r| r.get(&e.key)) != e.value.as_ref())
+    {
+        Some(stale) => Err(Error::SecurityConflict(format!(
+            "the security record {}/{} changed since it was read",
+            stale.kind, stale.key
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -106,8 +124,20 @@ impl LocalSecurityStore {
         &self,
         changes: &[SecurityChange],
     ) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
+        self.apply_if(&[], changes)
+    }
+
+    /// As [`Self::apply`], when every record is as `expected` (else
+    /// [`Error::SecurityConflict`], nothing written). Callers serialise their changes: the file
+    /// is read, checked and replaced without a lock of its own.
+    pub fn apply_if(
+        &self,
+        expected: &[SecurityExpectation],
+        changes: &[SecurityChange],
+    ) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
         check(changes)?;
         let mut kinds = self.load()?;
+        check_expected(&kinds, expected)?;
         apply(&mut kinds, changes);
         self.store(&kinds)?;
         Ok(kinds)
@@ -223,6 +253,18 @@ impl SecurityStore {
     /// Applies `changes` all at once; durable (written, or committed by the quorum) when it
     /// returns.
     pub async fn change(&self, changes: Vec<SecurityChange>) -> Result<()> {
+        self.change_if(Vec::new(), changes).await
+    }
+
+    /// Compare-and-set: applies `changes` as [`Self::change`] does, only if every record is as
+    /// `expected` (the values the caller read them at) when they apply; otherwise
+    /// [`Error::SecurityConflict`] and nothing changes, and the caller reads again. A
+    /// read-modify-write of a record so cannot lose a change made since its read.
+    pub async fn change_if(
+        &self,
+        expected: Vec<SecurityExpectation>,
+        changes: Vec<SecurityChange>,
+    ) -> Result<()> {
         check(&changes)?;
         match &self.backend {
             Backend::Local {
@@ -230,8 +272,9 @@ impl SecurityStore {
                 current,
                 writing,
             } => crate::handler::off_the_workers(|| {
+                // Checked under the change lock, against the file: no change between.
                 let _writing = writing.lock();
-                let kinds = file.apply(&changes)?;
+                let kinds = file.apply_if(&expected, &changes)?;
                 *current.lock() = Arc::new(SecurityRecords {
                     generation: LOCAL_GENERATION.fetch_add(1, Ordering::Relaxed),
                     kinds,
@@ -241,12 +284,16 @@ impl SecurityStore {
             Backend::Cluster { node, .. } => {
                 let response = node
                     .submit(
-                        strata_cluster::Command::PutSecurity { changes },
+                        strata_cluster::Command::PutSecurity { changes, expected },
                         CLUSTER_CHANGE_TIMEOUT,
                     )
                     .await
                     .map_err(|e| Error::Cluster(e.to_string()))?;
                 match response {
+                    strata_cluster::Response::Rejected {
+                        kind: strata_cluster::RejectKind::SecurityRecordChanged,
+                        message,
+                    } => Err(Error::SecurityConflict(message)),
                     strata_cluster::Response::Rejected { message, .. } => {
                         Err(Error::Cluster(message))
                     }
@@ -410,6 +457,42 @@ mod tests {
             store.records().get("acl", "a").map(String::as_str),
             Some("1")
         );
+    }
+
+    #[tokio::test]
+    async fn a_conditional_change_applies_only_to_the_records_its_caller_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SecurityStore::local(dir.path()).unwrap();
+        let expect = |key: &str, value: Option<&str>| SecurityExpectation {
+            kind: "quota".into(),
+            key: key.into(),
+            value: value.map(str::to_owned),
+        };
+        store
+            .change_if(vec![expect("u", None)], vec![put("quota", "u", "a")])
+            .await
+            .unwrap();
+        // Two read-modify-writes from the same read: the second is refused, the first stays.
+        store
+            .change_if(vec![expect("u", Some("a"))], vec![put("quota", "u", "ab")])
+            .await
+            .unwrap();
+        let before = store.records();
+        for stale in [expect("u", Some("a")), expect("u", None)] {
+            let err = store
+                .change_if(
+                    vec![stale],
+                    vec![put("quota", "u", "ac"), put("acl", "x", "1")],
+                )
+                .await
+                .unwrap_err();
+            assert!(matches!(err, Error::SecurityConflict(_)), "{err}");
+            assert!(err.to_string().contains("quota/u"), "{err}");
+        }
+        assert_eq!(store.records(), before);
+        let reopened = SecurityStore::local(dir.path()).unwrap().records();
+        assert_eq!(reopened.get("quota", "u").map(String::as_str), Some("ab"));
+        assert_eq!(reopened.get("acl", "x"), None);
     }
 
     #[test]

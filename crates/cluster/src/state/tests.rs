@@ -622,6 +622,7 @@ fn security_records_are_set_and_deleted_together_and_survive_a_snapshot() {
                 change("scram", "SCRAM-SHA-256/alice", Some("{}")),
                 change("acl", "b1", Some("{\"op\":3}")),
             ],
+            expected: Vec::new(),
         },
     );
     assert_eq!(state.security["acl"]["b1"], "{\"op\":3}");
@@ -631,6 +632,7 @@ fn security_records_are_set_and_deleted_together_and_survive_a_snapshot() {
             &mut state,
             Command::PutSecurity {
                 changes: vec![change("acl", "b2", Some("{}")), change("", "k", None)],
+                expected: Vec::new(),
             },
         ),
         RejectKind::InvalidRequest
@@ -639,6 +641,7 @@ fn security_records_are_set_and_deleted_together_and_survive_a_snapshot() {
         &mut state,
         Command::PutSecurity {
             changes: vec![change("acl", "b1", None)],
+            expected: Vec::new(),
         },
     );
     assert!(!state.security.contains_key("acl"), "an emptied kind goes");
@@ -650,4 +653,57 @@ fn security_records_are_set_and_deleted_together_and_survive_a_snapshot() {
     old.as_object_mut().unwrap().remove("security");
     let loaded: ClusterState = serde_json::from_value(old).unwrap();
     assert!(loaded.security.is_empty());
+}
+
+#[test]
+fn a_security_change_applies_only_to_the_records_its_caller_read() {
+    let mut state = ClusterState::default();
+    let put = |key: &str, value: &str, expected: Option<&str>| Command::PutSecurity {
+        changes: vec![SecurityChange {
+            kind: "quota".into(),
+            key: key.into(),
+            value: Some(value.into()),
+        }],
+        expected: vec![SecurityExpectation {
+            kind: "quota".into(),
+            key: key.into(),
+            value: expected.map(str::to_owned),
+        }],
+    };
+    // Expected absent, and absent: applied.
+    applied(&mut state, put("users/alice", "{\"a\":1}", None));
+    // Two read-modify-writes from the same read: the second is refused, the first stays.
+    applied(
+        &mut state,
+        put("users/alice", "{\"a\":1,\"b\":2}", Some("{\"a\":1}")),
+    );
+    assert_eq!(
+        rejected(
+            &mut state,
+            put("users/alice", "{\"a\":1,\"c\":3}", Some("{\"a\":1}"))
+        ),
+        RejectKind::SecurityRecordChanged
+    );
+    // Expected absent, but present.
+    assert_eq!(
+        rejected(&mut state, put("users/alice", "{}", None)),
+        RejectKind::SecurityRecordChanged
+    );
+    assert_eq!(state.security["quota"]["users/alice"], "{\"a\":1,\"b\":2}");
+    // A command logged before expectations existed decodes with none, and one without any is
+    // written as before.
+    let old = r#"{"PutSecurity":{"changes":[{"kind":"acl","key":"k","value":"v"}]}}"#;
+    let command: Command = serde_json::from_str(old).unwrap();
+    assert_eq!(
+        command,
+        Command::PutSecurity {
+            changes: vec![SecurityChange {
+                kind: "acl".into(),
+                key: "k".into(),
+                value: Some("v".into()),
+            }],
+            expected: Vec::new(),
+        }
+    );
+    assert_eq!(serde_json::to_string(&command).unwrap(), old);
 }
