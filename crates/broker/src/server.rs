@@ -909,13 +909,13 @@ mod tests {
         };
         use kafka_protocol::protocol::StrBytes;
         let dir = tempfile::tempdir().unwrap();
-        let delay = Duration::from_millis(1500);
+        let delay = Duration::from_millis(3000);
         let broker = sasl_broker_with(
             dir.path(),
             &[
                 ("sasl.enabled.mechanisms", "PLAIN"),
                 ("sasl.plain.allow.plaintext", "true"),
-                ("connection.failed.authentication.delay.ms", "1500"),
+                ("connection.failed.authentication.delay.ms", "3000"),
             ],
         )
         .await;
