@@ -609,3 +609,51 @@ pub fn partition_states(
     states.sort();
     Some(states.into_iter().map(|(_, l, isr)| (l, isr)).collect())
 }
+
+/// Sends one raw Kafka request on `stream` as client `client_id` and reads its response: for the
+/// APIs and fields librdkafka does not expose.
+pub fn call_as<R: kafka_protocol::protocol::Request>(
+    stream: &mut TcpStream,
+    client_id: &'static str,
+    request: &R,
+    version: i16,
+) -> R::Response {
+    use bytes::{Buf, BufMut, Bytes, BytesMut};
+    use kafka_protocol::messages::{ApiKey, RequestHeader};
+    use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+    use std::io::{Read, Write};
+    const CORRELATION_ID: i32 = 7;
+    let api_key = ApiKey::try_from(R::KEY).unwrap();
+    let mut buf = BytesMut::new();
+    buf.put_i32(0);
+    RequestHeader::default()
+        .with_request_api_key(R::KEY)
+        .with_request_api_version(version)
+        .with_correlation_id(CORRELATION_ID)
+        .with_client_id(Some(StrBytes::from_static_str(client_id)))
+        .encode(&mut buf, api_key.request_header_version(version))
+        .unwrap();
+    request.encode(&mut buf, version).unwrap();
+    let len = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    stream.write_all(&buf).unwrap();
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
+    stream.read_exact(&mut body).unwrap();
+    let mut body = Bytes::from(body);
+    assert_eq!(body.get_i32(), CORRELATION_ID, "correlation id");
+    if api_key.response_header_version(version) >= 1 {
+        body.get_u8(); // no tagged fields
+    }
+    R::Response::decode(&mut body, version).unwrap()
+}
+
+/// [`call_as`] as client `strata-tests`.
+pub fn call<R: kafka_protocol::protocol::Request>(
+    stream: &mut TcpStream,
+    request: &R,
+    version: i16,
+) -> R::Response {
+    call_as(stream, "strata-tests", request, version)
+}

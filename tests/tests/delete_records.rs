@@ -4,17 +4,13 @@
 //! followers' log starts. DescribeLogDirs over a raw socket (librdkafka does not expose it).
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
 use kafka_protocol::messages::describe_log_dirs_request::DescribableLogDirTopic;
-use kafka_protocol::messages::{
-    ApiKey, DescribeLogDirsRequest, DescribeLogDirsResponse, RequestHeader, TopicName,
-};
-use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
+use kafka_protocol::messages::{DescribeLogDirsRequest, DescribeLogDirsResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -24,7 +20,7 @@ use rdkafka::producer::FutureRecord;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use strata_lake::Lake;
 use strata_tests::{
-    DEADLINE, S3Server, TestBroker, Tier, cluster_bootstrap, cluster_members, producer,
+    DEADLINE, S3Server, TestBroker, Tier, call, cluster_bootstrap, cluster_members, producer,
     quorum_voters, read, start_member, wait_for, wait_for_brokers,
 };
 
@@ -263,32 +259,6 @@ async fn delete_records_moves_the_log_start_across_the_lake_and_the_local_log() 
 /// Runs a future to completion from a synchronous poll (the lake client is async).
 fn futures_block<F: std::future::Future>(future: F) -> F::Output {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
-}
-
-fn call<R: Request + Encodable>(stream: &mut TcpStream, request: &R, version: i16) -> R::Response {
-    let api_key = ApiKey::try_from(R::KEY).unwrap();
-    let mut buf = BytesMut::from(&[0u8; 4][..]);
-    RequestHeader::default()
-        .with_request_api_key(R::KEY)
-        .with_request_api_version(version)
-        .with_correlation_id(version.into())
-        .with_client_id(Some(StrBytes::from_static_str("log-dirs-test")))
-        .encode(&mut buf, api_key.request_header_version(version))
-        .unwrap();
-    request.encode(&mut buf, version).unwrap();
-    let len = (buf.len() - 4) as i32;
-    buf[..4].copy_from_slice(&len.to_be_bytes());
-    stream.write_all(&buf).unwrap();
-    let mut len = [0u8; 4];
-    stream.read_exact(&mut len).unwrap();
-    let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
-    stream.read_exact(&mut body).unwrap();
-    let mut body = Bytes::from(body);
-    assert_eq!(body.get_i32(), i32::from(version), "correlation id");
-    if api_key.response_header_version(version) >= 1 {
-        body.get_u8(); // no tagged fields
-    }
-    R::Response::decode(&mut body, version).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,11 +2,10 @@
 //! and SIGKILL, independent groups, auto.offset.reset, and the coordinator's error codes.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::leave_group_request::MemberIdentity;
 use kafka_protocol::messages::offset_commit_request::{
@@ -16,18 +15,18 @@ use kafka_protocol::messages::offset_delete_request::{
     OffsetDeleteRequestPartition, OffsetDeleteRequestTopic,
 };
 use kafka_protocol::messages::{
-    ApiKey, DeleteGroupsRequest, DeleteGroupsResponse, GroupId, HeartbeatRequest,
-    HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse,
+    DeleteGroupsRequest, DeleteGroupsResponse, GroupId, HeartbeatRequest, HeartbeatResponse,
+    JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse,
     OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse,
-    RequestHeader, SyncGroupRequest, SyncGroupResponse, TopicName,
+    SyncGroupRequest, SyncGroupResponse, TopicName,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
-use strata_tests::{ChildBroker, DEADLINE, TestBroker, create_topic, free_port, producer};
+use strata_tests::{ChildBroker, DEADLINE, TestBroker, call, create_topic, free_port, producer};
 
 const GROUP_SETTINGS: &[(&str, &str)] = &[("group.initial.rebalance.delay.ms", "0")];
 
@@ -510,29 +509,4 @@ async fn refused_commits_leaves_and_deletions_get_kafka_codes() {
     .await
     .unwrap();
     broker.stop().await;
-}
-
-fn call<R: Request>(s: &mut TcpStream, request: &R, version: i16) -> R::Response {
-    let api_key = ApiKey::try_from(R::KEY).unwrap();
-    let mut buf = BytesMut::from(&[0u8; 4][..]);
-    RequestHeader::default()
-        .with_request_api_key(R::KEY)
-        .with_request_api_version(version)
-        .with_correlation_id(1)
-        .encode(&mut buf, api_key.request_header_version(version))
-        .unwrap();
-    request.encode(&mut buf, version).unwrap();
-    let len = (buf.len() - 4) as i32;
-    buf[..4].copy_from_slice(&len.to_be_bytes());
-    s.write_all(&buf).unwrap();
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).unwrap();
-    let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
-    s.read_exact(&mut body).unwrap();
-    let mut body = Bytes::from(body);
-    let _correlation = body.get_i32();
-    if api_key.response_header_version(version) >= 1 {
-        body.get_u8();
-    }
-    R::Response::decode(&mut body, version).unwrap()
 }

@@ -20,14 +20,16 @@ use kafka_protocol::messages::{
     AlterClientQuotasRequest, AlterClientQuotasResponse, ApiKey, DescribeClientQuotasRequest,
     DescribeClientQuotasResponse, RequestHeader,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use strata_tests::{DEADLINE, TestBroker, create_topic, default_lake, wait_for, wait_offloaded_to};
+use strata_tests::{
+    DEADLINE, TestBroker, call_as, create_topic, default_lake, wait_for, wait_offloaded_to,
+};
 
 /// Two windows of one second: Kafka's sampled rate lets a client send `(windows − 1)` windows
 /// of quota at once after an idle spell (with the default 11, ten seconds' worth), so a 10 s
@@ -36,33 +38,6 @@ const QUOTA_WINDOWS: &[(&str, &str)] = &[
     ("quota.window.num", "2"),
     ("quota.window.size.seconds", "1"),
 ];
-
-/// Sends one request on `stream` and reads its response.
-fn call<R: Request + Encodable>(stream: &mut TcpStream, request: &R, version: i16) -> R::Response {
-    let api_key = ApiKey::try_from(R::KEY).unwrap();
-    let mut buf = BytesMut::from(&[0u8; 4][..]);
-    RequestHeader::default()
-        .with_request_api_key(R::KEY)
-        .with_request_api_version(version)
-        .with_correlation_id(7)
-        .with_client_id(Some(StrBytes::from_static_str("quota-admin")))
-        .encode(&mut buf, api_key.request_header_version(version))
-        .unwrap();
-    request.encode(&mut buf, version).unwrap();
-    let len = (buf.len() - 4) as i32;
-    buf[..4].copy_from_slice(&len.to_be_bytes());
-    stream.write_all(&buf).unwrap();
-    let mut len = [0u8; 4];
-    stream.read_exact(&mut len).unwrap();
-    let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
-    stream.read_exact(&mut body).unwrap();
-    let mut body = Bytes::from(body);
-    assert_eq!(body.get_i32(), 7, "correlation id");
-    if api_key.response_header_version(version) >= 1 {
-        body.get_u8(); // no tagged fields
-    }
-    R::Response::decode(&mut body, version).unwrap()
-}
 
 /// An entity as `(entity type, name)`, `None` naming the default entity.
 type Entity<'a> = &'a [(&'a str, Option<&'a str>)];
@@ -98,7 +73,8 @@ fn alter(bootstrap: &str, entries: Vec<EntryData>, validate_only: bool, version:
     let request = AlterClientQuotasRequest::default()
         .with_entries(entries)
         .with_validate_only(validate_only);
-    let response: AlterClientQuotasResponse = call(&mut stream, &request, version);
+    let response: AlterClientQuotasResponse =
+        call_as(&mut stream, "quota-admin", &request, version);
     response.entries.iter().map(|e| e.error_code).collect()
 }
 
@@ -111,7 +87,7 @@ fn describe(bootstrap: &str, components: Vec<ComponentData>, strict: bool) -> De
     let request = DescribeClientQuotasRequest::default()
         .with_components(components)
         .with_strict(strict);
-    let response: DescribeClientQuotasResponse = call(&mut stream, &request, 1);
+    let response: DescribeClientQuotasResponse = call_as(&mut stream, "quota-admin", &request, 1);
     assert_eq!(response.error_code, 0, "{:?}", response.error_message);
     let mut described: Described = response
         .entries
