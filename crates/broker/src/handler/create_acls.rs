@@ -18,25 +18,13 @@ pub(super) struct Pending {
 }
 
 pub(super) fn start(ctx: &Context, access: &Access, request: CreateAclsRequest) -> Pending {
-    let refused = if !ctx.acl.enabled() {
-        Some((
-            ResponseError::SecurityDisabled,
-            super::describe_acls::DISABLED,
-        ))
-    } else if !access.check_cluster(AclOperation::Alter) {
-        Some((
-            ResponseError::ClusterAuthorizationFailed,
-            "CreateAcls needs ALTER on the cluster",
-        ))
-    } else {
-        None
-    };
+    let refused = super::describe_acls::refusal(ctx, access, "CreateAcls", AclOperation::Alter);
     let outcomes = request
         .creations
         .iter()
         .map(|c| {
-            if let Some((code, why)) = refused {
-                return Err((code, why.to_string()));
+            if let Some((code, why)) = &refused {
+                return Err((*code, why.clone()));
             }
             AclBinding::from_codes(
                 c.resource_type,

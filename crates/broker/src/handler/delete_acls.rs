@@ -20,26 +20,14 @@ pub(super) struct Pending {
 }
 
 pub(super) fn start(ctx: &Context, access: &Access, request: DeleteAclsRequest) -> Pending {
-    let refused = if !ctx.acl.enabled() {
-        Some((
-            ResponseError::SecurityDisabled,
-            super::describe_acls::DISABLED,
-        ))
-    } else if !access.check_cluster(AclOperation::Alter) {
-        Some((
-            ResponseError::ClusterAuthorizationFailed,
-            "DeleteAcls needs ALTER on the cluster",
-        ))
-    } else {
-        None
-    };
+    let refused = super::describe_acls::refusal(ctx, access, "DeleteAcls", AclOperation::Alter);
     let index = ctx.acl.index();
     let outcomes = request
         .filters
         .iter()
         .map(|f| {
-            if let Some((code, why)) = refused {
-                return Err((code, why.to_string()));
+            if let Some((code, why)) = &refused {
+                return Err((*code, why.clone()));
             }
             let filter = AclBindingFilter::from_codes(
                 f.resource_type_filter,

@@ -10,8 +10,29 @@ use kafka_protocol::messages::{DescribeAclsRequest, DescribeAclsResponse};
 use super::{Context, str_bytes};
 use crate::security::acl::{Access, AclBindingFilter, AclOperation};
 
-/// Kafka's answer to the ACL APIs on a broker without an authorizer (SECURITY_DISABLED).
-pub(super) const DISABLED: &str = "no authorizer is configured (authorizer.enabled=false)";
+/// Why an ACL API (`api`, which needs `operation` on the cluster) is refused to `access`, if it
+/// is: SECURITY_DISABLED on a broker without an authorizer (as Kafka), else
+/// CLUSTER_AUTHORIZATION_FAILED without the operation.
+pub(super) fn refusal(
+    ctx: &Context,
+    access: &Access,
+    api: &str,
+    operation: AclOperation,
+) -> Option<(ResponseError, String)> {
+    if !ctx.acl.enabled() {
+        Some((
+            ResponseError::SecurityDisabled,
+            "no authorizer is configured (authorizer.enabled=false)".to_string(),
+        ))
+    } else if !access.check_cluster(operation) {
+        Some((
+            ResponseError::ClusterAuthorizationFailed,
+            format!("{api} needs {} on the cluster", operation.name()),
+        ))
+    } else {
+        None
+    }
+}
 
 pub(super) fn handle(
     ctx: &Context,
@@ -23,14 +44,8 @@ pub(super) fn handle(
             .with_error_code(code.code())
             .with_error_message(Some(str_bytes(message)))
     };
-    if !ctx.acl.enabled() {
-        return refuse(ResponseError::SecurityDisabled, DISABLED.into());
-    }
-    if !access.check_cluster(AclOperation::Describe) {
-        return refuse(
-            ResponseError::ClusterAuthorizationFailed,
-            "DescribeAcls needs DESCRIBE on the cluster".into(),
-        );
+    if let Some((code, message)) = refusal(ctx, access, "DescribeAcls", AclOperation::Describe) {
+        return refuse(code, message);
     }
     let filter = match AclBindingFilter::from_codes(
         request.resource_type_filter,
