@@ -300,13 +300,32 @@ pub fn run_to_exit(command: &mut Command) -> std::process::Output {
     }
 }
 
-/// A loopback address with a port that was free a moment ago (for child processes, which must be
-/// told their port; in-process brokers bind port 0).
+/// A loopback address with a free port, for child processes, which must be told their port
+/// before they start (in-process brokers bind port 0).
+///
+/// The port comes from below the kernel's ephemeral range (`ip_local_port_range`), so that no
+/// `bind(0)` and no outgoing connection (a broker retrying its peers burns through ephemeral
+/// ports quickly) can take it between this check and the child's bind; ports are handed out in
+/// turn from an offset drawn from the process id, so parallel tests and test processes do not
+/// pick the same one.
 pub fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOWEST: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|low| *low > LOWEST + 1_000)
+        .unwrap_or(32_768);
+    let span = ephemeral_low - LOWEST;
+    let offset = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let port = LOWEST + (offset + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port as u16)) {
+            return listener.local_addr().unwrap();
+        }
+    }
+    panic!("no free loopback port below {ephemeral_low}");
 }
 
 /// Creates topic `name` with `partitions` partitions of one replica, failing the test otherwise.
