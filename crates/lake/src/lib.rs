@@ -17,6 +17,7 @@
 //! - [`store`]: the object store a tier URL names (`file://`, with conditional updates under a
 //!   file lock, or `s3://`).
 //! - [`status`]: a partition's failing offload, as the broker last saw it.
+//! - [`groups`]: committed offsets of consumer groups, one JSON object per group.
 //! - [`txn`]: transactions in the lake: which batches hold committed records (control batches
 //!   and aborted transactions are left out, their offsets left as gaps).
 //! - [`error`]: the crate's one error type.
@@ -33,6 +34,7 @@
 //! ```
 
 pub mod error;
+pub mod groups;
 pub mod lake;
 pub mod manifest;
 pub mod parquet_file;
