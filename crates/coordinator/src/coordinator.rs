@@ -3,7 +3,7 @@
 //! committed offsets, each change written to the offsets log before it is answered.
 
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
 use bytes::Bytes;
@@ -38,6 +38,10 @@ struct Inner {
     groups: HashMap<String, Entry>,
     store: Option<OffsetStore>,
     state: StoreState,
+    /// Groups whose committed offsets changed since [`GroupCoordinator::take_offset_changes`]
+    /// last took them; `None` until [`GroupCoordinator::track_offset_changes`] (nobody asks,
+    /// and group ids that come and go would pile up).
+    offset_changes: Option<BTreeSet<String>>,
 }
 
 /// A group as DescribeGroups shows it.
@@ -149,6 +153,7 @@ impl GroupCoordinator {
                 groups,
                 store: Some(store),
                 state,
+                offset_changes: None,
             }),
         })
     }
@@ -277,6 +282,9 @@ impl GroupCoordinator {
             .inspect_err(|e| {
                 tracing::error!(group = group_id, error = %e, "writing committed offsets");
             })?;
+        if !accepted.is_empty() {
+            inner.offsets_changed(group_id);
+        }
         let entry = inner.groups.get_mut(group_id).expect("created above");
         for (topic, partition, o) in accepted {
             entry.offsets.insert((topic, partition), o);
@@ -379,6 +387,7 @@ impl GroupCoordinator {
             groups,
             store,
             state,
+            offset_changes,
         } = &mut *inner;
         let store = store.as_mut().ok_or(Error::Closed)?;
         let marker = strata_log::txn::Marker {
@@ -406,6 +415,9 @@ impl GroupCoordinator {
                 partition,
             } = key
             {
+                if let Some(changes) = offset_changes.as_mut() {
+                    changes.insert(group.clone());
+                }
                 entry(groups, &group, 0, now_ms)
                     .offsets
                     .insert((topic, partition), offset);
@@ -537,8 +549,12 @@ impl GroupCoordinator {
             },
             None,
         ));
+        let had_offsets = !e.offsets.is_empty();
         let durable = inner.write(BatchKind::Plain, &records, now_ms)?;
         inner.groups.remove(group_id);
+        if had_offsets {
+            inner.offsets_changed(group_id);
+        }
         Ok(durable)
     }
 
@@ -579,6 +595,9 @@ impl GroupCoordinator {
             .map(|(t, p)| (offset_key(group_id, t, *p), None))
             .collect();
         let durable = inner.write(BatchKind::Plain, &records, now_ms)?;
+        if !doomed.is_empty() {
+            inner.offsets_changed(group_id);
+        }
         let e = inner.groups.get_mut(group_id).expect("checked");
         for key in doomed {
             e.offsets.remove(&key);
@@ -609,6 +628,85 @@ impl GroupCoordinator {
         }
     }
 
+    /// From now on, remembers which groups' committed offsets change (a commit, a transaction's
+    /// commit marker, OffsetDelete, DeleteGroups, expiry, an import), for
+    /// [`GroupCoordinator::take_offset_changes`]. The broker copies them to the lake this way.
+    pub fn track_offset_changes(&self) {
+        let mut inner = self.lock();
+        if inner.offset_changes.is_none() {
+            inner.offset_changes = Some(BTreeSet::new());
+        }
+    }
+
+    /// The groups whose committed offsets changed since the last call (since
+    /// [`GroupCoordinator::track_offset_changes`] for the first), in order of group id; read
+    /// their offsets now with [`GroupCoordinator::fetch_offsets`] (none left: the group is
+    /// gone, or its offsets are).
+    pub fn take_offset_changes(&self) -> Vec<String> {
+        let mut inner = self.lock();
+        match inner.offset_changes.as_mut() {
+            Some(changes) => std::mem::take(changes).into_iter().collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Every group with committed offsets, with the newest commit timestamp among them.
+    pub fn groups_with_offsets(&self) -> Vec<(String, i64)> {
+        let inner = self.lock();
+        let mut found: Vec<(String, i64)> = inner
+            .groups
+            .iter()
+            .filter_map(|(id, e)| {
+                let newest = e.offsets.values().map(|o| o.commit_timestamp_ms).max()?;
+                Some((id.clone(), newest))
+            })
+            .collect();
+        found.sort();
+        found
+    }
+
+    /// Restores committed offsets kept elsewhere (the lake's copy, for a coordinator whose
+    /// offsets log is new): `(group, [(topic, partition, offset)])`, each offset as it was
+    /// committed (its commit timestamp kept). They are written to the offsets log as commits
+    /// are, and their groups exist (empty) from now on. A partition that already has a committed
+    /// offset here keeps it: what was committed through this coordinator is newer. Groups with
+    /// an empty id are skipped. Returns how many offsets were restored, and when they are
+    /// durable.
+    pub fn import_offsets(
+        &self,
+        groups: Vec<(String, Vec<(String, i32, CommittedOffset)>)>,
+        now_ms: i64,
+    ) -> Result<(usize, Durable)> {
+        let mut inner = self.lock();
+        let mut restored = Vec::new();
+        for (group, offsets) in groups {
+            if group.is_empty() {
+                continue;
+            }
+            let known = inner.groups.get(&group).map(|e| &e.offsets);
+            let fresh: Vec<_> = offsets
+                .into_iter()
+                .filter(|(t, p, _)| !known.is_some_and(|o| o.contains_key(&(t.clone(), *p))))
+                .collect();
+            if !fresh.is_empty() {
+                restored.push((group, fresh));
+            }
+        }
+        let records: Vec<_> = restored
+            .iter()
+            .flat_map(|(group, offsets)| offset_records(group, offsets))
+            .collect();
+        let durable = inner.write(BatchKind::Plain, &records, now_ms)?;
+        for (group, offsets) in restored {
+            inner.offsets_changed(&group);
+            let e = entry(&mut inner.groups, &group, 0, now_ms);
+            for (topic, partition, o) in offsets {
+                e.offsets.insert((topic, partition), o);
+            }
+        }
+        Ok((records.len(), durable))
+    }
+
     /// Flushes and closes the offsets log.
     pub fn close(&self, now_ms: i64) {
         if let Some(store) = self.lock().store.take()
@@ -620,6 +718,15 @@ impl GroupCoordinator {
 }
 
 impl Inner {
+    /// Notes that `group`'s committed offsets changed, when changes are tracked.
+    fn offsets_changed(&mut self, group: &str) {
+        if let Some(changes) = self.offset_changes.as_mut()
+            && !changes.contains(group)
+        {
+            changes.insert(group.to_string());
+        }
+    }
+
     /// Appends the records as `kind`; the future resolves once they are durable.
     fn write(
         &mut self,
@@ -688,6 +795,11 @@ impl Inner {
         }
         for id in dead {
             self.groups.remove(&id);
+        }
+        for (key, _) in &records {
+            if let StoreKey::Offset { group, .. } = key {
+                self.offsets_changed(group);
+            }
         }
         if !records.is_empty() {
             tracing::info!(expired = records.len(), "expired offsets and groups");
@@ -1240,5 +1352,108 @@ mod tests {
         assert_eq!(fetched(&c, 0, true), Ok(Some(10)));
         drop(c);
         assert_eq!(fetched(&load(), 0, true), Ok(Some(10)));
+    }
+
+    #[test]
+    fn offset_changes_are_tracked_once_asked_for_and_name_every_way_offsets_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = GroupCoordinator::open(dir.path(), CONFIG, 0).unwrap();
+        let commit = |group: &str, partition: i32, offset: i64, now_ms: i64| {
+            let offsets = vec![("t".into(), partition, committed(offset, now_ms))];
+            drop(c.commit(group, "", None, -1, offsets, now_ms).unwrap());
+        };
+        commit("before", 0, 1, 0);
+        assert!(c.take_offset_changes().is_empty(), "not tracked yet");
+
+        c.track_offset_changes();
+        commit("b", 0, 1, 0);
+        commit("a", 0, 1, 0);
+        commit("a", 1, 2, 0);
+        assert_eq!(c.take_offset_changes(), ["a", "b"]);
+        assert!(c.take_offset_changes().is_empty(), "taken");
+
+        // A refused commit (metadata too large) changes nothing.
+        let big = CommittedOffset {
+            metadata: "x".repeat(11),
+            ..committed(1, 0)
+        };
+        drop(
+            c.commit("c", "", None, -1, vec![("t".into(), 0, big)], 0)
+                .unwrap(),
+        );
+        assert!(c.take_offset_changes().is_empty());
+
+        // A transaction's offsets change the group at the commit marker, not before.
+        commit_txn(&c, 0, &[(5, 50)]);
+        assert!(c.take_offset_changes().is_empty());
+        end_txn(&c, 0, true);
+        assert_eq!(c.take_offset_changes(), ["g"]);
+
+        drop(c.delete_offsets("a", &[("t".into(), 1)], 0).unwrap());
+        drop(c.delete_group("b", 0).unwrap());
+        assert_eq!(c.take_offset_changes(), ["a", "b"]);
+        assert!(c.fetch_offsets("b", None, false).is_empty(), "gone");
+
+        // Expiry (retention 1000 ms for empty groups).
+        c.tick(5_000, true);
+        assert_eq!(c.take_offset_changes(), ["a", "before", "g"]);
+        assert!(c.groups_with_offsets().is_empty());
+    }
+
+    #[test]
+    fn imported_offsets_are_committed_durably_and_never_replace_newer_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = GroupCoordinator::open(dir.path(), CONFIG, 0).unwrap();
+        let mine = committed(7, 100);
+        drop(
+            c.commit("a", "", None, -1, vec![("t".into(), 0, mine.clone())], 100)
+                .unwrap(),
+        );
+        c.track_offset_changes();
+        let _ = c.take_offset_changes();
+        let lake_offset = CommittedOffset {
+            offset: 3,
+            leader_epoch: 2,
+            metadata: "m".into(),
+            commit_timestamp_ms: 50,
+        };
+        let (restored, _durable) = c
+            .import_offsets(
+                vec![
+                    (
+                        "a".into(),
+                        vec![
+                            ("t".into(), 0, committed(1, 50)),
+                            ("t".into(), 1, lake_offset.clone()),
+                        ],
+                    ),
+                    ("b".into(), vec![("u".into(), 0, lake_offset.clone())]),
+                    (String::new(), vec![("u".into(), 0, lake_offset.clone())]),
+                ],
+                200,
+            )
+            .unwrap();
+        assert_eq!(restored, 2, "a-t-0 was committed here: it stays");
+        assert_eq!(c.take_offset_changes(), ["a", "b"]);
+        assert_eq!(
+            c.groups_with_offsets(),
+            [("a".into(), 100), ("b".into(), 50)]
+        );
+        assert_eq!(c.describe("b").unwrap().state, "Empty");
+        drop(c);
+
+        // Written to the offsets log: a reopened coordinator has them, as committed.
+        let c = GroupCoordinator::open(dir.path(), CONFIG, 300).unwrap();
+        let a: Vec<_> = c
+            .fetch_offsets("a", None, true)
+            .into_iter()
+            .map(|(t, p, o)| (t, p, o.unwrap().unwrap()))
+            .collect();
+        assert_eq!(
+            a,
+            [("t".into(), 0, mine), ("t".into(), 1, lake_offset.clone())]
+        );
+        let b = c.fetch_offsets("b", Some(vec![("u".into(), vec![0])]), true);
+        assert_eq!(b[0].2, Ok(Some(lake_offset)));
     }
 }
