@@ -24,11 +24,14 @@ use strata_tests::{
     quorum_voters, read, start_member, wait_for, wait_for_brokers,
 };
 
-/// Small segments, sealed by size only (the tail stays local), deleted locally once offloaded.
+/// Small segments, sealed by size only (the tail stays local: no fresh piece within the test),
+/// deleted locally once offloaded; lake files DeleteRecords removes are deleted at once.
 const TIERED: &[(&str, &str)] = &[
     ("log.segment.bytes", "16384"),
     ("log.local.retention.ms", "0"),
     ("log.retention.check.interval.ms", "100"),
+    ("lake.target.lag.ms", "3600000"),
+    ("lake.fresh.delete.delay.ms", "0"),
 ];
 
 /// Produces records `from..from + count` (values `record-<n>` padded to about 200 bytes) to

@@ -122,6 +122,20 @@ pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
         "4096",
         ConfigType::Int(0),
     ),
+    // The fresh lake: how old the oldest record not in the lake may get before the partition's
+    // leader uploads a fresh piece, and how long replaced or removed lake files stay readable.
+    def(
+        "lake.fresh.delete.delay.ms",
+        "lake.fresh.delete.delay.ms",
+        "600000",
+        ConfigType::Long(0),
+    ),
+    def(
+        "lake.target.lag.ms",
+        "lake.target.lag.ms",
+        "60000",
+        ConfigType::Long(0),
+    ),
     def(
         "local.retention.bytes",
         "log.local.retention.bytes",
@@ -617,6 +631,12 @@ impl BrokerConfig {
         self.long("lake.read.cache.bytes") as usize
     }
 
+    /// `lake.target.lag.ms` as the broker default (topics may override it, see
+    /// [`TopicConfig::lake_target_lag_ms`]): also how often group offsets go to the lake.
+    pub fn lake_target_lag_ms(&self) -> i64 {
+        self.long("lake.target.lag.ms")
+    }
+
     /// `quota.window.num` × `quota.window.size.seconds`: the sampled windows client quotas
     /// are measured over: `(samples, window_ms)`.
     pub fn quota_windows(&self) -> (usize, i64) {
@@ -923,6 +943,18 @@ impl TopicConfig {
         self.long("min.insync.replicas").max(1) as usize
     }
 
+    /// `lake.target.lag.ms`: the leader uploads the records not in the lake as a fresh piece
+    /// once the oldest of them has waited this long.
+    pub fn lake_target_lag_ms(&self) -> i64 {
+        self.long("lake.target.lag.ms")
+    }
+
+    /// `lake.fresh.delete.delay.ms`: how long a lake file replaced (a fresh piece) or removed
+    /// (retention, DeleteRecords) stays in object storage, so readers that listed it finish.
+    pub fn lake_fresh_delete_delay_ms(&self) -> i64 {
+        self.long("lake.fresh.delete.delay.ms")
+    }
+
     /// The settings of the partition logs.
     pub fn log_config(&self) -> LogConfig {
         LogConfig {
@@ -999,6 +1031,10 @@ mod tests {
         assert_eq!(c.tier_url, "file:///tmp/x/lake");
         let t = c.topic_config(&BTreeMap::new());
         assert_eq!(t.get("segment.bytes"), "1073741824");
+        assert_eq!(
+            (t.lake_target_lag_ms(), t.lake_fresh_delete_delay_ms()),
+            (60_000, 600_000)
+        );
         // Lake defaults: tiered, unlimited remote retention, a week locally.
         let log = t.log_config();
         assert!(log.remote_storage);
@@ -1020,6 +1056,22 @@ mod tests {
         let t = c.topic_config(&overrides);
         assert_eq!(t.log_config().segment_bytes, 1000);
         assert_eq!(t.log_config().retention_ms, 5);
+        // The fresh lake's settings: a broker default, a topic override over it.
+        let c = config(&[("lake.target.lag.ms", "2000")]).unwrap();
+        assert_eq!(c.lake_target_lag_ms(), 2000);
+        assert_eq!(c.topic_config(&BTreeMap::new()).lake_target_lag_ms(), 2000);
+        let overrides = BTreeMap::from([
+            ("lake.target.lag.ms".to_string(), "500".to_string()),
+            ("lake.fresh.delete.delay.ms".to_string(), "0".to_string()),
+        ]);
+        validate_topic_overrides(&overrides).unwrap();
+        let t = c.topic_config(&overrides);
+        assert_eq!(
+            (t.lake_target_lag_ms(), t.lake_fresh_delete_delay_ms()),
+            (500, 0)
+        );
+        let negative = BTreeMap::from([("lake.target.lag.ms".to_string(), "-1".to_string())]);
+        assert!(validate_topic_overrides(&negative).is_err());
     }
 
     #[test]

@@ -23,6 +23,19 @@
 //! batches of its aborted transactions (which the partition's log knows) are left out of the
 //! file, whose manifest entry still covers the segment's offsets.
 //!
+//! The lake is kept fresh: once the oldest record below the last stable offset that no lake file
+//! holds has waited `lake.target.lag.ms` (as this leader saw it), the leader uploads the records
+//! not in the lake, up to the last stable offset or the end of the local segment holding the
+//! first of them, as a *fresh piece* (`.parquet.fresh`), without rolling the segment. When the
+//! segment seals, its sealed file replaces its pieces in one manifest commit. Local retention
+//! only ever deletes what sealed files hold (the offloaded offset is the manifest's sealed next
+//! offset, on leaders and followers alike): the sealed upload needs the segment. A piece that
+//! local data cannot replace (below the local log start, or cut from segments that rolled
+//! elsewhere on an earlier leader) is promoted: copied to a sealed name. Replaced pieces, and
+//! files retention or DeleteRecords remove, stay in object storage for
+//! `lake.fresh.delete.delay.ms` (running queries and Iceberg snapshots still read them), then
+//! the leader deletes them.
+//!
 //! DeleteRecords on a tiered partition moves the local log start at once and leaves the lake to
 //! this pipeline, the manifests' only writer: the leader commits the new log start to the
 //! manifest (the files entirely below it are deleted, a file holding it stays and is filtered on
@@ -35,7 +48,7 @@ use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
 use strata_lake::status::CorruptSegment;
-use strata_lake::{Lake, Manifest, ManifestVersion, OffloadError, TopicMetadata};
+use strata_lake::{FileEntry, Lake, Manifest, ManifestVersion, OffloadError, TopicMetadata};
 
 use crate::lake_view::LakeView;
 use uuid::Uuid;
@@ -61,6 +74,9 @@ const FOLLOWER_REFRESHES_PER_PASS_MAX: usize = 64;
 /// How often a leader looks again for uploads earlier leaders left uncommitted (after its claim,
 /// which looks first): a deposed leader that was paused may finish an upload late.
 const ORPHAN_SWEEP_INTERVAL_MS: i64 = 60_000;
+/// Most sealed uploads and piece promotions of one partition in one pass: a partition far
+/// behind goes on at the next pass (a second later) instead of holding its slot for hours.
+const SEALED_STEPS_PER_PASS_MAX: usize = 64;
 
 /// Why one partition's offload stopped.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +90,10 @@ enum Failure {
     /// Opening a segment to read it.
     #[error(transparent)]
     Log(#[from] strata_log::Error),
+    /// This broker stopped leading the partition during the pass: its upload was discarded, not
+    /// committed; the next leader offloads those records. Not a failure.
+    #[error("no longer the partition's leader")]
+    Deposed,
 }
 
 /// What the pipeline does for a partition this pass.
@@ -105,6 +125,9 @@ struct PartitionState {
     failing_since_ms: i64,
     /// Whether the partition's folder may hold an offload error file (unknown at start).
     error_shown: Option<bool>,
+    /// As leader: when this broker first saw records below the last stable offset that no lake
+    /// file holds (`None`: every such record is in the lake), for `lake.target.lag.ms`.
+    pending_since_ms: Option<i64>,
 }
 
 /// Runs the pipeline until the task is aborted. Partitions are offloaded concurrently, as many at
@@ -143,6 +166,7 @@ pub(crate) async fn run(manager: Arc<PartitionManager>, view: Arc<LakeView>) {
                     (now >= state.retry_at_ms).then_some(Job::Offload)
                 } else {
                     state.claimed_epoch = None;
+                    state.pending_since_ms = None;
                     let refresh =
                         now >= state.refresh_at_ms && refreshes < FOLLOWER_REFRESHES_PER_PASS_MAX;
                     refreshes += usize::from(refresh);
@@ -185,6 +209,11 @@ pub(crate) async fn run(manager: Arc<PartitionManager>, view: Arc<LakeView>) {
                     // Deposed: a later leader owns the partition in the lake. Not a failure.
                     tracing::info!(topic = %topic.name, partition = partition.index(), error = %e,
                         "a later leader has claimed the partition in the lake; this broker stops offloading it");
+                    state.failures = 0;
+                    state.claimed_epoch = None;
+                    state.manifest = None;
+                }
+                Err(Failure::Deposed) => {
                     state.failures = 0;
                     state.claimed_epoch = None;
                     state.manifest = None;
@@ -305,9 +334,58 @@ async fn describe_topic(
     Ok(())
 }
 
-/// Offloads the partition's sealed segments past its manifest and below its high watermark, one
-/// at a time, each committed before the next; local retention runs after each commit. Then
-/// applies remote retention. A new leadership first claims the partition in the lake.
+/// One leader's pass over one partition: what each step needs.
+struct Pass<'a> {
+    lake: &'a Lake,
+    view: &'a LakeView,
+    name: &'a str,
+    partition: &'a Arc<Partition>,
+    /// The epoch this broker claimed the partition at in the lake.
+    epoch: i32,
+}
+
+impl Pass<'_> {
+    /// Commits an uploaded file (see [`Lake::commit_file`]) and shows the new manifest to the
+    /// read path, unless this broker no longer leads at the pass's epoch: the upload is then
+    /// discarded, and [`Failure::Deposed`] ends the pass.
+    async fn commit(&self, manifest: &Manifest, entry: FileEntry) -> Result<Manifest, Failure> {
+        let index = self.partition.index();
+        if self.partition.leading_epoch() != Some(self.epoch) {
+            tracing::info!(topic = %self.name, partition = index, epoch = self.epoch,
+                "no longer the leader: the upload is discarded, not committed");
+            self.lake.discard_upload(self.name, index, &entry).await?;
+            return Err(Failure::Deposed);
+        }
+        let committed = self
+            .lake
+            .commit_file(self.name, index, manifest, entry, self.epoch, now_ms())
+            .await?;
+        self.view.set_manifest(self.name, index, &committed);
+        Ok(committed)
+    }
+
+    /// Promotes the first fresh piece (see [`Lake::promote_piece`]), as [`Pass::commit`] does.
+    async fn promote(&self, manifest: &Manifest) -> Result<Manifest, Failure> {
+        let index = self.partition.index();
+        if self.partition.leading_epoch() != Some(self.epoch) {
+            return Err(Failure::Deposed);
+        }
+        let promoted = self
+            .lake
+            .promote_piece(self.name, index, manifest, self.epoch, now_ms())
+            .await?;
+        tracing::info!(topic = %self.name, partition = index,
+            piece = ?manifest.fresh_pieces().first().map(|p| &p.path),
+            "promoted a fresh piece that local data cannot replace to a sealed file");
+        self.view.set_manifest(self.name, index, &promoted);
+        Ok(promoted)
+    }
+}
+
+/// Offloads the partition as its leader: sealed segments past the manifest's sealed files and
+/// below the last stable offset, one at a time, each committed before the next, with local
+/// retention after each commit; then a fresh piece if one is due; then remote retention and
+/// the deletion of retired files. A new leadership first claims the partition in the lake.
 async fn offload_partition(
     lake: &Lake,
     view: &LakeView,
@@ -327,68 +405,34 @@ async fn offload_partition(
     };
     view.set_manifest(name, index, &manifest);
     let now = now_ms();
-    if epoch > 0 && now.saturating_sub(state.swept_at_ms) >= ORPHAN_SWEEP_INTERVAL_MS {
+    // At every claim (a crashed broker's pieces are left at its own epoch, single brokers
+    // included), and now and then once earlier leaders exist.
+    let swept_ago_ms = now.saturating_sub(state.swept_at_ms);
+    if state.swept_at_ms == i64::MIN || (epoch > 0 && swept_ago_ms >= ORPHAN_SWEEP_INTERVAL_MS) {
         let removed = lake.remove_orphans(name, index, &manifest).await?;
         if !removed.is_empty() {
             tracing::info!(topic = %name, partition = index, files = ?removed,
-                "removed uploads that earlier leaders of the partition left uncommitted");
+                "removed uploads that were never committed (earlier leaders', or pieces of a crash)");
         }
         state.swept_at_ms = now;
     }
+    let delete_delay_ms = topic.config.lake_fresh_delete_delay_ms();
     // Read before the log start DeleteRecords asked for (which it records before moving the
     // local start): a start moved by DeleteRecords is then in the manifest before it is used.
     let start = partition.log_start_offset();
-    manifest = commit_log_start(lake, view, name, index, &manifest, epoch).await?;
+    manifest = commit_log_start(lake, view, name, index, &manifest, epoch, delete_delay_ms).await?;
     follow_lake_log_start(partition, manifest.log_start_offset).await;
-    let mut next = manifest
-        .next_offset()
-        .unwrap_or(start)
-        .max(start)
-        .max(manifest.log_start_offset);
-    partition.set_offloaded_offset(manifest.next_offset().unwrap_or(-1))?;
-    // Only what every in-sync replica has (any later leader holds the same records), and only
-    // decided transactions: below the last stable offset.
-    let last_stable = partition.last_stable_offset();
-    let segments: Vec<_> = partition
-        .sealed_segments_from(next)?
-        .into_iter()
-        .take_while(|s| s.next_offset <= last_stable)
-        .collect();
-    let waiting_bytes: usize = segments.iter().map(|s| s.slice.len()).sum();
-    if segments.len() > 1 {
-        tracing::info!(topic = %name, partition = index, segments = segments.len(), bytes = waiting_bytes, "offload lag");
-    }
-    for segment in segments {
-        // KIP-956: `remote.log.manager.copy.max.bytes.per.second`, broker-wide.
-        view.copy_limit().acquire(segment.slice.len() as u64).await;
-        let file = segment.slice.open()?;
-        // The lake holds committed records only: the segment's aborted transactions stay out.
-        let aborted = partition.aborted_between(next, segment.next_offset)?;
-        let uploaded = lake
-            .upload_segment(name, index, &manifest, file, &aborted, next, epoch)
-            .await?;
-        if let Some(uploaded) = uploaded {
-            if partition.leading_epoch() != Some(epoch) {
-                // Deposed during the upload: not committed; the next leader offloads these.
-                tracing::info!(topic = %name, partition = index, epoch,
-                    "no longer the leader: the upload is discarded, not committed");
-                lake.discard_upload(name, index, &uploaded.entry).await?;
-                state.claimed_epoch = None;
-                return Ok(());
-            }
-            let entry = uploaded.entry.clone();
-            manifest = lake
-                .commit_file(name, index, &manifest, uploaded.entry, epoch)
-                .await?;
-            view.metrics().uploaded(&entry);
-            view.set_manifest(name, index, &manifest);
-            tracing::debug!(topic = %name, partition = index, next_offset = segment.next_offset,
-                peak_buffered_bytes = uploaded.peak_buffered_bytes, "offloaded segment");
-        }
-        next = segment.next_offset;
-        partition.set_offloaded_offset(next)?;
-        apply_local_retention(partition).await;
-    }
+    partition.set_offloaded_offset(manifest.sealed_next_offset().unwrap_or(-1))?;
+    let pass = Pass {
+        lake,
+        view,
+        name,
+        partition,
+        epoch,
+    };
+    manifest = offload_sealed(&pass, manifest, start).await?;
+    let target_lag_ms = topic.config.lake_target_lag_ms();
+    manifest = offload_fresh(&pass, manifest, start, state, target_lag_ms).await?;
     let config = topic.config.log_config();
     manifest = lake
         .apply_retention(
@@ -401,14 +445,172 @@ async fn offload_partition(
             config.retention_bytes,
         )
         .await?;
+    manifest = lake
+        .delete_retired(name, index, &manifest, epoch, now_ms(), delete_delay_ms)
+        .await?;
     view.set_manifest(name, index, &manifest);
     state.manifest = Some(manifest);
     Ok(())
 }
 
+/// Uploads the sealed segments below the last stable offset that sealed files do not hold yet,
+/// each as a sealed file replacing the fresh pieces it covers, and promotes the pieces local data
+/// cannot replace: those below the local log start `start`, and those a segment ends inside
+/// (cut on a leader whose segments rolled elsewhere). Local retention runs after each commit.
+async fn offload_sealed(
+    pass: &Pass<'_>,
+    mut manifest: Manifest,
+    start: i64,
+) -> Result<Manifest, Failure> {
+    let (name, partition) = (pass.name, pass.partition);
+    let index = partition.index();
+    let mut next = manifest
+        .sealed_next_offset()
+        .unwrap_or(start)
+        .max(start)
+        .max(manifest.log_start_offset);
+    // Only what every in-sync replica has (any later leader holds the same records), and only
+    // decided transactions: below the last stable offset.
+    let last_stable = partition.last_stable_offset();
+    let waiting: Vec<_> = partition
+        .sealed_segments_from(next)?
+        .into_iter()
+        .take_while(|s| s.next_offset <= last_stable)
+        .collect();
+    if waiting.len() > 1 {
+        let bytes: usize = waiting.iter().map(|s| s.slice.len()).sum();
+        tracing::info!(topic = %name, partition = index, segments = waiting.len(), bytes, "offload lag");
+    }
+    for _ in 0..SEALED_STEPS_PER_PASS_MAX {
+        let pieces = manifest.fresh_pieces();
+        if pieces.first().is_some_and(|p| p.base_offset < start) {
+            manifest = pass.promote(&manifest).await?;
+            next = next.max(manifest.sealed_next_offset().unwrap_or(next));
+            continue;
+        }
+        let Some(segment) = partition.sealed_segments_from(next)?.into_iter().next() else {
+            break;
+        };
+        if segment.next_offset > last_stable {
+            break;
+        }
+        let straddled = pieces
+            .iter()
+            .find(|p| p.base_offset < segment.next_offset && p.last_offset >= segment.next_offset);
+        if let Some(through) = straddled.map(|p| p.last_offset) {
+            while manifest
+                .fresh_pieces()
+                .first()
+                .is_some_and(|p| p.last_offset <= through)
+            {
+                manifest = pass.promote(&manifest).await?;
+            }
+            next = next.max(through + 1);
+            continue;
+        }
+        // KIP-956: `remote.log.manager.copy.max.bytes.per.second`, broker-wide.
+        pass.view
+            .copy_limit()
+            .acquire(segment.slice.len() as u64)
+            .await;
+        let file = segment.slice.open()?;
+        // The lake holds committed records only: the segment's aborted transactions stay out.
+        let aborted = partition.aborted_between(next, segment.next_offset)?;
+        let uploaded = pass
+            .lake
+            .upload_segment(name, index, &manifest, file, &aborted, next, pass.epoch)
+            .await?;
+        if let Some(uploaded) = uploaded {
+            let entry = uploaded.entry.clone();
+            manifest = pass.commit(&manifest, uploaded.entry).await?;
+            pass.view.metrics().uploaded(&entry);
+            tracing::debug!(topic = %name, partition = index, next_offset = segment.next_offset,
+                peak_buffered_bytes = uploaded.peak_buffered_bytes, "offloaded segment");
+        }
+        next = segment.next_offset;
+        partition.set_offloaded_offset(next)?;
+        apply_local_retention(partition).await;
+    }
+    Ok(manifest)
+}
+
+/// Uploads the records below the last stable offset that no lake file holds as one fresh piece
+/// once the oldest of them has waited `target_lag_ms` (see [`fresh_piece_due`]): from the
+/// manifest's next offset to the last stable offset or the end of the local segment holding
+/// that offset, whichever comes first. No segment is rolled for it.
+async fn offload_fresh(
+    pass: &Pass<'_>,
+    manifest: Manifest,
+    start: i64,
+    state: &mut PartitionState,
+    target_lag_ms: i64,
+) -> Result<Manifest, Failure> {
+    let (name, partition) = (pass.name, pass.partition);
+    let index = partition.index();
+    let from = manifest
+        .next_offset()
+        .unwrap_or(start)
+        .max(start)
+        .max(manifest.log_start_offset);
+    let last_stable = partition.last_stable_offset();
+    if !fresh_piece_due(
+        &mut state.pending_since_ms,
+        from,
+        last_stable,
+        now_ms(),
+        target_lag_ms,
+    ) {
+        return Ok(manifest);
+    }
+    // What a read_committed fetch from `from` is served: the batches of one segment below the
+    // last stable offset, and the aborted transactions among them.
+    let (read, aborted) = partition.read_committed(from, usize::MAX)?;
+    let Some(range) = read.records else {
+        return Ok(manifest);
+    };
+    pass.view.copy_limit().acquire(range.len() as u64).await;
+    let uploaded = pass
+        .lake
+        .upload_piece(name, index, &manifest, range, &aborted, from, pass.epoch)
+        .await?;
+    let Some(uploaded) = uploaded else {
+        return Ok(manifest);
+    };
+    let covered_to = uploaded.entry.last_offset + 1;
+    let manifest = pass.commit(&manifest, uploaded.entry).await?;
+    tracing::debug!(topic = %name, partition = index, from, next_offset = covered_to,
+        "offloaded a fresh piece");
+    // Cut at a segment's end, the records after it have waited as long: the next piece is due
+    // at once. Cut at the last stable offset, later records start their own wait.
+    if covered_to >= read.last_stable_offset {
+        state.pending_since_ms = None;
+    }
+    Ok(manifest)
+}
+
+/// Whether a fresh piece is due at `now_ms`: records lie between `covered_to` (the first offset
+/// no lake file holds) and `stable_to` (the last stable offset), and this broker first saw such
+/// records `target_lag_ms` ago or more. Keeps `pending_since_ms`, the wall time records were
+/// first seen pending (`None` once none are).
+fn fresh_piece_due(
+    pending_since_ms: &mut Option<i64>,
+    covered_to: i64,
+    stable_to: i64,
+    now_ms: i64,
+    target_lag_ms: i64,
+) -> bool {
+    if stable_to <= covered_to {
+        *pending_since_ms = None;
+        return false;
+    }
+    let since = *pending_since_ms.get_or_insert(now_ms);
+    now_ms.saturating_sub(since) >= target_lag_ms
+}
+
 /// Commits the log start offset DeleteRecords asked for (if the manifest does not hold it yet):
-/// the files entirely below it are removed from the manifest, then deleted. A file committed
-/// below the manifest's log start (an upload that raced the request) goes the same way.
+/// the files entirely below it are removed from the manifest and retired (deleted at once with
+/// a delete delay of 0). A file committed below the manifest's log start (an upload that raced
+/// the request) goes the same way.
 async fn commit_log_start(
     lake: &Lake,
     view: &LakeView,
@@ -416,15 +618,20 @@ async fn commit_log_start(
     index: i32,
     manifest: &Manifest,
     epoch: i32,
+    delete_delay_ms: i64,
 ) -> Result<Manifest, Failure> {
     let wanted = view.wanted_log_start(name, index);
-    let committed = lake
-        .delete_records_before(name, index, manifest, wanted.unwrap_or(0), epoch)
+    let mut committed = lake
+        .delete_records_before(name, index, manifest, wanted.unwrap_or(0), epoch, now_ms())
         .await?;
     if committed != *manifest {
         let removed = manifest.files.len() - committed.files.len();
         tracing::info!(topic = %name, partition = index, log_start_offset = committed.log_start_offset,
             removed_files = removed, "the lake's log start moved (DeleteRecords)");
+        // Before the request is answered (it waits for the manifest the view shows).
+        committed = lake
+            .delete_retired(name, index, &committed, epoch, now_ms(), delete_delay_ms)
+            .await?;
     }
     if committed != *manifest || wanted.is_some() {
         view.set_manifest(name, index, &committed);
@@ -498,9 +705,10 @@ async fn follow_partition(
     state.followed_version = version;
     view.set_manifest(name, index, &manifest);
     follow_lake_log_start(partition, manifest.log_start_offset).await;
-    if let Some(next) = manifest.next_offset() {
-        // The lake holds every offset below `next`: records below some leader's high watermark,
-        // the same on every replica.
+    if let Some(next) = manifest.sealed_next_offset() {
+        // Sealed files hold every offset below `next`: records below some leader's high
+        // watermark, the same on every replica. Not the fresh pieces' offsets: should this
+        // replica lead, its sealed upload needs the segments holding them.
         partition.set_offloaded_offset(next)?;
         tracing::debug!(topic = %name, partition = index, next_offset = next, "the lake holds the followed partition up to here");
         apply_local_retention(partition).await;
@@ -533,5 +741,32 @@ async fn apply_local_retention(partition: &Arc<Partition>) {
                 "local retention after offload failed")
         }
         Err(e) => tracing::error!(error = %e, "local retention after offload panicked"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fresh_piece_due;
+
+    /// Records wait from the pass that first saw them; a piece is due once they waited the
+    /// target lag, and a partition the lake holds up to its last stable offset waits for nothing.
+    #[test]
+    fn a_fresh_piece_is_due_once_the_oldest_pending_record_waited_the_target_lag() {
+        let mut since = None;
+        assert!(!fresh_piece_due(&mut since, 10, 10, 1_000, 2_000));
+        assert_eq!(since, None, "nothing pending");
+        assert!(!fresh_piece_due(&mut since, 10, 15, 1_000, 2_000));
+        assert_eq!(since, Some(1_000), "first seen");
+        assert!(!fresh_piece_due(&mut since, 10, 40, 2_999, 2_000));
+        assert_eq!(since, Some(1_000), "later records do not restart the wait");
+        assert!(fresh_piece_due(&mut since, 10, 40, 3_000, 2_000));
+        // A commit covered them: the next records start their own wait.
+        assert!(!fresh_piece_due(&mut since, 40, 40, 3_500, 2_000));
+        assert_eq!(since, None);
+        assert!(!fresh_piece_due(&mut since, 40, 41, 4_000, 2_000));
+        assert!(fresh_piece_due(&mut since, 40, 41, 6_000, 2_000));
+        // A lag of 0: due at every pass with records pending.
+        let mut since = None;
+        assert!(fresh_piece_due(&mut since, 0, 1, 5, 0));
     }
 }

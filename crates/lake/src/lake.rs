@@ -5,6 +5,8 @@
 //! - `topic=<topic>/partition=<n>/<first offset>-<last offset>.parquet`: record data (Hive style),
 //!   uploaded by a single broker or by a partition leader at leader epoch 0;
 //!   `<first offset>-<last offset>-e<epoch>.parquet` when uploaded by the leader at a later epoch;
+//! - the same names with `.parquet.fresh`: fresh pieces, the records of the active part of the
+//!   log (see [`crate::manifest`]), which `**/*.parquet` globs do not see;
 //! - `_strata/manifests/topic=<topic>/partition=<n>.json`: the partition's manifest;
 //! - `_strata/topics/<topic>.json`: what is needed to recreate the topic.
 //!
@@ -23,6 +25,14 @@
 //! The lake holds committed records only: a segment's control batches and the batches of its
 //! aborted transactions are left out as it is converted ([`crate::txn`]), while its file's
 //! manifest entry covers the segment's whole offset range.
+//!
+//! Fresh pieces are uploaded from a byte range of a local segment ([`Lake::upload_piece`]) and
+//! committed after the last file ([`Lake::commit_file`]); a sealed file committed later replaces
+//! the pieces it covers in the same manifest write. A piece that local data can no longer replace
+//! is promoted: copied to the sealed name and committed the same way ([`Lake::promote_piece`]).
+//! Replaced pieces, and files retention or DeleteRecords remove, are *retired*: the manifest
+//! names them until their delete delay has passed, then [`Lake::delete_retired`] deletes their
+//! objects and drops them from the manifest (in that order: a crash in between deletes again).
 //!
 //! Offloading streams: a blocking task reads the segment batch by batch, encodes row group by row
 //! group and hands the file out in parts that the async side uploads as they come (one PUT when
@@ -111,6 +121,15 @@ pub struct TopicMetadata {
     pub configs: BTreeMap<String, String>,
 }
 
+/// What an upload is: the partition, the uploader's epoch and the kind of file.
+#[derive(Debug, Clone, Copy)]
+struct Target<'a> {
+    topic: &'a str,
+    partition: i32,
+    leader_epoch: i32,
+    fresh: bool,
+}
+
 /// The lake of one tier URL.
 #[derive(Debug, Clone)]
 pub struct Lake {
@@ -133,10 +152,32 @@ fn file_path(topic: &str, partition: i32, first: i64, last: i64, leader_epoch: i
     }
 }
 
-/// The leader epoch a data file was uploaded at, read from its name; `None` for a name this
-/// crate does not write.
-fn upload_epoch(path: &str) -> Option<i32> {
-    let name = path.rsplit('/').next()?.strip_suffix(".parquet")?;
+/// Suffix of fresh pieces after the sealed file name: not `.parquet`, so that globs over
+/// `**/*.parquet` see sealed files only.
+const FRESH_SUFFIX: &str = ".fresh";
+
+/// The object a leader at `leader_epoch` uploads offsets `first..=last` of a partition to as a
+/// fresh piece (`fresh`) or a sealed file.
+fn upload_path(
+    topic: &str,
+    partition: i32,
+    (first, last): (i64, i64),
+    leader_epoch: i32,
+    fresh: bool,
+) -> String {
+    let path = file_path(topic, partition, first, last, leader_epoch);
+    if fresh { path + FRESH_SUFFIX } else { path }
+}
+
+/// What a data file's name says: the leader epoch it was uploaded at, and whether it is a fresh
+/// piece; `None` for a name this crate does not write.
+fn upload_name(path: &str) -> Option<(i32, bool)> {
+    let file = path.rsplit('/').next()?;
+    let (file, fresh) = match file.strip_suffix(FRESH_SUFFIX) {
+        Some(sealed_name) => (sealed_name, true),
+        None => (file, false),
+    };
+    let name = file.strip_suffix(".parquet")?;
     let mut parts = name.split('-');
     let offsets = [parts.next()?, parts.next()?];
     if !offsets
@@ -149,21 +190,33 @@ fn upload_epoch(path: &str) -> Option<i32> {
         None => 0,
         Some(tag) => tag.strip_prefix('e')?.parse().ok().filter(|e| *e > 0)?,
     };
-    parts.next().is_none().then_some(epoch)
+    parts.next().is_none().then_some((epoch, fresh))
 }
 
-/// Objects of a partition (`(path, size)`) that no commit can ever name: uploaded at an epoch
-/// below the one `manifest` (a committed manifest) was committed at, and not named by it. Commits
-/// below that epoch are refused, so those uploads were left behind by deposed or crashed leaders.
+/// Objects of a partition (`(path, size)`) that no commit can ever name, given `manifest` (a
+/// committed manifest) and that no leader is uploading for it now (the caller is its leader,
+/// between uploads): not named by it (live or retired), and uploaded at an epoch below the one
+/// it was committed at (commits below that epoch are refused: left behind by deposed or crashed
+/// leaders), or fresh pieces at that epoch too (a piece is named after offsets that move on, so
+/// a retry after a crash or a failed commit uploads another name instead of overwriting).
 pub fn superseded_uploads(manifest: &Manifest, objects: &[(String, u64)]) -> Vec<String> {
     objects
         .iter()
         .filter(|(path, _)| {
             !manifest.names(path)
-                && upload_epoch(path).is_some_and(|epoch| epoch < manifest.leader_epoch)
+                && upload_name(path).is_some_and(|(epoch, fresh)| {
+                    epoch < manifest.leader_epoch || (fresh && epoch == manifest.leader_epoch)
+                })
         })
         .map(|(path, _)| path.clone())
         .collect()
+}
+
+/// The wall clock in ms since the epoch, for the single-broker conveniences that take no `now`.
+fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Claims that lose to an earlier leader's commit before giving up (each loss means that leader
@@ -355,17 +408,15 @@ impl Lake {
     }
 
     /// Deletes the partition's uploads that no commit can name any more (see
-    /// [`superseded_uploads`]), given its committed `manifest`; returns their paths. Nothing to
-    /// do (and no listing) at epoch 0.
+    /// [`superseded_uploads`]), given its committed `manifest`; returns their paths. Only the
+    /// partition's leader calls it, between its own uploads (a piece it is uploading would be
+    /// taken for an orphan).
     pub async fn remove_orphans(
         &self,
         topic: &str,
         partition: i32,
         manifest: &Manifest,
     ) -> Result<Vec<String>> {
-        if manifest.leader_epoch == 0 {
-            return Ok(Vec::new());
-        }
         let orphans = superseded_uploads(manifest, &self.objects(topic, partition).await?);
         for path in &orphans {
             self.delete_object(path).await?;
@@ -522,7 +573,14 @@ impl Lake {
             });
         };
         let manifest = self
-            .commit_file(topic, partition, manifest, uploaded.entry, leader_epoch)
+            .commit_file(
+                topic,
+                partition,
+                manifest,
+                uploaded.entry,
+                leader_epoch,
+                wall_clock_ms(),
+            )
             .await?;
         Ok(Offloaded {
             manifest,
@@ -532,7 +590,9 @@ impl Lake {
 
     /// Converts the records of a sealed segment from `from_offset` on to Parquet and uploads the
     /// file as it is produced, named for the leader at `leader_epoch`; nothing is committed
-    /// (`None` when there was nothing to offload). `manifest` is the one the file will continue.
+    /// (`None` when there was nothing to offload). `manifest` is the one the file will continue:
+    /// it starts at the manifest's [`Manifest::sealed_next_offset`] (replacing the fresh pieces
+    /// it covers when committed).
     ///
     /// Memory is bounded, whatever the segment's size: the read window (1 MiB, or the largest
     /// batch), one batch's decoded records, one row group as the encoder holds it (compressed;
@@ -563,9 +623,61 @@ impl Lake {
         from_offset: i64,
         leader_epoch: i32,
     ) -> Result<Option<Uploaded>> {
-        let (source_bytes, segment_name) = (segment.len(), segment.name());
+        let target = Target {
+            topic,
+            partition,
+            leader_epoch,
+            fresh: false,
+        };
+        self.upload_range(target, manifest, segment, aborted, from_offset)
+            .await
+    }
+
+    /// As [`Lake::upload_segment`], for a fresh piece: `range` is a byte range of a local
+    /// segment, the active one included, from the batch holding `from_offset` (the manifest's
+    /// [`Manifest::next_offset`]) up to a batch boundary below the last stable offset (what a
+    /// fetch below the last stable offset is served: `read_committed`). The piece is named
+    /// `….parquet.fresh` and its entry is marked fresh; commit it with [`Lake::commit_file`].
+    #[allow(clippy::too_many_arguments)] // As upload_segment.
+    pub async fn upload_piece(
+        &self,
+        topic: &str,
+        partition: i32,
+        manifest: &Manifest,
+        range: impl SegmentSource + Send + 'static,
+        aborted: &[AbortedTxn],
+        from_offset: i64,
+        leader_epoch: i32,
+    ) -> Result<Option<Uploaded>> {
+        let target = Target {
+            topic,
+            partition,
+            leader_epoch,
+            fresh: true,
+        };
+        self.upload_range(target, manifest, range, aborted, from_offset)
+            .await
+    }
+
+    /// Converts and uploads the records of `source` from `from_offset` on as a sealed file or a
+    /// fresh piece (see [`Lake::upload_segment`]).
+    async fn upload_range(
+        &self,
+        target: Target<'_>,
+        manifest: &Manifest,
+        source: impl SegmentSource + Send + 'static,
+        aborted: &[AbortedTxn],
+        from_offset: i64,
+    ) -> Result<Option<Uploaded>> {
+        let Target {
+            topic,
+            partition,
+            leader_epoch,
+            fresh,
+        } = target;
+        let (source_bytes, segment_name) = (source.len(), source.name());
         let scanned = tokio::task::spawn_blocking(move || {
-            let mut reader = BatchReader::new(segment);
+            let mut reader = BatchReader::new(source);
             segment::span(&mut reader, from_offset).map(|span| (reader, span))
         })
         .await
@@ -573,9 +685,19 @@ impl Lake {
         let (reader, Some((first, last))) = scanned? else {
             return Ok(None);
         };
-        if let Some(next) = manifest.next_offset()
+        // A sealed file continues the sealed files (over the pieces), a piece every file. The
+        // file continued may be the last one itself: a retry of its upload.
+        let (continues, previous) = if fresh {
+            (manifest.next_offset(), manifest.files.last())
+        } else {
+            (
+                manifest.sealed_next_offset(),
+                manifest.sealed_files().last(),
+            )
+        };
+        if let Some(next) = continues
             && first != next
-            && manifest.files.last().is_none_or(|f| f.base_offset != first)
+            && previous.is_none_or(|f| f.base_offset != first)
         {
             // Checked before the upload too: a file that cannot be committed is not uploaded.
             return Err(Error::Corrupt(format!(
@@ -583,7 +705,7 @@ impl Lake {
                  manifest continues at {next}"
             )));
         }
-        let path = file_path(topic, partition, first, last, leader_epoch);
+        let path = upload_path(topic, partition, (first, last), leader_epoch, fresh);
         let filter = CommittedFilter::new(aborted);
         let (summary, size_bytes, peak_buffered_bytes) = self
             .convert_and_upload(&Path::from(path.as_str()), reader, filter, from_offset)
@@ -611,6 +733,7 @@ impl Lake {
             rows: summary.rows,
             size_bytes,
             source_bytes,
+            fresh,
         };
         Ok(Some(Uploaded {
             entry,
@@ -619,8 +742,10 @@ impl Lake {
     }
 
     /// Commits an uploaded file: the manifest is `manifest` (the one it was built on) with
-    /// `entry` appended, committed at `leader_epoch` (see [`Lake::commit`]). Returns the new
-    /// manifest. A refused commit ([`Error::FencedLeaderEpoch`]) deletes the upload, which no
+    /// `entry`, committed at `leader_epoch` (see [`Lake::commit`]): a fresh piece is appended
+    /// ([`Manifest::with_file`]); a sealed file follows the sealed files in place of the pieces
+    /// it covers, which are retired at `now_ms` ([`Manifest::with_sealed_file`]). Returns the
+    /// new manifest. A refused commit ([`Error::FencedLeaderEpoch`]) deletes the upload, which no
     /// commit can name any more.
     pub async fn commit_file(
         &self,
@@ -629,8 +754,14 @@ impl Lake {
         manifest: &Manifest,
         entry: FileEntry,
         leader_epoch: i32,
+        now_ms: i64,
     ) -> Result<Manifest> {
-        let updated = manifest.with_file(entry.clone())?.at_epoch(leader_epoch);
+        let updated = if entry.fresh {
+            manifest.with_file(entry.clone())?
+        } else {
+            manifest.with_sealed_file(entry.clone(), now_ms)?
+        }
+        .at_epoch(leader_epoch);
         match self.commit(topic, partition, manifest, &updated).await {
             Ok(()) => Ok(updated),
             Err(fenced @ Error::FencedLeaderEpoch { .. }) => {
@@ -642,6 +773,67 @@ impl Lake {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Promotes the partition's first fresh piece to a sealed file, for a piece that local data
+    /// can no longer replace (its offsets are below the local log start, or the local segment
+    /// holding them ends inside it): its object is copied to the sealed name of its offsets at
+    /// `leader_epoch`, then committed in its place as a sealed upload is (see
+    /// [`Lake::commit_file`]; the piece is retired at `now_ms`). Returns the new manifest, the
+    /// same one when there is no piece.
+    pub async fn promote_piece(
+        &self,
+        topic: &str,
+        partition: i32,
+        manifest: &Manifest,
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<Manifest> {
+        let Some(piece) = manifest.fresh_pieces().first() else {
+            return Ok(manifest.clone());
+        };
+        let path = upload_path(
+            topic,
+            partition,
+            (piece.base_offset, piece.last_offset),
+            leader_epoch,
+            false,
+        );
+        self.store
+            .copy(&Path::from(piece.path.as_str()), &Path::from(path.as_str()))
+            .await
+            .map_err(storage)?;
+        let entry = FileEntry {
+            path,
+            fresh: false,
+            ..piece.clone()
+        };
+        self.commit_file(topic, partition, manifest, entry, leader_epoch, now_ms)
+            .await
+    }
+
+    /// Deletes the retired objects of `manifest` whose delete delay has passed at `now_ms`
+    /// ([`Manifest::due_for_deletion`]), then commits the manifest without them at
+    /// `leader_epoch`. Returns the new manifest (the same one when nothing was due).
+    pub async fn delete_retired(
+        &self,
+        topic: &str,
+        partition: i32,
+        manifest: &Manifest,
+        leader_epoch: i32,
+        now_ms: i64,
+        delete_delay_ms: i64,
+    ) -> Result<Manifest> {
+        let due = manifest.due_for_deletion(now_ms, delete_delay_ms);
+        let updated = manifest.without_retired(&due).at_epoch(leader_epoch);
+        if updated == *manifest {
+            return Ok(updated);
+        }
+        for path in &due {
+            self.delete_object(path).await?;
+        }
+        self.commit(topic, partition, manifest, &updated).await?;
+        Ok(updated)
     }
 
     /// Converts the records of `reader` from `from_offset` on and uploads the file to `path` as it
@@ -704,8 +896,8 @@ impl Lake {
     }
 
     /// Applies remote retention as the leader at `leader_epoch`: the manifest loses the expired
-    /// files first (a commit, see [`Lake::commit`]), then their objects are deleted. Returns the
-    /// new manifest.
+    /// files (a commit, see [`Lake::commit`]), which are retired at `now_ms`: their objects go
+    /// after the delete delay ([`Lake::delete_retired`]). Returns the new manifest.
     #[allow(clippy::too_many_arguments)] // The partition, its manifest, the clock and two limits.
     pub async fn apply_retention(
         &self,
@@ -721,18 +913,15 @@ impl Lake {
         if removed.is_empty() {
             return Ok(kept);
         }
-        let kept = kept.at_epoch(leader_epoch);
+        let kept = kept.with_retired(&removed, now_ms).at_epoch(leader_epoch);
         self.commit(topic, partition, manifest, &kept).await?;
-        for f in removed {
-            self.delete_object(&f.path).await?;
-        }
         Ok(kept)
     }
 
     /// DeleteRecords as the leader at `leader_epoch`: the manifest records the new log start
-    /// offset and loses the files entirely below it (a commit, see [`Lake::commit`]), then their
-    /// objects are deleted. A file holding the new start stays (see [`Manifest::with_log_start`]).
-    /// Returns the new manifest.
+    /// offset and loses the files entirely below it (a commit, see [`Lake::commit`]), which are
+    /// retired at `now_ms` (deleted after the delay, [`Lake::delete_retired`]). A file holding
+    /// the new start stays (see [`Manifest::with_log_start`]). Returns the new manifest.
     pub async fn delete_records_before(
         &self,
         topic: &str,
@@ -740,16 +929,14 @@ impl Lake {
         manifest: &Manifest,
         offset: i64,
         leader_epoch: i32,
+        now_ms: i64,
     ) -> Result<Manifest> {
         let (kept, removed) = manifest.with_log_start(offset);
         if kept == *manifest {
             return Ok(kept);
         }
-        let kept = kept.at_epoch(leader_epoch);
+        let kept = kept.with_retired(&removed, now_ms).at_epoch(leader_epoch);
         self.commit(topic, partition, manifest, &kept).await?;
-        for f in removed {
-            self.delete_object(&f.path).await?;
-        }
         Ok(kept)
     }
 
@@ -1082,17 +1269,32 @@ mod tests {
         let before = lake.objects("t", 0).await.unwrap();
         assert_eq!(before.len(), 3);
         // A deposed leader cannot move the start.
-        let fenced = lake.delete_records_before("t", 0, &m, 25, 1).await;
+        let fenced = lake.delete_records_before("t", 0, &m, 25, 1, 0).await;
         assert!(
             matches!(fenced, Err(Error::FencedLeaderEpoch { .. })),
             "{fenced:?}"
         );
-        let moved = lake.delete_records_before("t", 0, &m, 25, 2).await.unwrap();
+        let moved = lake
+            .delete_records_before("t", 0, &m, 25, 2, 1000)
+            .await
+            .unwrap();
         assert_eq!(lake.manifest("t", 0).await.unwrap(), moved);
         assert_eq!(
             (moved.log_start_offset, moved.start_offset()),
             (25, Some(25))
         );
+        // The file below is retired, its object kept until the delete delay has passed.
+        assert_eq!(moved.retired.len(), 1);
+        assert_eq!(lake.objects("t", 0).await.unwrap(), before);
+        assert!(lake.verify("t", 0).await.unwrap().is_clean());
+        let early = lake.delete_retired("t", 0, &moved, 2, 1999, 1000).await;
+        assert_eq!(early.unwrap(), moved, "not yet");
+        let moved = lake
+            .delete_retired("t", 0, &moved, 2, 2000, 1000)
+            .await
+            .unwrap();
+        assert!(moved.retired.is_empty());
+        assert_eq!(lake.manifest("t", 0).await.unwrap(), moved);
         let after: Vec<String> = lake
             .objects("t", 0)
             .await
@@ -1104,7 +1306,7 @@ mod tests {
         assert!(lake.verify("t", 0).await.unwrap().is_clean());
         // Again at the same offset: nothing to commit.
         assert_eq!(
-            lake.delete_records_before("t", 0, &moved, 25, 2)
+            lake.delete_records_before("t", 0, &moved, 25, 2, 3000)
                 .await
                 .unwrap(),
             moved
@@ -1117,8 +1319,15 @@ mod tests {
             .unwrap()
             .manifest;
         assert_eq!((m.log_start_offset, m.next_offset()), (25, Some(70)));
-        let gone = lake.delete_records_before("t", 0, &m, 70, 2).await.unwrap();
-        assert!(gone.files.is_empty());
+        let gone = lake
+            .delete_records_before("t", 0, &m, 70, 2, 4000)
+            .await
+            .unwrap();
+        let gone = lake
+            .delete_retired("t", 0, &gone, 2, 4000, 0)
+            .await
+            .unwrap();
+        assert!(gone.files.is_empty() && gone.retired.is_empty());
         assert_eq!(gone.resume_offset(), Some(70));
         assert!(lake.objects("t", 0).await.unwrap().is_empty());
     }
@@ -1570,10 +1779,10 @@ mod tests {
             zero,
             "topic=t/partition=1/00000000000000000000-00000000000000000009.parquet"
         );
-        assert_eq!(upload_epoch(&zero), Some(0));
+        assert_eq!(upload_name(&zero), Some((0, false)));
         let seven = file_path("t", 1, 10, 19, 7);
         assert!(seven.ends_with("-e7.parquet"), "{seven}");
-        assert_eq!(upload_epoch(&seven), Some(7));
+        assert_eq!(upload_name(&seven), Some((7, false)));
         for other in [
             "topic=t/partition=1/notes.txt",
             "topic=t/partition=1/1-2-3.parquet",
@@ -1582,7 +1791,7 @@ mod tests {
             "topic=t/partition=1/1-x.parquet",
             "topic=t/partition=1/-2.parquet",
         ] {
-            assert_eq!(upload_epoch(other), None, "{other}");
+            assert_eq!(upload_name(other), None, "{other}");
         }
     }
 
@@ -1597,6 +1806,7 @@ mod tests {
             rows: 10,
             size_bytes: 1,
             source_bytes: 1,
+            fresh: false,
         };
         let manifest = Manifest {
             files: vec![committed(&file_path("t", 0, 0, 9, 0))],
@@ -1655,7 +1865,7 @@ mod tests {
             .unwrap()
             .unwrap();
         let refused = lake
-            .commit_file("t", 0, &at_1, late.entry.clone(), 1)
+            .commit_file("t", 0, &at_1, late.entry.clone(), 1, 0)
             .await
             .unwrap_err();
         assert!(
@@ -1728,6 +1938,7 @@ mod tests {
                             rows: 1,
                             size_bytes: 1,
                             source_bytes: 1,
+                            fresh: false,
                         };
                         let updated = base.with_file(entry).unwrap();
                         lake.commit("t", 0, &base, &updated).await.map(|()| updated)
@@ -1854,5 +2065,284 @@ mod tests {
             "no write at epoch 0"
         );
         assert_eq!(lake.claim("t", 0, 5).await.unwrap().files, m.files);
+    }
+    /// The bytes of a segment's records `from..upto` (whole batches of 5): what a fetch-style
+    /// range of the active segment holds.
+    fn range_of(records: &[LakeRecord], from: i64, upto: i64) -> Bytes {
+        let base = records[0].offset;
+        let part = &records[(from - base) as usize..(upto - base) as usize];
+        Bytes::from(segment::encode(part).to_vec())
+    }
+
+    /// The paths `**/*.parquet` sees: sealed files only.
+    fn parquet_objects(objects: &[(String, u64)]) -> Vec<String> {
+        objects
+            .iter()
+            .filter(|(p, _)| p.ends_with(".parquet"))
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+
+    /// Pieces of the active segment, then its sealed file replacing them in one commit: every
+    /// offset in exactly one live entry throughout, globs never see a piece, and the pieces'
+    /// objects go only once the delete delay has passed.
+    #[tokio::test]
+    async fn a_sealed_file_replaces_its_pieces_which_are_deleted_after_the_delay() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = file_lake(dir.path());
+        let (whole, records) = segment_of(0, 30);
+        let mut m = lake.claim("t", 0, 0).await.unwrap();
+        for (from, upto) in [(0, 10), (10, 20)] {
+            let piece = lake
+                .upload_piece("t", 0, &m, range_of(&records, from, upto), &[], from, 0)
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(piece.entry.fresh);
+            assert!(
+                piece
+                    .entry
+                    .path
+                    .ends_with(&format!("{:020}-{:020}.parquet.fresh", from, upto - 1)),
+                "{}",
+                piece.entry.path
+            );
+            m = lake
+                .commit_file("t", 0, &m, piece.entry, 0, 100)
+                .await
+                .unwrap();
+            assert_eq!(lake.manifest("t", 0).await.unwrap(), m);
+        }
+        assert_eq!(
+            (m.sealed_next_offset(), m.next_offset()),
+            (Some(0), Some(20))
+        );
+        assert_eq!(
+            lake.read_file(&m.files[1].path).await.unwrap(),
+            records[10..20]
+        );
+        let objects = lake.objects("t", 0).await.unwrap();
+        assert!(parquet_objects(&objects).is_empty(), "{objects:?}");
+        assert!(lake.verify("t", 0).await.unwrap().is_clean());
+        // A sealed upload that ended inside a piece would be refused at its commit.
+        let short = lake
+            .upload_segment("t", 0, &m, range_of(&records, 0, 15), &[], 0, 0)
+            .await
+            .unwrap()
+            .unwrap();
+        let refused = lake
+            .commit_file("t", 0, &m, short.entry.clone(), 0, 200)
+            .await;
+        assert!(matches!(refused, Err(Error::Corrupt(_))), "{refused:?}");
+        lake.delete_object(&short.entry.path).await.unwrap();
+        // The segment seals: its file starts at the sealed files' end, over the pieces.
+        let sealed = lake
+            .upload_segment("t", 0, &m, whole, &[], 0, 0)
+            .await
+            .unwrap()
+            .unwrap();
+        let m = lake
+            .commit_file("t", 0, &m, sealed.entry, 0, 1_000)
+            .await
+            .unwrap();
+        assert_eq!(m.files.len(), 1);
+        assert_eq!(
+            (
+                m.files[0].base_offset,
+                m.files[0].last_offset,
+                m.files[0].fresh
+            ),
+            (0, 29, false)
+        );
+        assert_eq!(m.retired.len(), 2);
+        assert!(m.retired.iter().all(|r| r.retired_at_ms == 1_000));
+        let objects = lake.objects("t", 0).await.unwrap();
+        assert_eq!(objects.len(), 3, "the pieces stay for the delay");
+        assert_eq!(parquet_objects(&objects), vec![m.files[0].path.clone()]);
+        assert!(lake.verify("t", 0).await.unwrap().is_clean());
+        assert_eq!(lake.read_file(&m.files[0].path).await.unwrap(), records);
+        // Not before the delay; then objects first, the manifest after.
+        let same = lake
+            .delete_retired("t", 0, &m, 0, 1_999, 1_000)
+            .await
+            .unwrap();
+        assert_eq!(same, m);
+        assert_eq!(lake.objects("t", 0).await.unwrap().len(), 3);
+        let m = lake
+            .delete_retired("t", 0, &m, 0, 2_000, 1_000)
+            .await
+            .unwrap();
+        assert!(m.retired.is_empty());
+        assert_eq!(lake.manifest("t", 0).await.unwrap(), m);
+        assert_eq!(lake.objects("t", 0).await.unwrap().len(), 1);
+        assert!(lake.verify("t", 0).await.unwrap().is_clean());
+    }
+
+    /// A piece uploaded and never committed (a crash, a failed commit) is removed by the sweep
+    /// at the leader's claim, at epoch 0 too; committed and retired pieces stay.
+    #[tokio::test]
+    async fn orphan_pieces_are_removed_at_claim() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = file_lake(dir.path());
+        let (_, records) = segment_of(0, 30);
+        let m = lake.claim("t", 0, 0).await.unwrap();
+        let first = lake
+            .upload_piece("t", 0, &m, range_of(&records, 0, 10), &[], 0, 0)
+            .await
+            .unwrap()
+            .unwrap();
+        let m = lake
+            .commit_file("t", 0, &m, first.entry, 0, 0)
+            .await
+            .unwrap();
+        let m = m.with_retired(
+            &[FileEntry {
+                path: upload_path("t", 0, (90, 99), 0, true),
+                ..m.files[0].clone()
+            }],
+            0,
+        );
+        lake.commit("t", 0, &lake.manifest("t", 0).await.unwrap(), &m)
+            .await
+            .unwrap();
+        lake.store
+            .put(
+                &Path::from(upload_path("t", 0, (90, 99), 0, true)),
+                PutPayload::from_static(b"retired"),
+            )
+            .await
+            .unwrap();
+        // Uploaded, then the broker crashed before the commit.
+        let lost = lake
+            .upload_piece("t", 0, &m, range_of(&records, 10, 20), &[], 10, 0)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(lake.objects("t", 0).await.unwrap().len(), 3);
+        let claimed = lake.claim("t", 0, 0).await.unwrap();
+        assert_eq!(
+            lake.remove_orphans("t", 0, &claimed).await.unwrap(),
+            vec![lost.entry.path.clone()]
+        );
+        assert_eq!(lake.objects("t", 0).await.unwrap().len(), 2);
+        assert!(lake.verify("t", 0).await.unwrap().is_clean());
+        // The next piece continues the manifest as if nothing was uploaded.
+        let next = lake
+            .upload_piece("t", 0, &claimed, range_of(&records, 10, 25), &[], 10, 0)
+            .await
+            .unwrap()
+            .unwrap();
+        let m = lake
+            .commit_file("t", 0, &claimed, next.entry, 0, 0)
+            .await
+            .unwrap();
+        assert_eq!(m.next_offset(), Some(25));
+    }
+
+    /// A piece local data cannot replace is copied to its sealed name and committed in its place.
+    #[tokio::test]
+    async fn a_promoted_piece_becomes_a_sealed_file_of_the_same_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = file_lake(dir.path());
+        let (_, records) = segment_of(0, 30);
+        let mut m = lake.claim("t", 0, 3).await.unwrap();
+        for (from, upto) in [(0, 10), (10, 30)] {
+            let piece = lake
+                .upload_piece("t", 0, &m, range_of(&records, from, upto), &[], from, 3)
+                .await
+                .unwrap()
+                .unwrap();
+            m = lake
+                .commit_file("t", 0, &m, piece.entry, 3, 0)
+                .await
+                .unwrap();
+        }
+        let pieces = m.files.clone();
+        // A later leader promotes the first piece.
+        let m = lake.claim("t", 0, 4).await.unwrap();
+        let promoted = lake.promote_piece("t", 0, &m, 4, 50).await.unwrap();
+        assert_eq!(lake.manifest("t", 0).await.unwrap(), promoted);
+        let sealed = &promoted.files[0];
+        assert_eq!(
+            sealed.path,
+            "topic=t/partition=0/00000000000000000000-00000000000000000009-e4.parquet"
+        );
+        assert_eq!(
+            FileEntry {
+                path: pieces[0].path.clone(),
+                fresh: true,
+                ..sealed.clone()
+            },
+            pieces[0],
+            "the same offsets, rows, timestamps and size"
+        );
+        assert_eq!(promoted.files[1], pieces[1], "still a piece");
+        assert_eq!(promoted.sealed_next_offset(), Some(10));
+        assert!(promoted.names(&pieces[0].path) && promoted.retired.len() == 1);
+        assert_eq!(lake.read_file(&sealed.path).await.unwrap(), records[..10]);
+        assert!(lake.verify("t", 0).await.unwrap().is_clean());
+        // Then the second; nothing is left to promote.
+        let promoted = lake.promote_piece("t", 0, &promoted, 4, 60).await.unwrap();
+        assert!(promoted.fresh_pieces().is_empty());
+        assert_eq!(promoted.next_offset(), Some(30));
+        assert_eq!(
+            lake.promote_piece("t", 0, &promoted, 4, 70).await.unwrap(),
+            promoted
+        );
+        let objects = lake.objects("t", 0).await.unwrap();
+        assert_eq!(parquet_objects(&objects).len(), 2);
+        let promoted = lake
+            .delete_retired("t", 0, &promoted, 4, 70, 0)
+            .await
+            .unwrap();
+        assert_eq!(lake.objects("t", 0).await.unwrap().len(), 2);
+        assert!(lake.verify("t", 0).await.unwrap().is_clean());
+        // Remote retention retires what it removes too.
+        let kept = lake
+            .apply_retention("t", 0, &promoted, 4, i64::MAX, 0, -1)
+            .await
+            .unwrap();
+        assert_eq!((kept.files.len(), kept.retired.len()), (1, 1));
+        assert_eq!(kept.retired[0].retired_at_ms, i64::MAX);
+        assert!(lake.verify("t", 0).await.unwrap().is_clean());
+    }
+
+    #[test]
+    fn piece_names_read_back_with_their_epoch() {
+        let piece = upload_path("t", 1, (0, 9), 0, true);
+        assert!(
+            piece.ends_with("-00000000000000000009.parquet.fresh"),
+            "{piece}"
+        );
+        assert_eq!(upload_name(&piece), Some((0, true)));
+        assert_eq!(
+            upload_name(&upload_path("t", 1, (0, 9), 6, true)),
+            Some((6, true))
+        );
+        assert_eq!(
+            upload_name(&upload_path("t", 1, (0, 9), 6, false)),
+            Some((6, false))
+        );
+        assert_eq!(upload_name("topic=t/partition=1/1-2.fresh"), None);
+        assert_eq!(
+            upload_name("topic=t/partition=1/1-2.parquet.fresh.fresh"),
+            None
+        );
+        // At the committed epoch, uncommitted pieces are orphans; sealed uploads are not (a
+        // retry overwrites them); a later leader's are not either.
+        let manifest = Manifest::default().at_epoch(3);
+        let objects: Vec<(String, u64)> = [
+            upload_path("t", 0, (0, 9), 2, true),
+            upload_path("t", 0, (0, 9), 3, true),
+            upload_path("t", 0, (0, 9), 3, false),
+            upload_path("t", 0, (0, 9), 4, true),
+        ]
+        .into_iter()
+        .map(|p| (p, 1))
+        .collect();
+        assert_eq!(
+            superseded_uploads(&manifest, &objects),
+            vec![objects[0].0.clone(), objects[1].0.clone()]
+        );
     }
 }

@@ -543,6 +543,7 @@ mod tests {
             rows: records.len() as u64,
             size_bytes: file.len() as u64,
             source_bytes: 0,
+            fresh: false,
         };
         store
             .put(&Path::from(entry.path.as_str()), PutPayload::from(file))
@@ -710,6 +711,7 @@ mod tests {
             rows: 5,
             size_bytes: bytes.len() as u64,
             source_bytes: 0,
+            fresh: false,
         };
         store
             .put(&Path::from("t/g.parquet"), PutPayload::from(bytes))
@@ -771,6 +773,7 @@ mod tests {
             rows: 300,
             size_bytes: bytes.len() as u64,
             source_bytes: 0,
+            fresh: false,
         };
         store
             .put(&Path::from("f.parquet"), PutPayload::from(bytes))
