@@ -82,6 +82,10 @@ pub struct TxnOffsetCommit {
     pub offsets: Vec<(String, i32, CommittedOffset)>,
 }
 
+/// A group's committed offsets kept elsewhere, for [`GroupCoordinator::import_offsets`]:
+/// `(group, [(topic, partition, offset)])`.
+pub type ImportedGroup = (String, Vec<(String, i32, CommittedOffset)>);
+
 /// What a group's record keeps besides its generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Membership {
@@ -674,7 +678,7 @@ impl GroupCoordinator {
     /// durable.
     pub fn import_offsets(
         &self,
-        groups: Vec<(String, Vec<(String, i32, CommittedOffset)>)>,
+        groups: Vec<ImportedGroup>,
         now_ms: i64,
     ) -> Result<(usize, Durable)> {
         let mut inner = self.lock();

@@ -57,8 +57,8 @@ pub mod offsets_log;
 pub mod store;
 
 pub use crate::coordinator::{
-    CoordinatorConfig, GroupCoordinator, GroupDescription, Membership, PartitionOffsets,
-    TxnOffsetCommit,
+    CoordinatorConfig, GroupCoordinator, GroupDescription, ImportedGroup, Membership,
+    PartitionOffsets, TxnOffsetCommit,
 };
 pub use crate::error::{Error, Result};
 pub use crate::offsets_log::{Durable, LocalOffsetsLog, OffsetsLog};
