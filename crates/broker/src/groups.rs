@@ -14,7 +14,13 @@
 //!   in-sync replicas have it (`acks=all`);
 //! - compacts each partition by snapshot: the leader appends its live state, and once that is
 //!   committed moves the log start up to it; followers follow the leader's log start
-//!   ([`follow_log_start`]).
+//!   ([`follow_log_start`]);
+//! - copies every coordinator's committed offsets to the lake, and imports them into a
+//!   coordinator whose offsets log is new ([`lake`]).
+
+mod lake;
+
+pub(crate) use lake::GroupLake;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,7 +28,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
-use strata_coordinator::offsets_log::{Durable, OffsetsLog};
+use strata_coordinator::offsets_log::{Durable, LocalOffsetsLog, OffsetsLog};
 use strata_coordinator::{CoordinatorConfig, GroupCoordinator, Membership};
 use strata_log::txn::Marker;
 use tokio_util::sync::CancellationToken;
@@ -200,22 +206,94 @@ pub(crate) fn txn_error_code(error: &strata_coordinator::Error) -> ResponseError
     }
 }
 
+/// Opens a single broker's coordinator of every group over its local offsets log in `dir`; a
+/// new log (a fresh data folder) first gets the lake's committed offsets of every group
+/// ([`lake::import`]). Runs on a blocking thread of `runtime`.
+pub(crate) fn open_single(
+    dir: &std::path::Path,
+    config: CoordinatorConfig,
+    group_lake: &GroupLake,
+    runtime: &tokio::runtime::Handle,
+) -> strata_coordinator::Result<GroupCoordinator> {
+    let now = now_ms();
+    let log = LocalOffsetsLog::open(dir, now)?;
+    let new_log = log.log_end_offset() == 0;
+    let coordinator = GroupCoordinator::load(Box::new(log), config, Membership::Generation, now)?;
+    if new_log {
+        lake::import(runtime, group_lake, &coordinator, &|_| true);
+    }
+    Ok(coordinator)
+}
+
+/// A single broker's copy of its committed offsets to the lake ([`lake::follow`]), until
+/// `shutdown`. In a cluster each coordinator's copy starts with it ([`run`]).
+pub(crate) async fn copy_single_to_lake(
+    groups: Arc<Groups>,
+    group_lake: Arc<GroupLake>,
+    shutdown: CancellationToken,
+) {
+    let Some(single) = groups.single.clone() else {
+        return;
+    };
+    lake::follow(
+        single,
+        group_lake,
+        Arc::new(|_| true),
+        Arc::new(|| true),
+        shutdown,
+    )
+    .await;
+}
+
 /// Follows the offsets partitions this broker leads until `shutdown` ([`crate::led::follow`]):
 /// a coordinator is loaded for each one it starts leading (or leads at a new epoch) and dropped
 /// for each one it stops leading; its waiting JoinGroup and SyncGroup requests then get
-/// NOT_COORDINATOR.
+/// NOT_COORDINATOR. A coordinator whose partition's log is empty first imports the lake's
+/// offsets of its groups; each one serving copies its groups' offsets to the lake
+/// ([`lake::follow`]) while it leads.
 pub(crate) async fn run(
     groups: Arc<Groups>,
     manager: Arc<PartitionManager>,
+    group_lake: Arc<GroupLake>,
     shutdown: CancellationToken,
 ) {
     let config = groups.config;
-    let load: crate::led::Load<GroupCoordinator, ()> = Arc::new(move |_, _, log| {
+    let runtime = tokio::runtime::Handle::current();
+    let (load_manager, load_lake) = (Arc::clone(&manager), Arc::clone(&group_lake));
+    let load: crate::led::Load<GroupCoordinator, i32> = Arc::new(move |index, _, log| {
+        let new_log = log.log_end_offset() == 0;
         let coordinator =
             GroupCoordinator::load(Box::new(log), config, Membership::Members, now_ms())?;
-        Ok((coordinator, ()))
+        let partitions = load_manager
+            .topic(OFFSETS_TOPIC)
+            .map_or(0, |t| t.partition_count);
+        if new_log && partitions > 0 {
+            let maps_here = move |group: &str| partition_for(group, partitions) == index;
+            lake::import(&runtime, &load_lake, &coordinator, &maps_here);
+        }
+        Ok((coordinator, index))
     });
-    let ready: crate::led::Ready<GroupCoordinator, ()> = Arc::new(|_, ()| {});
+    let (led, ready_manager, ready_shutdown) = (
+        Arc::clone(&groups.led),
+        Arc::clone(&manager),
+        shutdown.clone(),
+    );
+    let ready: crate::led::Ready<GroupCoordinator, i32> = Arc::new(move |coordinator, index| {
+        let partitions = ready_manager
+            .topic(OFFSETS_TOPIC)
+            .map_or(0, |t| t.partition_count);
+        if partitions <= 0 {
+            return;
+        }
+        let (led, watched) = (Arc::clone(&led), Arc::clone(&coordinator));
+        tokio::spawn(lake::follow(
+            coordinator,
+            Arc::clone(&group_lake),
+            Arc::new(move |group| partition_for(group, partitions) == index),
+            Arc::new(move || led.is_current(index, &watched)),
+            ready_shutdown.clone(),
+        ));
+    });
     crate::led::follow(Arc::clone(&groups.led), manager, shutdown, load, ready).await;
 }
 

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kafka_protocol::messages::ApiKey;
-use strata_coordinator::GroupCoordinator;
 use strata_coordinator::offsets_log::LocalOffsetsLog;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
@@ -106,12 +105,15 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
     let data_dir = config.data_dir.clone();
     // Before anything in the folder is opened, the lake's default folder included.
     let dir_lock = DataDirLock::acquire(&data_dir)?;
+    let store = strata_lake::store::open(&config.tier_url, &config.tier_env)
+        .map_err(|e| Error::InvalidConfig(e.to_string()))?;
+    let group_lake = Arc::new(crate::groups::GroupLake::new(
+        strata_lake::groups::GroupFiles::new(Arc::clone(&store)),
+        config.lake_target_lag_ms(),
+    ));
     let lake = Arc::new(
         crate::lake_view::LakeView::new(
-            strata_lake::Lake::new(
-                strata_lake::store::open(&config.tier_url, &config.tier_env)
-                    .map_err(|e| Error::InvalidConfig(e.to_string()))?,
-            ),
+            strata_lake::Lake::new(store),
             config.lake_read_cache_bytes(),
         )
         .with_limits(
@@ -162,10 +164,15 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
         (manager, groups)
     } else {
         let lake_state = read_lake_state(&lake).await;
+        let (group_lake, runtime) = (Arc::clone(&group_lake), tokio::runtime::Handle::current());
         tokio::task::spawn_blocking(move || -> Result<_> {
             let offsets_dir = data_dir.join("internal").join("__consumer_offsets-0");
-            let coordinator =
-                GroupCoordinator::open(&offsets_dir, config.coordinator_config(), now_ms())?;
+            let coordinator = crate::groups::open_single(
+                &offsets_dir,
+                config.coordinator_config(),
+                &group_lake,
+                &runtime,
+            )?;
             let groups = Groups::single(coordinator, config.coordinator_config());
             let store = Box::new(LocalMetadataStore::new(&data_dir));
             let manager = PartitionManager::open_with_lake(config, store, &lake_state, now_ms())?;
@@ -210,6 +217,11 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
         Arc::clone(&txns),
         shutdown.clone(),
     )));
+    background.push(tokio::spawn(crate::groups::copy_single_to_lake(
+        Arc::clone(&groups),
+        Arc::clone(&group_lake),
+        shutdown.clone(),
+    )));
     if let Some((node, isr_rx)) = replication {
         background.push(tokio::spawn(import_security_records(
             Arc::clone(&security),
@@ -225,6 +237,7 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
         background.push(tokio::spawn(crate::groups::run(
             Arc::clone(&groups),
             Arc::clone(&manager),
+            Arc::clone(&group_lake),
             shutdown.clone(),
         )));
         background.push(tokio::spawn(crate::groups::ensure_topic(
