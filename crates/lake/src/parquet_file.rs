@@ -12,8 +12,8 @@ use arrow_array::{
 };
 use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use bytes::Bytes;
-use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::{ArrowWriter, PARQUET_FIELD_ID_META_KEY};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -28,44 +28,99 @@ pub const ROW_GROUP_ROWS: usize = 64 * 1024;
 /// Keys and values per row group: a consumer's first ranged read of a cold file stays small.
 pub const ROW_GROUP_BYTES: usize = 16 * 1024 * 1024;
 
+/// Iceberg field ids of the lake's columns: the schema of each topic's Iceberg table
+/// ([`crate::iceberg`]). New files carry them as `PARQUET:field_id` so that Iceberg readers
+/// resolve columns by id; files written before carry none, and Iceberg readers map them by name
+/// (the table's `schema.name-mapping.default`). Ids are the columns' positions, so a reader that
+/// falls back to positions finds the same columns.
+pub mod field_id {
+    /// `offset`.
+    pub const OFFSET: i32 = 1;
+    /// `timestamp`.
+    pub const TIMESTAMP: i32 = 2;
+    /// `key`.
+    pub const KEY: i32 = 3;
+    /// `value`.
+    pub const VALUE: i32 = 4;
+    /// `headers` (the list).
+    pub const HEADERS: i32 = 5;
+    /// `batch_offset`.
+    pub const BATCH_OFFSET: i32 = 6;
+    /// `batch_attributes`.
+    pub const BATCH_ATTRIBUTES: i32 = 7;
+    /// `producer_id`.
+    pub const PRODUCER_ID: i32 = 8;
+    /// `producer_epoch`.
+    pub const PRODUCER_EPOCH: i32 = 9;
+    /// `sequence`.
+    pub const SEQUENCE: i32 = 10;
+    /// `partition_leader_epoch`.
+    pub const PARTITION_LEADER_EPOCH: i32 = 11;
+    /// `partition`: a column of the Iceberg table only, never of a file (readers fill it from the
+    /// file's identity partition value).
+    pub const PARTITION: i32 = 12;
+    /// The element of `headers` (a header struct).
+    pub const HEADER: i32 = 13;
+    /// A header's `key`.
+    pub const HEADER_KEY: i32 = 14;
+    /// A header's `value`.
+    pub const HEADER_VALUE: i32 = 15;
+    /// The largest id the table's schema uses.
+    pub const LAST: i32 = HEADER_VALUE;
+}
+
+/// A field carrying its Iceberg field id.
+fn field(name: &str, data_type: DataType, nullable: bool, id: i32) -> Field {
+    Field::new(name, data_type, nullable)
+        .with_metadata([(PARQUET_FIELD_ID_META_KEY, id.to_string())])
+}
+
 fn header_fields() -> Fields {
     Fields::from(vec![
-        Field::new("key", DataType::Utf8, false),
-        Field::new("value", DataType::Binary, true),
+        field("key", DataType::Utf8, false, field_id::HEADER_KEY),
+        field("value", DataType::Binary, true, field_id::HEADER_VALUE),
     ])
 }
 
-/// The Arrow schema of a lake file.
-pub fn schema() -> SchemaRef {
-    let headers = DataType::List(Arc::new(Field::new(
+/// The element field of `headers`.
+fn header_field() -> Field {
+    field(
         "item",
         DataType::Struct(header_fields()),
         false,
-    )));
+        field_id::HEADER,
+    )
+}
+
+/// The Arrow schema of a lake file, each field with its Iceberg id ([`field_id`]).
+pub fn schema() -> SchemaRef {
+    use field_id::*;
+    let headers = DataType::List(Arc::new(header_field()));
+    let timestamp = DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
     Arc::new(Schema::new(vec![
-        Field::new("offset", DataType::Int64, false),
-        Field::new(
-            "timestamp",
-            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+        field("offset", DataType::Int64, false, OFFSET),
+        field("timestamp", timestamp, false, TIMESTAMP),
+        field("key", DataType::Binary, true, KEY),
+        field("value", DataType::Binary, true, VALUE),
+        field("headers", headers, false, HEADERS),
+        field("batch_offset", DataType::Int64, false, BATCH_OFFSET),
+        field("batch_attributes", DataType::Int16, false, BATCH_ATTRIBUTES),
+        field("producer_id", DataType::Int64, false, PRODUCER_ID),
+        field("producer_epoch", DataType::Int16, false, PRODUCER_EPOCH),
+        field("sequence", DataType::Int32, false, SEQUENCE),
+        field(
+            "partition_leader_epoch",
+            DataType::Int32,
             false,
+            PARTITION_LEADER_EPOCH,
         ),
-        Field::new("key", DataType::Binary, true),
-        Field::new("value", DataType::Binary, true),
-        Field::new("headers", headers, false),
-        Field::new("batch_offset", DataType::Int64, false),
-        Field::new("batch_attributes", DataType::Int16, false),
-        Field::new("producer_id", DataType::Int64, false),
-        Field::new("producer_epoch", DataType::Int16, false),
-        Field::new("sequence", DataType::Int32, false),
-        Field::new("partition_leader_epoch", DataType::Int32, false),
     ]))
 }
 
 /// Records (in offset order) as one Arrow batch.
 pub fn to_arrow(records: &[LakeRecord]) -> RecordBatch {
-    let mut headers = ListBuilder::new(StructBuilder::from_fields(header_fields(), 0)).with_field(
-        Arc::new(Field::new("item", DataType::Struct(header_fields()), false)),
-    );
+    let mut headers = ListBuilder::new(StructBuilder::from_fields(header_fields(), 0))
+        .with_field(Arc::new(header_field()));
     for r in records {
         let entries = headers.values();
         for (k, v) in &r.headers {
@@ -463,6 +518,44 @@ pub fn from_arrow(batch: &RecordBatch) -> Result<Vec<LakeRecord>> {
         .collect()
 }
 
+/// A lake file as written before files carried Iceberg field ids: the same columns, no
+/// `PARQUET:field_id` (readers map them by name).
+#[cfg(test)]
+pub(crate) fn write_without_field_ids(records: &[LakeRecord]) -> Vec<u8> {
+    let bare = |f: &Field| f.clone().with_metadata(std::collections::HashMap::new());
+    let batch = to_arrow(records);
+    let headers = column::<ListArray>(&batch, "headers").unwrap().clone();
+    let (_, offsets, entries, nulls) = headers.into_parts();
+    let entries = entries
+        .as_any()
+        .downcast_ref::<StructArray>()
+        .unwrap()
+        .clone();
+    let (fields, columns, entry_nulls) = entries.into_parts();
+    let fields: Fields = fields.iter().map(|f| bare(f)).collect();
+    let item = Field::new("item", DataType::Struct(fields.clone()), false);
+    let entries = StructArray::new(fields, columns, entry_nulls);
+    let headers = ListArray::new(Arc::new(item), offsets, Arc::new(entries), nulls);
+    let schema: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| match f.name().as_str() {
+            "headers" => Field::new("headers", headers.data_type().clone(), false),
+            _ => bare(f),
+        })
+        .collect();
+    let mut columns = batch.columns().to_vec();
+    columns[4] = Arc::new(headers);
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(schema)), columns).unwrap();
+    let mut out = Vec::new();
+    let mut writer =
+        ArrowWriter::try_new(&mut out, batch.schema(), Some(properties(ROW_GROUP_ROWS))).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -580,6 +673,79 @@ mod tests {
             }
             prop_assert_eq!(read(Bytes::from(file)).unwrap(), records);
         }
+    }
+
+    /// Every column, nested ones included, carries its Iceberg field id in the Parquet schema;
+    /// a file written without them reads back the same.
+    #[test]
+    fn files_carry_iceberg_field_ids() {
+        use parquet::schema::types::Type;
+        fn ids(t: &Type, path: String, out: &mut Vec<(String, Option<i32>)>) {
+            let info = t.get_basic_info();
+            out.push((path.clone(), info.has_id().then(|| info.id())));
+            if t.is_group() {
+                for f in t.get_fields() {
+                    ids(f, format!("{path}.{}", f.name()), out);
+                }
+            }
+        }
+        let records = vec![LakeRecord {
+            offset: 7,
+            timestamp_ms: 1_700_000_000_000,
+            key: None,
+            value: Some(Bytes::from_static(b"v")),
+            headers: vec![("h".into(), None)],
+            batch_offset: 7,
+            batch_attributes: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            sequence: -1,
+            partition_leader_epoch: 0,
+        }];
+        let file = write(&records).unwrap();
+        let reader = SerializedFileReader::new(Bytes::from(file)).unwrap();
+        let mut found = Vec::new();
+        for f in reader
+            .metadata()
+            .file_metadata()
+            .schema_descr()
+            .root_schema()
+            .get_fields()
+        {
+            ids(f, f.name().to_string(), &mut found);
+        }
+        let expected: Vec<(String, Option<i32>)> = [
+            ("offset", Some(1)),
+            ("timestamp", Some(2)),
+            ("key", Some(3)),
+            ("value", Some(4)),
+            ("headers", Some(5)),
+            ("headers.list", None),
+            ("headers.list.item", Some(13)),
+            ("headers.list.item.key", Some(14)),
+            ("headers.list.item.value", Some(15)),
+            ("batch_offset", Some(6)),
+            ("batch_attributes", Some(7)),
+            ("producer_id", Some(8)),
+            ("producer_epoch", Some(9)),
+            ("sequence", Some(10)),
+            ("partition_leader_epoch", Some(11)),
+        ]
+        .into_iter()
+        .map(|(p, id)| (p.to_string(), id))
+        .collect();
+        assert_eq!(found, expected);
+
+        let old = write_without_field_ids(&records);
+        let reader = SerializedFileReader::new(Bytes::from(old.clone())).unwrap();
+        let descr = reader.metadata().file_metadata().schema_descr();
+        assert!(
+            descr
+                .columns()
+                .iter()
+                .all(|c| !c.self_type().get_basic_info().has_id())
+        );
+        assert_eq!(read(Bytes::from(old)).unwrap(), records);
     }
 
     #[test]
