@@ -12,6 +12,9 @@
 //!   contiguity, commit fencing, retention and verification.
 //! - [`lake`]: the layout in object storage, offload (upload, then a conditional manifest commit
 //!   fenced by the leader epoch), a new leader's claim, listing.
+//! - [`iceberg`]: each topic as an Iceberg table (format v2) over the same files, in place:
+//!   manifests and manifest lists in Avro, metadata committed with a conditional put, snapshot
+//!   expiry; and reading its current files back.
 //! - [`reader`]: ranged reads of lake files for serving consumers: the footer, then only the row
 //!   groups holding the wanted offsets, as whole RecordBatch v2 batches.
 //! - [`store`]: the object store a tier URL names (`file://`, with conditional updates under a
@@ -35,6 +38,7 @@
 
 pub mod error;
 pub mod groups;
+pub mod iceberg;
 pub mod lake;
 pub mod manifest;
 pub mod parquet_file;

@@ -91,6 +91,23 @@ pub fn open(url: &str, env: &BTreeMap<String, String>) -> Result<Arc<dyn ObjectS
     }
 }
 
+/// The local folder a `file:` tier URL names (relative forms resolved against the working
+/// directory, as [`open`] does); `None` for other schemes.
+pub(crate) fn local_folder(url: &str) -> Result<Option<PathBuf>> {
+    if let Some(reference) = relative_file_reference(url) {
+        return relative_folder(url, reference).map(Some);
+    }
+    let parsed =
+        url::Url::parse(url).map_err(|e| Error::Config(format!("tier URL {url:?}: {e}")))?;
+    if parsed.scheme() != "file" {
+        return Ok(None);
+    }
+    parsed
+        .to_file_path()
+        .map(Some)
+        .map_err(|()| Error::Config(format!("tier URL {url:?} is not a local path")))
+}
+
 /// The `file://` URL of an absolute local folder, percent-encoded where a URL must be, so that
 /// [`open`] reads the same folder back.
 pub fn file_url(folder: &Path) -> Result<String> {
