@@ -25,7 +25,7 @@ pub const PREVIOUS_VERSIONS_MAX: usize = 100;
 
 /// The table's schema (id [`SCHEMA_ID`]): the lake's columns with their field ids
 /// ([`field_id`]), and `partition`, which no file holds (readers fill it from the identity
-/// partition value). Timestamps are `timestamptz` (microseconds); the files keep
+/// partition value, the spec's first column projection rule). Timestamps are `timestamptz` (microseconds); the files keep
 /// TIMESTAMP(MILLIS) and readers convert. Iceberg has no 16-bit integer: `batch_attributes` and
 /// `producer_epoch` are `int`, which readers widen from the files' INT(16).
 pub fn schema() -> Value {
@@ -57,7 +57,9 @@ pub fn schema() -> Value {
             f(PRODUCER_EPOCH, "producer_epoch", true, json!("int")),
             f(SEQUENCE, "sequence", true, json!("int")),
             f(PARTITION_LEADER_EPOCH, "partition_leader_epoch", true, json!("int")),
-            f(PARTITION, "partition", true, json!("int")),
+            // Optional, though never null: pyiceberg (0.12) fills a column missing from the files
+            // from the identity partition value only when the column is optional.
+            f(PARTITION, "partition", false, json!("int")),
         ],
     })
 }
