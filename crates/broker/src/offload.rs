@@ -482,32 +482,18 @@ async fn offload_sealed(
         tracing::info!(topic = %name, partition = index, segments = waiting.len(), bytes, "offload lag");
     }
     for _ in 0..SEALED_STEPS_PER_PASS_MAX {
-        let pieces = manifest.fresh_pieces();
-        if pieces.first().is_some_and(|p| p.base_offset < start) {
-            manifest = pass.promote(&manifest).await?;
-            next = next.max(manifest.sealed_next_offset().unwrap_or(next));
-            continue;
-        }
-        let Some(segment) = partition.sealed_segments_from(next)?.into_iter().next() else {
-            break;
-        };
-        if segment.next_offset > last_stable {
-            break;
-        }
-        let straddled = pieces
-            .iter()
-            .find(|p| p.base_offset < segment.next_offset && p.last_offset >= segment.next_offset);
-        if let Some(through) = straddled.map(|p| p.last_offset) {
-            while manifest
-                .fresh_pieces()
-                .first()
-                .is_some_and(|p| p.last_offset <= through)
-            {
+        let segment = partition.sealed_segments_from(next)?.into_iter().next();
+        let segment_end = segment.as_ref().map(|s| s.next_offset);
+        let step = sealed_step(manifest.fresh_pieces(), start, segment_end, last_stable);
+        let segment = match (step, segment) {
+            (SealedStep::Promote, _) => {
                 manifest = pass.promote(&manifest).await?;
+                next = next.max(manifest.sealed_next_offset().unwrap_or(next));
+                continue;
             }
-            next = next.max(through + 1);
-            continue;
-        }
+            (SealedStep::Upload, Some(segment)) => segment,
+            (SealedStep::Upload | SealedStep::Stop, _) => break,
+        };
         // KIP-956: `remote.log.manager.copy.max.bytes.per.second`, broker-wide.
         pass.view
             .copy_limit()
@@ -532,6 +518,45 @@ async fn offload_sealed(
         apply_local_retention(partition).await;
     }
     Ok(manifest)
+}
+
+/// The next step of the sealed uploads (see [`sealed_step`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SealedStep {
+    /// Promote the first fresh piece: local data cannot replace it.
+    Promote,
+    /// Upload the first sealed segment past the sealed files.
+    Upload,
+    /// Nothing more to do this pass.
+    Stop,
+}
+
+/// What the sealed uploads do next, given the live fresh `pieces`, the local log start, the end
+/// (next offset) of the first local sealed segment past the sealed files (`None`: none) and the
+/// last stable offset. A piece below the local log start is promoted (no local segment can
+/// replace it), and so is every piece up to one the segment ends inside (cut by a leader whose
+/// segments rolled elsewhere: the segment's file would end inside it), one at a time; a segment
+/// that lies below the last stable offset is uploaded.
+fn sealed_step(
+    pieces: &[FileEntry],
+    local_start: i64,
+    segment_end: Option<i64>,
+    last_stable: i64,
+) -> SealedStep {
+    if pieces.first().is_some_and(|p| p.base_offset < local_start) {
+        return SealedStep::Promote;
+    }
+    let Some(end) = segment_end.filter(|&end| end <= last_stable) else {
+        return SealedStep::Stop;
+    };
+    if pieces
+        .iter()
+        .any(|p| p.base_offset < end && p.last_offset >= end)
+    {
+        SealedStep::Promote
+    } else {
+        SealedStep::Upload
+    }
 }
 
 /// Uploads the records below the last stable offset that no lake file holds as one fresh piece
@@ -560,6 +585,12 @@ async fn offload_fresh(
         now_ms(),
         target_lag_ms,
     ) {
+        return Ok(manifest);
+    }
+    let sealed = partition.sealed_segments_from(from)?;
+    if sealed.first().is_some_and(|s| s.next_offset <= last_stable) {
+        // A sealed segment the sealed uploads have not reached yet (the pass stopped at its
+        // limit): it goes up whole at the next pass, not as a piece first.
         return Ok(manifest);
     }
     // What a read_committed fetch from `from` is served: the batches of one segment below the
@@ -746,7 +777,47 @@ async fn apply_local_retention(partition: &Arc<Partition>) {
 
 #[cfg(test)]
 mod tests {
-    use super::fresh_piece_due;
+    use super::{SealedStep, fresh_piece_due, sealed_step};
+    use strata_lake::FileEntry;
+
+    fn piece(base: i64, last: i64) -> FileEntry {
+        FileEntry {
+            path: format!("t/{base}-{last}.parquet.fresh"),
+            base_offset: base,
+            last_offset: last,
+            min_timestamp_ms: 0,
+            max_timestamp_ms: 0,
+            rows: 1,
+            size_bytes: 1,
+            source_bytes: 1,
+            fresh: true,
+        }
+    }
+
+    #[test]
+    fn pieces_local_segments_cannot_replace_are_promoted_and_sealed_segments_uploaded() {
+        use SealedStep::{Promote, Stop, Upload};
+        let pieces = [piece(100, 149), piece(150, 199), piece(200, 249)];
+        // Cut from this leader's segment [100, 200): its file replaces the first two.
+        assert_eq!(sealed_step(&pieces, 0, Some(200), 300), Upload);
+        assert_eq!(sealed_step(&pieces, 0, Some(250), 300), Upload);
+        // Not below the last stable offset yet, or no sealed segment: wait.
+        assert_eq!(sealed_step(&pieces, 0, Some(200), 199), Stop);
+        assert_eq!(sealed_step(&pieces, 0, None, 300), Stop);
+        // The local segment ends inside a piece (rolled elsewhere): promote up to it.
+        assert_eq!(sealed_step(&pieces, 0, Some(180), 300), Promote);
+        assert_eq!(sealed_step(&pieces[1..], 0, Some(180), 300), Promote);
+        // Then the next segment, [180, 260), from the promoted file's end: over the last piece.
+        assert_eq!(sealed_step(&pieces[2..], 0, Some(260), 300), Upload);
+        // Below the local log start (a data folder restored from the lake): promote, whatever
+        // the segments.
+        assert_eq!(sealed_step(&pieces, 250, None, 300), Promote);
+        assert_eq!(sealed_step(&pieces, 101, Some(200), 300), Promote);
+        assert_eq!(sealed_step(&pieces, 100, Some(200), 300), Upload);
+        // No piece: sealed segments as before.
+        assert_eq!(sealed_step(&[], 500, Some(600), 600), Upload);
+        assert_eq!(sealed_step(&[], 500, Some(600), 599), Stop);
+    }
 
     /// Records wait from the pass that first saw them; a piece is due once they waited the
     /// target lag, and a partition the lake holds up to its last stable offset waits for nothing.

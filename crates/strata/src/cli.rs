@@ -459,8 +459,9 @@ fn lake(args: LakeArgs) -> Result<()> {
                 for c in &dirty {
                     let r = &c.report;
                     println!(
-                        "{}-{}: gaps {:?}, overlaps {:?}, orphans {:?}, missing {:?}",
-                        c.topic, c.partition, r.gaps, r.overlaps, r.orphans, r.missing
+                        "{}-{}: gaps {:?}, overlaps {:?}, orphans {:?}, missing {:?}, \
+                         sealed files after fresh pieces {:?}",
+                        c.topic, c.partition, r.gaps, r.overlaps, r.orphans, r.missing, r.misplaced
                     );
                 }
                 println!(
