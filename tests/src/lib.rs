@@ -2,6 +2,8 @@
 //! loopback port 0 with temporary data folders, real Kafka clients (the `rdkafka` crate, i.e.
 //! librdkafka), and waiting on conditions with deadlines instead of sleeping.
 
+pub mod iceberg;
+
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};

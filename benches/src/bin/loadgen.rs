@@ -55,6 +55,22 @@ enum Mode {
     Gaps(GapsArgs),
     /// Print one partition's leader and in-sync replicas as JSON (for scripts).
     Describe(DescribeArgs),
+    /// Produce `count` records at `rate-mb` while reading the topic's Iceberg table in the lake
+    /// (`tier-url`): freshness, the time from each record's send to the first snapshot that holds
+    /// it, as percentiles; the fresh pieces, sealed files and snapshots it took.
+    Freshness(FreshnessArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct FreshnessArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The broker's tier URL (`file:///…`, or `s3://bucket/prefix` with `AWS_*` variables).
+    #[arg(long)]
+    tier_url: String,
+    /// How often the table's current snapshot is read.
+    #[arg(long, default_value_t = 200)]
+    poll_ms: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -748,7 +764,9 @@ fn run(mode: &Mode) -> Result<Report> {
         Mode::Produce(c) => ("produce", c),
         Mode::Consume(c) => ("consume", c),
         Mode::E2e(c) => ("e2e", c),
-        Mode::Gaps(_) | Mode::Describe(_) => bail!("{mode:?} has its own report"),
+        Mode::Gaps(_) | Mode::Describe(_) | Mode::Freshness(_) => {
+            bail!("{mode:?} has its own report")
+        }
     };
     ensure!(c.size >= HEADER, "--size must be at least {HEADER} bytes");
     ensure!(c.partitions > 0, "--partitions must be positive");
@@ -769,7 +787,9 @@ fn run(mode: &Mode) -> Result<Report> {
         consumers: Vec::new(),
     };
     match mode {
-        Mode::Gaps(_) | Mode::Describe(_) => unreachable!("returned above"),
+        Mode::Gaps(_) | Mode::Describe(_) | Mode::Freshness(_) => {
+            unreachable!("returned above")
+        }
         Mode::Produce(_) => {
             create_topic(c)?;
             let (seconds, latency) = produce(c, &payloads, c.pace_mb.map(|mb| mb * 1e6))?;
@@ -863,11 +883,20 @@ fn main() -> Result<()> {
             println!("{}", describe(args)?);
             return Ok(());
         }
+        Mode::Freshness(args) => {
+            let report = freshness::run(args)?;
+            if args.common.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                freshness::print(&report);
+            }
+            return Ok(());
+        }
         _ => {}
     }
     let json = match &cli.mode {
         Mode::Produce(c) | Mode::Consume(c) | Mode::E2e(c) => c.json,
-        Mode::Gaps(_) | Mode::Describe(_) => true,
+        Mode::Gaps(_) | Mode::Describe(_) | Mode::Freshness(_) => true,
     };
     let report = run(&cli.mode)?;
     if json {
@@ -876,6 +905,231 @@ fn main() -> Result<()> {
         print_table(&report);
     }
     Ok(())
+}
+
+mod freshness {
+    //! `loadgen freshness`: produce at a rate while reading the topic's Iceberg table.
+
+    use std::collections::{BTreeMap, HashMap, HashSet};
+    use std::sync::atomic::AtomicU64;
+
+    use strata_lake::Lake;
+    use strata_lake::iceberg::IcebergTable;
+
+    use super::*;
+
+    #[derive(Debug, Serialize)]
+    pub(super) struct FreshnessReport {
+        mode: &'static str,
+        topic: String,
+        partitions: i32,
+        record_bytes: usize,
+        records: u64,
+        /// The producer's target rate.
+        rate_mb: f64,
+        /// The rate it reached.
+        produced_mb_per_s: f64,
+        produce_latency: Option<Latency>,
+        /// From each record's send to the first snapshot read that holds it.
+        freshness: Option<Latency>,
+        /// From the first send to the last record seen in the table.
+        seconds: f64,
+        /// Commits (metadata versions) during the run.
+        snapshots: u64,
+        /// Distinct data files the table named during the run, by kind.
+        fresh_pieces: u64,
+        sealed_files: u64,
+        /// The same per partition and hour of the run.
+        fresh_pieces_per_partition_hour: f64,
+        sealed_files_per_partition_hour: f64,
+        snapshots_per_hour: f64,
+    }
+
+    /// `(first, last)` offsets from a lake file name (`<first>-<last>[-eN].parquet[.fresh]`).
+    fn offsets_of(path: &str) -> Option<(i64, i64)> {
+        let name = path.rsplit('/').next()?;
+        let mut parts = name.split(['-', '.']);
+        Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+    }
+
+    struct Watch {
+        /// Next offset not yet seen, per partition.
+        next: HashMap<i32, i64>,
+        files: HashSet<String>,
+        fresh_pieces: u64,
+        sealed_files: u64,
+        versions: Option<(u64, u64)>,
+        seen: u64,
+        freshness: Histogram<u64>,
+    }
+
+    impl Watch {
+        /// Reads the current snapshot; each record not seen before is timed against `now`, the
+        /// moment the snapshot was read.
+        async fn poll(
+            &mut self,
+            table: &IcebergTable,
+            lake: &Lake,
+            payloads: &Payloads,
+        ) -> Result<()> {
+            let Some(snapshot) = table.current_files().await? else {
+                return Ok(());
+            };
+            let now = now_micros();
+            let first = self.versions.map_or(snapshot.version, |v| v.0);
+            self.versions = Some((first, snapshot.version));
+            for (partition, files) in &snapshot.partitions {
+                for file in files {
+                    if !self.files.insert(file.path.clone()) {
+                        continue;
+                    }
+                    if file.path.ends_with(".fresh") {
+                        self.fresh_pieces += 1;
+                    } else {
+                        self.sealed_files += 1;
+                    }
+                    let next = self.next.entry(*partition).or_insert(0);
+                    // A sealed file replacing pieces already read holds nothing new.
+                    if offsets_of(&file.path).is_some_and(|(_, last)| last < *next) {
+                        continue;
+                    }
+                    let records = lake
+                        .read_file(&file.path)
+                        .await
+                        .with_context(|| format!("reading {}", file.path))?;
+                    for record in records {
+                        if record.offset < *next {
+                            continue;
+                        }
+                        let value = record.value.as_deref().context("a record without value")?;
+                        let (_, sent) = payloads.check(value, *partition)?;
+                        self.freshness.record(now.saturating_sub(sent).max(1))?;
+                        self.seen += 1;
+                        *next = record.offset + 1;
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+
+    pub(super) fn run(args: &FreshnessArgs) -> Result<FreshnessReport> {
+        let c = &args.common;
+        ensure!(c.size >= HEADER, "--size must be at least {HEADER} bytes");
+        ensure!(c.partitions > 0, "--partitions must be positive");
+        let payloads = Payloads::new(c.size, c.text);
+        create_topic(c)?;
+        let env: BTreeMap<String, String> = std::env::vars().collect();
+        let store = strata_lake::store::open(&args.tier_url, &env)?;
+        let table = IcebergTable::open(store.clone(), &args.tier_url, &c.topic)?;
+        let lake = Lake::new(store);
+        let produced_done = AtomicU64::new(0);
+        let start = Instant::now();
+        let (produced, watched) = std::thread::scope(|s| {
+            let watcher = s.spawn(|| -> Result<(Watch, f64)> {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                let mut watch = Watch {
+                    next: HashMap::new(),
+                    files: HashSet::new(),
+                    fresh_pieces: 0,
+                    sealed_files: 0,
+                    versions: None,
+                    seen: 0,
+                    freshness: histogram(),
+                };
+                runtime.block_on(async {
+                    let deadline = Instant::now() + Duration::from_secs(c.timeout_s);
+                    while watch.seen < c.count {
+                        ensure!(
+                            Instant::now() < deadline,
+                            "{} of {} records in the table after {} s",
+                            watch.seen,
+                            c.count,
+                            c.timeout_s
+                        );
+                        ensure!(
+                            produced_done.load(Ordering::Relaxed) != 2,
+                            "the producer failed"
+                        );
+                        watch.poll(&table, &lake, &payloads).await?;
+                        tokio::time::sleep(Duration::from_millis(args.poll_ms)).await;
+                    }
+                    Ok(())
+                })?;
+                Ok((watch, start.elapsed().as_secs_f64()))
+            });
+            let produced = produce(c, &payloads, Some(c.rate_mb * 1e6));
+            produced_done.store(if produced.is_ok() { 1 } else { 2 }, Ordering::Relaxed);
+            let watched = watcher
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the watcher panicked")));
+            (produced, watched)
+        });
+        let (produce_seconds, latency) = produced?;
+        let (watch, seconds) = watched?;
+        let hours = seconds / 3600.0;
+        let per_partition_hour = |n: u64| n as f64 / f64::from(c.partitions) / hours;
+        let snapshots = watch.versions.map_or(0, |(first, last)| last - first);
+        Ok(FreshnessReport {
+            mode: "freshness",
+            topic: c.topic.clone(),
+            partitions: c.partitions,
+            record_bytes: c.size,
+            records: c.count,
+            rate_mb: c.rate_mb,
+            produced_mb_per_s: (c.count * c.size as u64) as f64 / produce_seconds / 1e6,
+            produce_latency: Latency::of(&latency),
+            freshness: Latency::of(&watch.freshness),
+            seconds,
+            snapshots,
+            fresh_pieces: watch.fresh_pieces,
+            sealed_files: watch.sealed_files,
+            fresh_pieces_per_partition_hour: per_partition_hour(watch.fresh_pieces),
+            sealed_files_per_partition_hour: per_partition_hour(watch.sealed_files),
+            snapshots_per_hour: snapshots as f64 / hours,
+        })
+    }
+
+    pub(super) fn print(r: &FreshnessReport) {
+        println!(
+            "freshness {} ({} partitions, {} B records, {} records at {} MB/s: {:.1} MB/s reached)",
+            r.topic, r.partitions, r.record_bytes, r.records, r.rate_mb, r.produced_mb_per_s
+        );
+        if let Some(f) = &r.freshness {
+            println!(
+                "  send to visible in the table: p50 {:.0} ms, p99 {:.0} ms, p99.9 {:.0} ms, max {:.0} ms",
+                f.p50_ms, f.p99_ms, f.p999_ms, f.max_ms
+            );
+        }
+        println!(
+            "  {} snapshots, {} fresh pieces, {} sealed files in {:.0} s: {:.1} pieces and {:.1} sealed files per partition per hour",
+            r.snapshots,
+            r.fresh_pieces,
+            r.sealed_files,
+            r.seconds,
+            r.fresh_pieces_per_partition_hour,
+            r.sealed_files_per_partition_hour
+        );
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn offsets_come_from_lake_file_names() {
+            assert_eq!(
+                super::offsets_of(
+                    "topic=t/partition=0/00000000000000000010-00000000000000000019.parquet.fresh"
+                ),
+                Some((10, 19))
+            );
+            assert_eq!(
+                super::offsets_of("00000000000000000000-00000000000000000009-e3.parquet"),
+                Some((0, 9))
+            );
+        }
+    }
 }
 
 #[cfg(test)]
