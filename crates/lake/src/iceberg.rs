@@ -72,6 +72,18 @@ pub struct PartitionFiles<'a> {
     pub files: &'a [FileEntry],
 }
 
+impl<'a> PartitionFiles<'a> {
+    /// The live files of `manifest`, the partition's Strata manifest as its leader committed it
+    /// (at the manifest's leader epoch).
+    pub fn of(partition: i32, manifest: &'a crate::Manifest) -> Self {
+        Self {
+            partition,
+            leader_epoch: manifest.leader_epoch,
+            files: &manifest.files,
+        }
+    }
+}
+
 /// A data file of the current snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableFile {
@@ -387,7 +399,7 @@ impl IcebergTable {
         written: &mut Vec<Path>,
     ) -> Result<(String, Vec<ManifestFile>)> {
         let mut list = plan.kept.clone();
-        for m in &plan.changed {
+        for m in plan.changed.iter().filter(|m| !m.entries.is_empty()) {
             let bytes = avro::write_manifest(&m.entries, m.leader_epoch);
             let name = format!("{}-m0.avro", uuid::Uuid::new_v4());
             let length = bytes.len() as i64;
@@ -1253,25 +1265,33 @@ mod tests {
             fx.file(0, 0, 9, Kind::Sealed).await,
             fx.file(0, 10, 19, Kind::Sealed).await,
         );
-        fn epoch(leader_epoch: i32, files: &[FileEntry]) -> PartitionFiles<'_> {
-            PartitionFiles {
-                partition: 0,
-                leader_epoch,
-                files,
+        let manifest = |leader_epoch: i32, files: &[FileEntry]| crate::Manifest {
+            files: files.to_vec(),
+            leader_epoch,
+            ..crate::Manifest::default()
+        };
+        let commit = |m: crate::Manifest, now_ms: i64| {
+            let table = fx.table();
+            async move {
+                table
+                    .commit(&[PartitionFiles::of(0, &m)], now_ms, DAY_MS)
+                    .await
             }
-        }
-        let files = [a.clone()];
+        };
         table
-            .commit(&[epoch(3, &files)], 0, DAY_MS)
+            .commit(
+                &[PartitionFiles::of(
+                    0,
+                    &manifest(3, std::slice::from_ref(&a)),
+                )],
+                0,
+                DAY_MS,
+            )
             .await
             .unwrap()
             .unwrap();
         let more = [a.clone(), b.clone()];
-        let err = fx
-            .table()
-            .commit(&[epoch(2, &more)], 1, DAY_MS)
-            .await
-            .unwrap_err();
+        let err = commit(manifest(2, &more), 1).await.unwrap_err();
         assert!(
             matches!(
                 err,
@@ -1285,12 +1305,25 @@ mod tests {
             "{err}"
         );
         assert_eq!(current(&table).await.version, 1);
-        table
-            .commit(&[epoch(4, &more)], 2, DAY_MS)
-            .await
-            .unwrap()
-            .unwrap();
+        commit(manifest(4, &more), 2).await.unwrap().unwrap();
         assert_eq!(current(&table).await.partitions[&0].len(), 2);
+        // A new leader's claim with the same files records its epoch (one commit), and its
+        // predecessor can commit no more.
+        assert!(commit(manifest(5, &more), 3).await.unwrap().is_some());
+        assert_eq!(commit(manifest(5, &more), 4).await.unwrap(), None);
+        assert!(
+            commit(manifest(4, std::slice::from_ref(&b)), 5)
+                .await
+                .is_err()
+        );
+        assert_eq!(current(&table).await.version, 3);
+        // Another partition is not fenced by partition 0's leader.
+        let other = PartitionFiles {
+            partition: 1,
+            leader_epoch: 0,
+            files: &[],
+        };
+        assert_eq!(table.commit(&[other], 6, DAY_MS).await.unwrap(), None);
     }
 
     #[test]

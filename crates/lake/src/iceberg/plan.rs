@@ -31,7 +31,8 @@ pub struct Desired {
     pub files: Vec<DataFile>,
 }
 
-/// A manifest to write.
+/// A manifest to write (none when it has no entry: the partition has no file left and had none
+/// to remove).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewManifest {
     /// The partition of its files.
@@ -119,8 +120,8 @@ fn identity(f: &DataFile) -> (&str, i64, i64) {
 }
 
 /// Decides the commit of `desired` (each partition at most once) over `current` (the current
-/// snapshot's manifests) as snapshot `snapshot_id` at `sequence_number`. `None` when every
-/// partition already has exactly its files: nothing to write. Refused with
+/// snapshot's manifests) as snapshot `snapshot_id`. `None` when every partition already has
+/// exactly its files, written at its leader's epoch: nothing to write. Refused with
 /// [`Error::FencedLeaderEpoch`] when a partition's manifest was written by a later leader.
 /// `previous_summary` is the current snapshot's, whose totals the new summary continues.
 pub fn plan(
@@ -145,7 +146,8 @@ pub fn plan(
         let manifests = by_partition
             .get(&Some(d.partition))
             .map_or(&[][..], Vec::as_slice);
-        if let Some(stored_epoch) = manifests.iter().map(|m| m.leader_epoch).max()
+        let stored_epoch = manifests.iter().map(|m| m.leader_epoch).max();
+        if let Some(stored_epoch) = stored_epoch
             && stored_epoch > d.leader_epoch
         {
             return Err(Error::FencedLeaderEpoch {
@@ -163,7 +165,10 @@ pub fn plan(
         let mut after: Vec<_> = d.files.iter().map(identity).collect();
         before.sort_unstable();
         after.sort_unstable();
-        if before != after {
+        // A new leader's first commit records its epoch even when the files are the same, so
+        // that its predecessor, deposed, can no longer commit the partition.
+        let new_leader = stored_epoch.is_some_and(|e| e < d.leader_epoch);
+        if before != after || new_leader {
             changed.push(rewrite(d, &live, snapshot_id));
         }
     }
