@@ -497,7 +497,8 @@ impl IcebergTable {
     /// `v<version>.metadata.json`, created only if absent.
     async fn put_version(&self, version: u64, metadata: &TableMetadata) -> Result<(), PutError> {
         let path = self.metadata_path(&Self::version_name(version));
-        let bytes = Bytes::from(serde_json::to_vec_pretty(metadata).expect("JSON"));
+        // Compact: the file grows with every snapshot kept, and is written at every commit.
+        let bytes = Bytes::from(serde_json::to_vec(metadata).expect("JSON"));
         let put = self
             .store
             .put_opts(
