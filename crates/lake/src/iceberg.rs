@@ -238,7 +238,7 @@ impl IcebergTable {
     ///
     /// Errors: [`Error::FencedLeaderEpoch`] when a later leader of one of the partitions wrote
     /// its files (nothing is committed); [`Error::Storage`] when the store fails or other
-    /// writers won the race [`COMMIT_ATTEMPTS_MAX`] times in a row (retry later).
+    /// writers won the race for the next version several times in a row (retry later).
     pub async fn commit(
         &self,
         partitions: &[PartitionFiles<'_>],
@@ -289,18 +289,10 @@ impl IcebergTable {
         now_ms: i64,
         retention_ms: i64,
     ) -> Result<Attempt> {
-        let current_owned: Vec<CurrentManifest> =
-            current.iter().map(|m| CurrentManifest::clone(m)).collect();
         let parent = latest.as_ref().and_then(|(_, m)| m.current_snapshot());
         let snapshot_id = new_snapshot_id();
         let previous_summary = parent.map(|s| &s.summary);
-        let Some(plan) = plan::plan(
-            &self.topic,
-            &current_owned,
-            desired,
-            snapshot_id,
-            previous_summary,
-        )?
+        let Some(plan) = plan::plan(&self.topic, current, desired, snapshot_id, previous_summary)?
         else {
             return Ok(Attempt::Unchanged);
         };
@@ -329,12 +321,42 @@ impl IcebergTable {
             summary: plan.summary,
             schema_id: Some(metadata::SCHEMA_ID),
         };
+        let (next, garbage) = self
+            .next_metadata(&base, version, snapshot, &list, now_ms, retention_ms)
+            .await;
+        match self.put_version(version + 1, &next).await {
+            Ok(()) => {}
+            Err(PutError::Exists) => {
+                self.delete_quietly(written).await;
+                return Ok(Attempt::Lost);
+            }
+            Err(PutError::Other(e)) => {
+                self.delete_quietly(written).await;
+                return Err(e);
+            }
+        }
+        self.after_commit(version + 1, garbage).await;
+        Ok(Attempt::Committed(snapshot_id, version + 1, Arc::new(next)))
+    }
+
+    /// The metadata of the version after `version` (`base`): `snapshot` current, the snapshots
+    /// past the retention expired, the metadata log trimmed. Returns it and the objects that only
+    /// what it drops used (to delete once it is committed). `list` is `snapshot`'s manifests.
+    async fn next_metadata(
+        &self,
+        base: &TableMetadata,
+        version: u64,
+        snapshot: Snapshot,
+        list: &[ManifestFile],
+        now_ms: i64,
+        retention_ms: i64,
+    ) -> (TableMetadata, Vec<Path>) {
         let previous_file = (version > 0).then(|| self.metadata_uri(&Self::version_name(version)));
         let mut next = base.with_snapshot(snapshot.clone(), previous_file.clone(), now_ms);
         let mut garbage = Vec::new();
         let expired = next.expire_snapshots(now_ms, retention_ms, EXPIRED_PER_COMMIT_MAX);
         if !expired.is_empty() {
-            match self.files_of_expired(&expired, &next, &list).await {
+            match self.files_of_expired(&expired, &next, list).await {
                 Ok(files) => garbage = files,
                 Err(e) => {
                     // Expire them with a later commit, when their files can be told.
@@ -349,19 +371,7 @@ impl IcebergTable {
                 .iter()
                 .filter_map(|uri| self.metadata_object(uri)),
         );
-        match self.put_version(version + 1, &next).await {
-            Ok(()) => {}
-            Err(PutError::Exists) => {
-                self.delete_quietly(written).await;
-                return Ok(Attempt::Lost);
-            }
-            Err(PutError::Other(e)) => {
-                self.delete_quietly(written).await;
-                return Err(e);
-            }
-        }
-        self.after_commit(version + 1, garbage).await;
-        Ok(Attempt::Committed(snapshot_id, version + 1, Arc::new(next)))
+        (next, garbage)
     }
 
     /// A new table's metadata, with no snapshot.

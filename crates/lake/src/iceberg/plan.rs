@@ -2,6 +2,7 @@
 //! partitions' Strata manifests name: which partitions changed, their new manifests' entries
 //! (added, kept, removed), the manifests kept as they are, and the snapshot's summary. No I/O.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::error::{Error, Result};
@@ -124,15 +125,16 @@ fn identity(f: &DataFile) -> (&str, i64, i64) {
 /// exactly its files, written at its leader's epoch: nothing to write. Refused with
 /// [`Error::FencedLeaderEpoch`] when a partition's manifest was written by a later leader.
 /// `previous_summary` is the current snapshot's, whose totals the new summary continues.
-pub fn plan(
+pub fn plan<M: Borrow<CurrentManifest>>(
     topic: &str,
-    current: &[CurrentManifest],
+    current: &[M],
     desired: &[Desired],
     snapshot_id: i64,
     previous_summary: Option<&BTreeMap<String, String>>,
 ) -> Result<Option<Plan>> {
     let mut by_partition: BTreeMap<Option<i32>, Vec<&CurrentManifest>> = BTreeMap::new();
     for m in current {
+        let m = m.borrow();
         by_partition.entry(m.file.partition).or_default().push(m);
     }
     let mut seen = BTreeSet::new();
@@ -179,6 +181,7 @@ pub fn plan(
     // a snapshot that removed a partition's last files) go.
     let kept = current
         .iter()
+        .map(Borrow::borrow)
         .filter(|m| !m.file.partition.is_some_and(|p| seen.contains(&p)))
         .filter(|m| m.file.added_files_count + m.file.existing_files_count > 0)
         .map(|m| m.file.clone())
@@ -334,6 +337,9 @@ fn summary(
 mod tests {
     use super::*;
 
+    /// No manifest: an empty table.
+    const NONE: &[CurrentManifest] = &[];
+
     fn file(partition: i32, first: i64, last: i64) -> DataFile {
         DataFile {
             path: format!("file:///l/topic=t/partition={partition}/{first:020}-{last:020}.parquet"),
@@ -384,7 +390,7 @@ mod tests {
     #[test]
     fn appends_then_replaces_then_nothing() {
         let a = file(0, 0, 9);
-        let plan1 = plan("t", &[], &[desired(0, vec![a.clone()])], 1, None)
+        let plan1 = plan("t", NONE, &[desired(0, vec![a.clone()])], 1, None)
             .unwrap()
             .unwrap();
         assert_eq!(plan1.summary["operation"], "append");
@@ -517,7 +523,7 @@ mod tests {
         let (a, b) = (file(0, 0, 9), file(1, 0, 4));
         let plan1 = plan(
             "t",
-            &[],
+            NONE,
             &[desired(0, vec![a.clone()]), desired(1, vec![b.clone()])],
             1,
             None,
@@ -560,7 +566,7 @@ mod tests {
             leader_epoch: 3,
             ..desired(0, vec![file(0, 0, 9)])
         };
-        let s1 = apply(&[], &plan("t", &[], &[d], 1, None).unwrap().unwrap(), 1, 1);
+        let s1 = apply(&[], &plan("t", NONE, &[d], 1, None).unwrap().unwrap(), 1, 1);
         let stale = Desired {
             leader_epoch: 2,
             ..desired(0, vec![file(0, 0, 19)])
