@@ -1,15 +1,17 @@
 //! A topic's Iceberg table read with the `iceberg` crate (Apache Iceberg's Rust implementation):
 //! an independent reader of what the broker commits, from `version-hint.text` to the Parquet
-//! rows, with the `partition` column filled from the identity partition as the spec says.
+//! rows, each row's partition the identity partition value of its file.
 
 use std::path::Path;
 
-use arrow_array_58::Array;
 use arrow_array_58::cast::AsArray;
-use arrow_array_58::types::{Int32Type, Int64Type};
+use arrow_array_58::types::Int64Type;
+use arrow_array_58::{Array, RecordBatch};
 use futures::TryStreamExt;
 use iceberg::TableIdent;
 use iceberg::io::FileIO;
+use iceberg::scan::FileScanTask;
+use iceberg::spec::{Literal, PrimitiveLiteral};
 use iceberg::table::StaticTable;
 
 /// One row of a topic's table.
@@ -34,6 +36,11 @@ pub fn metadata_file(lake_dir: &Path, topic: &str) -> Option<std::path::PathBuf>
 
 /// Every row of `topic`'s table at its current snapshot, sorted by partition and offset; `None`
 /// before the first commit.
+///
+/// The crate (0.10.1) does not fill identity partition columns missing from the files (its
+/// main branch does), so the partition of each row is the one the crate's scan planning gives
+/// its file, read from the manifests, each file read as a task of its own; and it refuses the
+/// files' TIMESTAMP(MILLIS) column, so `timestamp` is not read here.
 pub async fn scan(lake_dir: &Path, topic: &str) -> Option<Vec<IcebergRow>> {
     let metadata = metadata_file(lake_dir, topic)?;
     let table = StaticTable::from_metadata_file(
@@ -51,48 +58,56 @@ pub async fn scan(lake_dir: &Path, topic: &str) -> Option<Vec<IcebergRow>> {
     if table.metadata().current_snapshot().is_none() {
         return Some(Vec::new());
     }
-    let batches: Vec<_> = table
+    let tasks: Vec<FileScanTask> = table
         .scan()
-        .select(["partition", "offset", "value"])
+        .select(["offset", "value"])
         .build()
         .unwrap_or_else(|e| panic!("{}: planning a scan failed: {e}", metadata.display()))
-        .to_arrow()
+        .plan_files()
         .await
-        .unwrap_or_else(|e| panic!("{}: scanning failed: {e}", metadata.display()))
+        .unwrap_or_else(|e| panic!("{}: planning a scan failed: {e}", metadata.display()))
         .try_collect()
         .await
-        .unwrap_or_else(|e| panic!("{}: reading the data files failed: {e}", metadata.display()));
+        .unwrap_or_else(|e| panic!("{}: planning a scan failed: {e}", metadata.display()));
     let mut rows = Vec::new();
-    for batch in batches {
-        let partition = batch
-            .column_by_name("partition")
-            .expect("a partition column")
-            .as_primitive::<Int32Type>();
-        let offset = batch
-            .column_by_name("offset")
-            .expect("an offset column")
-            .as_primitive::<Int64Type>();
-        let value = batch.column_by_name("value").expect("a value column");
-        // Iceberg's binary is LargeBinary in this reader; Binary if it ever passes files through.
-        let value_at = |i: usize| -> Option<Vec<u8>> {
-            if value.is_null(i) {
-                None
-            } else if let Some(large) = value.as_binary_opt::<i64>() {
-                Some(large.value(i).to_vec())
-            } else {
-                Some(value.as_binary::<i32>().value(i).to_vec())
-            }
+    for task in tasks {
+        let partition = match task.partition.as_ref().map(|p| &p[0]) {
+            Some(Some(Literal::Primitive(PrimitiveLiteral::Int(p)))) => *p,
+            other => panic!("{}: partition value {other:?}", task.data_file_path),
         };
-        for i in 0..batch.num_rows() {
-            assert!(
-                !partition.is_null(i),
-                "the reader left `partition` null: the identity partition value was not applied"
-            );
-            rows.push(IcebergRow {
-                partition: partition.value(i),
-                offset: offset.value(i),
-                value: value_at(i),
-            });
+        let file = task.data_file_path.clone();
+        let batches: Vec<RecordBatch> = table
+            .reader_builder()
+            .build()
+            .read(Box::pin(futures::stream::iter([Ok(task)])))
+            .and_then(|read| Ok(read.stream()))
+            .unwrap_or_else(|e| panic!("{file}: reading failed: {e}"))
+            .try_collect()
+            .await
+            .unwrap_or_else(|e| panic!("{file}: reading failed: {e}"));
+        for batch in batches {
+            let offset = batch
+                .column_by_name("offset")
+                .expect("an offset column")
+                .as_primitive::<Int64Type>();
+            let value = batch.column_by_name("value").expect("a value column");
+            // Iceberg's binary is LargeBinary in this reader.
+            let value_at = |i: usize| -> Option<Vec<u8>> {
+                if value.is_null(i) {
+                    None
+                } else if let Some(large) = value.as_binary_opt::<i64>() {
+                    Some(large.value(i).to_vec())
+                } else {
+                    Some(value.as_binary::<i32>().value(i).to_vec())
+                }
+            };
+            for i in 0..batch.num_rows() {
+                rows.push(IcebergRow {
+                    partition,
+                    offset: offset.value(i),
+                    value: value_at(i),
+                });
+            }
         }
     }
     rows.sort_by_key(|r| (r.partition, r.offset));

@@ -6,6 +6,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
@@ -279,6 +281,51 @@ async fn records_reach_the_iceberg_table_within_the_lag_exactly_once() {
     broker.stop().await;
 }
 
+/// A producer that sends to both partitions of `topic` until `stop`, through broker restarts
+/// (an idempotent producer at one address): what was acknowledged.
+fn spawn_producer(
+    bootstrap: String,
+    topic: &'static str,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<BTreeMap<(i32, i64), Vec<u8>>> {
+    tokio::spawn(async move {
+        let producer = producer(
+            &bootstrap,
+            &[
+                ("acks", "all"),
+                ("enable.idempotence", "true"),
+                ("linger.ms", "5"),
+                ("message.timeout.ms", "120000"),
+            ],
+        );
+        let mut acked = BTreeMap::new();
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let mut pending = Vec::new();
+            for _ in 0..20 {
+                let partition = (n % 2) as i32;
+                let value = format!("k{n}-{}", "y".repeat(150)).into_bytes();
+                n += 1;
+                let delivery = producer
+                    .send_result(
+                        FutureRecord::<(), [u8]>::to(topic)
+                            .partition(partition)
+                            .payload(&value),
+                    )
+                    .unwrap();
+                pending.push((delivery, value));
+            }
+            for (delivery, value) in pending {
+                if let Ok(Ok(d)) = delivery.await {
+                    acked.insert((d.partition, d.offset), value);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        acked
+    })
+}
+
 /// The broker is killed with SIGKILL, at seeded moments right after its table commits (so often
 /// in the middle of the next upload or commit), while a producer sends; after the last restart
 /// the table holds exactly the partition's records, each once, and the glob never saw a repeat.
@@ -305,61 +352,68 @@ async fn a_broker_killed_during_commits_leaves_every_offset_once() {
         "--set",
         "num.partitions=2",
     ];
-    let mut broker = ChildBroker::start(&binary, &data, free_port(), &settings);
-    let mut acked = BTreeMap::new();
-    let mut batch = 0;
+    let listen = free_port();
+    let mut broker = ChildBroker::start(&binary, &data, listen, &settings);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = spawn_producer(broker.bootstrap.clone(), "killed", Arc::clone(&stop));
+    let version = |lake_dir: &Path| {
+        metadata_file(lake_dir, "killed")
+            .and_then(|p| {
+                let name = p.file_name()?.to_str()?.to_string();
+                name.strip_prefix('v')?
+                    .split('.')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
     for round in 0..4 {
-        // Some records, then a kill once the table moved on by a seeded number of commits.
-        acked.extend(produce(&broker.bootstrap, "killed", 2, batch * 40, 40).await);
-        batch += 1;
-        let version = |lake_dir: &Path| {
-            metadata_file(lake_dir, "killed")
-                .and_then(|p| {
-                    p.file_stem()?
-                        .to_str()?
-                        .strip_prefix('v')?
-                        .parse::<u64>()
-                        .ok()
-                })
-                .unwrap_or(0)
-        };
+        // A seeded number of commits, then the kill: often during the next upload or commit.
         let before = version(&lake_dir);
         let commits = rng.random_range(1..=3);
-        let more = produce(&broker.bootstrap, "killed", 2, batch * 40, 40);
-        acked.extend(more.await);
-        batch += 1;
         let start = Instant::now();
         while version(&lake_dir) < before + commits {
             assert!(
                 start.elapsed() < DEADLINE,
-                "round {round}: the table did not move on by {commits} commits"
+                "round {round}: the table did not move on by {commits} commits from v{before}; \
+                 the broker's log:\n{}",
+                std::fs::read_to_string(data.with_extension("log")).unwrap_or_default()
             );
             tokio::time::sleep(Duration::from_millis(rng.random_range(5..50))).await;
         }
         eprintln!("round {round}: killing after {commits} commits (seed {seed})");
         broker.kill();
-        broker = ChildBroker::start(&binary, &data, free_port(), &settings);
+        broker = ChildBroker::start(&binary, &data, listen, &settings);
     }
-    acked.extend(produce(&broker.bootstrap, "killed", 2, batch * 40, 40).await);
+    // A last stretch of records after the last restart, then the producer stops.
+    let before = version(&lake_dir);
+    let start = Instant::now();
+    while version(&lake_dir) < before + 2 {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the table did not move on after the last restart"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let acked = sender.await.unwrap();
+    assert!(!acked.is_empty());
     // The log's records, as a consumer reads them: the table must hold exactly these.
-    let ends: Vec<i64> = (0..2)
-        .map(|p| {
-            acked
-                .keys()
-                .filter(|(partition, _)| *partition == p)
-                .map(|(_, offset)| offset + 1)
-                .max()
-                .unwrap()
-        })
-        .collect();
     let mut log = BTreeMap::new();
     for partition in 0..2 {
+        let end = acked
+            .keys()
+            .filter(|(p, _)| *p == partition)
+            .map(|(_, offset)| offset + 1)
+            .max()
+            .unwrap_or(0);
         for record in read(
             &broker.bootstrap,
             "killed",
             &[partition],
             Offset::Beginning,
-            ends[partition as usize] as usize,
+            end as usize,
         ) {
             log.insert((record.partition, record.offset), record.value.unwrap());
         }

@@ -122,8 +122,9 @@ pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
         "4096",
         ConfigType::Int(0),
     ),
-    // The fresh lake: how old the oldest record not in the lake may get before the partition's
-    // leader uploads a fresh piece, and how long replaced or removed lake files stay readable.
+    // The fresh lake: how long replaced or removed lake files stay readable, how long the
+    // topic's Iceberg snapshots are kept, and how old the oldest record not in the lake may get
+    // before the partition's leader uploads a fresh piece (-1: never, sealed files only).
     def(
         "lake.fresh.delete.delay.ms",
         "lake.fresh.delete.delay.ms",
@@ -131,10 +132,16 @@ pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
         ConfigType::Long(0),
     ),
     def(
+        "lake.snapshot.retention.ms",
+        "lake.snapshot.retention.ms",
+        "86400000",
+        ConfigType::Long(0),
+    ),
+    def(
         "lake.target.lag.ms",
         "lake.target.lag.ms",
         "60000",
-        ConfigType::Long(0),
+        ConfigType::Long(-1),
     ),
     def(
         "local.retention.bytes",
@@ -955,6 +962,12 @@ impl TopicConfig {
         self.long("lake.fresh.delete.delay.ms")
     }
 
+    /// `lake.snapshot.retention.ms`: how long the snapshots of the topic's Iceberg table are
+    /// kept (the current one always is).
+    pub fn lake_snapshot_retention_ms(&self) -> i64 {
+        self.long("lake.snapshot.retention.ms")
+    }
+
     /// The settings of the partition logs.
     pub fn log_config(&self) -> LogConfig {
         LogConfig {
@@ -1070,8 +1083,18 @@ mod tests {
             (t.lake_target_lag_ms(), t.lake_fresh_delete_delay_ms()),
             (500, 0)
         );
-        let negative = BTreeMap::from([("lake.target.lag.ms".to_string(), "-1".to_string())]);
+        // -1 turns fresh pieces off; below it is refused.
+        let off = BTreeMap::from([("lake.target.lag.ms".to_string(), "-1".to_string())]);
+        validate_topic_overrides(&off).unwrap();
+        assert_eq!(c.topic_config(&off).lake_target_lag_ms(), -1);
+        let negative = BTreeMap::from([("lake.target.lag.ms".to_string(), "-2".to_string())]);
         assert!(validate_topic_overrides(&negative).is_err());
+        let retention =
+            BTreeMap::from([("lake.snapshot.retention.ms".to_string(), "1000".to_string())]);
+        assert_eq!(
+            c.topic_config(&retention).lake_snapshot_retention_ms(),
+            1000
+        );
     }
 
     #[test]

@@ -343,6 +343,13 @@ pub(crate) struct LakeMetrics {
     pub(crate) offloaded_segment_bytes: AtomicU64,
     /// Record bytes served to fetches from the lake.
     pub(crate) read_bytes: AtomicU64,
+    /// Fresh pieces uploaded and committed, and their bytes.
+    pub(crate) fresh_pieces: AtomicU64,
+    pub(crate) fresh_piece_bytes: AtomicU64,
+    /// Snapshots committed to the topics' Iceberg tables, and commits that failed (retried at
+    /// the next pass).
+    pub(crate) table_commits: AtomicU64,
+    pub(crate) table_commit_failures: AtomicU64,
     /// Reads from object storage (file footers and row groups) the read path made.
     pub(crate) remote_read_seconds: Histogram,
 }
@@ -357,6 +364,13 @@ impl LakeMetrics {
             .fetch_add(entry.source_bytes, Ordering::Relaxed);
     }
 
+    /// Counts a fresh piece uploaded and committed.
+    pub(crate) fn uploaded_piece(&self, entry: &strata_lake::FileEntry) {
+        self.fresh_pieces.fetch_add(1, Ordering::Relaxed);
+        self.fresh_piece_bytes
+            .fetch_add(entry.size_bytes, Ordering::Relaxed);
+    }
+
     /// Runs a read from object storage, timing it.
     pub(crate) async fn timed<T>(&self, read: impl Future<Output = T>) -> T {
         let started = Instant::now();
@@ -366,7 +380,7 @@ impl LakeMetrics {
     }
 
     fn encode(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
-        let counters: [(&str, &str, &AtomicU64); 5] = [
+        let counters: [(&str, &str, &AtomicU64); 9] = [
             (
                 "strata_lake_uploads",
                 "Segments offloaded: uploaded as Parquet and committed to the partition's manifest.",
@@ -387,6 +401,27 @@ impl LakeMetrics {
                 "strata_lake_offloaded_segment_bytes",
                 "Bytes of the local segments offloaded (before conversion to Parquet).",
                 &self.offloaded_segment_bytes,
+            ),
+            (
+                "strata_lake_fresh_pieces",
+                "Fresh pieces (records of unsealed segments, after lake.target.lag.ms) uploaded \
+                 and committed.",
+                &self.fresh_pieces,
+            ),
+            (
+                "strata_lake_fresh_piece_bytes",
+                "Bytes of the fresh pieces uploaded and committed.",
+                &self.fresh_piece_bytes,
+            ),
+            (
+                "strata_lake_table_commits",
+                "Snapshots committed to the topics' Iceberg tables.",
+                &self.table_commits,
+            ),
+            (
+                "strata_lake_table_commit_failures",
+                "Commits to a topic's Iceberg table that failed (retried at the next pass).",
+                &self.table_commit_failures,
             ),
             (
                 "strata_lake_read_bytes",

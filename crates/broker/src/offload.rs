@@ -46,7 +46,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream::{self, StreamExt};
+use futures::stream::{self, StreamExt, TryStreamExt};
+use object_store::{ObjectStore, ObjectStoreExt};
+use strata_lake::iceberg::{IcebergTable, PartitionFiles};
 use strata_lake::status::CorruptSegment;
 use strata_lake::{FileEntry, Lake, Manifest, ManifestVersion, OffloadError, TopicMetadata};
 
@@ -128,12 +130,118 @@ struct PartitionState {
     /// As leader: when this broker first saw records below the last stable offset that no lake
     /// file holds (`None`: every such record is in the lake), for `lake.target.lag.ms`.
     pending_since_ms: Option<i64>,
+    /// As leader: the claimed epoch and the live files last committed to the topic's Iceberg
+    /// table (`None`: not yet since the claim, or the commit failed).
+    in_table: Option<(i32, Vec<FileEntry>)>,
+}
+
+/// The Iceberg tables of the lake's topics (`<tier-url>/_iceberg/<topic>`), each derived from
+/// its partitions' manifests: after a pass, the leader commits the partitions whose live files
+/// changed as one snapshot per topic.
+pub(crate) struct Tables {
+    store: Arc<dyn ObjectStore>,
+    tier_url: String,
+    open: HashMap<String, IcebergTable>,
+}
+
+impl Tables {
+    /// The tables of the lake in `store`, opened from `tier_url`.
+    pub(crate) fn new(store: Arc<dyn ObjectStore>, tier_url: &str) -> Self {
+        Self {
+            store,
+            tier_url: tier_url.to_string(),
+            open: HashMap::new(),
+        }
+    }
+
+    fn table(&mut self, topic: &str) -> strata_lake::Result<&IcebergTable> {
+        if !self.open.contains_key(topic) {
+            let table = IcebergTable::open(Arc::clone(&self.store), &self.tier_url, topic)?;
+            self.open.insert(topic.to_string(), table);
+        }
+        Ok(&self.open[topic])
+    }
+
+    /// Deletes the table of an older topic of this name (its files are gone from the lake).
+    async fn drop_table(&mut self, topic: &str) -> strata_lake::Result<()> {
+        self.open.remove(topic);
+        let prefix = object_store::path::Path::from(format!(
+            "{}/{topic}/",
+            strata_lake::iceberg::TABLES_FOLDER
+        ));
+        let objects: Vec<_> = self
+            .store
+            .list(Some(&prefix))
+            .map_ok(|o| o.location)
+            .try_collect()
+            .await
+            .map_err(|e| strata_lake::Error::Storage(e.to_string()))?;
+        for object in objects {
+            match self.store.delete(&object).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(strata_lake::Error::Storage(e.to_string())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits the live files of `changed` partitions (`(partition, claimed epoch, manifest)`)
+    /// of `topic` as one snapshot; returns whether the table holds them now. A failure is
+    /// logged and left to the next pass, which finds the same partitions changed.
+    async fn commit(
+        &mut self,
+        topic: &Topic,
+        changed: &[(i32, i32, Manifest)],
+        metrics: &crate::metrics::LakeMetrics,
+    ) -> bool {
+        let retention_ms = topic.config.lake_snapshot_retention_ms();
+        let table = match self.table(&topic.name) {
+            Ok(table) => table,
+            Err(e) => {
+                tracing::warn!(topic = %topic.name, error = %e, "the topic has no Iceberg table");
+                return false;
+            }
+        };
+        let partitions: Vec<PartitionFiles<'_>> = changed
+            .iter()
+            .map(|(partition, epoch, manifest)| PartitionFiles {
+                partition: *partition,
+                leader_epoch: *epoch,
+                files: &manifest.files,
+            })
+            .collect();
+        match table.commit(&partitions, now_ms(), retention_ms).await {
+            Ok(snapshot) => {
+                if let Some(snapshot) = snapshot {
+                    metrics
+                        .table_commits
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::debug!(topic = %topic.name, snapshot, partitions = changed.len(),
+                        "committed a snapshot of the topic's Iceberg table");
+                }
+                true
+            }
+            Err(e @ strata_lake::Error::FencedLeaderEpoch { .. }) => {
+                tracing::info!(topic = %topic.name, error = %e,
+                    "a later leader wrote a partition of the Iceberg table; this broker leaves it");
+                false
+            }
+            Err(e) => {
+                metrics
+                    .table_commit_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(topic = %topic.name, error = %e,
+                    "committing to the topic's Iceberg table failed; retrying at the next pass");
+                false
+            }
+        }
+    }
 }
 
 /// Runs the pipeline until the task is aborted. Partitions are offloaded concurrently, as many at
 /// once as the machine has cores (at most [`OFFLOAD_PARALLEL_MAX`]), so conversion to Parquet (a
 /// blocking task per segment) uses every core when several partitions have sealed segments.
-pub(crate) async fn run(manager: Arc<PartitionManager>, view: Arc<LakeView>) {
+pub(crate) async fn run(manager: Arc<PartitionManager>, view: Arc<LakeView>, mut tables: Tables) {
     let lake = view.lake().clone();
     let parallel = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -153,7 +261,8 @@ pub(crate) async fn run(manager: Arc<PartitionManager>, view: Arc<LakeView>) {
             if topic.config.get("remote.storage.enable") != "true" {
                 continue;
             }
-            if let Err(e) = describe_topic(&lake, &view, &topic, &mut described).await {
+            if let Err(e) = describe_topic(&lake, &view, &topic, &mut described, &mut tables).await
+            {
                 tracing::warn!(topic = %topic.name, error = %e, "writing topic metadata to the lake failed; retrying");
                 continue;
             }
@@ -197,7 +306,26 @@ pub(crate) async fn run(manager: Arc<PartitionManager>, view: Arc<LakeView>) {
             },
         ))
         .buffer_unordered(parallel);
+        // Per topic: the partitions whose live files the Iceberg table does not hold yet.
+        let mut changed: HashMap<Uuid, (Arc<Topic>, Vec<(i32, i32, Manifest)>)> = HashMap::new();
         while let Some((key, topic, partition, mut state, job, result)) = finished.next().await {
+            if result.is_ok()
+                && job == Job::Offload
+                && let (Some(manifest), Some(epoch)) = (&state.manifest, state.claimed_epoch)
+                && state
+                    .in_table
+                    .as_ref()
+                    .is_none_or(|(e, files)| *e != epoch || *files != manifest.files)
+            {
+                changed
+                    .entry(topic.topic_id)
+                    .or_insert_with(|| (Arc::clone(&topic), Vec::new()))
+                    .1
+                    .push((partition.index(), epoch, manifest.clone()));
+            }
+            if state.claimed_epoch.is_none() {
+                state.in_table = None;
+            }
             match result {
                 Ok(()) => state.failures = 0,
                 Err(e) if job == Job::Follow => {
@@ -229,6 +357,16 @@ pub(crate) async fn run(manager: Arc<PartitionManager>, view: Arc<LakeView>) {
                 show_error(&partition, &mut state, None);
             }
             states.insert(key, state);
+        }
+        for (topic_id, (topic, partitions)) in changed {
+            if !tables.commit(&topic, &partitions, view.metrics()).await {
+                continue;
+            }
+            for (index, epoch, manifest) in partitions {
+                if let Some(state) = states.get_mut(&(topic_id, index)) {
+                    state.in_table = Some((epoch, manifest.files));
+                }
+            }
         }
     }
 }
@@ -306,6 +444,7 @@ async fn describe_topic(
     view: &LakeView,
     topic: &Topic,
     described: &mut HashMap<Uuid, (i32, String)>,
+    tables: &mut Tables,
 ) -> strata_lake::Result<()> {
     let configs = serde_json::to_string(&topic.overrides).expect("configs serialize");
     let current = (topic.partition_count, configs);
@@ -321,6 +460,7 @@ async fn describe_topic(
         for partition in 0..old.partitions {
             lake.delete_partition(&topic.name, partition).await?;
         }
+        tables.drop_table(&topic.name).await?;
         view.forget_topic(&topic.name);
     }
     lake.put_topic_metadata(&TopicMetadata {
@@ -608,7 +748,9 @@ async fn offload_fresh(
         return Ok(manifest);
     };
     let covered_to = uploaded.entry.last_offset + 1;
+    let entry = uploaded.entry.clone();
     let manifest = pass.commit(&manifest, uploaded.entry).await?;
+    pass.view.metrics().uploaded_piece(&entry);
     tracing::debug!(topic = %name, partition = index, from, next_offset = covered_to,
         "offloaded a fresh piece");
     // Cut at a segment's end, the records after it have waited as long: the next piece is due
@@ -622,7 +764,8 @@ async fn offload_fresh(
 /// Whether a fresh piece is due at `now_ms`: records lie between `covered_to` (the first offset
 /// no lake file holds) and `stable_to` (the last stable offset), and this broker first saw such
 /// records `target_lag_ms` ago or more. Keeps `pending_since_ms`, the wall time records were
-/// first seen pending (`None` once none are).
+/// first seen pending (`None` once none are). A negative `target_lag_ms` (-1) turns fresh
+/// pieces off: only sealed files reach the lake.
 fn fresh_piece_due(
     pending_since_ms: &mut Option<i64>,
     covered_to: i64,
@@ -630,7 +773,7 @@ fn fresh_piece_due(
     now_ms: i64,
     target_lag_ms: i64,
 ) -> bool {
-    if stable_to <= covered_to {
+    if stable_to <= covered_to || target_lag_ms < 0 {
         *pending_since_ms = None;
         return false;
     }
@@ -839,5 +982,9 @@ mod tests {
         // A lag of 0: due at every pass with records pending.
         let mut since = None;
         assert!(fresh_piece_due(&mut since, 0, 1, 5, 0));
+        // -1: never, however long records wait.
+        let mut since = None;
+        assert!(!fresh_piece_due(&mut since, 0, 1, 5, -1));
+        assert!(!fresh_piece_due(&mut since, 0, 1, i64::MAX, -1));
     }
 }

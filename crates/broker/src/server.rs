@@ -111,6 +111,7 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
         strata_lake::groups::GroupFiles::new(Arc::clone(&store)),
         config.lake_target_lag_ms(),
     ));
+    let tables = crate::offload::Tables::new(Arc::clone(&store), &config.tier_url);
     let lake = Arc::new(
         crate::lake_view::LakeView::new(
             strata_lake::Lake::new(store),
@@ -287,7 +288,7 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
         }
         None => None,
     };
-    let task = tokio::spawn(run(ctx, bound, dir_lock, background));
+    let task = tokio::spawn(run(ctx, bound, dir_lock, background, tables));
     Ok(BrokerHandle {
         local_addr,
         metrics_addr,
@@ -494,6 +495,7 @@ async fn run(
     bound: Vec<listeners::Bound>,
     dir_lock: DataDirLock,
     background: Vec<JoinHandle<()>>,
+    tables: crate::offload::Tables,
 ) {
     let tracker = TaskTracker::new();
     let maintenance = tokio::spawn(maintain(Arc::clone(&ctx)));
@@ -501,6 +503,7 @@ async fn run(
     let offloader = tokio::spawn(crate::offload::run(
         Arc::clone(&ctx.manager),
         Arc::clone(&ctx.lake),
+        tables,
     ));
     let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
     let budget = frame::RequestBudget::new(ctx.manager.config().queued_max_request_bytes());
