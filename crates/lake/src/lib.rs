@@ -1,17 +1,20 @@
 //! # strata-lake
 //!
 //! The lake tier of Strata: sealed log segments become Parquet files that consumers can be served
-//! from again and that DuckDB, Spark or pyarrow read as they are.
+//! from again and that DuckDB, Spark or pyarrow read as they are; the records of unsealed
+//! segments go up as fresh pieces, which the sealed file replaces.
 //!
 //! ## Layout
 //! - [`records`]: RecordBatch v2 ↔ records, every codec, duplicate headers kept.
 //! - [`parquet_file`]: the lake's Parquet schema, writer and reader.
 //! - [`segment`]: a segment's batches read one at a time through a bounded window (the offload
 //!   streams them), a whole segment's bytes ↔ records, and records ↔ batches for serving.
-//! - [`manifest`]: which files hold which offsets, and which leader epoch committed them;
-//!   contiguity, commit fencing, retention and verification.
+//! - [`manifest`]: which files hold which offsets (sealed files, then fresh pieces), and which
+//!   leader epoch committed them; contiguity, replacement of pieces, retired files awaiting
+//!   deletion, commit fencing, retention and verification.
 //! - [`lake`]: the layout in object storage, offload (upload, then a conditional manifest commit
-//!   fenced by the leader epoch), a new leader's claim, listing.
+//!   fenced by the leader epoch) of sealed segments and fresh pieces, promotion of pieces, a new
+//!   leader's claim, listing.
 //! - [`iceberg`]: each topic as an Iceberg table (format v2) over the same files, in place:
 //!   manifests and manifest lists in Avro, metadata committed with a conditional put, snapshot
 //!   expiry; and reading its current files back.
