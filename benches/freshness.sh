@@ -14,8 +14,8 @@
 # with the broker's CPU-seconds (utime + stime) and its lake counters (/metrics: sealed uploads,
 # fresh pieces, table commits) around each run. Prints one JSON line per run, then a table.
 #
-#   benches/freshness.sh                       # LAG_MS=10000 RUN_S=120 ROUNDS=1
-#   LAG_MS=60000 RUN_S=300 benches/freshness.sh
+#   benches/freshness.sh                       # LAG_MS=10000 RUN_S=120 ROUNDS=1, every run
+#   LAG_MS=60000 RUN_S=300 RUNS="fresh-1mb fresh-50mb" benches/freshness.sh
 #
 # Needs the Rust toolchain; uses temporary folders, a file:// lake and ports 19196/19197.
 set -euo pipefail
@@ -28,6 +28,7 @@ PARTITIONS=${PARTITIONS:-6}
 SIZE=1024
 PRODUCE_RECORDS=${PRODUCE_RECORDS:-3000000}
 PRODUCE_LAG_MS=${PRODUCE_LAG_MS:-2000}
+RUNS=${RUNS:-fresh-1mb fresh-50mb sealed-50mb produce}
 PORT=19196
 METRICS_PORT=19197
 cargo build --release -q -p strata -p strata-benches --bin strata --bin loadgen
@@ -92,23 +93,23 @@ print(json.dumps(r))' "$label" "$lag" "$cpu0" "$(cpu_s "$pid")" \
 }
 
 for round in $(seq 1 "$ROUNDS"); do
-  start_broker
-  run "fresh-1mb-$round" "$LAG_MS" freshness --tier-url "file://$WORK/lake" \
-    --rate-mb 1 --count $((1000000 * RUN_S / SIZE))
-  stop_broker
-  start_broker
-  run "fresh-50mb-$round" "$LAG_MS" freshness --tier-url "file://$WORK/lake" \
-    --rate-mb 50 --count $((50000000 * RUN_S / SIZE))
-  stop_broker
-  start_broker
-  run "sealed-50mb-$round" -1 produce --pace-mb 50 --count $((50000000 * RUN_S / SIZE))
-  stop_broker
-  start_broker
-  run "produce-sealed-$round" -1 produce --count "$PRODUCE_RECORDS" --acks 1
-  stop_broker
-  start_broker
-  run "produce-fresh-$round" "$PRODUCE_LAG_MS" produce --count "$PRODUCE_RECORDS" --acks 1
-  stop_broker
+  for what in $RUNS; do
+    start_broker
+    case $what in
+      fresh-1mb) run "fresh-1mb-$round" "$LAG_MS" freshness --tier-url "file://$WORK/lake" \
+        --rate-mb 1 --count $((1000000 * RUN_S / SIZE)) ;;
+      fresh-50mb) run "fresh-50mb-$round" "$LAG_MS" freshness --tier-url "file://$WORK/lake" \
+        --rate-mb 50 --count $((50000000 * RUN_S / SIZE)) ;;
+      sealed-50mb) run "sealed-50mb-$round" -1 produce --pace-mb 50 \
+        --count $((50000000 * RUN_S / SIZE)) ;;
+      produce) run "produce-sealed-$round" -1 produce --count "$PRODUCE_RECORDS" --acks 1
+        stop_broker
+        start_broker
+        run "produce-fresh-$round" "$PRODUCE_LAG_MS" produce --count "$PRODUCE_RECORDS" --acks 1 ;;
+      *) echo "unknown run $what" >&2; exit 2 ;;
+    esac
+    stop_broker
+  done
 done
 
 python3 - "$RESULTS" "$PARTITIONS" <<'EOF'

@@ -80,7 +80,7 @@ pub async fn scan(lake_dir: &Path, topic: &str) -> Option<Vec<IcebergRow>> {
             .reader_builder()
             .build()
             .read(Box::pin(futures::stream::iter([Ok(task)])))
-            .and_then(|read| Ok(read.stream()))
+            .map(|read| read.stream())
             .unwrap_or_else(|e| panic!("{file}: reading failed: {e}"))
             .try_collect()
             .await

@@ -56,8 +56,8 @@ enum Mode {
     /// Print one partition's leader and in-sync replicas as JSON (for scripts).
     Describe(DescribeArgs),
     /// Produce `count` records at `rate-mb` while reading the topic's Iceberg table in the lake
-    /// (`tier-url`): freshness, the time from each record's send to the first snapshot that holds
-    /// it, as percentiles; the fresh pieces, sealed files and snapshots it took.
+    /// (`tier-url`): freshness, the time from each record's send (its CreateTime) to the first
+    /// snapshot that holds it, as percentiles; the fresh pieces, sealed files and snapshots it took.
     Freshness(FreshnessArgs),
 }
 
@@ -908,12 +908,20 @@ fn main() -> Result<()> {
 }
 
 mod freshness {
-    //! `loadgen freshness`: produce at a rate while reading the topic's Iceberg table.
+    //! `loadgen freshness`: produce at a rate while reading the topic's Iceberg table. A
+    //! record's freshness runs from its CreateTime (stamped by librdkafka when it is sent) to the
+    //! first read of a snapshot that holds it.
 
     use std::collections::{BTreeMap, HashMap, HashSet};
     use std::sync::atomic::AtomicU64;
 
-    use strata_lake::Lake;
+    use std::sync::Arc;
+
+    use arrow_array::{Int64Array, TimestampMillisecondArray};
+    use object_store::path::Path as ObjectPath;
+    use object_store::{ObjectStore, ObjectStoreExt};
+    use parquet::arrow::ProjectionMask;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     use strata_lake::iceberg::IcebergTable;
 
     use super::*;
@@ -945,6 +953,30 @@ mod freshness {
         snapshots_per_hour: f64,
     }
 
+    /// `(offset, timestamp ms)` of every row of a lake file: only those two columns are read, so
+    /// that watching the table costs little next to the broker it measures.
+    async fn read_times(store: &Arc<dyn ObjectStore>, path: &str) -> Result<Vec<(i64, i64)>> {
+        let bytes = store.get(&ObjectPath::from(path)).await?.bytes().await?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
+        let mask = ProjectionMask::roots(builder.parquet_schema(), [0, 1]);
+        let mut out = Vec::new();
+        for batch in builder.with_projection(mask).build()? {
+            let batch = batch?;
+            let offsets = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .context("an offset column")?;
+            let timestamps = batch
+                .column(1)
+                .as_any()
+                .downcast_ref::<TimestampMillisecondArray>()
+                .context("a timestamp column")?;
+            out.extend((0..batch.num_rows()).map(|i| (offsets.value(i), timestamps.value(i))));
+        }
+        Ok(out)
+    }
+
     /// `(first, last)` offsets from a lake file name (`<first>-<last>[-eN].parquet[.fresh]`).
     fn offsets_of(path: &str) -> Option<(i64, i64)> {
         let name = path.rsplit('/').next()?;
@@ -966,12 +998,7 @@ mod freshness {
     impl Watch {
         /// Reads the current snapshot; each record not seen before is timed against `now`, the
         /// moment the snapshot was read.
-        async fn poll(
-            &mut self,
-            table: &IcebergTable,
-            lake: &Lake,
-            payloads: &Payloads,
-        ) -> Result<()> {
+        async fn poll(&mut self, table: &IcebergTable, store: &Arc<dyn ObjectStore>) -> Result<()> {
             let Some(snapshot) = table.current_files().await? else {
                 return Ok(());
             };
@@ -993,19 +1020,18 @@ mod freshness {
                     if offsets_of(&file.path).is_some_and(|(_, last)| last < *next) {
                         continue;
                     }
-                    let records = lake
-                        .read_file(&file.path)
+                    for (offset, timestamp_ms) in read_times(store, &file.path)
                         .await
-                        .with_context(|| format!("reading {}", file.path))?;
-                    for record in records {
-                        if record.offset < *next {
+                        .with_context(|| format!("reading {}", file.path))?
+                    {
+                        if offset < *next {
                             continue;
                         }
-                        let value = record.value.as_deref().context("a record without value")?;
-                        let (_, sent) = payloads.check(value, *partition)?;
+                        // CreateTime: librdkafka stamps a record when it is sent.
+                        let sent = u64::try_from(timestamp_ms).unwrap_or(0) * 1000;
                         self.freshness.record(now.saturating_sub(sent).max(1))?;
                         self.seen += 1;
-                        *next = record.offset + 1;
+                        *next = offset + 1;
                     }
                 }
             }
@@ -1021,8 +1047,7 @@ mod freshness {
         create_topic(c)?;
         let env: BTreeMap<String, String> = std::env::vars().collect();
         let store = strata_lake::store::open(&args.tier_url, &env)?;
-        let table = IcebergTable::open(store.clone(), &args.tier_url, &c.topic)?;
-        let lake = Lake::new(store);
+        let table = IcebergTable::open(Arc::clone(&store), &args.tier_url, &c.topic)?;
         let produced_done = AtomicU64::new(0);
         let start = Instant::now();
         let (produced, watched) = std::thread::scope(|s| {
@@ -1053,7 +1078,7 @@ mod freshness {
                             produced_done.load(Ordering::Relaxed) != 2,
                             "the producer failed"
                         );
-                        watch.poll(&table, &lake, &payloads).await?;
+                        watch.poll(&table, &store).await?;
                         tokio::time::sleep(Duration::from_millis(args.poll_ms)).await;
                     }
                     Ok(())

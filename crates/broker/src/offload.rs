@@ -135,6 +135,10 @@ struct PartitionState {
     in_table: Option<(i32, Vec<FileEntry>)>,
 }
 
+/// A partition whose live files the topic's Iceberg table does not hold yet: its index, the
+/// epoch it was claimed at, and its manifest.
+type Changed = (i32, i32, Manifest);
+
 /// The Iceberg tables of the lake's topics (`<tier-url>/_iceberg/<topic>`), each derived from
 /// its partitions' manifests: after a pass, the leader commits the partitions whose live files
 /// changed as one snapshot per topic.
@@ -191,7 +195,7 @@ impl Tables {
     async fn commit(
         &mut self,
         topic: &Topic,
-        changed: &[(i32, i32, Manifest)],
+        changed: &[Changed],
         metrics: &crate::metrics::LakeMetrics,
     ) -> bool {
         let retention_ms = topic.config.lake_snapshot_retention_ms();
@@ -307,7 +311,7 @@ pub(crate) async fn run(manager: Arc<PartitionManager>, view: Arc<LakeView>, mut
         ))
         .buffer_unordered(parallel);
         // Per topic: the partitions whose live files the Iceberg table does not hold yet.
-        let mut changed: HashMap<Uuid, (Arc<Topic>, Vec<(i32, i32, Manifest)>)> = HashMap::new();
+        let mut changed: HashMap<Uuid, (Arc<Topic>, Vec<Changed>)> = HashMap::new();
         while let Some((key, topic, partition, mut state, job, result)) = finished.next().await {
             if result.is_ok()
                 && job == Job::Offload
@@ -735,6 +739,7 @@ async fn offload_fresh(
     }
     // What a read_committed fetch from `from` is served: the batches of one segment below the
     // last stable offset, and the aborted transactions among them.
+    let cut_at_ms = now_ms();
     let (read, aborted) = partition.read_committed(from, usize::MAX)?;
     let Some(range) = read.records else {
         return Ok(manifest);
@@ -754,9 +759,11 @@ async fn offload_fresh(
     tracing::debug!(topic = %name, partition = index, from, next_offset = covered_to,
         "offloaded a fresh piece");
     // Cut at a segment's end, the records after it have waited as long: the next piece is due
-    // at once. Cut at the last stable offset, later records start their own wait.
+    // at once. Cut at the last stable offset, the records after it came in after the cut: their
+    // wait started then, not when this pass ends (the upload took a while), so the next piece
+    // comes a target lag after the cut, and no record waits the upload twice.
     if covered_to >= read.last_stable_offset {
-        state.pending_since_ms = None;
+        state.pending_since_ms = Some(cut_at_ms);
     }
     Ok(manifest)
 }
