@@ -144,7 +144,7 @@ async fn offload_to_s3_in_every_codec() {
     let dir = tempfile::tempdir().unwrap();
     let s3 = S3Server::start(&dir.path().join("s3"), "127.0.0.1:0".parse().unwrap()).await;
     let tier = (S3Server::tier_url(), s3.env());
-    every_codec_offloads_with_every_column(tier, &dir.path().join("data")).await;
+    every_codec_offloads_with_every_column(tier.clone(), &dir.path().join("data")).await;
     // The objects really are in the S3 server's folder, under the documented layout.
     let objects = dir
         .path()
@@ -154,6 +154,30 @@ async fn offload_to_s3_in_every_codec() {
         .join("topic=lake-zstd")
         .join("partition=0");
     assert!(std::fs::read_dir(objects).unwrap().count() > 0);
+    // The topic's Iceberg table is committed over S3 too (conditional creates of its metadata),
+    // naming the files by their s3:// URIs.
+    let store = strata_lake::store::open(&tier.0, &tier.1).unwrap();
+    let table = strata_lake::iceberg::IcebergTable::open(store, &tier.0, "lake-zstd").unwrap();
+    let start = std::time::Instant::now();
+    loop {
+        let snapshot = table.current_files().await.unwrap();
+        let files = snapshot.as_ref().and_then(|s| s.partitions.get(&0));
+        if files.is_some_and(|f| f.iter().map(|f| f.record_count).sum::<u64>() == 300) {
+            let files = files.unwrap();
+            assert!(
+                files
+                    .iter()
+                    .all(|f| f.uri.starts_with("s3://lake/strata/topic=lake-zstd/")),
+                "{files:?}"
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < strata_tests::DEADLINE,
+            "the Iceberg table of lake-zstd holds {snapshot:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     s3.stop().await;
 }
 
