@@ -2074,6 +2074,22 @@ mod tests {
         Bytes::from(segment::encode(part).to_vec())
     }
 
+    /// Uploads `records`' offsets `from..upto` as a fresh piece on `m` at `epoch` (not
+    /// committed): its entry.
+    async fn piece_of(
+        lake: &Lake,
+        m: &Manifest,
+        records: &[LakeRecord],
+        (from, upto): (i64, i64),
+        epoch: i32,
+    ) -> FileEntry {
+        lake.upload_piece("t", 0, m, range_of(records, from, upto), &[], from, epoch)
+            .await
+            .unwrap()
+            .unwrap()
+            .entry
+    }
+
     /// The paths `**/*.parquet` sees: sealed files only.
     fn parquet_objects(objects: &[(String, u64)]) -> Vec<String> {
         objects
@@ -2093,24 +2109,16 @@ mod tests {
         let (whole, records) = segment_of(0, 30);
         let mut m = lake.claim("t", 0, 0).await.unwrap();
         for (from, upto) in [(0, 10), (10, 20)] {
-            let piece = lake
-                .upload_piece("t", 0, &m, range_of(&records, from, upto), &[], from, 0)
-                .await
-                .unwrap()
-                .unwrap();
-            assert!(piece.entry.fresh);
+            let piece = piece_of(&lake, &m, &records, (from, upto), 0).await;
+            assert!(piece.fresh);
             assert!(
                 piece
-                    .entry
                     .path
                     .ends_with(&format!("{:020}-{:020}.parquet.fresh", from, upto - 1)),
                 "{}",
-                piece.entry.path
+                piece.path
             );
-            m = lake
-                .commit_file("t", 0, &m, piece.entry, 0, 100)
-                .await
-                .unwrap();
+            m = lake.commit_file("t", 0, &m, piece, 0, 100).await.unwrap();
             assert_eq!(lake.manifest("t", 0).await.unwrap(), m);
         }
         assert_eq!(
@@ -2186,15 +2194,8 @@ mod tests {
         let lake = file_lake(dir.path());
         let (_, records) = segment_of(0, 30);
         let m = lake.claim("t", 0, 0).await.unwrap();
-        let first = lake
-            .upload_piece("t", 0, &m, range_of(&records, 0, 10), &[], 0, 0)
-            .await
-            .unwrap()
-            .unwrap();
-        let m = lake
-            .commit_file("t", 0, &m, first.entry, 0, 0)
-            .await
-            .unwrap();
+        let first = piece_of(&lake, &m, &records, (0, 10), 0).await;
+        let m = lake.commit_file("t", 0, &m, first, 0, 0).await.unwrap();
         let m = m.with_retired(
             &[FileEntry {
                 path: upload_path("t", 0, (90, 99), 0, true),
@@ -2213,27 +2214,19 @@ mod tests {
             .await
             .unwrap();
         // Uploaded, then the broker crashed before the commit.
-        let lost = lake
-            .upload_piece("t", 0, &m, range_of(&records, 10, 20), &[], 10, 0)
-            .await
-            .unwrap()
-            .unwrap();
+        let lost = piece_of(&lake, &m, &records, (10, 20), 0).await;
         assert_eq!(lake.objects("t", 0).await.unwrap().len(), 3);
         let claimed = lake.claim("t", 0, 0).await.unwrap();
         assert_eq!(
             lake.remove_orphans("t", 0, &claimed).await.unwrap(),
-            vec![lost.entry.path.clone()]
+            vec![lost.path.clone()]
         );
         assert_eq!(lake.objects("t", 0).await.unwrap().len(), 2);
         assert!(lake.verify("t", 0).await.unwrap().is_clean());
         // The next piece continues the manifest as if nothing was uploaded.
-        let next = lake
-            .upload_piece("t", 0, &claimed, range_of(&records, 10, 25), &[], 10, 0)
-            .await
-            .unwrap()
-            .unwrap();
+        let next = piece_of(&lake, &claimed, &records, (10, 25), 0).await;
         let m = lake
-            .commit_file("t", 0, &claimed, next.entry, 0, 0)
+            .commit_file("t", 0, &claimed, next, 0, 0)
             .await
             .unwrap();
         assert_eq!(m.next_offset(), Some(25));
@@ -2247,15 +2240,8 @@ mod tests {
         let (_, records) = segment_of(0, 30);
         let mut m = lake.claim("t", 0, 3).await.unwrap();
         for (from, upto) in [(0, 10), (10, 30)] {
-            let piece = lake
-                .upload_piece("t", 0, &m, range_of(&records, from, upto), &[], from, 3)
-                .await
-                .unwrap()
-                .unwrap();
-            m = lake
-                .commit_file("t", 0, &m, piece.entry, 3, 0)
-                .await
-                .unwrap();
+            let piece = piece_of(&lake, &m, &records, (from, upto), 3).await;
+            m = lake.commit_file("t", 0, &m, piece, 3, 0).await.unwrap();
         }
         let pieces = m.files.clone();
         // A later leader promotes the first piece.
