@@ -364,6 +364,15 @@ pub fn producer(bootstrap: &str, extra: &[(&str, &str)]) -> FutureProducer {
     config.create().expect("producer")
 }
 
+/// Settings of a producer that writes through failovers and restarts: idempotent, acks=all,
+/// uncompressed, 90 s for each record (for [`producer`]).
+pub const DURABLE_WRITER: &[(&str, &str)] = &[
+    ("enable.idempotence", "true"),
+    ("acks", "all"),
+    ("message.timeout.ms", "90000"),
+    ("compression.type", "none"),
+];
+
 /// A consumer for assign-and-read (it commits nothing; the group id is only required by the
 /// client library).
 pub fn consumer(bootstrap: &str) -> BaseConsumer {

@@ -28,8 +28,8 @@ use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
 use strata_lake::Lake;
 use strata_tests::{
-    ChildBroker, ClusterMember, DEADLINE, cluster_bootstrap, cluster_members, producer,
-    quorum_voters, run_to_exit, start_member, test_seed, wait_for, wait_for_brokers,
+    ChildBroker, ClusterMember, DEADLINE, DURABLE_WRITER, cluster_bootstrap, cluster_members,
+    producer, quorum_voters, run_to_exit, start_member, test_seed, wait_for, wait_for_brokers,
 };
 
 const TOPIC: &str = "lake-failover";
@@ -156,15 +156,7 @@ async fn write_until(
     acknowledged: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 ) -> Vec<(usize, i32, i64)> {
-    let writer = producer(
-        &bootstrap,
-        &[
-            ("enable.idempotence", "true"),
-            ("acks", "all"),
-            ("message.timeout.ms", "90000"),
-            ("compression.type", "none"),
-        ],
-    );
+    let writer = producer(&bootstrap, DURABLE_WRITER);
     let mut out = Vec::new();
     let mut pace = tokio::time::interval(WINDOW_INTERVAL);
     while !stop.load(Ordering::Relaxed) && out.len() < RECORDS_MAX {

@@ -20,8 +20,9 @@ use rdkafka::config::ClientConfig;
 use rdkafka::producer::FutureRecord;
 use strata_lake::{Lake, Manifest};
 use strata_tests::{
-    ChildBroker, ClusterMember, DEADLINE, TestBroker, cluster_bootstrap, cluster_members,
-    partition_states, producer, quorum_voters, read, start_member, wait_for, wait_for_brokers,
+    ChildBroker, ClusterMember, DEADLINE, DURABLE_WRITER, TestBroker, cluster_bootstrap,
+    cluster_members, partition_states, producer, quorum_voters, read, start_member, wait_for,
+    wait_for_brokers,
 };
 
 fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
@@ -428,15 +429,7 @@ async fn write_until(
     topic: &'static str,
     stop: Arc<AtomicBool>,
 ) -> Vec<(i32, i64, String)> {
-    let writer = producer(
-        &bootstrap,
-        &[
-            ("enable.idempotence", "true"),
-            ("acks", "all"),
-            ("message.timeout.ms", "90000"),
-            ("compression.type", "none"),
-        ],
-    );
+    let writer = producer(&bootstrap, DURABLE_WRITER);
     let mut out = Vec::new();
     let mut pace = tokio::time::interval(Duration::from_millis(50));
     while !stop.load(Ordering::Relaxed) && out.len() < 100_000 {
