@@ -409,7 +409,8 @@ async fn bad_tls_settings_stop_the_start_with_a_clear_error() {
 /// A three-broker cluster whose brokers replicate over an SSL inter-broker listener
 /// (`ssl.client.auth=required` on it) and whose metadata quorum is mutual TLS
 /// (`controller.listener.names=CONTROLLER`, `CONTROLLER:SSL`); clients use PLAINTEXT and are
-/// told the PLAINTEXT endpoints.
+/// told the PLAINTEXT endpoints. The authorizer is on with the brokers' certificates as super
+/// users: the quorum admits them, and refuses a certificate of the same CA that is not one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_replicates_and_keeps_its_quorum_over_mutual_tls() {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -424,6 +425,11 @@ async fn a_cluster_replicates_and_keeps_its_quorum_over_mutual_tls() {
     let mut members = cluster_members(root.path(), 3);
     let voters = quorum_voters(&members);
     let mut internal = BTreeMap::new();
+    let super_users = members
+        .iter()
+        .map(|m| format!("User:CN=broker-{},O=Strata", m.id))
+        .collect::<Vec<_>>()
+        .join(";");
     for member in &mut members {
         let leaf = ca.issue(&format!("broker-{}", member.id));
         let keystore = root.path().join(format!("broker-{}.pem", member.id));
@@ -441,6 +447,10 @@ async fn a_cluster_replicates_and_keeps_its_quorum_over_mutual_tls() {
             format!("ssl.keystore.location={}", keystore.display()),
             format!("ssl.truststore.location={}", truststore.display()),
             "listener.name.internal.ssl.client.auth=required".into(),
+            "authorizer.enabled=true".into(),
+            format!("super.users={super_users}"),
+            // PLAINTEXT clients (User:ANONYMOUS) may do what no binding restricts.
+            "allow.everyone.if.no.acl.found=true".into(),
             "broker.session.timeout.ms=2000".into(),
             "offsets.topic.replication.factor=3".into(),
         ];
@@ -485,9 +495,17 @@ async fn a_cluster_replicates_and_keeps_its_quorum_over_mutual_tls() {
     });
     assert!(consume(&plain, "replicated", values.len()) == values);
 
-    // The controller listeners speak TLS only.
+    // The controller listeners speak TLS only, and admit super users only: a certificate the
+    // truststore verifies but whose subject is not in super.users is closed after the handshake.
     let answer = plaintext_api_versions(members[0].controller);
     assert_eq!(answer.first(), Some(&TLS_ALERT), "{answer:?}");
+    let outsider = ca.issue("outsider");
+    let outsider_keystore = root.path().join("outsider.pem");
+    write_atomically(
+        &outsider_keystore,
+        &format!("{}{}", outsider.key, outsider.cert),
+    );
+    assert_quorum_closes(members[0].controller, &truststore, &outsider_keystore);
     // The INTERNAL listener refuses a client without a certificate.
     let internal_addr = internal[&1];
     assert!(metadata(&ssl_client(internal_addr, &ca, None)).is_err());
@@ -509,4 +527,41 @@ async fn a_cluster_replicates_and_keeps_its_quorum_over_mutual_tls() {
         brokers, expected,
         "INTERNAL clients get every broker's INTERNAL endpoint"
     );
+}
+
+/// Connects to a voter's controller listener with mutual TLS (the keystore's certificate) and
+/// asserts that the handshake succeeds and the voter then closes the connection without an answer
+/// (a certificate the voter did not verify would get a TLS alert instead).
+fn assert_quorum_closes(controller: SocketAddr, truststore: &Path, keystore: &Path) {
+    let properties = [
+        ("ssl.truststore.location", truststore.display().to_string()),
+        ("ssl.keystore.location", keystore.display().to_string()),
+    ];
+    let config = strata_broker::security::tls::client_config_from_properties(|name| {
+        properties
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.clone())
+    })
+    .unwrap();
+    let name = rustls::pki_types::ServerName::IpAddress(controller.ip().into());
+    let connection = rustls::ClientConnection::new(config, name).unwrap();
+    let socket = std::net::TcpStream::connect(controller).unwrap();
+    socket.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut tls = rustls::StreamOwned::new(connection, socket);
+    while tls.conn.is_handshaking() {
+        tls.conn
+            .complete_io(&mut tls.sock)
+            .expect("the TLS handshake succeeds");
+    }
+    let mut byte = [0u8; 1];
+    match tls.read(&mut byte) {
+        Ok(0) => {}
+        Ok(_) => panic!("the quorum answered a certificate outside super.users"),
+        Err(e) => assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::UnexpectedEof,
+            "the voter closes the connection (not an alert, not left open): {e}"
+        ),
+    }
 }

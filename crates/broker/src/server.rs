@@ -433,8 +433,10 @@ fn quorum_tls(config: &BrokerConfig) -> Result<Option<QuorumTlsFiles>> {
         return Ok(None);
     }
     let settings = config.tls_settings(&name)?;
-    let (files, server) =
-        crate::security::tls::QuorumFiles::load(settings).map_err(Error::InvalidConfig)?;
+    let acls = config.acl_settings()?;
+    let admitted = acls.enabled.then_some(acls.super_users);
+    let (files, server) = crate::security::tls::QuorumFiles::load(settings, admitted)
+        .map_err(Error::InvalidConfig)?;
     Ok(Some((strata_cluster::QuorumTls(Arc::new(files)), server)))
 }
 

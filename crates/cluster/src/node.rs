@@ -58,6 +58,17 @@ pub trait QuorumTlsConfigs: Send + Sync {
     fn server(&self) -> Arc<rustls::ServerConfig>;
     /// What this node connects to the voters with (its certificate, the trusted CAs).
     fn client(&self) -> Arc<rustls::ClientConfig>;
+    /// Whether a peer whose certificate chain (leaf first) the truststore verified may use the
+    /// quorum: its commands rewrite the whole metadata, credentials and ACLs included. `Err`
+    /// names why not; the connection is then closed before any request is read. Every verified
+    /// peer by default.
+    fn admit(
+        &self,
+        peer_certificates: &[rustls_pki_types::CertificateDer<'_>],
+    ) -> Result<(), String> {
+        let _ = peer_certificates;
+        Ok(())
+    }
 }
 
 /// TLS for every connection of the metadata quorum.

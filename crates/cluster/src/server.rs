@@ -1,7 +1,7 @@
 //! A voter's controller listener: accepts connections, reads requests, dispatches them to the
 //! Raft node or the controller, writes the replies. With [`crate::QuorumTls`] each connection
 //! starts with a TLS handshake in which the peer must present a certificate the truststore
-//! verifies (mutual TLS).
+//! verifies (mutual TLS), and which [`crate::QuorumTlsConfigs::admit`] admits.
 
 use std::sync::Arc;
 
@@ -48,12 +48,19 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 
 /// Serves one connection, after the TLS handshake when the quorum is TLS.
 async fn accept(stream: TcpStream, peer: String, shared: Arc<Shared>) {
-    let Some(tls) = shared.config.tls.as_ref().map(|t| t.0.server()) else {
+    let Some(tls) = shared.config.tls.clone() else {
         return connection(stream, peer, shared).await;
     };
-    let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
+    let handshake = tokio_rustls::TlsAcceptor::from(tls.0.server()).accept(stream);
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-        Ok(Ok(stream)) => connection(stream, peer, shared).await,
+        Ok(Ok(stream)) => {
+            let certificates = stream.get_ref().1.peer_certificates().unwrap_or_default();
+            match tls.0.admit(certificates) {
+                Ok(()) => connection(stream, peer, shared).await,
+                Err(why) => tracing::warn!(target: "strata::audit", %peer, reason = %why,
+                    "controller connection refused"),
+            }
+        }
         Ok(Err(e)) => tracing::warn!(%peer, error = %e, "controller TLS handshake failed"),
         Err(_) => tracing::warn!(%peer, "controller TLS handshake timed out"),
     }

@@ -1024,7 +1024,9 @@ fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }
 
-/// Replaces a small file atomically: write a temporary file, fsync it, rename it over the target.
+/// Replaces a small file atomically and durably: write a temporary file, fsync it, rename it over
+/// the target, fsync the folder (so that the rename, not only the new bytes, survives a power
+/// loss).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     {
@@ -1032,5 +1034,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         std::io::Write::write_all(&mut file, bytes).at(&tmp)?;
         file.sync_data().at(&tmp)?;
     }
-    std::fs::rename(&tmp, path).at(path)
+    std::fs::rename(&tmp, path).at(path)?;
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => sync_dir(dir),
+        _ => sync_dir(Path::new(".")),
+    }
 }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::session::Principal;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
@@ -408,11 +409,18 @@ pub(crate) struct QuorumFiles {
     server: Arc<TlsServer>,
     /// The client config and the server config it was built alongside.
     client: parking_lot::RwLock<(Arc<ServerConfig>, Arc<ClientConfig>)>,
+    /// With the authorizer on, the principals (`super.users`) whose certificates may use the
+    /// quorum, as Kafka's controllers require CLUSTER_ACTION of the brokers' principals; `None`:
+    /// every certificate the truststore verifies.
+    admitted: Option<Vec<Principal>>,
 }
 
 impl QuorumFiles {
-    /// Loads the files; `server` is checked for changes by [`watch`].
-    pub(crate) fn load(mut settings: TlsSettings) -> Result<(Self, Arc<TlsServer>), String> {
+    /// Loads the files; `server` is checked for changes by [`watch`]. `admitted`: see the field.
+    pub(crate) fn load(
+        mut settings: TlsSettings,
+        admitted: Option<Vec<Principal>>,
+    ) -> Result<(Self, Arc<TlsServer>), String> {
         settings.client_auth = ClientAuth::Required;
         let client = client_config(&settings)?;
         let server = Arc::new(TlsServer::load(settings)?);
@@ -420,14 +428,42 @@ impl QuorumFiles {
         let files = Self {
             server: Arc::clone(&server),
             client: parking_lot::RwLock::new((current, client)),
+            admitted,
         };
         Ok((files, server))
+    }
+}
+
+/// Whether the leaf certificate's principal (`User:<subject DN>`) is one of `admitted`.
+fn admit_quorum_peer(
+    admitted: &[Principal],
+    certificates: &[CertificateDer<'_>],
+) -> Result<(), String> {
+    let principal = certificates
+        .first()
+        .and_then(subject_dn)
+        .map(Principal::user)
+        .ok_or("no client certificate with a readable subject")?;
+    if admitted.contains(&principal) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{principal} is not in super.users: with the authorizer on, only super users may use \
+             the metadata quorum"
+        ))
     }
 }
 
 impl strata_cluster::QuorumTlsConfigs for QuorumFiles {
     fn server(&self) -> Arc<ServerConfig> {
         Arc::clone(&self.server.current.read().config)
+    }
+
+    fn admit(&self, peer_certificates: &[CertificateDer<'_>]) -> Result<(), String> {
+        match &self.admitted {
+            Some(admitted) => admit_quorum_peer(admitted, peer_certificates),
+            None => Ok(()),
+        }
     }
 
     fn client(&self) -> Arc<ClientConfig> {
@@ -484,6 +520,7 @@ pub(crate) fn subject_dn(cert: &CertificateDer<'_>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::security::acl::AclSettings;
 
     fn ca(name: &str) -> (rcgen::Certificate, rcgen::Issuer<'static, rcgen::KeyPair>) {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -637,7 +674,7 @@ mod tests {
             ("ssl.truststore.location", truststore.display().to_string()),
         ])
         .unwrap();
-        let (files, server) = QuorumFiles::load(settings).unwrap();
+        let (files, server) = QuorumFiles::load(settings, None).unwrap();
         let client = files.client();
         assert!(
             Arc::ptr_eq(&client, &files.client()),
@@ -650,6 +687,41 @@ mod tests {
             "rebuilt after the reload"
         );
         assert!(Arc::ptr_eq(&files.server(), &server.current.read().config));
+    }
+
+    #[test]
+    fn with_the_authorizer_on_only_super_users_may_use_the_quorum() {
+        use strata_cluster::QuorumTlsConfigs;
+        let (ca_cert, issuer) = ca("Test CA");
+        let dir = tempfile::tempdir().unwrap();
+        let (keystore, truststore) = (dir.path().join("k.pem"), dir.path().join("ca.pem"));
+        std::fs::write(&truststore, ca_cert.pem()).unwrap();
+        let (voter, key) = leaf(&issuer, "broker-1");
+        std::fs::write(&keystore, format!("{}{}", key.serialize_pem(), voter.pem())).unwrap();
+        let settings = || {
+            settings(&[
+                ("ssl.keystore.location", keystore.display().to_string()),
+                ("ssl.truststore.location", truststore.display().to_string()),
+            ])
+            .unwrap()
+        };
+        let (client, _) = leaf(&issuer, "client");
+        let super_users =
+            AclSettings::parse_super_users("User:admin;User:CN=broker-1,O=Strata").unwrap();
+        let (guarded, _) = QuorumFiles::load(settings(), Some(super_users)).unwrap();
+        assert_eq!(guarded.admit(&[voter.der().clone()]), Ok(()));
+        let refused = guarded.admit(&[client.der().clone()]).unwrap_err();
+        assert!(
+            refused.contains("User:CN=client,O=Strata") && refused.contains("super.users"),
+            "{refused}"
+        );
+        assert!(guarded.admit(&[]).is_err(), "no certificate, no admission");
+        let (open, _) = QuorumFiles::load(settings(), None).unwrap();
+        assert_eq!(
+            open.admit(&[client.der().clone()]),
+            Ok(()),
+            "without the authorizer every verified certificate is admitted"
+        );
     }
 
     #[test]
