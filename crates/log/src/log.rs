@@ -5,7 +5,9 @@
 //! - `recovery-point`: every offset below it was fsynced, so recovery checks only what follows;
 //! - `producer-state.json`: a snapshot of the idempotent producer state at an offset;
 //! - `leader-epoch-checkpoint`: the first offset of each leader epoch ([`crate::epochs`]);
-//! - `.clean-shutdown`: present only after a clean close, so a crash is noticed at the next open.
+//! - `.clean-shutdown`: present only after a clean close, so a crash is noticed at the next open;
+//!   it names the active segment and its length then, so that a marker whose removal at the next
+//!   open a power loss undid is not trusted once the log has changed since.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -146,10 +148,14 @@ impl Log {
     pub fn open(dir: &Path, config: LogConfig, now_ms: i64) -> Result<Self> {
         std::fs::create_dir_all(dir).at(dir)?;
         let clean_marker = dir.join(CLEAN_SHUTDOWN_FILE);
-        let unclean = !clean_marker.exists();
-        if !unclean {
-            std::fs::remove_file(&clean_marker).at(&clean_marker)?;
-        }
+        let unclean = match std::fs::read_to_string(&clean_marker) {
+            Ok(text) => {
+                std::fs::remove_file(&clean_marker).at(&clean_marker)?;
+                !clean_marker_matches(dir, &text)?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+            Err(e) => return Err(e).at(&clean_marker),
+        };
         let stored_recovery_point = read_i64(&dir.join(RECOVERY_POINT_FILE))?;
         let recovery_point = stored_recovery_point.unwrap_or(0);
         let stored_start = read_i64(&dir.join(LOG_START_OFFSET_FILE))?;
@@ -935,9 +941,14 @@ impl Log {
         self.write_producer_snapshot()?;
         self.store_log_start_offset()?;
         // Not fsynced: everything it vouches for is durable before it is created, and if it is lost
-        // the next open only recovers when it need not (the safe way round).
+        // the next open only recovers when it need not (the safe way round). Its removal at the
+        // next open is not fsynced either (one folder fsync per partition would slow the start of
+        // many partitions): what it names is checked instead.
+        let active = self.active().base_offset;
+        let path = crate::segment::segment_path(&self.dir, active, "log");
+        let length = std::fs::metadata(&path).at(&path)?.len();
         let marker = self.dir.join(CLEAN_SHUTDOWN_FILE);
-        File::create(&marker).at(&marker)?;
+        std::fs::write(&marker, format!("{active} {length}\n")).at(&marker)?;
         Ok(())
     }
 
@@ -986,6 +997,37 @@ fn open_segments(
     }
     // An empty non-first segment left by a roll just before a crash is harmless; keep it active.
     Ok(segments)
+}
+
+/// Whether a clean-shutdown marker's text still describes the log: its last segment is the one
+/// it names, with the length it names. A marker written before markers named anything (empty) is
+/// trusted, as it was then.
+fn clean_marker_matches(dir: &Path, text: &str) -> Result<bool> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(true);
+    }
+    let named = text
+        .split_once(' ')
+        .and_then(|(base, length)| Some((base.parse::<i64>().ok()?, length.parse::<u64>().ok()?)));
+    let Some((base, length)) = named else {
+        tracing::warn!(dir = %dir.display(), marker = text, "unreadable clean-shutdown marker: recovering");
+        return Ok(false);
+    };
+    let last = list_segment_bases(dir)?.last().copied();
+    let path = crate::segment::segment_path(dir, base, "log");
+    let actual = match std::fs::metadata(&path) {
+        Ok(metadata) => Some(metadata.len()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).at(&path),
+    };
+    let matches = last == Some(base) && actual == Some(length);
+    if !matches {
+        tracing::warn!(dir = %dir.display(), marker = text, last_segment = ?last, length = ?actual,
+            "the clean-shutdown marker does not describe the log (written to after it, then a \
+             power loss?): recovering");
+    }
+    Ok(matches)
 }
 
 fn list_segment_bases(dir: &Path) -> Result<Vec<i64>> {

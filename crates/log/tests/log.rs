@@ -335,6 +335,52 @@ fn clean_close_and_reopen_keeps_everything() {
     assert_eq!(read_all(&log, 0).len(), 40);
 }
 
+/// The removal of `.clean-shutdown` at an open is not fsynced, so a power loss can bring the
+/// marker back after the log was written to: it names the segment and length it vouched for, and
+/// a log that no longer matches is recovered (here: a torn batch at the tail is cut).
+#[test]
+fn a_clean_shutdown_marker_that_no_longer_describes_the_log_is_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), LogConfig::default(), 0).unwrap();
+    for i in 0..10 {
+        log.append(&client_batch(i, 1, 0, 300), 0, 0).unwrap();
+    }
+    log.close(0).unwrap();
+    let marker = dir.path().join(".clean-shutdown");
+    let vouched = std::fs::read(&marker).unwrap();
+    let mut log = Log::open(dir.path(), LogConfig::default(), 0).unwrap();
+    assert!(!log.recovery_report().unclean);
+    assert!(!marker.exists());
+    for i in 10..15 {
+        log.append(&client_batch(i, 1, 0, 300), 0, 0).unwrap();
+    }
+    drop(log); // a crash: no close
+    // The power loss: the marker is back, and the last batch is torn.
+    std::fs::write(&marker, &vouched).unwrap();
+    let segment = last_segment(dir.path());
+    let length = std::fs::metadata(&segment).unwrap().len();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap();
+    file.set_len(length - 100).unwrap();
+    let log = Log::open(dir.path(), LogConfig::default(), 0).unwrap();
+    assert!(
+        log.recovery_report().unclean,
+        "the stale marker is not trusted"
+    );
+    assert!(log.recovery_report().truncated_bytes > 0);
+    assert_eq!(log.log_end_offset(), 14, "the torn 15th batch is cut");
+    assert_eq!(read_all(&log, 0).len(), 14);
+    log.close(0).unwrap();
+
+    // An empty marker (written before markers named their segment) is trusted as it was.
+    std::fs::write(&marker, b"").unwrap();
+    let log = Log::open(dir.path(), LogConfig::default(), 0).unwrap();
+    assert!(!log.recovery_report().unclean);
+    assert_eq!(log.log_end_offset(), 14);
+}
+
 /// Copies a committed fixture folder into a temporary one.
 fn fixture(name: &str) -> tempfile::TempDir {
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
