@@ -375,6 +375,12 @@ pub const BROKER_SETTINGS: &[(&str, &str, ConfigType)] = &[
         ConfigType::Long(1),
     ),
     ("socket.request.max.bytes", "104857600", ConfigType::Int(1)),
+    // Connections (server::limits): Kafka's idle close (0 or below: never) and limits on how
+    // many are open, in all and per client address.
+    ("connections.max.idle.ms", "600000", ConfigType::Long(-1)),
+    ("max.connections", "4096", ConfigType::Int(1)),
+    ("max.connections.per.ip", "2147483647", ConfigType::Int(0)),
+    ("max.connections.per.ip.overrides", "", ConfigType::Text),
     // SASL (security::sasl): KIP-368 re-authentication is off at 0, as in Kafka.
     ("connections.max.reauth.ms", "0", ConfigType::Long(0)),
     // Kafka's delay of the close after a failed authentication (slows password guessing); at
@@ -621,6 +627,25 @@ impl BrokerConfig {
     /// `socket.request.max.bytes`.
     pub fn socket_request_max_bytes(&self) -> usize {
         self.long("socket.request.max.bytes") as usize
+    }
+
+    /// `connections.max.idle.ms`; `None` at 0 or below (connections are never closed for it).
+    pub fn connections_max_idle(&self) -> Option<std::time::Duration> {
+        let ms = self.long("connections.max.idle.ms");
+        (ms > 0).then(|| std::time::Duration::from_millis(ms.unsigned_abs()))
+    }
+
+    /// `max.connections`: connections served at once, every listener together; past it new
+    /// connections wait in the kernel's accept queue.
+    pub fn max_connections(&self) -> usize {
+        usize::try_from(self.long("max.connections")).unwrap_or(usize::MAX)
+    }
+
+    /// `max.connections.per.ip` and `max.connections.per.ip.overrides`.
+    pub(crate) fn connections_per_ip(&self) -> Result<crate::server::limits::PerIp> {
+        let limit = usize::try_from(self.long("max.connections.per.ip")).unwrap_or(usize::MAX);
+        crate::server::limits::PerIp::new(limit, &self.setting("max.connections.per.ip.overrides"))
+            .map_err(Error::InvalidConfig)
     }
 
     /// `queued.max.request.bytes`: request bytes read but not yet answered, broker-wide.

@@ -27,9 +27,11 @@ use crate::security::tls::TlsServer;
 use crate::session::Session;
 use crate::txn::Txns;
 
+pub(crate) mod limits;
 mod listeners;
 
-/// Connections served at once; more wait in the kernel's accept queue.
+/// Connections served at once by default (`max.connections`); more wait in the kernel's accept
+/// queue.
 pub const CONNECTIONS_MAX: usize = 4096;
 /// Responses queued per connection before the broker stops reading its requests (pipelining
 /// depth; clients use 5 by default).
@@ -130,6 +132,7 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
     let acl_settings = config.acl_settings()?;
     // SASL settings that would authenticate no one stop the start, naming the setting.
     crate::security::sasl::check_config(&config).map_err(Error::InvalidConfig)?;
+    let per_ip = Arc::new(config.connections_per_ip()?);
     // Before the partitions open: their segment files are cached within the limit found here.
     crate::open_files::fit_to_limit();
     let bound = listeners::bind(&config).await?;
@@ -288,7 +291,7 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle> {
         }
         None => None,
     };
-    let task = tokio::spawn(run(ctx, bound, dir_lock, background, tables));
+    let task = tokio::spawn(run(ctx, bound, per_ip, dir_lock, background, tables));
     Ok(BrokerHandle {
         local_addr,
         metrics_addr,
@@ -495,6 +498,7 @@ fn advertised_endpoint(advertised: Option<&(String, u16)>, bound: SocketAddr) ->
 async fn run(
     ctx: Arc<Context>,
     bound: Vec<listeners::Bound>,
+    per_ip: Arc<limits::PerIp>,
     dir_lock: DataDirLock,
     background: Vec<JoinHandle<()>>,
     tables: crate::offload::Tables,
@@ -507,13 +511,13 @@ async fn run(
         Arc::clone(&ctx.lake),
         tables,
     ));
-    let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    let permits = Arc::new(Semaphore::new(ctx.manager.config().max_connections()));
     let budget = frame::RequestBudget::new(ctx.manager.config().queued_max_request_bytes());
     // One accept loop per listener, all drawing on the one budget of connections.
     futures::future::join_all(
         bound
             .into_iter()
-            .map(|b| accept(&ctx, b, &tracker, &permits, &budget)),
+            .map(|b| accept(&ctx, b, &tracker, &permits, &per_ip, &budget)),
     )
     .await;
     // Controlled shutdown: leadership moves to the other in-sync replicas before the logs close.
@@ -558,6 +562,7 @@ async fn accept(
     bound: listeners::Bound,
     tracker: &TaskTracker,
     permits: &Arc<Semaphore>,
+    per_ip: &Arc<limits::PerIp>,
     budget: &frame::RequestBudget,
 ) {
     let bound = Arc::new(bound);
@@ -572,12 +577,22 @@ async fn accept(
         };
         match accepted {
             Ok((stream, peer)) => {
+                let slot = match per_ip.admit(peer.ip()) {
+                    Ok(slot) => slot,
+                    Err(limit) => {
+                        // As Kafka: the new connection is closed at once, the others go on.
+                        tracing::warn!(%peer, listener = %bound.listener.name(), limit,
+                            "refused a connection: its address has max.connections.per.ip open");
+                        continue;
+                    }
+                };
                 let (ctx, budget, bound) = (Arc::clone(ctx), budget.clone(), Arc::clone(&bound));
                 tracker.spawn(async move {
                     if let Some((connection, session)) = bound.open(stream, peer).await {
                         drop(bound);
                         serve_connection(ctx, connection, session, budget).await;
                     }
+                    drop(slot);
                     drop(permit);
                 });
             }
@@ -681,6 +696,9 @@ async fn serve_connection(
     let mut sasl = SaslConnection::for_session(ctx.manager.config(), &session);
     let (mut reader, mut writer) = connection.split();
     let (queue, mut replies) = mpsc::channel::<Pending>(IN_FLIGHT_PER_CONNECTION_MAX);
+    let idle = ctx.manager.config().connections_max_idle();
+    let activity = Arc::new(limits::Activity::new());
+    let written = Arc::clone(&activity);
     let write_task = tokio::spawn(async move {
         while let Some((reply, _admission)) = replies.recv().await {
             let frame = match reply {
@@ -703,6 +721,8 @@ async fn serve_connection(
                 tracing::debug!(%peer, error = %e, "closing connection");
                 break;
             }
+            // Counted by `enqueue`; done once written (or when there was nothing to write).
+            written.end();
         }
         writer.shutdown().await;
     });
@@ -716,6 +736,7 @@ async fn serve_connection(
                 () = session.mute.wait() => {}
                 () = ctx.shutdown.cancelled() => break,
             }
+            activity.touch();
         }
         let authenticated = sasl.as_ref().is_none_or(SaslConnection::is_authenticated);
         let frame_bytes_max = if authenticated {
@@ -726,6 +747,12 @@ async fn serve_connection(
         let frame = tokio::select! {
             frame = frame::read_admitted_frame(&mut reader, frame_bytes_max, &budget) => frame,
             () = ctx.shutdown.cancelled() => break,
+            // Completes only when the connection is to close: a read it cancels is lost with it.
+            () = idle_for(&activity, idle) => {
+                tracing::debug!(%peer, listener = %session.listener,
+                    "closing connection: idle for connections.max.idle.ms");
+                break;
+            }
             () = tokio::time::sleep_until(authentication_deadline), if !authenticated => {
                 tracing::info!(
                     target: crate::security::sasl::AUDIT_TARGET,
@@ -736,6 +763,7 @@ async fn serve_connection(
                 break;
             }
         };
+        activity.touch();
         let (frame, admission) = match frame {
             Ok(Some(frame)) => frame,
             Ok(None) => break,
@@ -767,6 +795,7 @@ async fn serve_connection(
                     if let Some(answer) = answer
                         && !enqueue(
                             &queue,
+                            &activity,
                             (Reply::Ready(Some(answer.into())), admission),
                             deadline,
                         )
@@ -800,7 +829,7 @@ async fn serve_connection(
             }
         };
         let deadline = (!authenticated).then_some(authentication_deadline);
-        if !enqueue(&queue, (reply, admission), deadline).await {
+        if !enqueue(&queue, &activity, (reply, admission), deadline).await {
             break;
         }
     }
@@ -818,14 +847,24 @@ async fn serve_connection(
     }
 }
 
-/// Queues `pending` for the writer; `false` when the connection is to close: the writer is
-/// gone, or `deadline` (a SASL client's, before it authenticated) passed while the queue was
-/// full.
+/// Completes when the connection has been idle for `connections.max.idle.ms`; never without it.
+async fn idle_for(activity: &limits::Activity, idle: Option<Duration>) {
+    match idle {
+        Some(idle) => activity.idle_for(idle).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Queues `pending` for the writer (counted in `activity` until written); `false` when the
+/// connection is to close: the writer is gone, or `deadline` (a SASL client's, before it
+/// authenticated) passed while the queue was full.
 async fn enqueue(
     queue: &mpsc::Sender<Pending>,
+    activity: &limits::Activity,
     pending: Pending,
     deadline: Option<tokio::time::Instant>,
 ) -> bool {
+    activity.begin();
     match deadline {
         None => queue.send(pending).await.is_ok(),
         Some(at) => tokio::select! {
@@ -1071,5 +1110,157 @@ mod tests {
             "a silent connection keeps its slot"
         );
         broker.shutdown().await;
+    }
+
+    /// A broker with one PLAINTEXT listener and these settings.
+    async fn plain_broker_with(dir: &std::path::Path, settings: &[(&str, &str)]) -> BrokerHandle {
+        let mut config = BrokerConfig::for_dir(dir.into(), "127.0.0.1:0".parse().unwrap());
+        for (name, value) in settings {
+            config.set(name, value).unwrap();
+        }
+        start(config).await.unwrap()
+    }
+
+    async fn api_versions(stream: &mut tokio::net::TcpStream) -> i16 {
+        use kafka_protocol::messages::{ApiVersionsRequest, ApiVersionsResponse};
+        let answer: ApiVersionsResponse = exchange(
+            stream,
+            ApiKey::ApiVersions,
+            0,
+            ApiVersionsRequest::default(),
+        )
+        .await;
+        answer.error_code
+    }
+
+    /// ApiVersions' error code, or `None` when the broker closed the connection instead.
+    async fn try_api_versions(stream: &mut tokio::net::TcpStream) -> Option<i16> {
+        use kafka_protocol::messages::{ApiVersionsRequest, ApiVersionsResponse, ResponseHeader};
+        use kafka_protocol::protocol::Decodable as _;
+        use tokio::io::AsyncWriteExt as _;
+        let request = request_frame(ApiKey::ApiVersions, 0, ApiVersionsRequest::default());
+        stream.write_all(&request).await.ok()?;
+        let mut frame = frame::read_frame(stream, 1 << 20).await.ok()??;
+        ResponseHeader::decode(&mut frame, 0).unwrap();
+        Some(
+            ApiVersionsResponse::decode(&mut frame, 0)
+                .unwrap()
+                .error_code,
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_connection_is_closed_but_not_one_waiting_for_its_answer() {
+        use kafka_protocol::messages::{
+            CreateTopicsRequest, CreateTopicsResponse, FetchRequest, FetchResponse, TopicName,
+            create_topics_request::CreatableTopic,
+            fetch_request::{FetchPartition, FetchTopic},
+        };
+        let idle = Duration::from_millis(1000);
+        let dir = tempfile::tempdir().unwrap();
+        let broker = plain_broker_with(dir.path(), &[("connections.max.idle.ms", "1000")]).await;
+        let connect = || tokio::net::TcpStream::connect(broker.local_addr());
+
+        let mut quiet = connect().await.unwrap();
+        assert_eq!(api_versions(&mut quiet).await, 0);
+        let since = tokio::time::Instant::now();
+        assert!(
+            closed_within(&mut quiet, Duration::from_secs(60)).await,
+            "an idle connection stays open"
+        );
+        assert!(since.elapsed() >= idle - Duration::from_millis(5));
+
+        // A long-poll fetch waits three times the idle time for records that never come: its
+        // connection is not idle meanwhile, and gets its (empty) answer.
+        let mut polling = connect().await.unwrap();
+        let topic = TopicName(crate::handler::str_bytes("idle"));
+        let created: CreateTopicsResponse = exchange(
+            &mut polling,
+            ApiKey::CreateTopics,
+            4,
+            CreateTopicsRequest::default()
+                .with_topics(vec![
+                    CreatableTopic::default()
+                        .with_name(topic.clone())
+                        .with_num_partitions(1)
+                        .with_replication_factor(1),
+                ])
+                .with_timeout_ms(30_000),
+        )
+        .await;
+        assert_eq!(created.topics[0].error_code, 0);
+        let wait = idle * 3;
+        let asked = tokio::time::Instant::now();
+        let fetched: FetchResponse = exchange(
+            &mut polling,
+            ApiKey::Fetch,
+            4,
+            FetchRequest::default()
+                .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+                .with_max_wait_ms(i32::try_from(wait.as_millis()).unwrap())
+                .with_min_bytes(1)
+                .with_max_bytes(1 << 20)
+                .with_topics(vec![
+                    FetchTopic::default()
+                        .with_topic(topic)
+                        .with_partitions(vec![
+                            FetchPartition::default()
+                                .with_partition(0)
+                                .with_fetch_offset(0)
+                                .with_partition_max_bytes(1 << 20),
+                        ]),
+                ]),
+        )
+        .await;
+        assert!(asked.elapsed() >= wait - Duration::from_millis(50));
+        assert_eq!(fetched.responses[0].partitions[0].error_code, 0);
+        assert_eq!(
+            api_versions(&mut polling).await,
+            0,
+            "still open after its answer"
+        );
+        broker.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_past_max_connections_per_ip_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = plain_broker_with(dir.path(), &[("max.connections.per.ip", "2")]).await;
+        let connect = || tokio::net::TcpStream::connect(broker.local_addr());
+        let mut first = connect().await.unwrap();
+        let mut second = connect().await.unwrap();
+        assert_eq!(api_versions(&mut first).await, 0);
+        assert_eq!(api_versions(&mut second).await, 0);
+        let mut third = connect().await.unwrap();
+        assert!(
+            closed_within(&mut third, Duration::from_secs(60)).await,
+            "a third connection from 127.0.0.1 is served"
+        );
+        assert_eq!(api_versions(&mut first).await, 0, "the others go on");
+        drop(first);
+        // The slot is given back once the broker has seen the connection end.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut again = connect().await.unwrap();
+            if try_api_versions(&mut again).await == Some(0) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the closed connection's slot was not given back"
+            );
+        }
+        broker.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn bad_connection_limits_stop_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = BrokerConfig::for_dir(dir.path().into(), "127.0.0.1:0".parse().unwrap());
+        config
+            .set("max.connections.per.ip.overrides", "127.0.0.1")
+            .unwrap();
+        let err = start(config).await.unwrap_err().to_string();
+        assert!(err.contains("max.connections.per.ip.overrides"), "{err}");
     }
 }

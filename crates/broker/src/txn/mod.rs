@@ -58,8 +58,11 @@ pub(crate) struct Txns {
     manager: Arc<PartitionManager>,
     groups: Arc<Groups>,
     /// Connections to other brokers, for WriteTxnMarkers.
-    peers: Mutex<HashMap<i32, Arc<tokio::sync::Mutex<Option<Peer>>>>>,
+    peers: Mutex<HashMap<i32, Arc<tokio::sync::Mutex<Option<MarkerPeer>>>>>,
 }
+
+/// A connection to another broker for WriteTxnMarkers, and when it was last used.
+type MarkerPeer = (Peer, tokio::time::Instant);
 
 impl Txns {
     /// A single broker's: one coordinator over its local log; the transactions it had decided
@@ -379,6 +382,17 @@ impl Txns {
     ) -> anyhow::Result<WriteTxnMarkersResponse> {
         let slot = Arc::clone(self.peers.lock().entry(broker).or_default());
         let mut peer = slot.lock().await;
+        // A connection unused for half of `connections.max.idle.ms` may be closed by the peer
+        // any moment (markers are sent rarely): a new one is opened instead of failing a send.
+        let stale = |used: tokio::time::Instant| {
+            self.manager
+                .config()
+                .connections_max_idle()
+                .is_some_and(|idle| used.elapsed() >= idle / 2)
+        };
+        if peer.as_ref().is_some_and(|(_, used)| stale(*used)) {
+            *peer = None;
+        }
         if peer.is_none() {
             let node = self
                 .manager
@@ -387,13 +401,13 @@ impl Txns {
             let info = node.state().borrow().brokers.get(&broker).cloned();
             let info = info.ok_or_else(|| anyhow::anyhow!("broker {broker} is unknown"))?;
             let connect = Peer::connect(self.manager.config(), &info);
-            *peer = Some(
-                tokio::time::timeout(Duration::from_secs(2), connect)
-                    .await
-                    .map_err(|_| anyhow::anyhow!("connecting to broker {broker} timed out"))??,
-            );
+            let connected = tokio::time::timeout(Duration::from_secs(2), connect)
+                .await
+                .map_err(|_| anyhow::anyhow!("connecting to broker {broker} timed out"))??;
+            *peer = Some((connected, tokio::time::Instant::now()));
         }
-        let connection = peer.as_mut().expect("connected above");
+        let (connection, used) = peer.as_mut().expect("connected above");
+        *used = tokio::time::Instant::now();
         let answer = connection
             .call(
                 ApiKey::WriteTxnMarkers,
