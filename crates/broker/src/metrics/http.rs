@@ -22,6 +22,13 @@ use crate::handler::Context;
 const CONNECTIONS_MAX: usize = 32;
 /// A client that has not sent its request headers within this is disconnected.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one connection is kept: then it is closed after the answer in progress, if any
+/// (scrapers reconnect at their next scrape). With [`CLOSE_GRACE`], it bounds how long a client
+/// that reads no answers (or idles on a keep-alive connection) holds one of the
+/// [`CONNECTIONS_MAX`] slots. Short in unit tests, so that the test of it is quick.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(if cfg!(test) { 1 } else { 60 });
+/// How long the answer in progress may take to be written once the lifetime is over.
+const CLOSE_GRACE: Duration = Duration::from_secs(if cfg!(test) { 1 } else { 10 });
 
 /// Serves until the broker shuts down.
 pub(crate) async fn serve(listener: TcpListener, ctx: Arc<Context>) {
@@ -54,11 +61,20 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<Context>) {
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                served = connection => if let Err(e) = served {
-                    tracing::debug!(error = %e, "metrics connection closed");
-                },
-                () = ctx.shutdown.cancelled() => {}
+            let mut connection = std::pin::pin!(connection);
+            let served = tokio::select! {
+                served = connection.as_mut() => Some(served),
+                () = tokio::time::sleep(CONNECTION_LIFETIME) => {
+                    connection.as_mut().graceful_shutdown();
+                    tokio::select! {
+                        served = tokio::time::timeout(CLOSE_GRACE, connection.as_mut()) => served.ok(),
+                        () = ctx.shutdown.cancelled() => None,
+                    }
+                }
+                () = ctx.shutdown.cancelled() => None,
+            };
+            if let Some(Err(e)) = served {
+                tracing::debug!(error = %e, "metrics connection closed");
             }
             drop(permit);
         });
@@ -116,5 +132,65 @@ async fn answer(ctx: &Arc<Context>, request: &Request<Incoming>) -> Response<Ful
             StatusCode::NOT_FOUND,
             "not found: try /metrics, /health or /ready\n",
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::{CLOSE_GRACE, CONNECTION_LIFETIME};
+    use crate::{BrokerConfig, start};
+
+    /// A client that asks for far more than it reads does not keep its slot: once the
+    /// connection's lifetime and grace are over, the broker drops it, answers unwritten.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_metrics_client_that_reads_nothing_is_dropped_after_the_lifetime() {
+        const REQUESTS: usize = 3000;
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = BrokerConfig::for_dir(dir.path().into(), "127.0.0.1:0".parse().unwrap());
+        config.set("metrics.listen", "127.0.0.1:0").unwrap();
+        let broker = start(config).await.unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket
+            .connect(broker.metrics_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut reader, mut writer) = stream.into_split();
+        // Pipelined scrapes, each answer some kilobytes: far more than the socket buffers hold.
+        // The writes themselves block once the broker stops reading, hence their own task.
+        let asks = tokio::spawn(async move {
+            let request = b"GET /metrics HTTP/1.1\r\nHost: strata\r\n\r\n".repeat(REQUESTS);
+            let _ = writer.write_all(&request).await;
+            writer
+        });
+        // The client reads nothing for longer than the lifetime and the grace together.
+        tokio::time::sleep(CONNECTION_LIFETIME + CLOSE_GRACE + Duration::from_secs(1)).await;
+        let mut received = Vec::new();
+        let read_all = async {
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                match reader.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => received.extend_from_slice(&buf[..n]),
+                }
+            }
+        };
+        assert!(
+            tokio::time::timeout(Duration::from_secs(60), read_all)
+                .await
+                .is_ok(),
+            "the connection stays open"
+        );
+        let answers = received
+            .windows(12)
+            .filter(|w| w == b"HTTP/1.1 200")
+            .count();
+        assert!(answers < REQUESTS, "every answer was written: {answers}");
+        asks.abort();
+        broker.shutdown().await;
     }
 }
