@@ -188,7 +188,8 @@ impl ClientSecurity {
     /// (`sasl.jaas.config`); for TLS the CA certificates (PEM) as the Java client names them
     /// (`ssl.truststore.location`, `ssl.truststore.certificates`) or as librdkafka does
     /// (`ssl.ca.location`, `ssl.ca.pem`), and a client certificate for mutual TLS
-    /// (`ssl.keystore.location`, a PEM file with the key and the chain).
+    /// (`ssl.keystore.location`, a PEM file with the key and the chain; or librdkafka's
+    /// `ssl.certificate.location` and `ssl.key.location`, or their inline `.pem` forms).
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading the client properties {}", path.display()))?;
@@ -223,10 +224,29 @@ impl ClientSecurity {
             None
         };
         let tls = if tls {
-            // librdkafka's names for the same files, mapped onto the Java client's.
+            // librdkafka's names for the same files, mapped onto the Java client's: the CA, and
+            // the client certificate and key of mutual TLS as two PEM files (or inline PEM).
+            let pem = |location: &str, inline: &str| -> Result<Option<String>> {
+                match get(location) {
+                    Some(path) => std::fs::read_to_string(&path)
+                        .map(Some)
+                        .with_context(|| format!("{location}={path}")),
+                    None => Ok(get(inline)),
+                }
+            };
+            let certificate = pem("ssl.certificate.location", "ssl.certificate.pem")?;
+            let key = pem("ssl.key.location", "ssl.key.pem")?;
+            if certificate.is_some() != key.is_some() {
+                bail!(
+                    "mutual TLS needs both ssl.certificate.location and ssl.key.location (or \
+                     ssl.certificate.pem and ssl.key.pem), or ssl.keystore.location"
+                );
+            }
             let property = |name: &str| match name {
                 "ssl.truststore.location" => get(name).or_else(|| get("ssl.ca.location")),
                 "ssl.truststore.certificates" => get(name).or_else(|| get("ssl.ca.pem")),
+                "ssl.keystore.certificate.chain" => get(name).or_else(|| certificate.clone()),
+                "ssl.keystore.key" => get(name).or_else(|| key.clone()),
                 _ => get(name),
             };
             let config = strata_broker::security::tls::client_config_from_properties(property)
@@ -340,6 +360,49 @@ mod tests {
                 ClientSecurity::from_properties(&parse_properties(bad)).is_err(),
                 "{bad}"
             );
+        }
+    }
+
+    /// Mutual TLS with librdkafka's names: the certificate and the key in files of their own.
+    #[test]
+    fn librdkafka_names_give_the_client_certificate() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        let ca = write("ca.pem", &cert.pem());
+        let certificate = write("client.pem", &cert.pem());
+        let private = write("client.key", &key.serialize_pem());
+        let with = |extra: &str| {
+            ClientSecurity::from_properties(&parse_properties(&format!(
+                "security.protocol=SSL\nssl.ca.location={ca}\n{extra}"
+            )))
+        };
+        let mutual = with(&format!(
+            "ssl.certificate.location={certificate}\nssl.key.location={private}"
+        ))
+        .unwrap();
+        assert!(mutual.tls.unwrap().client_auth_cert_resolver.has_certs());
+        let server_only = with("").unwrap();
+        assert!(
+            !server_only
+                .tls
+                .unwrap()
+                .client_auth_cert_resolver
+                .has_certs()
+        );
+        for bad in [
+            format!("ssl.certificate.location={certificate}"),
+            format!("ssl.certificate.location={certificate}\nssl.key.location=/nonexistent.key"),
+        ] {
+            assert!(with(&bad).is_err(), "{bad}");
         }
     }
 }
