@@ -61,22 +61,23 @@ fn stored_codecs(data: &Path, topic: &str) -> Vec<i16> {
 async fn compression_type_recompresses_what_is_stored() {
     let dir = tempfile::tempdir().unwrap();
     let broker = TestBroker::start_in(dir.path(), &[]).await;
-    // (topic config, producer codec, stored codec id)
+    // (topic config, producer codec, stored codec id, the recompression level: KIP-390)
     let cases = [
-        ("zstd", "lz4", 4),
-        ("uncompressed", "gzip", 0),
-        ("gzip", "none", 1),
-        ("producer", "snappy", 2),
+        ("zstd", "lz4", 4, None),
+        ("uncompressed", "gzip", 0, None),
+        ("gzip", "none", 1, None),
+        ("producer", "snappy", 2, None),
+        ("gzip", "snappy", 1, Some(("compression.gzip.level", "9"))),
+        ("lz4", "zstd", 3, Some(("compression.lz4.level", "12"))),
+        ("zstd", "none", 4, Some(("compression.zstd.level", "22"))),
     ];
-    for (topic_codec, producer_codec, stored) in cases {
-        let topic = format!("stored-{topic_codec}");
-        create_topic(
-            &broker.bootstrap,
-            &topic,
-            &[("compression.type", topic_codec)],
-        )
-        .await
-        .unwrap();
+    for (case, (topic_codec, producer_codec, stored, level)) in cases.into_iter().enumerate() {
+        let topic = format!("stored-{topic_codec}-{case}");
+        let mut configs = vec![("compression.type", topic_codec)];
+        configs.extend(level);
+        create_topic(&broker.bootstrap, &topic, &configs)
+            .await
+            .unwrap();
         let producer = producer(&broker.bootstrap, &[("compression.type", producer_codec)]);
         for i in 0..50 {
             let value = format!("value {i} {}", "z".repeat(i));
@@ -188,5 +189,17 @@ async fn deprecated_topic_configs_are_accepted_and_unknown_ones_refused() {
         .await,
         Err(RDKafkaErrorCode::InvalidConfig)
     );
+    for level in [
+        ("compression.gzip.level", "0"),
+        ("compression.gzip.level", "10"),
+        ("compression.lz4.level", "18"),
+        ("compression.zstd.level", "23"),
+    ] {
+        assert_eq!(
+            create_topic(&broker.bootstrap, "bad-level", &[level]).await,
+            Err(RDKafkaErrorCode::InvalidConfig),
+            "{level:?}"
+        );
+    }
     broker.stop().await;
 }

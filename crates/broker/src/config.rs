@@ -43,6 +43,9 @@ impl ConfigType {
     /// Checks a value, naming the config in the error.
     pub fn validate(self, name: &str, value: &str) -> Result<()> {
         let bad = |why: String| Err(Error::InvalidConfig(format!("{name}={value:?}: {why}")));
+        if name == "compression.gzip.level" && value.trim().parse::<i32>() == Ok(0) {
+            return bad("must be -1 (zlib's default) or between 1 and 9".into());
+        }
         match self {
             Self::Int(min) => match value.trim().parse::<i32>() {
                 Ok(v) if i64::from(v) >= min => Ok(()),
@@ -103,6 +106,25 @@ pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
         "compression.type",
         "producer",
         ConfigType::Choice(&["producer", "uncompressed", "gzip", "snappy", "lz4", "zstd"]),
+    ),
+    // KIP-390: the levels the broker recompresses at (0 is refused for gzip, as in Kafka).
+    def(
+        "compression.gzip.level",
+        "compression.gzip.level",
+        "-1",
+        ConfigType::IntBetween(-1, 9),
+    ),
+    def(
+        "compression.lz4.level",
+        "compression.lz4.level",
+        "9",
+        ConfigType::IntBetween(1, 17),
+    ),
+    def(
+        "compression.zstd.level",
+        "compression.zstd.level",
+        "3",
+        ConfigType::IntBetween(-131_072, 22),
     ),
     def(
         "flush.messages",
@@ -970,6 +992,10 @@ impl TopicConfig {
         self.get(name).trim().parse().expect("validated")
     }
 
+    fn int(&self, name: &str) -> i32 {
+        self.get(name).trim().parse().expect("validated")
+    }
+
     /// `min.insync.replicas`: the in-sync replicas an `acks=all` produce needs.
     pub fn min_insync_replicas(&self) -> usize {
         self.long("min.insync.replicas").max(1) as usize
@@ -1012,6 +1038,11 @@ impl TopicConfig {
             timestamp_after_max_ms: self.long("message.timestamp.after.max.ms"),
             compression: strata_log::CompressionType::parse(self.get("compression.type"))
                 .unwrap_or_default(),
+            compression_levels: strata_log::CompressionLevels {
+                gzip: self.int("compression.gzip.level"),
+                lz4: self.int("compression.lz4.level"),
+                zstd: self.int("compression.zstd.level"),
+            },
             remote_storage: self.get("remote.storage.enable") == "true",
             // Kafka: -2 means "the same as retention.ms / retention.bytes".
             local_retention_ms: match self.long("local.retention.ms") {

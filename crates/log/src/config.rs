@@ -56,6 +56,28 @@ impl CompressionType {
     }
 }
 
+/// The levels the broker recompresses at (KIP-390), with Kafka's defaults: used only when
+/// `compression.type` names a codec other than the batch's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompressionLevels {
+    /// `compression.gzip.level`: 1 to 9, or -1 for zlib's default (6).
+    pub gzip: i32,
+    /// `compression.lz4.level`: 1 to 17 (liblz4 caps the high-compression levels at 12).
+    pub lz4: i32,
+    /// `compression.zstd.level`: -131072 to 22.
+    pub zstd: i32,
+}
+
+impl Default for CompressionLevels {
+    fn default() -> Self {
+        Self {
+            gzip: -1,
+            lz4: 9,
+            zstd: 3,
+        }
+    }
+}
+
 /// Settings of one partition's log. Field names follow Kafka's topic configs, units last.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
@@ -83,6 +105,8 @@ pub struct LogConfig {
     pub timestamp_after_max_ms: i64,
     /// `compression.type`: the codec batches are stored in.
     pub compression: CompressionType,
+    /// `compression.gzip.level`, `compression.lz4.level`, `compression.zstd.level`.
+    pub compression_levels: CompressionLevels,
     /// `remote.storage.enable`: sealed segments are offloaded to the lake, and deleted locally only
     /// once offloaded, under `local_retention_*`.
     pub remote_storage: bool,
@@ -108,6 +132,7 @@ impl Default for LogConfig {
             timestamp_before_max_ms: i64::MAX,
             timestamp_after_max_ms: 60 * 60 * 1000,
             compression: CompressionType::Producer,
+            compression_levels: CompressionLevels::default(),
             remote_storage: false,
             local_retention_ms: 7 * 24 * 60 * 60 * 1000,
             local_retention_bytes: -1,

@@ -47,7 +47,7 @@ pub mod record;
 mod segment;
 pub mod txn;
 
-pub use crate::config::{CompressionType, LogConfig, TimestampType};
+pub use crate::config::{CompressionLevels, CompressionType, LogConfig, TimestampType};
 pub use crate::error::{Error, Result};
 pub use crate::log::{
     AppendInfo, FlushJob, Log, Maintenance, OffloadLag, RecoveryReport, SealedSegment,

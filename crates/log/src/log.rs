@@ -350,6 +350,7 @@ impl Log {
                     &records[..header.total_bytes()],
                     plain,
                     target,
+                    self.config.compression_levels,
                 )?)
             }
             _ => None,

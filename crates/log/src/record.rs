@@ -544,28 +544,60 @@ fn check_timestamp(timestamp: i64, rules: &RecordRules, now_ms: i64) -> Result<(
     Ok(())
 }
 
-/// Re-encodes a batch's records with codec `target`, as a broker does for a topic whose
-/// `compression.type` is not `producer`. `records` are the batch's records, uncompressed (its
-/// records part, or what [`validate_records`] left in its scratch buffer). Everything else in the
-/// header is kept; the length and CRC are recomputed.
-pub fn recompress(batch: &[u8], records: &[u8], target: i16) -> Result<Vec<u8>, RecordError> {
-    use bytes::BufMut;
-    use kafka_protocol::compression::{Compressor, Gzip, Lz4, Snappy, Zstd};
-    let mut out = bytes::BytesMut::with_capacity(HEADER_BYTES + records.len() / 2);
-    out.put_slice(&batch[..HEADER_BYTES]);
-    let fill = |tmp: &mut bytes::BytesMut| {
-        tmp.put_slice(records);
-        Ok(())
-    };
-    let done = match target {
+/// Re-encodes a batch's records with codec `target` at `levels`, as a broker does for a topic
+/// whose `compression.type` is not `producer`. `records` are the batch's records, uncompressed
+/// (its records part, or what [`validate_records`] left in its scratch buffer). Everything else
+/// in the header is kept; the length and CRC are recomputed.
+pub fn recompress(
+    batch: &[u8],
+    records: &[u8],
+    target: i16,
+    levels: crate::config::CompressionLevels,
+) -> Result<Vec<u8>, RecordError> {
+    use std::io::Write as _;
+    let mut out = Vec::with_capacity(HEADER_BYTES + records.len() / 2);
+    out.extend_from_slice(&batch[..HEADER_BYTES]);
+    let done: std::io::Result<()> = match target {
         codec::NONE => {
-            out.put_slice(records);
+            out.extend_from_slice(records);
             Ok(())
         }
-        codec::GZIP => Gzip::compress(&mut out, fill),
-        codec::SNAPPY => Snappy::compress(&mut out, fill),
-        codec::LZ4 => Lz4::compress(&mut out, fill),
-        codec::ZSTD => Zstd::compress(&mut out, fill),
+        codec::GZIP => {
+            let level = u32::try_from(levels.gzip)
+                .map_or_else(|_| flate2::Compression::default(), flate2::Compression::new);
+            let mut encoder = flate2::write::GzEncoder::new(&mut out, level);
+            encoder
+                .write_all(records)
+                .and_then(|()| encoder.finish().map(drop))
+        }
+        codec::SNAPPY => {
+            // Kafka's (xerial) framing, as the Java client writes it; snappy has no levels.
+            use bytes::BufMut;
+            use kafka_protocol::compression::{Compressor, Snappy};
+            let mut framed = bytes::BytesMut::new();
+            Snappy::compress(&mut framed, |tmp: &mut bytes::BytesMut| {
+                tmp.put_slice(records);
+                Ok(())
+            })
+            .map_err(std::io::Error::other)
+            .map(|()| out.extend_from_slice(&framed))
+        }
+        codec::LZ4 => lz4::EncoderBuilder::new()
+            .level(u32::try_from(levels.lz4).unwrap_or(1))
+            .block_mode(lz4::BlockMode::Independent)
+            .build(&mut out)
+            .and_then(|mut encoder| {
+                encoder.write_all(records)?;
+                encoder.finish().1
+            }),
+        codec::ZSTD => zstd::stream::Encoder::new(&mut out, levels.zstd).and_then(|mut encoder| {
+            // The levels above 19 ask for windows past what readers (this broker's included)
+            // take: the window stays within the batch, which is at most 64 MiB.
+            encoder.set_pledged_src_size(Some(records.len() as u64))?;
+            encoder.window_log(ZSTD_WINDOW_LOG_MAX)?;
+            encoder.write_all(records)?;
+            encoder.finish().map(drop)
+        }),
         other => {
             return Err(RecordError::invalid(
                 None,
@@ -575,7 +607,7 @@ pub fn recompress(batch: &[u8], records: &[u8], target: i16) -> Result<Vec<u8>, 
     };
     done.map_err(|e| RecordError::invalid(None, format!("recompression failed: {e}")))?;
     crate::batch::set_compression(&mut out, target);
-    Ok(out.to_vec())
+    Ok(out)
 }
 
 /// A decompression buffer lent by the process-wide pool; given back when dropped.
@@ -788,12 +820,37 @@ mod tests {
 
     #[test]
     fn recompression_keeps_the_records() {
-        for (from, to) in [
-            (Compression::None, codec::ZSTD),
-            (Compression::Lz4, codec::GZIP),
-            (Compression::Snappy, codec::NONE),
-            (Compression::Zstd, codec::LZ4),
-            (Compression::Gzip, codec::SNAPPY),
+        use crate::config::CompressionLevels;
+        let lowest = CompressionLevels {
+            gzip: 1,
+            lz4: 1,
+            zstd: -131_072,
+        };
+        let highest = CompressionLevels {
+            gzip: 9,
+            lz4: 17,
+            zstd: 22,
+        };
+        for (from, to, levels) in [
+            (Compression::None, codec::ZSTD, CompressionLevels::default()),
+            (Compression::Lz4, codec::GZIP, CompressionLevels::default()),
+            (
+                Compression::Snappy,
+                codec::NONE,
+                CompressionLevels::default(),
+            ),
+            (Compression::Zstd, codec::LZ4, CompressionLevels::default()),
+            (
+                Compression::Gzip,
+                codec::SNAPPY,
+                CompressionLevels::default(),
+            ),
+            (Compression::None, codec::GZIP, lowest),
+            (Compression::None, codec::LZ4, lowest),
+            (Compression::None, codec::ZSTD, lowest),
+            (Compression::Snappy, codec::GZIP, highest),
+            (Compression::Snappy, codec::LZ4, highest),
+            (Compression::Snappy, codec::ZSTD, highest),
         ] {
             let batch = encode_batch(&[b"one", b"two"], 1_000, from);
             let header = validate_batch(&batch).unwrap();
@@ -804,7 +861,7 @@ mod tests {
             } else {
                 &scratch[..]
             };
-            let converted = recompress(&batch, records_part, to).unwrap();
+            let converted = recompress(&batch, records_part, to, levels).unwrap();
             let new_header = validate_batch(&converted).unwrap();
             assert_eq!(new_header.compression(), to);
             assert_eq!(new_header.total_bytes(), converted.len());
@@ -820,6 +877,41 @@ mod tests {
                 .map(|r| r.unwrap().value.unwrap().to_vec())
                 .collect();
             assert_eq!(values, [b"one".to_vec(), b"two".to_vec()]);
+        }
+    }
+
+    /// The levels are used: the fastest and the strongest of each codec give other bytes, and
+    /// both decode to the records.
+    #[test]
+    fn recompression_levels_take_effect() {
+        use crate::config::CompressionLevels;
+        let text: Vec<Vec<u8>> = (0..200)
+            .map(|i| {
+                format!(
+                    "{{\"user\":{i},\"event\":\"click\",\"page\":\"/p/{}\"}}",
+                    i % 7
+                )
+                .into_bytes()
+            })
+            .collect();
+        let values: Vec<&[u8]> = text.iter().map(Vec::as_slice).collect();
+        let batch = encode_batch(&values, 1_000, Compression::None);
+        let records_part = &batch[HEADER_BYTES..];
+        for (target, fast, strong) in [
+            (codec::GZIP, (1, 9, 3), (9, 9, 3)),
+            (codec::LZ4, (-1, 1, 3), (-1, 12, 3)),
+            (codec::ZSTD, (-1, 9, 1), (-1, 9, 19)),
+        ] {
+            let levels = |(gzip, lz4, zstd)| CompressionLevels { gzip, lz4, zstd };
+            let a = recompress(&batch, records_part, target, levels(fast)).unwrap();
+            let b = recompress(&batch, records_part, target, levels(strong)).unwrap();
+            assert_ne!(a, b, "codec {target}: the level changes nothing");
+            for converted in [a, b] {
+                let header = validate_batch(&converted).unwrap();
+                let mut plain = Vec::new();
+                validate_records(&header, &converted, &RULES, 2_000, &mut plain).unwrap();
+                assert_eq!(plain, records_part, "codec {target}");
+            }
         }
     }
 
