@@ -237,11 +237,29 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("strata: {e:#}");
+            let message = chain(&e);
+            tracing::error!("{message}");
+            eprintln!("strata: {message}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes, `: `-separated, leaving out a cause whose text its error already
+/// ends with (errors that print their source as well as returning it).
+fn chain(error: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if message.ends_with(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
 }
 
 fn init_logging() {
@@ -680,6 +698,23 @@ async fn wait_for_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_chain_names_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::AddrInUse, "Address already in use");
+        let inner = anyhow::Error::new(strata_broker::Error::Io {
+            what: "binding PLAINTEXT://127.0.0.1:9092".into(),
+            source: io,
+        });
+        let e = inner.context("starting the broker");
+        assert_eq!(
+            chain(&e),
+            "starting the broker: I/O error on binding PLAINTEXT://127.0.0.1:9092: Address \
+             already in use"
+        );
+        let plain = anyhow::anyhow!("no such file").context("reading x");
+        assert_eq!(chain(&plain), "reading x: no such file");
+    }
 
     fn args(argv: &[&str]) -> ServeArgs {
         let mut full = vec!["strata", "serve"];
