@@ -432,6 +432,7 @@ pub const BROKER_SETTINGS: &[(&str, &str, ConfigType)] = &[
     ),
     ("ssl.keystore.certificate.chain", "", ConfigType::Text),
     ("ssl.keystore.key", "", ConfigType::Text),
+    ("ssl.key.password", "", ConfigType::Text),
     ("ssl.keystore.location", "", ConfigType::Text),
     ("ssl.keystore.type", "PEM", ConfigType::Choice(&["PEM"])),
     ("ssl.truststore.certificates", "", ConfigType::Text),
@@ -922,7 +923,9 @@ impl BrokerConfig {
 
 /// Settings whose values DescribeConfigs never shows (private keys).
 fn is_sensitive(name: &str) -> bool {
-    name.ends_with("ssl.keystore.key") || name.ends_with("sasl.jaas.config")
+    name.ends_with("ssl.keystore.key")
+        || name.ends_with("ssl.key.password")
+        || name.ends_with("sasl.jaas.config")
 }
 
 fn broker_setting_type(name: &str) -> Option<ConfigType> {
@@ -1242,10 +1245,11 @@ mod tests {
         )
         .unwrap();
         c.set("ssl.client.auth", "required").unwrap();
+        c.set("ssl.key.password", "password-secret").unwrap();
         c.tier_env
             .insert("AWS_SECRET_ACCESS_KEY".into(), "aws-secret".into());
         let shown = format!("{c:?}");
-        for secret in ["secret-key", "jaas-secret", "aws-secret"] {
+        for secret in ["secret-key", "jaas-secret", "aws-secret", "password-secret"] {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }
         assert!(shown.contains("AWS_SECRET_ACCESS_KEY") && shown.contains("required"));

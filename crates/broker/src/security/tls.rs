@@ -31,6 +31,7 @@ pub(crate) const TLS_SETTINGS: &[&str] = &[
     "ssl.keystore.location",
     "ssl.keystore.certificate.chain",
     "ssl.keystore.key",
+    "ssl.key.password",
     "ssl.truststore.type",
     "ssl.truststore.location",
     "ssl.truststore.certificates",
@@ -72,8 +73,20 @@ pub(crate) struct TlsSettings {
     listener: String,
     /// The certificate chain and key: one source holding both, or two inline values.
     keystore: Option<(Pem, Pem)>,
+    /// `ssl.key.password`: the password of an encrypted (PKCS#8) key.
+    key_password: Option<KeyPassword>,
     truststore: Option<Pem>,
     client_auth: ClientAuth,
+}
+
+/// `ssl.key.password`, never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+struct KeyPassword(String);
+
+impl std::fmt::Debug for KeyPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyPassword(..)")
+    }
 }
 
 impl TlsSettings {
@@ -150,6 +163,10 @@ impl TlsSettings {
         Ok(Self {
             listener: listener.to_string(),
             keystore,
+            key_password: get(&format!("{prefix}ssl.key.password"))
+                .or_else(|| get("ssl.key.password"))
+                .filter(|p| !p.is_empty())
+                .map(KeyPassword),
             truststore,
             client_auth,
         })
@@ -219,20 +236,55 @@ fn key_pair(settings: &TlsSettings) -> Result<Option<KeyPair>, String> {
         return Ok(None);
     };
     let (chain, key) = (read_pem(chain)?, read_pem(key)?);
-    if key
-        .windows(b"ENCRYPTED PRIVATE KEY".len())
-        .any(|w| w == b"ENCRYPTED PRIVATE KEY")
-    {
-        return Err(
-            "ssl.keystore: encrypted private keys are not supported; give the key \
-                    unencrypted in a file only the broker can read"
-                .into(),
-        );
-    }
     let chain = certificates(&chain, "ssl.keystore certificate chain")?;
-    let key = PrivateKeyDer::from_pem_slice(&key)
-        .map_err(|e| format!("ssl.keystore key: {e} (PKCS#8, PKCS#1 or SEC1 PEM expected)"))?;
+    let key = match encrypted_key_section(&key) {
+        Some(section) => decrypt_key(section, settings.key_password.as_ref())?,
+        None => PrivateKeyDer::from_pem_slice(&key)
+            .map_err(|e| format!("ssl.keystore key: {e} (PKCS#8, PKCS#1 or SEC1 PEM expected)"))?,
+    };
     Ok(Some((chain, key)))
+}
+
+const ENCRYPTED_KEY_BEGIN: &str = "-----BEGIN ENCRYPTED PRIVATE KEY-----";
+const ENCRYPTED_KEY_END: &str = "-----END ENCRYPTED PRIVATE KEY-----";
+
+/// The `ENCRYPTED PRIVATE KEY` PEM section of a keystore, if it has one.
+fn encrypted_key_section(pem: &[u8]) -> Option<&[u8]> {
+    let find = |needle: &str, from: usize| {
+        pem[from..]
+            .windows(needle.len())
+            .position(|w| w == needle.as_bytes())
+            .map(|at| from + at)
+    };
+    let begin = find(ENCRYPTED_KEY_BEGIN, 0)?;
+    let end = find(ENCRYPTED_KEY_END, begin).map_or(pem.len(), |at| at + ENCRYPTED_KEY_END.len());
+    Some(&pem[begin..end])
+}
+
+/// Decrypts a PKCS#8 `ENCRYPTED PRIVATE KEY` (PBES2: PBKDF2 or scrypt, AES-CBC) with
+/// `ssl.key.password`, as Kafka's PEM keystores take it.
+fn decrypt_key(
+    section: &[u8],
+    password: Option<&KeyPassword>,
+) -> Result<PrivateKeyDer<'static>, String> {
+    use pkcs8::der::Decode as _;
+    let password = password.ok_or(
+        "ssl.keystore key is encrypted (ENCRYPTED PRIVATE KEY): give its password in \
+         ssl.key.password",
+    )?;
+    let (label, der) = pkcs8::der::pem::decode_vec(section)
+        .map_err(|e| format!("ssl.keystore encrypted key: not PEM: {e}"))?;
+    if label != "ENCRYPTED PRIVATE KEY" {
+        return Err(format!(
+            "ssl.keystore encrypted key: unexpected PEM label {label:?}"
+        ));
+    }
+    let info = pkcs8::EncryptedPrivateKeyInfo::from_der(&der)
+        .map_err(|e| format!("ssl.keystore encrypted key: not PKCS#8: {e}"))?;
+    let plain = info.decrypt(password.0.as_bytes()).map_err(|e| {
+        format!("ssl.keystore encrypted key: cannot decrypt it with ssl.key.password ({e})")
+    })?;
+    Ok(PrivateKeyDer::Pkcs8(plain.as_bytes().to_vec().into()))
 }
 
 fn trust_roots(settings: &TlsSettings) -> Result<Option<Arc<RootCertStore>>, String> {
@@ -610,6 +662,65 @@ mod tests {
             server_config(&missing)
                 .unwrap_err()
                 .contains("/nonexistent/k.pem")
+        );
+    }
+
+    /// A PKCS#8 key encrypted with PBES2 (PBKDF2-SHA256, AES-256-CBC), as
+    /// `openssl pkcs8 -topk8 -v2 aes-256-cbc` writes it.
+    fn encrypted_pem(key: &rcgen::KeyPair, password: &str) -> String {
+        use pkcs8::der::Decode as _;
+        let der = key.serialize_der();
+        let info = pkcs8::PrivateKeyInfo::from_der(&der).unwrap();
+        let params =
+            pkcs8::pkcs5::pbes2::Parameters::pbkdf2_sha256_aes256cbc(2048, b"salt-salt", &[7; 16])
+                .unwrap();
+        info.encrypt_with_params(params, password)
+            .unwrap()
+            .to_pem("ENCRYPTED PRIVATE KEY", pkcs8::LineEnding::LF)
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn an_encrypted_key_loads_with_ssl_key_password() {
+        let (_, issuer) = ca("Test CA");
+        let (cert, key) = leaf(&issuer, "broker");
+        let encrypted = encrypted_pem(&key, "key-secret");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broker.pem");
+        std::fs::write(&path, format!("{}{encrypted}", cert.pem())).unwrap();
+        let with = |password: Option<&str>| {
+            let mut pairs = vec![("ssl.keystore.location", path.display().to_string())];
+            pairs.extend(password.map(|p| ("ssl.key.password", p.to_string())));
+            settings(&pairs).unwrap()
+        };
+        // Decrypted, it is the certificate's key (rustls refuses a key that does not match).
+        let loaded = with(Some("key-secret"));
+        server_config(&loaded).unwrap();
+        client_config(
+            &settings(&[
+                ("ssl.keystore.certificate.chain", cert.pem()),
+                ("ssl.keystore.key", encrypted.clone()),
+                ("ssl.key.password", "key-secret".into()),
+                ("ssl.truststore.certificates", cert.pem()),
+            ])
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(!format!("{loaded:?}").contains("key-secret"));
+        let e = server_config(&with(None)).unwrap_err();
+        assert!(e.contains("ssl.key.password"), "{e}");
+        let e = server_config(&with(Some("wrong"))).unwrap_err();
+        assert!(e.contains("cannot decrypt"), "{e}");
+        let (_, other) = leaf(&issuer, "other");
+        std::fs::write(
+            &path,
+            format!("{}{}", cert.pem(), encrypted_pem(&other, "key-secret")),
+        )
+        .unwrap();
+        assert!(
+            server_config(&with(Some("key-secret"))).is_err(),
+            "another key"
         );
     }
 
