@@ -728,6 +728,10 @@ async fn serve_connection(
     });
     let max_bytes = ctx.manager.config().socket_request_max_bytes();
     let authentication_deadline = tokio::time::Instant::now() + SASL_AUTHENTICATION_TIMEOUT;
+    // One watch for the connection's life (not a timer per request): it wakes at most once per
+    // idle period, and completes only when the connection is to close.
+    let idle_watch = idle_for(&activity, idle);
+    tokio::pin!(idle_watch);
     loop {
         // KIP-219: a muted connection is not read, so that its next request holds none of the
         // broker-wide `queued.max.request.bytes` while it waits (a byte-rate mute can be long).
@@ -748,7 +752,7 @@ async fn serve_connection(
             frame = frame::read_admitted_frame(&mut reader, frame_bytes_max, &budget) => frame,
             () = ctx.shutdown.cancelled() => break,
             // Completes only when the connection is to close: a read it cancels is lost with it.
-            () = idle_for(&activity, idle) => {
+            () = &mut idle_watch => {
                 tracing::debug!(%peer, listener = %session.listener,
                     "closing connection: idle for connections.max.idle.ms");
                 break;
