@@ -19,6 +19,8 @@ pub enum ConfigType {
     Int(i64),
     /// A 32-bit integer within `min..=max`.
     IntBetween(i64, i64),
+    /// A 32-bit integer: one special value (Kafka's "-1: the default"), or within `min..=max`.
+    IntOrBetween(i64, i64, i64),
     /// A 64-bit integer at or above a minimum.
     Long(i64),
     /// `true` or `false`.
@@ -35,7 +37,7 @@ impl ConfigType {
         match self {
             Self::Boolean => 1,
             Self::Choice(_) | Self::Text => 2,
-            Self::Int(_) | Self::IntBetween(..) => 3,
+            Self::Int(_) | Self::IntBetween(..) | Self::IntOrBetween(..) => 3,
             Self::Long(_) => 5,
         }
     }
@@ -43,9 +45,6 @@ impl ConfigType {
     /// Checks a value, naming the config in the error.
     pub fn validate(self, name: &str, value: &str) -> Result<()> {
         let bad = |why: String| Err(Error::InvalidConfig(format!("{name}={value:?}: {why}")));
-        if name == "compression.gzip.level" && value.trim().parse::<i32>() == Ok(0) {
-            return bad("must be -1 (zlib's default) or between 1 and 9".into());
-        }
         match self {
             Self::Int(min) => match value.trim().parse::<i32>() {
                 Ok(v) if i64::from(v) >= min => Ok(()),
@@ -55,6 +54,11 @@ impl ConfigType {
             Self::IntBetween(min, max) => match value.trim().parse::<i32>() {
                 Ok(v) if (min..=max).contains(&i64::from(v)) => Ok(()),
                 Ok(_) => bad(format!("must be between {min} and {max}")),
+                Err(_) => bad("not a 32-bit integer".into()),
+            },
+            Self::IntOrBetween(special, min, max) => match value.trim().parse::<i32>() {
+                Ok(v) if i64::from(v) == special || (min..=max).contains(&i64::from(v)) => Ok(()),
+                Ok(_) => bad(format!("must be {special} or between {min} and {max}")),
                 Err(_) => bad("not a 32-bit integer".into()),
             },
             Self::Long(min) => match value.trim().parse::<i64>() {
@@ -107,12 +111,12 @@ pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
         "producer",
         ConfigType::Choice(&["producer", "uncompressed", "gzip", "snappy", "lz4", "zstd"]),
     ),
-    // KIP-390: the levels the broker recompresses at (0 is refused for gzip, as in Kafka).
+    // KIP-390: the levels the broker recompresses at (gzip: -1 for zlib's default, or 1 to 9).
     def(
         "compression.gzip.level",
         "compression.gzip.level",
         "-1",
-        ConfigType::IntBetween(-1, 9),
+        ConfigType::IntOrBetween(-1, 1, 9),
     ),
     def(
         "compression.lz4.level",
